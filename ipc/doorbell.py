@@ -1,0 +1,60 @@
+"""Doorbells: named POSIX semaphores used to wake a sleeper in another process.
+
+A doorbell carries no data. A sleeper always re-checks the shared state it
+waits on after every wake-up (a ring may be stale, or meant for another
+sleeper), and every wait is timed, so a lost ring costs latency, never a hang.
+"""
+
+from __future__ import annotations
+
+import posix_ipc
+
+
+class Doorbell:
+    """A named semaphore. Create it with :meth:`create`, attach with :meth:`open`."""
+
+    __slots__ = ("_sem", "name")
+
+    def __init__(self, sem: posix_ipc.Semaphore, name: str) -> None:
+        self._sem = sem
+        self.name = name
+
+    @classmethod
+    def create(cls, name: str) -> Doorbell:
+        """Create a new doorbell; fails with ``posix_ipc.ExistentialError`` if the name exists."""
+        return cls(posix_ipc.Semaphore(name, posix_ipc.O_CREX, 0o600, 0), name)
+
+    @classmethod
+    def open(cls, name: str) -> Doorbell:
+        """Attach to an existing doorbell (``posix_ipc.ExistentialError`` if it is gone)."""
+        return cls(posix_ipc.Semaphore(name, 0), name)
+
+    def ring(self, times: int = 1) -> None:
+        """Wake up to ``times`` sleepers."""
+        for _ in range(times):
+            self._sem.release()
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until rung or ``timeout`` seconds pass; True when rung."""
+        try:
+            self._sem.acquire(max(timeout, 0.0))
+        except posix_ipc.BusyError:
+            return False
+        return True
+
+    def close(self) -> None:
+        try:
+            self._sem.close()
+        except posix_ipc.Error:
+            pass
+
+    def unlink(self) -> None:
+        unlink_semaphore(self.name)
+
+
+def unlink_semaphore(name: str) -> None:
+    """Remove a semaphore's name; sleepers already attached keep working."""
+    try:
+        posix_ipc.unlink_semaphore(name)
+    except posix_ipc.ExistentialError:
+        pass

@@ -1,0 +1,246 @@
+"""A shared-memory segment: one producer's progress and its readers' positions.
+
+Layout (version 1), little-endian unsigned 64-bit words, the same on every
+Python version and every process::
+
+    word  0   magic "SCSEG\\0\\0\\1"
+    word  1   layout version (1)
+    word  2   slot count
+    word  3   offset: bytes the producer has written        (producer only)
+    word  4   state: 0 writing, 1 done, 2 failed          (producer only)
+    word  5   producer waiting for readers (0/1)           (producer only)
+    word  6   producer pid                                 (producer only)
+    word  7   producer start time, microseconds            (producer only)
+    word  8   slots used: high-water mark of claimed slots (slot claimers, under the
+              caller's lock; never lowered)
+    word  9   error text length                            (producer only)
+    bytes 128..511  error text, UTF-8                      (producer only)
+    from byte 512: slots of 8 words (one cache line each, so readers never share one):
+      word 0  position: bytes this reader has consumed     (its reader only)
+      word 1  active (0/1)                                 (its reader only)
+      word 2  waiting for the producer (0/1)               (its reader only)
+      word 3  reader pid                                   (its reader only)
+      word 4  reader start time, microseconds              (its reader only)
+
+Invariants:
+
+- Every field has a single writer at a time, so no shared mutex is ever held by a
+  process that may die. The producer alone writes the header (word 8 aside), a
+  reader alone writes its slot. A slot changes owner only inside the caller's
+  critical section (the cache's index lock), when it is free or its owner is dead.
+- Words are written with single aligned 8-byte stores (memoryview of format
+  ``Q``), so a concurrent reader never sees a torn value.
+- The offset only grows. The producer publishes the offset after the bytes are in
+  the data file, so a reader that sees offset N can read N bytes from the file.
+- The state leaves "writing" once and is published after the final offset (and
+  after the error text), so a reader that sees "done" or "failed" has the final
+  offset and error.
+- A reader sets its position only after it holds those bytes, and sets "waiting"
+  before re-checking the offset and sleeping; the producer checks "waiting" after
+  publishing a new offset. A wake-up lost to store/load reordering is recovered
+  by the reader's timed wait.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Callable
+
+import posix_ipc
+
+from ipc.liveness import ProcessId
+
+MAGIC = int.from_bytes(b"SCSEG\x00\x00\x01", "little")
+VERSION = 1
+
+STATE_WRITING = 0
+STATE_DONE = 1
+STATE_FAILED = 2
+
+HEADER_BYTES = 512
+SLOT_WORDS = 8
+DEFAULT_SLOTS = 128
+ERROR_OFFSET = 128
+ERROR_MAX = HEADER_BYTES - ERROR_OFFSET
+
+_W_MAGIC, _W_VERSION, _W_SLOTS, _W_OFFSET, _W_STATE = 0, 1, 2, 3, 4
+_W_PWAIT, _W_PPID, _W_PSTART, _W_USED, _W_ERRLEN = 5, 6, 7, 8, 9
+_HEADER_WORDS = HEADER_BYTES // 8
+_S_POS, _S_ACTIVE, _S_WAITING, _S_PID, _S_START = 0, 1, 2, 3, 4
+
+
+class SegmentError(Exception):
+    """A segment is missing, truncated, foreign or of another layout version."""
+
+
+def _micros(seconds: float) -> int:
+    return round(seconds * 1_000_000)
+
+
+class Segment:
+    """A mapped segment. Create with :meth:`create`, attach with :meth:`open`."""
+
+    def __init__(self, name: str, mm: mmap.mmap) -> None:
+        self.name = name
+        self._mm = mm
+        self._words = memoryview(mm).cast("Q")
+        self.slot_count = self._words[_W_SLOTS]
+
+    # -- life cycle -------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, name: str, producer: ProcessId, slots: int = DEFAULT_SLOTS) -> Segment:
+        """Create a fresh segment (O_CREX, mode 0600) owned by ``producer``."""
+        size = HEADER_BYTES + slots * SLOT_WORDS * 8
+        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, 0o600, size)
+        try:
+            mm = mmap.mmap(shm.fd, size)
+        finally:
+            os.close(shm.fd)
+        seg = cls.__new__(cls)
+        seg.name = name
+        seg._mm = mm
+        seg._words = words = memoryview(mm).cast("Q")
+        words[_W_VERSION] = VERSION
+        words[_W_SLOTS] = slots
+        words[_W_PPID] = producer.pid
+        words[_W_PSTART] = _micros(producer.start)
+        words[_W_MAGIC] = MAGIC  # last: a segment without magic is not yet valid
+        seg.slot_count = slots
+        return seg
+
+    @classmethod
+    def open(cls, name: str) -> Segment:
+        """Attach to an existing segment, checking its magic, version and size."""
+        try:
+            shm = posix_ipc.SharedMemory(name, 0)
+        except posix_ipc.Error as exc:
+            raise SegmentError(f"cannot open segment {name}: {exc}") from exc
+        try:
+            size = os.fstat(shm.fd).st_size
+            if size < HEADER_BYTES:
+                raise SegmentError(f"segment {name} is truncated ({size} bytes)")
+            mm = mmap.mmap(shm.fd, size)
+        finally:
+            os.close(shm.fd)
+        words = memoryview(mm).cast("Q")
+        slots = words[_W_SLOTS]
+        if (
+            words[_W_MAGIC] != MAGIC
+            or words[_W_VERSION] != VERSION
+            or size < HEADER_BYTES + slots * SLOT_WORDS * 8
+        ):
+            words.release()
+            mm.close()
+            raise SegmentError(f"segment {name} is foreign or of another layout version")
+        words.release()
+        return cls(name, mm)
+
+    def close(self) -> None:
+        """Unmap. The object must not be used afterwards."""
+        try:
+            self._words.release()
+            self._mm.close()
+        except (BufferError, ValueError):
+            pass
+
+    def unlink(self) -> None:
+        unlink_segment(self.name)
+
+    # -- producer side (header) ---------------------------------------------------------
+
+    @property
+    def producer(self) -> ProcessId:
+        return ProcessId(self._words[_W_PPID], self._words[_W_PSTART] / 1_000_000)
+
+    @property
+    def offset(self) -> int:
+        return self._words[_W_OFFSET]
+
+    def publish_offset(self, offset: int) -> None:
+        self._words[_W_OFFSET] = offset
+
+    @property
+    def state(self) -> int:
+        return self._words[_W_STATE]
+
+    def finish(self, offset: int) -> None:
+        """Publish the final offset, then the "done" state."""
+        self._words[_W_OFFSET] = offset
+        self._words[_W_STATE] = STATE_DONE
+
+    def fail(self, error: str) -> None:
+        """Publish the error text, then the "failed" state."""
+        data = error.encode("utf-8", "replace")[:ERROR_MAX]
+        self._mm[ERROR_OFFSET : ERROR_OFFSET + len(data)] = data
+        self._words[_W_ERRLEN] = len(data)
+        self._words[_W_STATE] = STATE_FAILED
+
+    @property
+    def error(self) -> str:
+        n = min(self._words[_W_ERRLEN], ERROR_MAX)
+        return self._mm[ERROR_OFFSET : ERROR_OFFSET + n].decode("utf-8", "replace")
+
+    def set_producer_waiting(self, waiting: bool) -> None:
+        self._words[_W_PWAIT] = int(waiting)
+
+    @property
+    def producer_waiting(self) -> bool:
+        return bool(self._words[_W_PWAIT])
+
+    # -- reader side (slots) ------------------------------------------------------------
+
+    def _slot_word(self, slot: int, field: int) -> int:
+        return (_HEADER_WORDS + slot * SLOT_WORDS) + field
+
+    def claim_slot(self, reader: ProcessId, is_dead: Callable[[int, float], bool]) -> int | None:
+        """Claim a free slot for ``reader``; None when all are taken by live readers.
+
+        Must be called inside the caller's critical section for this segment (two
+        claimers must never race for one slot). A slot is free when inactive, or when
+        ``is_dead(pid, start)`` says its owner died.
+        """
+        w = self._words
+        used = w[_W_USED]
+        for slot in range(self.slot_count):
+            base = _HEADER_WORDS + slot * SLOT_WORDS
+            if slot < used and w[base + _S_ACTIVE]:
+                if not is_dead(w[base + _S_PID], w[base + _S_START] / 1_000_000):
+                    continue
+            w[base + _S_ACTIVE] = 0
+            w[base + _S_POS] = 0
+            w[base + _S_WAITING] = 0
+            w[base + _S_PID] = reader.pid
+            w[base + _S_START] = _micros(reader.start)
+            w[base + _S_ACTIVE] = 1  # last: the slot counts only once it is complete
+            if slot >= used:
+                w[_W_USED] = slot + 1
+            return slot
+        return None
+
+    def release_slot(self, slot: int) -> None:
+        self._words[_HEADER_WORDS + slot * SLOT_WORDS + _S_ACTIVE] = 0
+
+    def set_position(self, slot: int, position: int) -> None:
+        self._words[_HEADER_WORDS + slot * SLOT_WORDS + _S_POS] = position
+
+    def set_waiting(self, slot: int, waiting: bool) -> None:
+        self._words[_HEADER_WORDS + slot * SLOT_WORDS + _S_WAITING] = int(waiting)
+
+    def slots(self) -> list[int]:
+        """A snapshot of the used slots' words (SLOT_WORDS per slot), for scanning."""
+        used = min(self._words[_W_USED], self.slot_count)
+        return self._words[_HEADER_WORDS : _HEADER_WORDS + used * SLOT_WORDS].tolist()
+
+    def reader_id(self, slot: int) -> ProcessId:
+        base = _HEADER_WORDS + slot * SLOT_WORDS
+        return ProcessId(self._words[base + _S_PID], self._words[base + _S_START] / 1_000_000)
+
+
+def unlink_segment(name: str) -> None:
+    """Remove a segment's name; mappings already open keep working."""
+    try:
+        posix_ipc.unlink_shared_memory(name)
+    except posix_ipc.ExistentialError:
+        pass

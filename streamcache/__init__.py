@@ -1,0 +1,99 @@
+"""streamcache: one process produces a large blob, every other process streams it.
+
+A re-creation of Gitaly's ``streamcache`` taken across processes. The machine:
+
+**Index** (``index.py``). One JSON record per key under ``<dir>/v1/index``, named
+by the key's sha256 and replaced by write-temp-then-rename. The lookup, create
+and reader registration of one key form one critical section under a striped
+flock (``filelock``), so a key has one producer host-wide; the kernel drops the
+lock of a process that dies. A finished record is immutable, so a hit reads it
+without any lock. A record names its data file, its IPC objects while in flight,
+its producer ``(pid, start time)``, its expiry (creation + the creator's
+max_age) and, once done, its size.
+
+**Filestore** (``filestore.py``). A new data file per entry, never reused, in 256
+shard directories. Open descriptors outlive unlinking, so eviction never cuts
+off a reader.
+
+**Pipe** (``pipe.py`` over ``ipc``). While an entry is written, a shared-memory
+segment carries the producer's offset and state and one slot per reader with
+its position; named semaphores ("doorbells") wake readers after a write and the
+producer after a reader advances. After each write the producer blocks while it
+is more than ``window`` bytes ahead of the fastest live reader (0: Gitaly's
+rule), so the disk fills no faster than readers read. When no live reader is
+left, its next write raises BrokenPipeError and the entry fails. Every wait is
+timed (``liveness``), and each timeout checks the other side: readers raise
+ProducerDied for a dead producer, the producer drops dead readers. Once the
+entry is finished or failed its IPC objects are unlinked; the record holds the
+final state.
+
+**Creator.** The fetch that misses creates the entry, starts ``create`` in a
+thread of its process, and reads the file like every other reader. The record
+says "done" before the segment does, so once any reader has seen the end, the
+next fetch anywhere is a hit. A producer failure removes the record first and
+then publishes the error, so the next fetch creates afresh.
+
+**Eviction** (``eviction.py``). A loop in each process runs every
+``min(max_age, 60 s)``; a cleanup lock makes one process at a time do the pass:
+evict records past their recorded expiry, discard unfinished records of dead
+producers, delete data files no live record owns that are older than max_age
+(repairing unreadable shard dirs), and unlink IPC objects no live entry owns.
+``streamcache gc`` runs the same pass once.
+
+**Admission** (``admission.py``). MinOccurrences sends a key to the cache only
+once it was asked more than n times, counting in two generations of min_age
+shared through the directory; other requests run create straight into dst.
+
+Public names: :class:`Config`, :func:`new`, :class:`StreamCache`,
+:class:`MinOccurrences`, :class:`NullCache`, :class:`LoggingCache`,
+:class:`LogEntry`, :class:`FetchResult`, :class:`Error`, :class:`CreateError`,
+:class:`ProducerDied`.
+
+Example::
+
+    import streamcache
+
+    def make_pack(w):
+        for chunk in expensive_generator():
+            w.write(chunk)
+
+    with streamcache.new(streamcache.Config(dir="/var/cache/app/sc")) as cache:
+        written, created = cache.fetch("pack:" + repo, response, make_pack)
+"""
+
+from __future__ import annotations
+
+from .admission import MinOccurrences
+from .base import CacheBase, LogEntry, LoggingCache, NullCache
+from .cache import StreamCache
+from .config import Config
+from .errors import CreateError, Error, ProducerDied
+from .stream import AsyncStream, FetchResult, Stream
+
+__all__ = [
+    "AsyncStream",
+    "CacheBase",
+    "Config",
+    "CreateError",
+    "Error",
+    "FetchResult",
+    "LogEntry",
+    "LoggingCache",
+    "MinOccurrences",
+    "NullCache",
+    "ProducerDied",
+    "Stream",
+    "StreamCache",
+    "new",
+]
+
+
+def new(cfg: Config) -> CacheBase:
+    """The cache ``cfg`` describes: NullCache if disabled, else
+    ``MinOccurrences(StreamCache(...), cfg.min_occurrences, cfg.max_age)`` as Gitaly's New."""
+    if not isinstance(cfg, Config):
+        raise TypeError(f"new() needs a streamcache.Config, not {type(cfg).__name__}")
+    if not cfg.enabled:
+        return NullCache()
+    inner = StreamCache(cfg.dir, max_age=cfg.max_age, window=cfg.window, max_bytes=cfg.max_bytes)
+    return MinOccurrences(inner, cfg.min_occurrences, cfg.max_age)

@@ -1,0 +1,3 @@
+from streamcache.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""MinOccurrences: keep one-off keys off the disk.
+
+A request reaches the wrapped cache only when its key has been asked more than
+``n`` times (Gitaly: ``incr(key) > N``); the others run ``create`` straight into
+``dst``, as NullCache does. Counts live in two generations, each ``min_age``
+long, and a key's count moves into the new generation when first seen there,
+so frequent keys keep their count while keys unseen for two generations are
+forgotten wholesale.
+
+When the wrapped cache is a StreamCache, counts are shared by every process on
+its directory: a generation is a directory (named by ``floor(now / min_age)``)
+holding one file per key whose *size* is the count. Appending with O_APPEND is
+atomic, so no lock is needed; the process that creates a key's file in a new
+generation carries the old count over in the same append. A file stops growing
+once it is past ``n``: only "more than n" matters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import config
+from .base import CacheBase, Create, NullCache, check_key
+from .cache import StreamCache, key_hash
+from .stream import FetchResult, Stream
+
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class MemoryCounter:
+    """Gitaly's counters, for a wrapped cache with no directory: one process only."""
+
+    def __init__(self, min_age: float, clock: Callable[[], float]) -> None:
+        self._min_age = min_age
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.old: dict[str, int] = {}
+        self.new: dict[str, int] = {}
+        self._rotated_at = clock()
+
+    def incr(self, key: str, cap: int) -> int:
+        with self._lock:
+            now = self._clock()
+            if now - self._rotated_at > self._min_age:
+                self._rotated_at = now
+                self.old, self.new = self.new, {}
+            count = self.new.get(key, 0) + 1 + self.old.pop(key, 0)
+            self.new[key] = count
+            return count
+
+
+class FileCounter:
+    """Counters shared through the cache directory (see the module docstring)."""
+
+    def __init__(self, root: str, min_age: float, clock: Callable[[], float]) -> None:
+        self._span = max(min_age, 0.001)
+        self.root = os.path.join(root, f"{round(self._span * 1000)}ms")
+        self._clock = clock
+
+    def generation(self) -> int:
+        return int(self._clock() // self._span)
+
+    def incr(self, key: str, cap: int) -> int:
+        gen = self.generation()
+        name = key_hash(key)
+        path = os.path.join(self.root, str(gen), name)
+        try:
+            fd = os.open(path, _APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+            first = True
+        except FileExistsError:
+            fd = os.open(path, _APPEND)
+            first = False
+        except FileNotFoundError:
+            self._new_generation(gen)
+            return self.incr(key, cap)
+        try:
+            carry = 0
+            if first:
+                with contextlib.suppress(OSError):
+                    carry = os.stat(os.path.join(self.root, str(gen - 1), name)).st_size
+            if first or os.fstat(fd).st_size <= cap:
+                os.write(fd, b"\0" * (1 + min(carry, cap)))
+            return os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+
+    def _new_generation(self, gen: int) -> None:
+        try:
+            os.makedirs(os.path.join(self.root, str(gen)), mode=0o700)
+        except FileExistsError:
+            return
+        # The process that opens a generation forgets those before the previous one.
+        with contextlib.suppress(OSError):
+            for entry in os.listdir(self.root):
+                if entry.lstrip("-").isdigit() and int(entry) < gen - 1:
+                    shutil.rmtree(os.path.join(self.root, entry), ignore_errors=True)
+
+
+class MinOccurrences(CacheBase):
+    """Sends a key to ``cache`` only once it was asked more than ``n`` times within
+    about ``min_age`` seconds (``n=0``: from the first request)."""
+
+    def __init__(
+        self,
+        cache: CacheBase,
+        n: int,
+        min_age: config.Duration,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cache = cache
+        self.n = config.nonnegative_int(n, "n")
+        self.min_age = config.seconds(min_age, "min_age")
+        self._null = NullCache()
+        self.counter: MemoryCounter | FileCounter
+        if isinstance(cache, StreamCache):
+            self.counter = FileCounter(os.path.join(cache.root, "counts"), self.min_age, clock)
+        else:
+            self.counter = MemoryCounter(self.min_age, clock)
+
+    def _target(self, key: str) -> CacheBase:
+        check_key(key)
+        if self.n == 0 or self.counter.incr(key, self.n) > self.n:
+            return self.cache
+        return self._null
+
+    def fetch(self, key: str, dst: Any, create: Create, timeout: float | None = None) -> FetchResult:
+        return self._target(key).fetch(key, dst, create, timeout)
+
+    def stream(self, key: str, create: Create, timeout: float | None = None) -> Stream:
+        return self._target(key).stream(key, create, timeout)
+
+    def stop(self) -> None:
+        self.cache.stop()

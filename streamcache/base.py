@@ -1,0 +1,241 @@
+"""The surface every cache shares, and the caches that store nothing.
+
+Every cache has ``stream`` (the one method a cache implements), plus ``fetch``,
+``astream``, ``stop`` and the context manager built on it here.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, NamedTuple
+
+from .errors import CreateError, describe
+from .stream import AsyncStream, FetchResult, Stream, deadline_for, write_all
+
+Create = Callable[[Any], object]
+
+
+def check_key(key: object) -> None:
+    if not isinstance(key, str):
+        raise TypeError(f"key must be a str, not {type(key).__name__}")
+
+
+def check_create(create: object) -> None:
+    if not callable(create):
+        raise TypeError(f"create must be callable, not {type(create).__name__}")
+
+
+def check_dst(dst: object) -> None:
+    if not callable(getattr(dst, "write", None)):
+        raise TypeError(f"dst must have a write(bytes) method, not {type(dst).__name__}")
+
+
+class CacheBase:
+    """fetch, astream, stop and the context manager, on top of a subclass's ``stream``."""
+
+    def stream(self, key: str, create: Create, timeout: float | None = None) -> Stream:
+        raise NotImplementedError
+
+    def fetch(self, key: str, dst: Any, create: Create, timeout: float | None = None) -> FetchResult:
+        """Find or create the entry of ``key`` and copy it to ``dst``."""
+        check_dst(dst)
+        with self.stream(key, create, timeout) as s:
+            return FetchResult(s.copy_to(dst), s.created)
+
+    def astream(self, key: str, create: Create, timeout: float | None = None) -> AsyncStream:
+        """``async with cache.astream(key, create) as s: async for chunk in s: ...``"""
+        check_key(key)
+        check_create(create)
+        return AsyncStream(lambda: self.stream(key, create, timeout))
+
+    def stop(self) -> None:
+        """End background work. fetch keeps working."""
+
+    def __enter__(self) -> CacheBase:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class _CountingWriter:
+    def __init__(self, dst: Any) -> None:
+        self._dst = dst
+        self.written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        flush = getattr(self._dst, "flush", None)
+        if flush is not None:
+            flush()
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if isinstance(data, str):
+            raise TypeError("write() needs bytes, not str")
+        n = len(memoryview(data).cast("B"))
+        write_all(self._dst, bytes(data))
+        self.written += n
+        return n
+
+
+def run_create(create: Create, w: Any) -> None:
+    """Run ``create(w)``; any exception but KeyboardInterrupt/SystemExit becomes CreateError."""
+    try:
+        create(w)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
+        raise CreateError(describe(exc)) from exc
+
+
+_END = object()
+
+
+class _QueueSource:
+    """An in-process pipe: ``create`` runs in a thread and hands chunks over a bounded queue."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=4)
+        self._closed = threading.Event()
+        self._rest = b""
+        self._done = False
+
+    # writer side (the create thread)
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if isinstance(data, str):
+            raise TypeError("write() needs bytes, not str")
+        chunk = bytes(data)
+        self._put(chunk)
+        return len(chunk)
+
+    def _put(self, item: object) -> None:
+        while True:
+            if self._closed.is_set():
+                raise BrokenPipeError("all readers closed")
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def run(self, create: Create) -> None:
+        try:
+            run_create(create, self)
+            self._put(_END)
+        except BrokenPipeError:
+            pass
+        except BaseException as exc:
+            try:
+                self._put(exc)
+            except BrokenPipeError:
+                pass
+
+    # reader side
+    def read(self, n: int, deadline: float | None) -> bytes:
+        if not self._rest:
+            if self._done:
+                return b""
+            timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError("streamcache: timed out waiting for create") from None
+            if item is _END:
+                self._done = True
+                return b""
+            if isinstance(item, BaseException):
+                self._done = True
+                raise item
+            assert isinstance(item, bytes)
+            self._rest = item
+        data, self._rest = self._rest[:n], self._rest[n:]
+        return data
+
+    def sendfile(self, out_fd: int, deadline: float | None, wait_writable: Callable[[], None]) -> int:
+        raise OSError(22, "no descriptor to send from")  # EINVAL: Stream falls back to copying
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+class NullCache(CacheBase):
+    """Caches nothing: every fetch runs ``create(dst)`` itself and reports created=True."""
+
+    def fetch(self, key: str, dst: Any, create: Create, timeout: float | None = None) -> FetchResult:
+        check_key(key)
+        check_dst(dst)
+        check_create(create)
+        deadline_for(timeout)
+        w = _CountingWriter(dst)
+        run_create(create, w)
+        w.flush()
+        return FetchResult(w.written, True)
+
+    def stream(self, key: str, create: Create, timeout: float | None = None) -> Stream:
+        check_key(key)
+        check_create(create)
+        deadline = deadline_for(timeout)
+        source = _QueueSource()
+        threading.Thread(target=source.run, args=(create,), daemon=True).start()
+        return Stream(source, True, deadline)
+
+
+class LogEntry(NamedTuple):
+    """One call seen by :class:`LoggingCache`: error is None or what the call raised."""
+
+    key: str
+    created: bool
+    error: BaseException | None
+
+
+class LoggingCache(CacheBase):
+    """Wraps a cache and records every fetch/stream as a :class:`LogEntry` in ``entries``."""
+
+    def __init__(self, cache: CacheBase) -> None:
+        self.cache = cache
+        self._entries: list[LogEntry] = []
+        self._lock = threading.Lock()
+
+    @property
+    def entries(self) -> list[LogEntry]:
+        with self._lock:
+            return list(self._entries)
+
+    def _log(self, entry: LogEntry) -> None:
+        with self._lock:
+            self._entries.append(entry)
+
+    def fetch(self, key: str, dst: Any, create: Create, timeout: float | None = None) -> FetchResult:
+        try:
+            result = self.cache.fetch(key, dst, create, timeout)
+        except BaseException as exc:
+            self._log(LogEntry(key, False, exc))
+            raise
+        self._log(LogEntry(key, result.created, None))
+        return result
+
+    def stream(self, key: str, create: Create, timeout: float | None = None) -> Stream:
+        try:
+            s = self.cache.stream(key, create, timeout)
+        except BaseException as exc:
+            self._log(LogEntry(key, False, exc))
+            raise
+        self._log(LogEntry(key, s.created, None))
+        return s
+
+    def stop(self) -> None:
+        self.cache.stop()

@@ -1,0 +1,433 @@
+"""StreamCache: the index, filestore and pipe put together across processes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import stat
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import ipc
+from ipc.naming import list_objects
+from ipc.segment import SegmentError
+
+from . import config
+from .base import CacheBase, check_create, check_key
+from .errors import describe
+from .eviction import Cleaner
+from .filestore import Filestore
+from .index import DONE, WRITING, Index, Record
+from .pipe import EntryIPC, FileReader, PipeReader, Writer, unlink_entry_ipc
+from .stream import Stream, deadline_for, remaining
+
+LAYOUT = "v1"
+_ORPHAN_GRACE = 60.0  # seconds a half-made segment or temp record is left alone
+
+Create = Callable[[Any], object]
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def prepare_dir(path: str) -> str:
+    """Create the cache dir 0700 if missing; refuse one that others could tamper with."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.stat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"cache dir is not a directory: {path}")
+    if st.st_uid != os.geteuid():
+        raise ValueError(f"cache dir {path} is owned by uid {st.st_uid}, not by this user")
+    if st.st_mode & 0o022:
+        raise ValueError(
+            f"cache dir {path} is writable by others (mode {stat.S_IMODE(st.st_mode):o}); "
+            "make it 0700"
+        )
+    return path
+
+
+@dataclass
+class GCReport:
+    """What one cleanup pass did."""
+
+    ran: bool = True
+    expired: int = 0
+    discarded: int = 0
+    files_removed: int = 0
+    ipc_removed: int = 0
+
+
+class Producer:
+    """Runs ``create`` in a thread of the creating process and finalizes the entry."""
+
+    def __init__(
+        self, cache: StreamCache, rec: Record, entry: EntryIPC, fd: int, create: Create
+    ) -> None:
+        self._cache = cache
+        self.rec = rec
+        self._entry = entry
+        self._fd = fd
+        self._create = create
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(
+            target=self._run, name=f"streamcache-producer-{rec.key[:8]}", daemon=False
+        )
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        cache = self._cache
+        writer = Writer(self._fd, self._entry, cache.window, cache.liveness)
+        error: BaseException | None = None
+        try:
+            self._create(writer)
+            writer.close()
+        except BaseException as exc:  # a failing create fails the entry, never the process
+            error = exc
+        try:
+            os.close(self._fd)
+        except OSError as exc:
+            error = error or exc
+        seg = self._entry.seg
+        try:
+            if error is None:
+                # Invariant: the record says "done" before the segment does, so a
+                # reader that saw the end can rely on the next fetch being a hit.
+                cache._finish_record(self.rec, writer.offset)
+                seg.finish(writer.offset)
+            else:
+                self.error = error  # before fail(): a local reader attaches it as __cause__
+                cache._drop_record(self.rec)
+                seg.fail(describe(error))
+            writer.ring_all()
+        finally:
+            unlink_entry_ipc(self._entry.base)
+            self._entry.close()
+            cache._producer_done(self)
+
+
+class StreamCache(CacheBase):
+    """A streaming cache on ``dir`` shared by every process and thread that opens it.
+
+    ``liveness`` bounds how long a dead producer or reader goes unnoticed. ``clock``
+    (epoch seconds) is injectable for tests, as is ``cleanup_interval`` (seconds,
+    default ``min(max_age, 60)``; None-or-0 disables the background loop only when
+    passed as 0).
+    """
+
+    def __init__(
+        self,
+        dir: str | os.PathLike[str],
+        *,
+        max_age: config.Duration = config.DEFAULT_MAX_AGE,
+        window: int = config.DEFAULT_WINDOW,
+        max_bytes: int | None = None,
+        liveness: config.Duration = config.DEFAULT_LIVENESS,
+        clock: Callable[[], float] = time.time,
+        cleanup_interval: float | None = None,
+    ) -> None:
+        self.dir = prepare_dir(config.directory(dir))
+        self.max_age = config.seconds(max_age, "max_age")
+        self.window = config.nonnegative_int(window, "window")
+        self.max_bytes = config.optional_budget(max_bytes, "max_bytes")
+        self.liveness = config.seconds(liveness, "liveness", allow_zero=False)
+        self.root = os.path.join(self.dir, LAYOUT)
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        self._index = Index(self.root)
+        self._files = Filestore(os.path.join(self.root, "data"))
+        self._prefix = ipc.prefix_for(self.dir)
+        self._clock = clock
+        if cleanup_interval is None:
+            cleanup_interval = max(min(self.max_age, 60.0), 1.0)
+        self._cleaner = Cleaner(self.gc, cleanup_interval)
+        self._mutex = threading.Lock()
+        self._producers: set[Producer] = set()
+        _live_caches.add(self)
+
+    def __repr__(self) -> str:
+        return f"StreamCache({self.dir!r}, max_age={self.max_age})"
+
+    # -- public API -----------------------------------------------------------------
+
+    def stream(self, key: str, create: Create, timeout: float | None = None) -> Stream:
+        check_key(key)
+        check_create(create)
+        deadline = deadline_for(timeout)
+        self._cleaner.ensure_started()
+        h = key_hash(key)
+        hit = self._open_finished(self._index.read(h), evict=False)
+        if hit is not None:
+            return Stream(hit, False, deadline)
+        with self._index.locked(h, remaining(deadline)):
+            reader = self._lookup_locked(h)
+            if reader is not None:
+                return Stream(reader, False, deadline)
+            producer, reader = self._create_locked(h, create)
+        producer.start()
+        return Stream(reader, True, deadline)
+
+    def stop(self) -> None:
+        """End this process's background cleanup. fetch still works afterwards."""
+        self._cleaner.stop()
+
+    def gc(self) -> GCReport:
+        """One cleanup pass (skipped if another process is running one)."""
+        with self._index.cleanup_lock() as mine:
+            if not mine:
+                return GCReport(ran=False)
+            return self._gc_locked()
+
+    def wait_producers(self, timeout: float | None = None) -> bool:
+        """Wait for this process's in-flight producers; True if none is left."""
+        deadline = deadline_for(timeout)
+        while True:
+            with self._mutex:
+                threads = [p.thread for p in self._producers]
+            if not threads:
+                return True
+            for t in threads:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                t.join(left)
+
+    # -- lookup, under the key's lock -------------------------------------------------
+
+    def _open_finished(self, rec: Record | None, *, evict: bool) -> FileReader | None:
+        """A reader on a finished, unexpired entry whose file has the recorded size."""
+        if rec is None or rec.state != DONE or rec.expires <= self._clock():
+            return None
+        try:
+            fd = self._files.open(rec.file)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            if os.fstat(fd).st_size == rec.size:
+                return FileReader(fd, rec.size)
+            os.close(fd)
+        if evict:
+            self._evict(rec)
+        return None
+
+    def _lookup_locked(self, h: str) -> FileReader | PipeReader | None:
+        rec = self._index.read(h)
+        if rec is None:
+            if self._index.exists(h):
+                self._index.remove(h)  # garbage: never served
+            return None
+        if rec.expires <= self._clock():
+            self._evict(rec)
+            return None
+        if rec.state == DONE:
+            return self._open_finished(rec, evict=True)
+        if not ipc.is_alive(rec.pid, rec.start):
+            self._discard(rec)
+            return None
+        try:
+            entry = EntryIPC.open(rec.ipc)
+        except SegmentError:
+            self._index.remove(h)
+            return None
+        seg = entry.seg
+        if seg.state != ipc.STATE_WRITING or not self._has_live_reader(seg):
+            # Failed, or every reader left so the producer is bound to fail: a
+            # new fetch creates afresh instead of attaching.
+            entry.close()
+            self._index.remove(h)
+            return None
+        try:
+            fd = self._files.open(rec.file)
+        except OSError:
+            entry.close()
+            self._index.remove(h)
+            return None
+        slot = seg.claim_slot(ipc.current_process(), _is_dead)
+        return PipeReader(fd, entry, slot, self.liveness, lambda: self._producer_died(rec))
+
+    def _create_locked(self, h: str, create: Create) -> tuple[Producer, PipeReader]:
+        me = ipc.current_process()
+        name, wfd = self._files.create()
+        try:
+            entry = EntryIPC.create(self._prefix, me)
+            try:
+                mine = EntryIPC.open(entry.base)
+                try:
+                    rfd = self._files.open(name)
+                except BaseException:
+                    mine.close()
+                    raise
+            except BaseException:
+                entry.close()
+                unlink_entry_ipc(entry.base)
+                raise
+        except BaseException:
+            os.close(wfd)
+            self._files.remove(name)
+            raise
+        slot = mine.seg.claim_slot(me, _is_dead)
+        now = self._clock()
+        rec = Record(h, name, entry.base, me.pid, me.start, now, now + self.max_age, WRITING, 0)
+        producer = Producer(self, rec, entry, wfd, create)
+        reader = PipeReader(
+            rfd, mine, slot, self.liveness, lambda: self._producer_died(rec), lambda: producer.error
+        )
+        try:
+            self._index.write(rec)
+        except BaseException:
+            reader.close()
+            entry.close()
+            unlink_entry_ipc(entry.base)
+            os.close(wfd)
+            self._files.remove(name)
+            raise
+        with self._mutex:
+            self._producers.add(producer)
+        return producer, reader
+
+    @staticmethod
+    def _has_live_reader(seg: ipc.Segment) -> bool:
+        words = seg.slots()
+        for i in range(0, len(words), 8):
+            if words[i + 1] and ipc.is_alive(words[i + 3], words[i + 4] / 1_000_000):
+                return True
+        return False
+
+    # -- changes to records -------------------------------------------------------------
+
+    def _is_current(self, rec: Record) -> bool:
+        cur = self._index.read(rec.key)
+        return cur is not None and cur.file == rec.file
+
+    def _finish_record(self, rec: Record, size: int) -> None:
+        with self._index.locked(rec.key, None):
+            if self._is_current(rec):
+                self._index.write(replace(rec, state=DONE, size=size, ipc=""))
+                return
+        # Evicted (or replaced) while in flight: nobody will find this file again.
+        self._files.remove(rec.file)
+
+    def _drop_record(self, rec: Record) -> None:
+        with self._index.locked(rec.key, None):
+            if self._is_current(rec):
+                self._index.remove(rec.key)
+        self._files.remove(rec.file)
+
+    def _producer_died(self, rec: Record) -> None:
+        with self._index.locked(rec.key, None):
+            if self._is_current(rec):
+                self._index.remove(rec.key)
+        self._files.remove(rec.file)
+        unlink_entry_ipc(rec.ipc)
+
+    def _evict(self, rec: Record) -> None:
+        """Drop an expired or broken entry (lock held). Open readers keep their descriptors."""
+        self._index.remove(rec.key)
+        self._files.remove(rec.file)
+
+    def _discard(self, rec: Record) -> None:
+        """Drop an unfinished entry whose producer is dead (lock held)."""
+        self._evict(rec)
+        if rec.ipc:
+            unlink_entry_ipc(rec.ipc)
+
+    def _producer_done(self, producer: Producer) -> None:
+        with self._mutex:
+            self._producers.discard(producer)
+
+    # -- cleanup ---------------------------------------------------------------------
+
+    def _gc_locked(self) -> GCReport:
+        report = GCReport()
+        now = self._clock()
+        live_files: set[str] = set()
+        live_ipc: set[str] = set()
+        for h in list(self._index.keys()):
+            rec = self._index.read(h)
+            if rec is not None and rec.expires > now:
+                if rec.state == DONE or ipc.is_alive(rec.pid, rec.start):
+                    live_files.add(rec.file)
+                    if rec.ipc:
+                        live_ipc.add(rec.ipc)
+                    continue
+            with self._index.locked(h, None):
+                rec = self._index.read(h)
+                if rec is None:
+                    self._index.remove(h)
+                    report.discarded += 1
+                elif rec.expires <= now:
+                    self._evict(rec)
+                    report.expired += 1
+                elif rec.state == WRITING and not ipc.is_alive(rec.pid, rec.start):
+                    self._discard(rec)
+                    report.discarded += 1
+                else:
+                    live_files.add(rec.file)
+                    if rec.ipc:
+                        live_ipc.add(rec.ipc)
+        wall = time.time()
+        for path in self._index.stray_temp_files():
+            with contextlib.suppress(OSError):
+                if os.lstat(path).st_mtime < wall - _ORPHAN_GRACE:
+                    os.unlink(path)
+        report.files_removed = self._files.sweep(now - self.max_age, live_files)
+        report.ipc_removed = self._sweep_ipc(live_ipc, wall)
+        return report
+
+    def _sweep_ipc(self, live: set[str], wall: float) -> int:
+        """Unlink IPC objects that no live entry owns (dead producers, finished entries)."""
+        by_base: dict[str, list[ipc.ObjectName]] = {}
+        for obj in list_objects(self._prefix):
+            by_base.setdefault(obj.base, []).append(obj)
+        removed = 0
+        for base, objs in by_base.items():
+            if base in live:
+                continue
+            seg_obj = next((o for o in objs if not o.is_semaphore and o.kind == "s"), None)
+            if seg_obj is not None:
+                try:
+                    seg = ipc.Segment.open(seg_obj.name)
+                except SegmentError:
+                    if seg_obj.mtime > wall - _ORPHAN_GRACE:
+                        continue  # possibly being created right now
+                else:
+                    producer, state = seg.producer, seg.state
+                    seg.close()
+                    if state == ipc.STATE_WRITING and ipc.is_alive(producer.pid, producer.start):
+                        continue  # in flight (perhaps expired): its producer unlinks it
+            unlink_entry_ipc(base)
+            removed += len(objs)
+        return removed
+
+    # -- fork ------------------------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        # Threads do not survive fork: the child has no producers and no cleaner,
+        # and must not inherit a lock some other thread held at the fork.
+        self._mutex = threading.Lock()
+        self._producers = set()
+        self._cleaner.after_fork()
+
+
+def _is_dead(pid: int, start: float) -> bool:
+    return not ipc.is_alive(pid, start)
+
+
+_live_caches: weakref.WeakSet[StreamCache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for cache in list(_live_caches):
+        cache._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

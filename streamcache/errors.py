@@ -1,0 +1,37 @@
+"""Exceptions.
+
+::
+
+    Exception
+     └── Error                 base of everything streamcache raises on its own
+          └── CreateError      the producer of an entry failed; every reader gets it
+               └── ProducerDied  the producing process died or vanished mid-stream
+
+Bad arguments raise the built-in ``TypeError``/``ValueError``; a ``timeout`` that
+passes raises the built-in ``TimeoutError``. A producer whose readers all left gets
+``BrokenPipeError`` from its writer's ``write``.
+"""
+
+from __future__ import annotations
+
+
+class Error(Exception):
+    """Base class of streamcache's own errors."""
+
+
+class CreateError(Error):
+    """The producer of an entry failed.
+
+    The text carries the original exception's type name and message; in the process
+    where the producer ran, the original exception is also the ``__cause__``.
+    """
+
+
+class ProducerDied(CreateError):
+    """The process producing an entry died or vanished before finishing it."""
+
+
+def describe(exc: BaseException) -> str:
+    """``TypeName: message``, the form in which an error crosses processes."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,365 @@
+"""The pipe: one producer writing a data file, many readers in any process.
+
+The producer appends to the entry's data file and publishes its offset in the
+entry's shared-memory segment; readers read the file up to that offset, each
+publishing its position in its own slot. Two doorbells connect them: readers
+sleep on ``r`` (the producer rings it after a write for as many readers as are
+waiting), the producer sleeps on ``w`` (a reader rings it after advancing while
+the producer waits).
+
+Back pressure: after each write the producer blocks while
+``offset - max(positions of live readers) > window``; ``window=0`` is Gitaly's
+rule (wait until one reader has everything). When no live reader is left the
+producer's write raises ``BrokenPipeError``: nothing more is produced, the entry
+fails. Dead readers are found when a wait times out (every ``liveness`` seconds)
+and dropped; readers find a dead producer the same way and raise ``ProducerDied``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import ipc
+from ipc.doorbell import unlink_semaphore
+from ipc.naming import object_name
+from ipc.segment import SLOT_WORDS, unlink_segment
+
+from .errors import CreateError, ProducerDied
+
+CHUNK = 1 << 20  # a reader reads ahead at most this much
+SEGMENT, READERS_BELL, WRITER_BELL = "s", "r", "w"
+
+_S_POS, _S_ACTIVE, _S_WAITING, _S_PID, _S_START = 0, 1, 2, 3, 4
+
+
+class EntryIPC:
+    """The shared-memory segment and two doorbells of one entry being written."""
+
+    def __init__(self, base: str, seg: ipc.Segment, readers: ipc.Doorbell, writer: ipc.Doorbell):
+        self.base = base
+        self.seg = seg
+        self.readers_bell = readers
+        self.writer_bell = writer
+
+    @classmethod
+    def create(cls, prefix: str, producer: ipc.ProcessId) -> EntryIPC:
+        """Create fresh objects. The segment comes first and is unlinked last, so a
+        doorbell without a segment is always an orphan (see :func:`unlink_entry_ipc`)."""
+        base = ipc.new_base(prefix)
+        seg = ipc.Segment.create(object_name(base, SEGMENT), producer)
+        try:
+            rb = ipc.Doorbell.create(object_name(base, READERS_BELL))
+            try:
+                wb = ipc.Doorbell.create(object_name(base, WRITER_BELL))
+            except BaseException:
+                rb.close()
+                rb.unlink()
+                raise
+        except BaseException:
+            seg.close()
+            seg.unlink()
+            raise
+        return cls(base, seg, rb, wb)
+
+    @classmethod
+    def open(cls, base: str) -> EntryIPC:
+        """Attach to an entry's objects (``ipc.SegmentError`` if they are gone)."""
+        import posix_ipc
+
+        seg = ipc.Segment.open(object_name(base, SEGMENT))
+        try:
+            rb = ipc.Doorbell.open(object_name(base, READERS_BELL))
+            wb = ipc.Doorbell.open(object_name(base, WRITER_BELL))
+        except posix_ipc.Error as exc:
+            seg.close()
+            raise ipc.SegmentError(f"doorbells of {base} are gone") from exc
+        return cls(base, seg, rb, wb)
+
+    def close(self) -> None:
+        self.readers_bell.close()
+        self.writer_bell.close()
+        self.seg.close()
+
+
+def unlink_entry_ipc(base: str) -> None:
+    """Remove an entry's IPC names: doorbells first, the segment last."""
+    unlink_semaphore(object_name(base, READERS_BELL))
+    unlink_semaphore(object_name(base, WRITER_BELL))
+    unlink_segment(object_name(base, SEGMENT))
+
+
+def _micros(seconds: float) -> int:
+    return round(seconds * 1_000_000)
+
+
+class Writer:
+    """The binary writer handed to ``create``: appends to the data file.
+
+    Runs in the producer's thread only; its fields need no lock.
+    """
+
+    def __init__(self, fd: int, entry: EntryIPC, window: int, liveness: float) -> None:
+        self._fd = fd
+        self._entry = entry
+        self._seg = entry.seg
+        self._window = window
+        self._liveness = liveness
+        self.offset = 0
+        self.broken = False
+        # Slots whose owner was found dead: (slot, pid, start in microseconds).
+        self._dead: set[tuple[int, int, int]] = set()
+
+    # io-like surface
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append ``data``; blocks under back pressure; BrokenPipeError once all readers left."""
+        if self.broken:
+            raise BrokenPipeError("all readers closed")
+        if isinstance(data, str):
+            raise TypeError("write() needs bytes, not str")
+        view = memoryview(data).cast("B")
+        total = len(view)
+        done = 0
+        while done < total:
+            done += os.write(self._fd, view[done:])
+        self.offset += total
+        self._seg.publish_offset(self.offset)
+        self._after_write()
+        return total
+
+    def _scan(self) -> tuple[int, int, int]:
+        """(live readers, their largest position, how many wait) from one snapshot."""
+        words = self._seg.slots()
+        live = waiting = 0
+        best = -1
+        dead = self._dead
+        for i in range(0, len(words), SLOT_WORDS):
+            if not words[i + _S_ACTIVE]:
+                continue
+            if dead and (i // SLOT_WORDS, words[i + _S_PID], words[i + _S_START]) in dead:
+                continue
+            live += 1
+            waiting += words[i + _S_WAITING]
+            pos = words[i + _S_POS]
+            if pos > best:
+                best = pos
+        return live, best, waiting
+
+    def _after_write(self) -> None:
+        live, best, waiting = self._scan()
+        if waiting:
+            self._entry.readers_bell.ring(waiting)
+        while True:
+            if live == 0:
+                self.broken = True
+                raise BrokenPipeError("all readers closed")
+            if self.offset - best <= self._window:
+                return
+            # Invariant: set "waiting", then re-check; a reader advancing after our
+            # check sees the flag and rings.
+            self._seg.set_producer_waiting(True)
+            live, best, waiting = self._scan()
+            if live and self.offset - best <= self._window:
+                self._seg.set_producer_waiting(False)
+                return
+            rang = self._entry.writer_bell.wait(self._liveness)
+            self._seg.set_producer_waiting(False)
+            if not rang:
+                self._drop_dead_readers()
+            live, best, waiting = self._scan()
+
+    def _drop_dead_readers(self) -> None:
+        words = self._seg.slots()
+        for i in range(0, len(words), SLOT_WORDS):
+            if words[i + _S_ACTIVE]:
+                pid, start = words[i + _S_PID], words[i + _S_START]
+                if not ipc.is_alive(pid, start / 1_000_000):
+                    self._dead.add((i // SLOT_WORDS, pid, start))
+
+    def close(self) -> None:
+        """Check at the end of ``create``: a producer whose readers all left fails."""
+        if self.broken:
+            raise BrokenPipeError("all readers closed")
+        if self._scan()[0] == 0:
+            self._drop_dead_readers()
+            self.broken = True
+            raise BrokenPipeError("all readers closed")
+
+    def ring_all(self) -> None:
+        """Wake every waiting reader (after the final state is published)."""
+        waiting = self._scan()[2]
+        self._entry.readers_bell.ring(max(waiting, 1))
+
+
+class PipeReader:
+    """Reads an entry that is still being written, from offset 0.
+
+    ``slot`` is None for a reader beyond the segment's slot capacity: it still
+    reads everything, but does not count for back pressure and, never being rung,
+    re-checks every few milliseconds.
+    """
+
+    OVERFLOW_POLL = 0.005
+
+    def __init__(
+        self,
+        fd: int,
+        entry: EntryIPC,
+        slot: int | None,
+        liveness: float,
+        on_producer_died: Callable[[], None],
+        local_cause: Callable[[], BaseException | None] = lambda: None,
+    ) -> None:
+        self._fd = fd
+        self._entry = entry
+        self._seg = entry.seg
+        self._slot = slot
+        self._liveness = liveness
+        self._on_producer_died = on_producer_died
+        self.position = 0
+        self._closed = False
+        self._local_cause = local_cause  # the producer's exception, when it ran here
+
+    def read(self, n: int, deadline: float | None) -> bytes:
+        """Up to ``n`` (at most CHUNK) bytes; b"" at the end of a finished entry."""
+        seg = self._seg
+        while True:
+            avail = seg.offset - self.position
+            if avail > 0:
+                data = os.pread(self._fd, min(avail, n, CHUNK), self.position)
+                if not data:
+                    raise CreateError("the entry's data file is shorter than published")
+                self._advance(len(data))
+                return data
+            state = seg.state
+            if state != ipc.STATE_WRITING:
+                if seg.offset > self.position:
+                    continue  # the final offset came with the state
+                if state == ipc.STATE_DONE:
+                    return b""
+                raise self._failure(seg.error)
+            self._wait(deadline)
+
+    def sendfile(self, out_fd: int, deadline: float | None, wait_writable: Callable[[], None]) -> int:
+        """Copy the next available bytes to ``out_fd`` with os.sendfile; 0 at the end."""
+        seg = self._seg
+        while True:
+            avail = seg.offset - self.position
+            if avail > 0:
+                try:
+                    n = os.sendfile(out_fd, self._fd, self.position, min(avail, CHUNK))
+                except BlockingIOError:
+                    wait_writable()
+                    continue
+                if not n:
+                    raise CreateError("the entry's data file is shorter than published")
+                self._advance(n)
+                return n
+            state = seg.state
+            if state != ipc.STATE_WRITING:
+                if seg.offset > self.position:
+                    continue
+                if state == ipc.STATE_DONE:
+                    return 0
+                raise self._failure(seg.error)
+            self._wait(deadline)
+
+    def _advance(self, n: int) -> None:
+        self.position += n
+        if self._slot is not None:
+            self._seg.set_position(self._slot, self.position)
+        if self._seg.producer_waiting:
+            self._entry.writer_bell.ring()
+
+    def _failure(self, text: str) -> CreateError:
+        err = CreateError(text)
+        err.__cause__ = self._local_cause()
+        return err
+
+    def _wait(self, deadline: float | None) -> None:
+        seg = self._seg
+        slot = self._slot
+        timeout = self._liveness if slot is not None else self.OVERFLOW_POLL
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("timed out waiting for the producer")
+            timeout = min(timeout, remaining)
+        if slot is not None:
+            # Invariant: announce "waiting" before the last check of the offset, so
+            # a producer publishing after that check sees the flag and rings.
+            seg.set_waiting(slot, True)
+        try:
+            if seg.offset > self.position or seg.state != ipc.STATE_WRITING:
+                return
+            rang = self._entry.readers_bell.wait(timeout)
+        finally:
+            if slot is not None:
+                seg.set_waiting(slot, False)
+        if not rang and seg.state == ipc.STATE_WRITING and seg.offset == self.position:
+            producer = seg.producer
+            if not ipc.is_alive(producer.pid, producer.start):
+                self._on_producer_died()
+                raise ProducerDied(
+                    f"the producing process (pid {producer.pid}) died before finishing the entry"
+                )
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._slot is not None:
+            self._seg.release_slot(self._slot)
+            if self._seg.producer_waiting:
+                # The producer may be waiting on us; let it re-count its readers.
+                self._entry.writer_bell.ring()
+        self._entry.close()
+        os.close(self._fd)
+
+
+class FileReader:
+    """Reads a finished entry of known size; takes no slot (the entry is immutable)."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd = fd
+        self.size = size
+        self.position = 0
+
+    def read(self, n: int, deadline: float | None) -> bytes:
+        want = min(n, self.size - self.position, CHUNK)
+        if want <= 0:
+            return b""
+        data = os.pread(self._fd, want, self.position)
+        if not data:
+            raise CreateError("the entry's data file is shorter than its recorded size")
+        self.position += len(data)
+        return data
+
+    def sendfile(self, out_fd: int, deadline: float | None, wait_writable: Callable[[], None]) -> int:
+        want = min(self.size - self.position, CHUNK)
+        if want <= 0:
+            return 0
+        while True:
+            try:
+                n = os.sendfile(out_fd, self._fd, self.position, want)
+                break
+            except BlockingIOError:
+                wait_writable()
+        if not n:
+            raise CreateError("the entry's data file is shorter than its recorded size")
+        self.position += n
+        return n
+
+    def close(self) -> None:
+        os.close(self._fd)

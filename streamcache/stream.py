@@ -1,0 +1,225 @@
+"""Streams handed to callers: the copy loop of fetch, ``stream()`` and ``astream()``."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import select
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from types import TracebackType
+from typing import Any, NamedTuple, Protocol
+
+from .pipe import CHUNK
+
+
+class FetchResult(NamedTuple):
+    """What ``fetch`` returns: bytes written to dst, and whether this call ran create."""
+
+    written: int
+    created: bool
+
+
+class Source(Protocol):
+    """Where a stream's bytes come from (a finished file, a pipe, an in-process queue)."""
+
+    def read(self, n: int, deadline: float | None) -> bytes: ...
+
+    def sendfile(self, out_fd: int, deadline: float | None, wait_writable: Callable[[], None]) -> int: ...
+
+    def close(self) -> None: ...
+
+
+_NO_SENDFILE = {errno.EINVAL, errno.ENOSYS, errno.ENOTSOCK, errno.EOPNOTSUPP, errno.ESPIPE}
+
+
+def deadline_for(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be seconds or None, not {type(timeout).__name__}")
+    if timeout < 0:
+        raise ValueError("timeout must be >= 0")
+    return time.monotonic() + timeout
+
+
+def remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("streamcache: timeout passed")
+    return left
+
+
+def _usable_fd(dst: Any) -> int | None:
+    fileno = getattr(dst, "fileno", None)
+    if fileno is None:
+        return None
+    try:
+        fd = fileno()
+    except (OSError, ValueError, AttributeError):
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def write_all(dst: Any, data: bytes) -> None:
+    """``dst.write`` until every byte is taken (a raw writer may take fewer)."""
+    n = dst.write(data)
+    if n is None or n >= len(data):
+        return
+    view = memoryview(data)
+    while n < len(view):
+        more = dst.write(view[n:])
+        if more is None:
+            return
+        n += more
+
+
+class Stream:
+    """An entry being read: iterate it, ``read(n)``, ``readinto(b)``; a context manager.
+
+    Reading past the last byte of an entry whose producer failed raises the
+    CreateError. Closing it (or leaving the ``with``) gives up this reader's place.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        created: bool,
+        deadline: float | None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self._source = source
+        self.created = created
+        self._deadline = deadline
+        self._on_close = on_close
+        self._pending = b""
+        self._closed = False
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._source.close()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("I/O operation on a closed stream")
+
+    def _chunk(self, n: int) -> bytes:
+        if self._pending:
+            data, self._pending = self._pending[:n], self._pending[n:]
+            return data
+        return self._source.read(n, self._deadline)
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (all remaining if n < 0); b"" at the end."""
+        self._check_open()
+        if n >= 0:
+            return self._chunk(min(n, CHUNK)) if n else b""
+        parts = []
+        while chunk := self._chunk(CHUNK):
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def readinto(self, b: bytearray | memoryview) -> int:
+        self._check_open()
+        view = memoryview(b).cast("B")
+        data = self._chunk(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        self._check_open()
+        chunk = self._chunk(CHUNK)
+        if not chunk:
+            raise StopIteration
+        return chunk
+
+    def copy_to(self, dst: Any) -> int:
+        """Copy the rest of the entry to ``dst``; zero-copy when dst has a usable fileno."""
+        self._check_open()
+        written = 0
+        if self._pending:
+            write_all(dst, self._pending)
+            written, self._pending = len(self._pending), b""
+        out_fd = _usable_fd(dst)
+        if out_fd is not None:
+            flush = getattr(dst, "flush", None)
+            if flush is not None:
+                flush()
+            try:
+                while n := self._source.sendfile(out_fd, self._deadline, lambda: self._wait_writable(out_fd)):
+                    written += n
+                return written
+            except OSError as exc:
+                if exc.errno not in _NO_SENDFILE:
+                    raise
+                # Not a descriptor sendfile can write to: fall back to copying.
+        while chunk := self._source.read(CHUNK, self._deadline):
+            write_all(dst, chunk)
+            written += len(chunk)
+        return written
+
+    def _wait_writable(self, fd: int) -> None:
+        left = remaining(self._deadline)
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if not poller.poll(None if left is None else left * 1000):
+            raise TimeoutError("streamcache: timed out writing to dst")
+
+
+class AsyncStream:
+    """``astream()``: the blocking work of a :class:`Stream` runs in worker threads,
+    so waits never block the event loop."""
+
+    def __init__(self, opener: Callable[[], Stream]) -> None:
+        self._opener = opener
+        self._stream: Stream | None = None
+
+    @property
+    def created(self) -> bool:
+        return self._require().created
+
+    def _require(self) -> Stream:
+        if self._stream is None:
+            raise RuntimeError("use astream() with 'async with'")
+        return self._stream
+
+    async def __aenter__(self) -> AsyncStream:
+        self._stream = await asyncio.to_thread(self._opener)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._stream is not None:
+            await asyncio.to_thread(self._stream.close)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await asyncio.to_thread(self._require().read, CHUNK)
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
+
+    async def read(self, n: int = -1) -> bytes:
+        return await asyncio.to_thread(self._require().read, n)
