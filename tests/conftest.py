@@ -1,0 +1,56 @@
+"""Shared fixtures: a private cache dir per test, and a check that no IPC object leaks."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import ipc
+import streamcache
+
+
+def ipc_objects(cache_dir: Path) -> list[str]:
+    return [o.name for o in ipc.list_objects(ipc.prefix_for(cache_dir))]
+
+
+def settle(cache_dir: Path, timeout: float = 10.0) -> list[str]:
+    """Wait (bounded) for in-flight producers of ``cache_dir`` to unlink their objects,
+    then run one cleanup pass; returns what is still left."""
+    deadline = time.monotonic() + timeout
+    while ipc_objects(cache_dir) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if cache_dir.exists():
+        streamcache.StreamCache(cache_dir, cleanup_interval=0).gc()
+    return ipc_objects(cache_dir)
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Iterator[Path]:
+    """A fresh cache directory; at teardown nothing of it may be left in /dev/shm."""
+    path = tmp_path / "cache"
+    yield path
+    left = settle(path)
+    assert not left, f"IPC objects leaked: {left}"
+
+
+@pytest.fixture
+def spawn() -> multiprocessing.context.SpawnContext:
+    """A multiprocessing context that starts fresh interpreters (safe under xdist's threads)."""
+    return multiprocessing.get_context("spawn")
+
+
+@pytest.fixture(autouse=True)
+def _reap_children() -> Iterator[None]:
+    yield
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(5)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("PYTHONFAULTHANDLER", "1")
