@@ -130,7 +130,9 @@ class MinOccurrences(CacheBase):
             return self.cache
         return self._null
 
-    def fetch(self, key: str, dst: Any, create: Create, timeout: float | None = None) -> FetchResult:
+    def fetch(
+        self, key: str, dst: Any, create: Create, timeout: float | None = None
+    ) -> FetchResult:
         return self._target(key).fetch(key, dst, create, timeout)
 
     def stream(self, key: str, create: Create, timeout: float | None = None) -> Stream:

@@ -40,7 +40,9 @@ class CacheBase:
     def stream(self, key: str, create: Create, timeout: float | None = None) -> Stream:
         raise NotImplementedError
 
-    def fetch(self, key: str, dst: Any, create: Create, timeout: float | None = None) -> FetchResult:
+    def fetch(
+        self, key: str, dst: Any, create: Create, timeout: float | None = None
+    ) -> FetchResult:
         """Find or create the entry of ``key`` and copy it to ``dst``."""
         check_dst(dst)
         with self.stream(key, create, timeout) as s:
@@ -165,7 +167,9 @@ class _QueueSource:
         data, self._rest = self._rest[:n], self._rest[n:]
         return data
 
-    def sendfile(self, out_fd: int, deadline: float | None, wait_writable: Callable[[], None]) -> int:
+    def sendfile(
+        self, out_fd: int, deadline: float | None, wait_writable: Callable[[], None]
+    ) -> int:
         raise OSError(22, "no descriptor to send from")  # EINVAL: Stream falls back to copying
 
     def close(self) -> None:
@@ -175,7 +179,9 @@ class _QueueSource:
 class NullCache(CacheBase):
     """Caches nothing: every fetch runs ``create(dst)`` itself and reports created=True."""
 
-    def fetch(self, key: str, dst: Any, create: Create, timeout: float | None = None) -> FetchResult:
+    def fetch(
+        self, key: str, dst: Any, create: Create, timeout: float | None = None
+    ) -> FetchResult:
         check_key(key)
         check_dst(dst)
         check_create(create)
@@ -219,7 +225,9 @@ class LoggingCache(CacheBase):
         with self._lock:
             self._entries.append(entry)
 
-    def fetch(self, key: str, dst: Any, create: Create, timeout: float | None = None) -> FetchResult:
+    def fetch(
+        self, key: str, dst: Any, create: Create, timeout: float | None = None
+    ) -> FetchResult:
         try:
             result = self.cache.fetch(key, dst, create, timeout)
         except BaseException as exc:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Union
 
-Duration = Union[float, int, datetime.timedelta]
+Duration = float | int | datetime.timedelta
 
 DEFAULT_MAX_AGE = 300.0
 DEFAULT_WINDOW = 4 * 2**20
@@ -21,7 +20,9 @@ def seconds(value: object, name: str, *, allow_zero: bool = True) -> float:
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         result = float(value)
     else:
-        raise TypeError(f"{name} must be seconds (float) or a timedelta, not {type(value).__name__}")
+        raise TypeError(
+            f"{name} must be seconds (float) or a timedelta, not {type(value).__name__}"
+        )
     if result != result or result < 0 or (result == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
     return result

@@ -251,7 +251,9 @@ class PipeReader:
                 raise self._failure(seg.error)
             self._wait(deadline)
 
-    def sendfile(self, out_fd: int, deadline: float | None, wait_writable: Callable[[], None]) -> int:
+    def sendfile(
+        self, out_fd: int, deadline: float | None, wait_writable: Callable[[], None]
+    ) -> int:
         """Copy the next available bytes to ``out_fd`` with os.sendfile; 0 at the end."""
         seg = self._seg
         while True:
@@ -346,7 +348,9 @@ class FileReader:
         self.position += len(data)
         return data
 
-    def sendfile(self, out_fd: int, deadline: float | None, wait_writable: Callable[[], None]) -> int:
+    def sendfile(
+        self, out_fd: int, deadline: float | None, wait_writable: Callable[[], None]
+    ) -> int:
         want = min(self.size - self.position, CHUNK)
         if want <= 0:
             return 0

@@ -25,7 +25,9 @@ class Source(Protocol):
 
     def read(self, n: int, deadline: float | None) -> bytes: ...
 
-    def sendfile(self, out_fd: int, deadline: float | None, wait_writable: Callable[[], None]) -> int: ...
+    def sendfile(
+        self, out_fd: int, deadline: float | None, wait_writable: Callable[[], None]
+    ) -> int: ...
 
     def close(self) -> None: ...
 
@@ -165,7 +167,9 @@ class Stream:
             if flush is not None:
                 flush()
             try:
-                while n := self._source.sendfile(out_fd, self._deadline, lambda: self._wait_writable(out_fd)):
+                while n := self._source.sendfile(
+                    out_fd, self._deadline, lambda: self._wait_writable(out_fd)
+                ):
                     written += n
                 return written
             except OSError as exc:
