@@ -1,0 +1,197 @@
+"""Figures for the core: fan-out time, wake-up latency, producer lead over a stalled reader.
+
+    python tools/measure.py [--quick] [--json]
+
+Absolute times on a shared machine are noisy; every figure is the median of several runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from typing import Any
+
+import ipc
+import streamcache
+from streamcache.cache import LAYOUT, key_hash
+from streamcache.index import Index
+
+MiB = 1 << 20
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.h = hashlib.sha256()
+
+    def write(self, b: bytes) -> int:
+        self.h.update(b)
+        return len(b)
+
+
+def _block(i: int) -> bytes:
+    return hashlib.sha256(str(i).encode()).digest() * (MiB // 32)
+
+
+def _fanout_reader(cache_dir: str, size_mib: int, barrier: Any, out: Any) -> None:
+    cache = streamcache.StreamCache(cache_dir)
+
+    def create(w: Any) -> None:
+        for i in range(size_mib):
+            w.write(_block(i))
+
+    barrier.wait(30)
+    t0 = time.perf_counter()
+    sink = Sink()
+    written, created = cache.fetch("fanout", sink, create, timeout=300)
+    out.put((time.perf_counter() - t0, written, created, sink.h.hexdigest()))
+    cache.stop()
+
+
+def fanout(procs: int, size_mib: int) -> float:
+    """Seconds until all ``procs`` processes have each received one cold ``size_mib`` entry."""
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        barrier = ctx.Barrier(procs + 1)
+        out = ctx.Queue()
+        ps = [
+            ctx.Process(target=_fanout_reader, args=(tmp + "/c", size_mib, barrier, out))
+            for _ in range(procs)
+        ]
+        for p in ps:
+            p.start()
+        barrier.wait(60)
+        t0 = time.perf_counter()
+        results = [out.get(timeout=300) for _ in ps]
+        elapsed = time.perf_counter() - t0
+        for p in ps:
+            p.join(30)
+        assert sum(r[2] for r in results) == 1, "create must run once"
+        assert len({r[3] for r in results}) == 1 and results[0][1] == size_mib * MiB
+        return elapsed
+
+
+def _wake_producer(cache_dir: str, n: int, created: Any, attached: Any) -> None:
+    cache = streamcache.StreamCache(cache_dir, window=0)
+
+    def create(w: Any) -> None:
+        attached.wait(30)
+        for _ in range(n):
+            time.sleep(0.002)  # the reader in the other process goes back to sleep
+            w.write(struct.pack("<q", time.clock_gettime_ns(time.CLOCK_MONOTONIC)))
+
+    with cache.stream("wake", create) as s:
+        created.set()
+        while s.read(8):  # the creator drains its own copy
+            pass
+    cache.stop()
+
+
+def wakeup(n: int) -> list[float]:
+    """Microseconds from a producer's write to a waiting reader in another process having it."""
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        cache_dir = tmp + "/c"
+        created, attached = ctx.Event(), ctx.Event()
+        p = ctx.Process(target=_wake_producer, args=(cache_dir, n, created, attached))
+        p.start()
+        assert created.wait(60), "producer did not start"
+        cache = streamcache.StreamCache(cache_dir, window=0)
+
+        def create(w: Any) -> None:
+            raise RuntimeError("the reader must attach, not create")
+
+        lat = []
+        with cache.stream("wake", create, timeout=60) as s:
+            attached.set()
+            buf = b""
+            while len(lat) < n:
+                buf += s.read(8 - len(buf))
+                if len(buf) == 8:
+                    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+                    lat.append((now - struct.unpack("<q", buf)[0]) / 1000)
+                    buf = b""
+        p.join(30)
+        cache.stop()
+        return lat
+
+
+def lead(window: int, write: int) -> int:
+    """The producer's largest lead (bytes) over a reader that read one chunk and stalled."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cache_dir = tmp + "/c"
+        cache = streamcache.StreamCache(cache_dir, window=window, liveness=0.5)
+        total = max(window, MiB) * 8
+
+        def create(w: Any) -> None:
+            chunk = b"x" * write
+            for _ in range(total // write):
+                w.write(chunk)
+
+        with cache.stream("lead", create) as s:
+            s.read(write)  # one chunk, then stall
+            rec = Index(os.path.join(cache_dir, LAYOUT)).read(key_hash("lead"))
+            assert rec is not None
+            seg = ipc.Segment.open("/" + rec.ipc + "s")
+            # The producer blocks once it is more than window ahead: it announces that
+            # in the segment before sleeping.
+            deadline = time.monotonic() + 30
+            while not (seg.producer_waiting and seg.offset - write > window):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the producer never blocked")
+                time.sleep(0.001)
+            result = seg.offset - write
+            seg.close()
+            s.read()  # release the producer
+        cache.wait_producers(30)
+        cache.stop()
+        return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    reps = 1 if args.quick else 3
+    size = 16 if args.quick else 64
+    fan = [fanout(16, size) for _ in range(reps)]
+    wake = wakeup(50 if args.quick else 300)
+    wake.sort()
+    leads = {w: lead(w, 64 * 1024) for w in (0, MiB, 4 * MiB)}
+    figures = {
+        "fanout_16_procs_seconds_median": statistics.median(fan),
+        "fanout_entry_mib": size,
+        "wakeup_us_median": statistics.median(wake),
+        "wakeup_us_p99": wake[min(len(wake) - 1, int(len(wake) * 0.99))],
+        "max_lead_bytes_by_window": {str(k): v for k, v in leads.items()},
+        "write_size": 64 * 1024,
+    }
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    else:
+        print(
+            f"16 processes each receive one cold {size} MiB entry: "
+            f"{figures['fanout_16_procs_seconds_median']:.2f} s (median of {reps})"
+        )
+        print(
+            f"wake-up producer write -> reader in another process: median "
+            f"{figures['wakeup_us_median']:.0f} us, p99 {figures['wakeup_us_p99']:.0f} us"
+        )
+        for w, v in leads.items():
+            print(
+                f"producer lead over a stalled reader, window {w}: {v} bytes "
+                f"(limit window + one 64 KiB write = {w + 64 * 1024})"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
