@@ -28,6 +28,7 @@ from typing import Any
 from . import config
 from .base import CacheBase, Create, NullCache, check_key
 from .cache import StreamCache, key_hash
+from .filestore import make_private_dirs
 from .stream import FetchResult, Stream
 
 _APPEND = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -91,10 +92,10 @@ class FileCounter:
             os.close(fd)
 
     def _new_generation(self, gen: int) -> None:
-        try:
-            os.makedirs(os.path.join(self.root, str(gen)), mode=0o700)
-        except FileExistsError:
+        gen_dir = os.path.join(self.root, str(gen))
+        if os.path.isdir(gen_dir):
             return
+        make_private_dirs(gen_dir)
         # The process that opens a generation forgets those before the previous one.
         with contextlib.suppress(OSError):
             for entry in os.listdir(self.root):

@@ -21,7 +21,7 @@ from . import config
 from .base import CacheBase, check_create, check_key
 from .errors import describe
 from .eviction import Cleaner
-from .filestore import Filestore
+from .filestore import Filestore, make_private_dirs
 from .index import DONE, WRITING, Index, Record
 from .pipe import EntryIPC, FileReader, PipeReader, Writer, unlink_entry_ipc
 from .stream import Stream, deadline_for, remaining
@@ -101,14 +101,22 @@ class Producer:
         seg = self._entry.seg
         try:
             if error is None:
-                # Invariant: the record says "done" before the segment does, so a
-                # reader that saw the end can rely on the next fetch being a hit.
-                cache._finish_record(self.rec, writer.offset)
+                try:
+                    # Invariant: the record says "done" before the segment does, so a
+                    # reader that saw the end can rely on the next fetch being a hit.
+                    cache._finish_record(self.rec, writer.offset)
+                except BaseException as exc:
+                    error = exc
+            if error is None:
                 seg.finish(writer.offset)
             else:
                 self.error = error  # before fail(): a local reader attaches it as __cause__
-                cache._drop_record(self.rec)
-                seg.fail(describe(error))
+                try:
+                    cache._drop_record(self.rec)
+                finally:
+                    # Whatever happened, readers must learn the entry failed: a reader
+                    # waits on a live producer process for as long as it says "writing".
+                    seg.fail(describe(error))
             writer.ring_all()
         finally:
             unlink_entry_ipc(self._entry.base)
@@ -120,9 +128,9 @@ class StreamCache(CacheBase):
     """A streaming cache on ``dir`` shared by every process and thread that opens it.
 
     ``liveness`` bounds how long a dead producer or reader goes unnoticed. ``clock``
-    (epoch seconds) is injectable for tests, as is ``cleanup_interval`` (seconds,
-    default ``min(max_age, 60)``; None-or-0 disables the background loop only when
-    passed as 0).
+    (epoch seconds) is injectable for tests. ``cleanup_interval`` is the period of
+    the background cleanup loop in seconds (default ``min(max_age, 60)``, at least
+    1 s); 0 runs no loop (call :meth:`gc` yourself).
     """
 
     def __init__(
@@ -142,7 +150,7 @@ class StreamCache(CacheBase):
         self.max_bytes = config.optional_budget(max_bytes, "max_bytes")
         self.liveness = config.seconds(liveness, "liveness", allow_zero=False)
         self.root = os.path.join(self.dir, LAYOUT)
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        make_private_dirs(self.root)
         self._index = Index(self.root)
         self._files = Filestore(os.path.join(self.root, "data"))
         self._prefix = ipc.prefix_for(self.dir)

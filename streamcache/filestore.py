@@ -20,6 +20,17 @@ OPEN_WRITE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def make_private_dirs(path: str) -> None:
+    """``os.makedirs`` with every directory it creates 0700 (makedirs only sets the leaf's)."""
+    parent = os.path.dirname(path)
+    if parent and parent != path and not os.path.isdir(parent):
+        make_private_dirs(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+
+
 class Filestore:
     """Creates, opens and sweeps the data files under ``root``."""
 
@@ -36,7 +47,7 @@ class Filestore:
         try:
             fd = os.open(path, OPEN_WRITE, 0o600)
         except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            make_private_dirs(os.path.dirname(path))
             fd = os.open(path, OPEN_WRITE, 0o600)
         return name, fd
 

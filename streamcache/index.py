@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass
 
 import filelock
 
+from .filestore import make_private_dirs
+
 RECORD_VERSION = 1
 WRITING = "writing"
 DONE = "done"
@@ -118,10 +120,9 @@ class Index:
             poll_interval=_LOCK_POLL,
             preserve_lock_file=True,
         )
+        if not os.path.isdir(self.locks_dir):
+            make_private_dirs(self.locks_dir)  # filelock would create it with the umask's mode
         try:
-            lock.acquire()
-        except FileNotFoundError:
-            os.makedirs(self.locks_dir, mode=0o700, exist_ok=True)
             lock.acquire()
         except filelock.Timeout as exc:
             raise TimeoutError(f"timed out waiting for the index lock {path}") from exc
@@ -155,7 +156,7 @@ class Index:
         try:
             fd = os.open(tmp, flags, 0o600)
         except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            make_private_dirs(os.path.dirname(path))
             fd = os.open(tmp, flags, 0o600)
         try:
             os.write(fd, rec.to_json())
