@@ -1,0 +1,122 @@
+"""Life cycle across processes: graceful exit, IPC objects only while writing, cleanup."""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import lifecycle_procs
+import pytest
+
+import ipc
+import streamcache
+from streamcache.cache import LAYOUT
+from streamcache.index import Index
+
+
+def wait_until(cond: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(0.01)
+
+
+def test_graceful_exit_lets_producers_finish(
+    cache_dir: Path, spawn: multiprocessing.context.SpawnContext
+) -> None:
+    """A process that exits normally first finishes its producers for other readers."""
+    chunks = 64
+    attached, left = spawn.Event(), spawn.Event()
+    streamcache.StreamCache(cache_dir, cleanup_interval=0)
+    child = spawn.Process(
+        target=lifecycle_procs.create_then_exit,
+        args=(str(cache_dir), "k", chunks, attached, left),
+    )
+    child.start()
+    cache = streamcache.StreamCache(cache_dir, cleanup_interval=0)
+    index = Index(str(cache_dir / LAYOUT))
+    from streamcache.cache import key_hash
+
+    wait_until(lambda: index.read(key_hash("k")) is not None, 30)
+
+    def no_create(w: Any) -> None:
+        raise AssertionError("must attach to the child's entry")
+
+    with cache.stream("k", no_create, timeout=30) as s:
+        assert not s.created
+        attached.set()
+        assert left.wait(30)
+        data = s.read()
+    child.join(30)
+    assert child.exitcode == 0
+    assert data == b"".join(bytes([i % 256]) * 65536 for i in range(chunks))
+    assert cache.fetch("k", io.BytesIO(), no_create).created is False
+
+
+def test_ipc_objects_exist_only_while_writing(cache_dir: Path) -> None:
+    gate = threading.Event()
+
+    def create(w: Any) -> None:
+        w.write(b"a")
+        gate.wait(10)
+        w.write(b"b")
+
+    with streamcache.StreamCache(cache_dir, cleanup_interval=0) as cache:
+        prefix = ipc.prefix_for(cache_dir)
+        with cache.stream("k", create) as s:
+            assert s.read(1) == b"a"
+            assert len(ipc.list_objects(prefix)) == 3
+            gate.set()
+            assert s.read() == b"b"
+        # The segment says "done" only after the record does, and the producer
+        # unlinks right after; the reader may get there first.
+        cache.wait_producers(10)
+        assert ipc.list_objects(prefix) == []
+        assert cache.fetch("k", io.BytesIO(), create).created is False
+        assert ipc.list_objects(prefix) == []
+
+
+def test_background_loop_evicts(cache_dir: Path) -> None:
+    with streamcache.StreamCache(cache_dir, max_age=0.05, cleanup_interval=0.05) as cache:
+        cache.fetch("k", io.BytesIO(), lambda w: w.write(b"x"))
+        index = Index(str(cache_dir / LAYOUT))
+        wait_until(lambda: not list(index.keys()))
+        assert not [p for p in (cache_dir / LAYOUT / "data").glob("*/*")]
+
+
+def test_one_cleanup_at_a_time(cache_dir: Path) -> None:
+    cache = streamcache.StreamCache(cache_dir, cleanup_interval=0)
+    index = Index(str(cache_dir / LAYOUT))
+    with index.cleanup_lock() as mine:
+        assert mine
+        assert cache.gc().ran is False
+    assert cache.gc().ran is True
+
+
+def test_stop_ends_the_loop_and_fetch_still_works(cache_dir: Path) -> None:
+    cache = streamcache.StreamCache(cache_dir, cleanup_interval=0.05)
+    cache.fetch("k", io.BytesIO(), lambda w: w.write(b"x"))
+    names = {t.name for t in threading.enumerate()}
+    assert "streamcache-cleanup" in names
+    cache.stop()
+    wait_until(lambda: "streamcache-cleanup" not in {t.name for t in threading.enumerate()})
+    assert cache.fetch("k", io.BytesIO(), lambda w: w.write(b"x")).created is False
+
+
+@pytest.mark.parametrize("window", [0, 1, 65536])
+def test_windows_deliver_everything(cache_dir: Path, window: int) -> None:
+    data = bytes(range(256)) * 4096
+    with streamcache.StreamCache(cache_dir, window=window) as cache:
+
+        def create(w: Any) -> None:
+            for i in range(0, len(data), 10_000):
+                w.write(data[i : i + 10_000])
+
+        dst = io.BytesIO()
+        assert cache.fetch("k", dst, create) == (len(data), True)
+        assert dst.getvalue() == data
