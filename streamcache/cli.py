@@ -15,9 +15,11 @@ import time
 from typing import Any
 
 import ipc
+from ipc.naming import object_name
 
 from .cache import LAYOUT, StreamCache
 from .index import DONE, Index
+from .pipe import SEGMENT
 
 MiB = 1 << 20
 
@@ -56,7 +58,7 @@ def collect_stats(cache_dir: str) -> dict[str, Any]:
         }
         if rec.state != DONE and rec.ipc:
             try:
-                seg = ipc.Segment.open("/" + rec.ipc + "s")
+                seg = ipc.Segment.open(object_name(rec.ipc, SEGMENT))
             except ipc.SegmentError:
                 pass
             else:

@@ -21,8 +21,10 @@ from typing import Any
 
 import ipc
 import streamcache
+from ipc.naming import object_name
 from streamcache.cache import LAYOUT, key_hash
 from streamcache.index import Index
+from streamcache.pipe import SEGMENT
 
 MiB = 1 << 20
 
@@ -139,7 +141,7 @@ def lead(window: int, write: int) -> int:
             s.read(write)  # one chunk, then stall
             rec = Index(os.path.join(cache_dir, LAYOUT)).read(key_hash("lead"))
             assert rec is not None
-            seg = ipc.Segment.open("/" + rec.ipc + "s")
+            seg = ipc.Segment.open(object_name(rec.ipc, SEGMENT))
             # The producer blocks once it is more than window ahead: it announces that
             # in the segment before sleeping.
             deadline = time.monotonic() + 30
