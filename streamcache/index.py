@@ -134,12 +134,15 @@ class Index:
     def read(self, key: str) -> Record | None:
         """The record of ``key``, or None if absent or garbage."""
         try:
-            with open(self.record_path(key), "rb") as f:
-                data = f.read(65536)
-        except (FileNotFoundError, NotADirectoryError):
+            fd = os.open(self.record_path(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:  # absent, or a symlink planted in its place
             return None
+        try:
+            data = os.read(fd, 65536)
         except OSError:
             return None
+        finally:
+            os.close(fd)
         rec = Record.from_json(data)
         if rec is not None and rec.key != key:
             return None
