@@ -60,7 +60,7 @@ STATE_FAILED = 2
 
 HEADER_BYTES = 512
 SLOT_WORDS = 8
-DEFAULT_SLOTS = 128
+DEFAULT_SLOTS = 1024  # 64 KiB of slots; readers beyond them still work, unslotted
 ERROR_OFFSET = 128
 ERROR_MAX = HEADER_BYTES - ERROR_OFFSET
 
@@ -203,21 +203,30 @@ class Segment:
         """
         w = self._words
         used = w[_W_USED]
-        for slot in range(self.slot_count):
-            base = _HEADER_WORDS + slot * SLOT_WORDS
-            if slot < used and w[base + _S_ACTIVE]:
-                if not is_dead(w[base + _S_PID], w[base + _S_START] / 1_000_000):
-                    continue
-            w[base + _S_ACTIVE] = 0
-            w[base + _S_POS] = 0
-            w[base + _S_WAITING] = 0
-            w[base + _S_PID] = reader.pid
-            w[base + _S_START] = _micros(reader.start)
-            w[base + _S_ACTIVE] = 1  # last: the slot counts only once it is complete
-            if slot >= used:
-                w[_W_USED] = slot + 1
-            return slot
-        return None
+        free = next(
+            (s for s in range(used) if not w[_HEADER_WORDS + s * SLOT_WORDS + _S_ACTIVE]),
+            used if used < self.slot_count else None,
+        )
+        if free is None:  # all used slots active: reclaim one whose owner died
+            free = next(
+                (s for s in range(used) if is_dead(*self._owner(_HEADER_WORDS + s * SLOT_WORDS))),
+                None,
+            )
+            if free is None:
+                return None
+        base = _HEADER_WORDS + free * SLOT_WORDS
+        w[base + _S_ACTIVE] = 0
+        w[base + _S_POS] = 0
+        w[base + _S_WAITING] = 0
+        w[base + _S_PID] = reader.pid
+        w[base + _S_START] = _micros(reader.start)
+        w[base + _S_ACTIVE] = 1  # last: the slot counts only once it is complete
+        if free >= used:
+            w[_W_USED] = free + 1
+        return free
+
+    def _owner(self, base: int) -> tuple[int, float]:
+        return self._words[base + _S_PID], self._words[base + _S_START] / 1_000_000
 
     def release_slot(self, slot: int) -> None:
         self._words[_HEADER_WORDS + slot * SLOT_WORDS + _S_ACTIVE] = 0

@@ -10,15 +10,16 @@ forgotten wholesale.
 When the wrapped cache is a StreamCache, counts are shared by every process on
 its directory: a generation is a directory (named by ``floor(now / min_age)``)
 holding one file per key whose *size* is the count. Appending with O_APPEND is
-atomic, so no lock is needed; the process that creates a key's file in a new
-generation carries the old count over in the same append. A file stops growing
-once it is past ``n``: only "more than n" matters.
+atomic, so no lock is needed; a key's file in a new generation appears by
+link(2) already holding the carried-over count, so no process ever sees it
+half made. A file stops growing once it is past ``n``: only "more than n" matters.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import threading
 import time
@@ -70,23 +71,41 @@ class FileCounter:
     def incr(self, key: str, cap: int) -> int:
         gen = self.generation()
         name = key_hash(key)
-        path = os.path.join(self.root, str(gen), name)
         try:
-            fd = os.open(path, _APPEND | os.O_CREAT | os.O_EXCL, 0o600)
-            first = True
-        except FileExistsError:
-            fd = os.open(path, _APPEND)
-            first = False
+            return self._incr_existing(gen, name, cap)
         except FileNotFoundError:
+            return self._first_in_generation(gen, name, cap)
+
+    def _first_in_generation(self, gen: int, name: str, cap: int) -> int:
+        """Publish a key's count in a new generation in one step: a temp file holding
+        the carried-over count plus this request, hard-linked into place. If another
+        process linked first, this request is appended to its file instead."""
+        gen_dir = os.path.join(self.root, str(gen))
+        if not os.path.isdir(gen_dir):
             self._new_generation(gen)
-            return self.incr(key, cap)
+        carry = 0
+        with contextlib.suppress(OSError):
+            carry = os.stat(os.path.join(self.root, str(gen - 1), name)).st_size
+        count = 1 + min(carry, cap)
+        tmp = os.path.join(gen_dir, f".{name}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
-            carry = 0
-            if first:
-                with contextlib.suppress(OSError):
-                    carry = os.stat(os.path.join(self.root, str(gen - 1), name)).st_size
-            if first or os.fstat(fd).st_size <= cap:
-                os.write(fd, b"\0" * (1 + min(carry, cap)))
+            os.write(fd, b"\0" * count)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, os.path.join(gen_dir, name))
+        except FileExistsError:
+            return self._incr_existing(gen, name, cap)
+        finally:
+            os.unlink(tmp)
+        return count
+
+    def _incr_existing(self, gen: int, name: str, cap: int) -> int:
+        fd = os.open(os.path.join(self.root, str(gen), name), _APPEND)
+        try:
+            if os.fstat(fd).st_size <= cap:
+                os.write(fd, b"\0")
             return os.fstat(fd).st_size
         finally:
             os.close(fd)

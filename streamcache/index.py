@@ -26,6 +26,8 @@ import contextlib
 import json
 import os
 import secrets
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
@@ -81,6 +83,30 @@ class Record:
         return rec if types_ok else None
 
 
+_gates: dict[str, threading.Lock] = {}
+_gates_lock = threading.Lock()
+
+
+def _thread_gate(path: str) -> threading.Lock:
+    """The in-process lock in front of the file lock at ``path`` (one per path)."""
+    gate = _gates.get(path)
+    if gate is None:
+        with _gates_lock:
+            gate = _gates.setdefault(path, threading.Lock())
+    return gate
+
+
+def _reset_gates_in_child() -> None:
+    # A gate held by another thread at fork time would never be released in the child.
+    global _gates_lock
+    _gates_lock = threading.Lock()
+    for path in list(_gates):
+        _gates[path] = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_gates_in_child)
+
+
 class Index:
     """Reads and writes records under ``root``."""
 
@@ -109,27 +135,38 @@ class Index:
 
     @contextlib.contextmanager
     def _lock(self, path: str, timeout: float | None) -> Iterator[None]:
-        # A new lock object per use: no state is shared between threads or
-        # inherited across fork, and each use opens its own descriptor, so flock
-        # also excludes other threads of this process.
-        lock = filelock.UnixFileLock(
-            path,
-            timeout=-1 if timeout is None else max(timeout, 0.0),
-            mode=0o600,
-            thread_local=False,
-            poll_interval=_LOCK_POLL,
-            preserve_lock_file=True,
-        )
-        if not os.path.isdir(self.locks_dir):
-            make_private_dirs(self.locks_dir)  # filelock would create it with the umask's mode
+        # Threads of one process queue on an in-process lock first, so only one of
+        # them at a time polls the file lock (filelock retries a non-blocking flock
+        # every _LOCK_POLL seconds; hundreds of polling threads would starve the
+        # holder of CPU).
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        gate = _thread_gate(path)
+        if not gate.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            raise TimeoutError(f"timed out waiting for the index lock {path}")
         try:
-            lock.acquire()
-        except filelock.Timeout as exc:
-            raise TimeoutError(f"timed out waiting for the index lock {path}") from exc
-        try:
-            yield
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            # A new lock object per use: nothing is shared between threads or
+            # inherited across fork.
+            lock = filelock.UnixFileLock(
+                path,
+                timeout=-1 if left is None else left,
+                mode=0o600,
+                thread_local=False,
+                poll_interval=_LOCK_POLL,
+                preserve_lock_file=True,
+            )
+            if not os.path.isdir(self.locks_dir):
+                make_private_dirs(self.locks_dir)  # filelock would use the umask's mode
+            try:
+                lock.acquire()
+            except filelock.Timeout as exc:
+                raise TimeoutError(f"timed out waiting for the index lock {path}") from exc
+            try:
+                yield
+            finally:
+                lock.release()
         finally:
-            lock.release()
+            gate.release()
 
     def read(self, key: str) -> Record | None:
         """The record of ``key``, or None if absent or garbage."""

@@ -207,10 +207,8 @@ class PipeReader:
 
     ``slot`` is None for a reader beyond the segment's slot capacity: it still
     reads everything, but does not count for back pressure and, never being rung,
-    re-checks every few milliseconds.
+    re-checks with a backoff from 1 to 50 ms.
     """
-
-    OVERFLOW_POLL = 0.005
 
     def __init__(
         self,
@@ -230,6 +228,7 @@ class PipeReader:
         self.position = 0
         self._closed = False
         self._local_cause = local_cause  # the producer's exception, when it ran here
+        self._overflow_poll = 0.001
 
     def read(self, n: int, deadline: float | None) -> bytes:
         """Up to ``n`` (at most CHUNK) bytes; b"" at the end of a finished entry."""
@@ -241,6 +240,7 @@ class PipeReader:
                 if not data:
                     raise CreateError("the entry's data file is shorter than published")
                 self._advance(len(data))
+                self._overflow_poll = 0.001
                 return data
             state = seg.state
             if state != ipc.STATE_WRITING:
@@ -292,7 +292,11 @@ class PipeReader:
     def _wait(self, deadline: float | None) -> None:
         seg = self._seg
         slot = self._slot
-        timeout = self._liveness if slot is not None else self.OVERFLOW_POLL
+        if slot is not None:
+            timeout = self._liveness
+        else:  # never rung: re-check with a backoff up to 50 ms
+            self._overflow_poll = min(self._overflow_poll * 2, 0.05)
+            timeout = self._overflow_poll
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
