@@ -91,9 +91,10 @@ class Producer:
         error: BaseException | None = None
         try:
             self._create(writer)
-            writer.close()
+            writer.finish()
         except BaseException as exc:  # a failing create fails the entry, never the process
             error = exc
+            writer.abandon()
         try:
             os.close(self._fd)
         except OSError as exc:

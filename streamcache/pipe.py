@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from typing import NoReturn
 
 import ipc
 from ipc.doorbell import unlink_semaphore
@@ -108,6 +109,7 @@ class Writer:
         self._liveness = liveness
         self.offset = 0
         self.broken = False
+        self._closed = False
         # Slots whose owner was found dead: (slot, pid, start in microseconds).
         self._dead: set[tuple[int, int, int]] = set()
 
@@ -120,16 +122,45 @@ class Writer:
 
     @property
     def closed(self) -> bool:
-        return False
+        return self._closed
+
+    def close(self) -> None:
+        """End the entry's bytes (``create`` may call it; it need not). As Gitaly's
+        Close: a producer whose readers all left fails with BrokenPipeError, and a
+        second close is an error."""
+        if self._closed:
+            raise ValueError("streamcache writer already closed")
+        self._closed = True
+        if self.broken:
+            raise BrokenPipeError("all readers closed")
+        if self._scan()[0] == 0:
+            self._broken()
+
+    def finish(self) -> None:
+        """The producer's close after ``create`` returned (which may have closed already)."""
+        if not self._closed:
+            self.close()
+        elif self.broken:
+            raise BrokenPipeError("all readers closed")
+
+    def abandon(self) -> None:
+        """``create`` failed: refuse any later write from a thread it left behind."""
+        self._closed = True
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Append ``data``; blocks under back pressure; BrokenPipeError once all readers left."""
+        if self._closed:
+            raise ValueError("write to a closed streamcache writer")
         if self.broken:
             raise BrokenPipeError("all readers closed")
         if isinstance(data, str):
             raise TypeError("write() needs bytes, not str")
         view = memoryview(data).cast("B")
         total = len(view)
+        if total == 0:
+            return 0  # the offset does not rise: nobody to wake
+        if self._scan()[0] == 0:
+            self._broken()  # checked before writing: nothing lands that nobody reads
         done = 0
         while done < total:
             done += os.write(self._fd, view[done:])
@@ -137,6 +168,10 @@ class Writer:
         self._seg.publish_offset(self.offset)
         self._after_write()
         return total
+
+    def _broken(self) -> NoReturn:
+        self.broken = True
+        raise BrokenPipeError("all readers closed")
 
     def _scan(self) -> tuple[int, int, int]:
         """(live readers, their largest position, how many wait) from one snapshot."""
@@ -162,8 +197,7 @@ class Writer:
             self._entry.readers_bell.ring(waiting)
         while True:
             if live == 0:
-                self.broken = True
-                raise BrokenPipeError("all readers closed")
+                self._broken()
             if self.offset - best <= self._window:
                 return
             # Invariant: set "waiting", then re-check; a reader advancing after our
@@ -186,15 +220,6 @@ class Writer:
                 pid, start = words[i + _S_PID], words[i + _S_START]
                 if not ipc.is_alive(pid, start / 1_000_000):
                     self._dead.add((i // SLOT_WORDS, pid, start))
-
-    def close(self) -> None:
-        """Check at the end of ``create``: a producer whose readers all left fails."""
-        if self.broken:
-            raise BrokenPipeError("all readers closed")
-        if self._scan()[0] == 0:
-            self._drop_dead_readers()
-            self.broken = True
-            raise BrokenPipeError("all readers closed")
 
     def ring_all(self) -> None:
         """Wake every waiting reader (after the final state is published)."""
@@ -232,6 +257,8 @@ class PipeReader:
 
     def read(self, n: int, deadline: float | None) -> bytes:
         """Up to ``n`` (at most CHUNK) bytes; b"" at the end of a finished entry."""
+        if n <= 0:
+            return b""
         seg = self._seg
         while True:
             avail = seg.offset - self.position

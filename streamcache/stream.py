@@ -65,17 +65,38 @@ def _usable_fd(dst: Any) -> int | None:
     return fd if isinstance(fd, int) and fd >= 0 else None
 
 
-def write_all(dst: Any, data: bytes) -> None:
-    """``dst.write`` until every byte is taken (a raw writer may take fewer)."""
-    n = dst.write(data)
-    if n is None or n >= len(data):
-        return
+def write_all(dst: Any, data: bytes, deadline: float | None = None) -> None:
+    """``dst.write`` until every byte is taken.
+
+    A raw writer may take fewer bytes; a non-blocking one may take none (returning
+    None, or raising BlockingIOError): then wait until its descriptor is writable.
+    """
     view = memoryview(data)
-    while n < len(view):
-        more = dst.write(view[n:])
-        if more is None:
-            return
-        n += more
+    done = 0
+    while done < len(view):
+        try:
+            n = dst.write(view[done:] if done else data)
+        except BlockingIOError as exc:
+            n = exc.characters_written
+            if not n:
+                wait_writable(dst, deadline)
+                continue
+        if n is None:
+            wait_writable(dst, deadline)
+            continue
+        done += n
+
+
+def wait_writable(dst: Any, deadline: float | None) -> None:
+    """Block until ``dst``'s descriptor accepts bytes (TimeoutError past ``deadline``)."""
+    fd = _usable_fd(dst)
+    if fd is None:
+        raise BlockingIOError(f"{type(dst).__name__} would block and has no descriptor to wait on")
+    left = remaining(deadline)
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    if not poller.poll(None if left is None else left * 1000):
+        raise TimeoutError("streamcache: timed out writing to dst")
 
 
 class Stream:
@@ -159,7 +180,7 @@ class Stream:
         self._check_open()
         written = 0
         if self._pending:
-            write_all(dst, self._pending)
+            write_all(dst, self._pending, self._deadline)
             written, self._pending = len(self._pending), b""
         out_fd = _usable_fd(dst)
         if out_fd is not None:
@@ -168,7 +189,7 @@ class Stream:
                 flush()
             try:
                 while n := self._source.sendfile(
-                    out_fd, self._deadline, lambda: self._wait_writable(out_fd)
+                    out_fd, self._deadline, lambda: wait_writable(dst, self._deadline)
                 ):
                     written += n
                 return written
@@ -177,16 +198,9 @@ class Stream:
                     raise
                 # Not a descriptor sendfile can write to: fall back to copying.
         while chunk := self._source.read(CHUNK, self._deadline):
-            write_all(dst, chunk)
+            write_all(dst, chunk, self._deadline)
             written += len(chunk)
         return written
-
-    def _wait_writable(self, fd: int) -> None:
-        left = remaining(self._deadline)
-        poller = select.poll()
-        poller.register(fd, select.POLLOUT)
-        if not poller.poll(None if left is None else left * 1000):
-            raise TimeoutError("streamcache: timed out writing to dst")
 
 
 class AsyncStream:
