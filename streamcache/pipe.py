@@ -112,6 +112,9 @@ class Writer:
         self._closed = False
         # Slots whose owner was found dead: (slot, pid, start in microseconds).
         self._dead: set[tuple[int, int, int]] = set()
+        # Readers' liveness is checked at least every ``liveness`` seconds, blocked
+        # or not, so a producer whose readers all died stops within that bound.
+        self._next_liveness_check = time.monotonic() + liveness
 
     # io-like surface
     def writable(self) -> bool:
@@ -192,6 +195,8 @@ class Writer:
         return live, best, waiting
 
     def _after_write(self) -> None:
+        if time.monotonic() >= self._next_liveness_check:
+            self._drop_dead_readers()
         live, best, waiting = self._scan()
         if waiting:
             self._entry.readers_bell.ring(waiting)
@@ -214,6 +219,7 @@ class Writer:
             live, best, waiting = self._scan()
 
     def _drop_dead_readers(self) -> None:
+        self._next_liveness_check = time.monotonic() + self._liveness
         words = self._seg.slots()
         for i in range(0, len(words), SLOT_WORDS):
             if words[i + _S_ACTIVE]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import streamcache
@@ -21,3 +22,16 @@ def create_then_exit(cache_dir: str, key: str, chunks: int, attached: Any, left:
         attached.wait(30)  # the other process's reader is in: now leave early
     left.set()
     # Returning ends the process: the interpreter first joins the producer thread.
+
+
+def attach_and_hang(cache_dir: str, key: str, attached: Any) -> None:
+    """Attach to an entry in flight, read a byte, report, then hang until killed."""
+    cache = streamcache.StreamCache(cache_dir)
+
+    def create(w: Any) -> None:
+        raise AssertionError("must attach, not create")
+
+    with cache.stream(key, create, timeout=30) as s:
+        s.read(1)
+        attached.set()
+        threading.Event().wait(60)

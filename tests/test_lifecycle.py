@@ -120,3 +120,41 @@ def test_windows_deliver_everything(cache_dir: Path, window: int) -> None:
         dst = io.BytesIO()
         assert cache.fetch("k", dst, create) == (len(data), True)
         assert dst.getvalue() == data
+
+
+def test_unblocked_producer_notices_dead_readers(
+    cache_dir: Path, spawn: multiprocessing.context.SpawnContext
+) -> None:
+    """With a window so large it never blocks, a producer whose only reader was
+    SIGKILLed still stops (BrokenPipeError) within about `liveness`."""
+    cache = streamcache.StreamCache(cache_dir, window=2**40, liveness=0.2, cleanup_interval=0)
+    attached = spawn.Event()
+    first_written = threading.Event()
+    outcome: dict[str, BaseException | None] = {}
+
+    def create(w: Any) -> None:
+        w.write(b"x" * 4096)
+        first_written.set()
+        deadline = time.monotonic() + 20
+        try:
+            while time.monotonic() < deadline:
+                w.write(b"y" * 4096)
+                time.sleep(0.001)  # a slow producer, so the test does not fill the disk
+        except BrokenPipeError as exc:
+            outcome["error"] = exc
+            raise
+        outcome["error"] = None
+
+    with cache.stream("k", create):
+        assert first_written.wait(10)
+        child = spawn.Process(
+            target=lifecycle_procs.attach_and_hang, args=(str(cache_dir), "k", attached)
+        )
+        child.start()
+        assert attached.wait(30)
+    # Only the child reads now; kill it without reaping (a zombie is dead too).
+    child.kill()
+    assert cache.wait_producers(25)
+    assert isinstance(outcome.get("error"), BrokenPipeError)
+    child.join(10)
+    assert cache.fetch("k", io.BytesIO(), lambda w: w.write(b"new")).created
