@@ -67,7 +67,8 @@ ERROR_MAX = HEADER_BYTES - ERROR_OFFSET
 _W_MAGIC, _W_VERSION, _W_SLOTS, _W_OFFSET, _W_STATE = 0, 1, 2, 3, 4
 _W_PWAIT, _W_PPID, _W_PSTART, _W_USED, _W_ERRLEN = 5, 6, 7, 8, 9
 _HEADER_WORDS = HEADER_BYTES // 8
-_S_POS, _S_ACTIVE, _S_WAITING, _S_PID, _S_START = 0, 1, 2, 3, 4
+# Words of a slot, also the offsets within each SLOT_WORDS group of slots().
+SLOT_POSITION, SLOT_ACTIVE, SLOT_WAITING, SLOT_PID, SLOT_START = 0, 1, 2, 3, 4
 
 
 class SegmentError(Exception):
@@ -204,7 +205,7 @@ class Segment:
         w = self._words
         used = w[_W_USED]
         free = next(
-            (s for s in range(used) if not w[_HEADER_WORDS + s * SLOT_WORDS + _S_ACTIVE]),
+            (s for s in range(used) if not w[_HEADER_WORDS + s * SLOT_WORDS + SLOT_ACTIVE]),
             used if used < self.slot_count else None,
         )
         if free is None:  # all used slots active: reclaim one whose owner died
@@ -215,27 +216,27 @@ class Segment:
             if free is None:
                 return None
         base = _HEADER_WORDS + free * SLOT_WORDS
-        w[base + _S_ACTIVE] = 0
-        w[base + _S_POS] = 0
-        w[base + _S_WAITING] = 0
-        w[base + _S_PID] = reader.pid
-        w[base + _S_START] = _micros(reader.start)
-        w[base + _S_ACTIVE] = 1  # last: the slot counts only once it is complete
+        w[base + SLOT_ACTIVE] = 0
+        w[base + SLOT_POSITION] = 0
+        w[base + SLOT_WAITING] = 0
+        w[base + SLOT_PID] = reader.pid
+        w[base + SLOT_START] = _micros(reader.start)
+        w[base + SLOT_ACTIVE] = 1  # last: the slot counts only once it is complete
         if free >= used:
             w[_W_USED] = free + 1
         return free
 
     def _owner(self, base: int) -> tuple[int, float]:
-        return self._words[base + _S_PID], self._words[base + _S_START] / 1_000_000
+        return self._words[base + SLOT_PID], self._words[base + SLOT_START] / 1_000_000
 
     def release_slot(self, slot: int) -> None:
-        self._words[_HEADER_WORDS + slot * SLOT_WORDS + _S_ACTIVE] = 0
+        self._words[_HEADER_WORDS + slot * SLOT_WORDS + SLOT_ACTIVE] = 0
 
     def set_position(self, slot: int, position: int) -> None:
-        self._words[_HEADER_WORDS + slot * SLOT_WORDS + _S_POS] = position
+        self._words[_HEADER_WORDS + slot * SLOT_WORDS + SLOT_POSITION] = position
 
     def set_waiting(self, slot: int, waiting: bool) -> None:
-        self._words[_HEADER_WORDS + slot * SLOT_WORDS + _S_WAITING] = int(waiting)
+        self._words[_HEADER_WORDS + slot * SLOT_WORDS + SLOT_WAITING] = int(waiting)
 
     def slots(self) -> list[int]:
         """A snapshot of the used slots' words (SLOT_WORDS per slot), for scanning."""
@@ -244,7 +245,7 @@ class Segment:
 
     def reader_id(self, slot: int) -> ProcessId:
         base = _HEADER_WORDS + slot * SLOT_WORDS
-        return ProcessId(self._words[base + _S_PID], self._words[base + _S_START] / 1_000_000)
+        return ProcessId(self._words[base + SLOT_PID], self._words[base + SLOT_START] / 1_000_000)
 
 
 def unlink_segment(name: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import ipc
 from ipc.naming import list_objects
-from ipc.segment import SegmentError
+from ipc.segment import SLOT_ACTIVE, SLOT_PID, SLOT_START, SLOT_WORDS, SegmentError
 
 from . import config
 from .base import CacheBase, check_create, check_key
@@ -306,8 +306,10 @@ class StreamCache(CacheBase):
     @staticmethod
     def _has_live_reader(seg: ipc.Segment) -> bool:
         words = seg.slots()
-        for i in range(0, len(words), 8):
-            if words[i + 1] and ipc.is_alive(words[i + 3], words[i + 4] / 1_000_000):
+        for i in range(0, len(words), SLOT_WORDS):
+            if words[i + SLOT_ACTIVE] and ipc.is_alive(
+                words[i + SLOT_PID], words[i + SLOT_START] / 1_000_000
+            ):
                 return True
         return False
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import ipc
 from ipc.naming import object_name
+from ipc.segment import SLOT_ACTIVE, SLOT_WORDS
 
 from .cache import LAYOUT, StreamCache
 from .index import DONE, Index
@@ -64,7 +65,9 @@ def collect_stats(cache_dir: str) -> dict[str, Any]:
             else:
                 words = seg.slots()
                 item["written"] = seg.offset
-                item["readers"] = sum(words[i + 1] for i in range(0, len(words), 8))
+                item["readers"] = sum(
+                    words[i + SLOT_ACTIVE] for i in range(0, len(words), SLOT_WORDS)
+                )
                 seg.close()
         entries.append(item)
     return {

@@ -11,8 +11,10 @@ Back pressure: after each write the producer blocks while
 ``offset - max(positions of live readers) > window``; ``window=0`` is Gitaly's
 rule (wait until one reader has everything). When no live reader is left the
 producer's write raises ``BrokenPipeError``: nothing more is produced, the entry
-fails. Dead readers are found when a wait times out (every ``liveness`` seconds)
-and dropped; readers find a dead producer the same way and raise ``ProducerDied``.
+fails. The producer checks its readers' liveness at least every ``liveness``
+seconds (on a timed-out wait, or after a write once that long has passed) and
+drops dead ones; a waiting reader checks the producer's on each timed-out wait
+and raises ``ProducerDied``.
 """
 
 from __future__ import annotations
@@ -22,17 +24,25 @@ import time
 from collections.abc import Callable
 from typing import NoReturn
 
+import posix_ipc
+
 import ipc
 from ipc.doorbell import unlink_semaphore
 from ipc.naming import object_name
-from ipc.segment import SLOT_WORDS, unlink_segment
+from ipc.segment import (
+    SLOT_ACTIVE,
+    SLOT_PID,
+    SLOT_POSITION,
+    SLOT_START,
+    SLOT_WAITING,
+    SLOT_WORDS,
+    unlink_segment,
+)
 
 from .errors import CreateError, ProducerDied
 
 CHUNK = 1 << 20  # a reader reads ahead at most this much
 SEGMENT, READERS_BELL, WRITER_BELL = "s", "r", "w"
-
-_S_POS, _S_ACTIVE, _S_WAITING, _S_PID, _S_START = 0, 1, 2, 3, 4
 
 
 class EntryIPC:
@@ -67,16 +77,17 @@ class EntryIPC:
     @classmethod
     def open(cls, base: str) -> EntryIPC:
         """Attach to an entry's objects (``ipc.SegmentError`` if they are gone)."""
-        import posix_ipc
-
         seg = ipc.Segment.open(object_name(base, SEGMENT))
+        bells: list[ipc.Doorbell] = []
         try:
-            rb = ipc.Doorbell.open(object_name(base, READERS_BELL))
-            wb = ipc.Doorbell.open(object_name(base, WRITER_BELL))
+            for kind in (READERS_BELL, WRITER_BELL):
+                bells.append(ipc.Doorbell.open(object_name(base, kind)))
         except posix_ipc.Error as exc:
+            for bell in bells:
+                bell.close()
             seg.close()
             raise ipc.SegmentError(f"doorbells of {base} are gone") from exc
-        return cls(base, seg, rb, wb)
+        return cls(base, seg, bells[0], bells[1])
 
     def close(self) -> None:
         self.readers_bell.close()
@@ -183,13 +194,13 @@ class Writer:
         best = -1
         dead = self._dead
         for i in range(0, len(words), SLOT_WORDS):
-            if not words[i + _S_ACTIVE]:
+            if not words[i + SLOT_ACTIVE]:
                 continue
-            if dead and (i // SLOT_WORDS, words[i + _S_PID], words[i + _S_START]) in dead:
+            if dead and (i // SLOT_WORDS, words[i + SLOT_PID], words[i + SLOT_START]) in dead:
                 continue
             live += 1
-            waiting += words[i + _S_WAITING]
-            pos = words[i + _S_POS]
+            waiting += words[i + SLOT_WAITING]
+            pos = words[i + SLOT_POSITION]
             if pos > best:
                 best = pos
         return live, best, waiting
@@ -222,8 +233,8 @@ class Writer:
         self._next_liveness_check = time.monotonic() + self._liveness
         words = self._seg.slots()
         for i in range(0, len(words), SLOT_WORDS):
-            if words[i + _S_ACTIVE]:
-                pid, start = words[i + _S_PID], words[i + _S_START]
+            if words[i + SLOT_ACTIVE]:
+                pid, start = words[i + SLOT_PID], words[i + SLOT_START]
                 if not ipc.is_alive(pid, start / 1_000_000):
                     self._dead.add((i // SLOT_WORDS, pid, start))
 
