@@ -83,7 +83,12 @@ class Producer:
         )
 
     def start(self) -> None:
-        self.thread.start()
+        """Start ``create`` in its thread; if no thread can start, fail the entry."""
+        try:
+            self.thread.start()
+        except BaseException as exc:
+            self._finalize(Writer(self._fd, self._entry, 0, 1.0), exc)
+            raise
 
     def _run(self) -> None:
         cache = self._cache
@@ -94,7 +99,12 @@ class Producer:
             writer.finish()
         except BaseException as exc:  # a failing create fails the entry, never the process
             error = exc
-            writer.abandon()
+        self._finalize(writer, error)
+
+    def _finalize(self, writer: Writer, error: BaseException | None) -> None:
+        """Publish the outcome: the record first, then the segment; unlink the IPC names."""
+        cache = self._cache
+        writer.abandon()  # a thread left behind by create can write no more
         try:
             os.close(self._fd)
         except OSError as exc:
@@ -182,7 +192,11 @@ class StreamCache(CacheBase):
             if reader is not None:
                 return Stream(reader, False, deadline)
             producer, reader = self._create_locked(h, create)
-        producer.start()
+        try:
+            producer.start()
+        except BaseException:
+            reader.close()
+            raise
         return Stream(reader, True, deadline)
 
     def stop(self) -> None:

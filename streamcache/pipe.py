@@ -158,7 +158,8 @@ class Writer:
             raise BrokenPipeError("all readers closed")
 
     def abandon(self) -> None:
-        """``create`` failed: refuse any later write from a thread it left behind."""
+        """The producer is done with it: refuse any later write (from a thread ``create``
+        left behind, say) instead of writing to a closed descriptor."""
         self._closed = True
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
