@@ -7,7 +7,11 @@ sleeper), and every wait is timed, so a lost ring costs latency, never a hang.
 
 from __future__ import annotations
 
+import time
+
 import posix_ipc
+
+_TIMED_WAITS: bool = posix_ipc.SEMAPHORE_TIMEOUT_SUPPORTED
 
 
 class Doorbell:
@@ -36,11 +40,30 @@ class Doorbell:
 
     def wait(self, timeout: float) -> bool:
         """Sleep until rung or ``timeout`` seconds pass; True when rung."""
+        if not _TIMED_WAITS:
+            return self._poll(timeout)
         try:
             self._sem.acquire(max(timeout, 0.0))
         except posix_ipc.BusyError:
             return False
         return True
+
+    def _poll(self, timeout: float) -> bool:
+        # Where sem_timedwait is missing (macOS), posix_ipc would wait forever for
+        # any timeout > 0: try without blocking, backing off from 0.1 ms to 10 ms.
+        deadline = time.monotonic() + max(timeout, 0.0)
+        pause = 0.0001
+        while True:
+            try:
+                self._sem.acquire(0)
+                return True
+            except posix_ipc.BusyError:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.01)
 
     def close(self) -> None:
         try:
