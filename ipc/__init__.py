@@ -12,7 +12,7 @@
 """
 
 from ipc.doorbell import Doorbell
-from ipc.liveness import ProcessId, current_process, is_alive
+from ipc.liveness import ProcessId, current_process, is_alive, start_time
 from ipc.naming import NAME_MAX, ObjectName, list_objects, new_base, prefix_for
 from ipc.segment import (
     STATE_DONE,
@@ -37,4 +37,5 @@ __all__ = [
     "list_objects",
     "new_base",
     "prefix_for",
+    "start_time",
 ]

@@ -46,6 +46,10 @@ class Doorbell:
             self._sem.acquire(max(timeout, 0.0))
         except posix_ipc.BusyError:
             return False
+        except posix_ipc.SignalError:
+            # EINTR: a signal with a handler (gunicorn's SIGUSR1, SIGHUP, ...) arrived.
+            # Report a wake-up; the caller re-checks the state, as after any ring.
+            return True
         return True
 
     def _poll(self, timeout: float) -> bool:
@@ -57,7 +61,7 @@ class Doorbell:
             try:
                 self._sem.acquire(0)
                 return True
-            except posix_ipc.BusyError:
+            except (posix_ipc.BusyError, posix_ipc.SignalError):
                 pass
             left = deadline - time.monotonic()
             if left <= 0:

@@ -4,24 +4,54 @@ A process is identified by ``(pid, start time)``. A pid alone is not enough:
 after a crash the kernel may give the same pid to an unrelated process, and a
 check on the pid alone would then wait forever for a dead producer. A zombie
 (killed but not yet reaped by its parent) counts as dead.
+
+The start time is seconds since boot on Linux, read from ``/proc/<pid>/stat``
+(field 22, clock ticks). psutil's ``create_time`` adds the boot time derived
+from the wall clock, which moves when the clock is stepped (NTP, a VM resume):
+every recorded identity would then look dead at once. Elsewhere psutil's
+``create_time`` is used.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import NamedTuple
 
 import psutil
 
-# Start times are computed the same way by every process on the host (boot time
-# plus clock ticks), so they match exactly; the tolerance only absorbs float
-# rounding.
-_START_TOLERANCE = 0.05
+# Start times are computed the same way by every process on the host, so they
+# match exactly; the tolerance only absorbs float rounding.
+_START_TOLERANCE = 0.005
+_PROC = sys.platform.startswith("linux") and os.path.exists("/proc/self/stat")
+_TICKS = os.sysconf("SC_CLK_TCK") if _PROC else 100
 
 
 class ProcessId(NamedTuple):
     pid: int
     start: float
+
+
+def _proc_stat(pid: int) -> tuple[float, bool] | None:
+    """(start seconds since boot, is zombie) from /proc, or None if no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # "pid (comm) state ...": comm may hold spaces and parentheses; split after the last ')'.
+    fields = data[data.rindex(b")") + 2 :].split()
+    return int(fields[19]) / _TICKS, fields[0] in (b"Z", b"X")
+
+
+def start_time(pid: int) -> float:
+    """The start time of process ``pid`` in the form identities use (ProcessLookupError if none)."""
+    if _PROC:
+        stat = _proc_stat(pid)
+        if stat is None:
+            raise ProcessLookupError(pid)
+        return stat[0]
+    return psutil.Process(pid).create_time()
 
 
 _current: ProcessId | None = None
@@ -41,7 +71,7 @@ def current_process() -> ProcessId:
     ident = _current
     if ident is None or ident.pid != os.getpid():
         pid = os.getpid()
-        ident = ProcessId(pid, psutil.Process(pid).create_time())
+        ident = ProcessId(pid, start_time(pid))
         _current = ident
     return ident
 
@@ -52,6 +82,9 @@ def is_alive(pid: int, start: float) -> bool:
         return False
     if pid == os.getpid():
         return abs(current_process().start - start) <= _START_TOLERANCE
+    if _PROC:
+        stat = _proc_stat(pid)
+        return stat is not None and abs(stat[0] - start) <= _START_TOLERANCE and not stat[1]
     try:
         proc = psutil.Process(pid)
         if abs(proc.create_time() - start) > _START_TOLERANCE:

@@ -6,8 +6,9 @@ Python version and every process::
     word  0   magic "SCSEG\\0\\0\\1"
     word  1   layout version (1)
     word  2   slot count
-    word  3   offset: bytes the producer has written        (producer only)
-    word  4   state: 0 writing, 1 done, 2 failed          (producer only)
+    word  3   progress: offset (bytes the producer has written, low 62 bits) and
+              state (top 2 bits: 0 writing, 1 done, 2 failed) (producer only)
+    word  4   unused (0)
     word  5   producer waiting for readers (0/1)           (producer only)
     word  6   producer pid                                 (producer only)
     word  7   producer start time, microseconds            (producer only)
@@ -32,9 +33,10 @@ Invariants:
   ``Q``), so a concurrent reader never sees a torn value.
 - The offset only grows. The producer publishes the offset after the bytes are in
   the data file, so a reader that sees offset N can read N bytes from the file.
-- The state leaves "writing" once and is published after the final offset (and
-  after the error text), so a reader that sees "done" or "failed" has the final
-  offset and error.
+- Offset and state share one word, stored at once, so a reader never sees a
+  final state with a stale offset (no ordering between two stores is needed,
+  which weakly ordered CPUs would not give). The state leaves "writing" once,
+  after the error text is written.
 - A reader sets its position only after it holds those bytes, and sets "waiting"
   before re-checking the offset and sleeping; the producer checks "waiting" after
   publishing a new offset. A wake-up lost to store/load reordering is recovered
@@ -60,11 +62,17 @@ STATE_FAILED = 2
 
 HEADER_BYTES = 512
 SLOT_WORDS = 8
-DEFAULT_SLOTS = 1024  # 64 KiB of slots; readers beyond them still work, unslotted
+# 1 MiB of slots. Shared memory is allocated on first touch, and readers claim
+# the lowest free slot, so only the slots ever used cost memory or scan time.
+# Readers beyond them still work, unslotted.
+DEFAULT_SLOTS = 16384
+MAX_SLOTS = 1 << 20
 ERROR_OFFSET = 128
 ERROR_MAX = HEADER_BYTES - ERROR_OFFSET
 
-_W_MAGIC, _W_VERSION, _W_SLOTS, _W_OFFSET, _W_STATE = 0, 1, 2, 3, 4
+_W_MAGIC, _W_VERSION, _W_SLOTS, _W_PROGRESS = 0, 1, 2, 3
+_STATE_SHIFT = 62
+_OFFSET_MASK = (1 << _STATE_SHIFT) - 1
 _W_PWAIT, _W_PPID, _W_PSTART, _W_USED, _W_ERRLEN = 5, 6, 7, 8, 9
 _HEADER_WORDS = HEADER_BYTES // 8
 # Words of a slot, also the offsets within each SLOT_WORDS group of slots().
@@ -93,6 +101,8 @@ class Segment:
     @classmethod
     def create(cls, name: str, producer: ProcessId, slots: int = DEFAULT_SLOTS) -> Segment:
         """Create a fresh segment (O_CREX, mode 0600) owned by ``producer``."""
+        if not 1 <= slots <= MAX_SLOTS:
+            raise ValueError(f"slots must be in 1..{MAX_SLOTS}")
         size = HEADER_BYTES + slots * SLOT_WORDS * 8
         shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, 0o600, size)
         try:
@@ -130,6 +140,7 @@ class Segment:
         if (
             words[_W_MAGIC] != MAGIC
             or words[_W_VERSION] != VERSION
+            or not 1 <= slots <= MAX_SLOTS
             or size < HEADER_BYTES + slots * SLOT_WORDS * 8
         ):
             words.release()
@@ -157,26 +168,30 @@ class Segment:
 
     @property
     def offset(self) -> int:
-        return self._words[_W_OFFSET]
-
-    def publish_offset(self, offset: int) -> None:
-        self._words[_W_OFFSET] = offset
+        return self._words[_W_PROGRESS] & _OFFSET_MASK
 
     @property
     def state(self) -> int:
-        return self._words[_W_STATE]
+        return self._words[_W_PROGRESS] >> _STATE_SHIFT
+
+    def progress(self) -> tuple[int, int]:
+        """(offset, state) from one load."""
+        word = self._words[_W_PROGRESS]
+        return word & _OFFSET_MASK, word >> _STATE_SHIFT
+
+    def publish_offset(self, offset: int) -> None:
+        self._words[_W_PROGRESS] = offset  # state "writing" is 0
 
     def finish(self, offset: int) -> None:
-        """Publish the final offset, then the "done" state."""
-        self._words[_W_OFFSET] = offset
-        self._words[_W_STATE] = STATE_DONE
+        """Publish the final offset and the "done" state in one store."""
+        self._words[_W_PROGRESS] = offset | (STATE_DONE << _STATE_SHIFT)
 
     def fail(self, error: str) -> None:
         """Publish the error text, then the "failed" state."""
         data = error.encode("utf-8", "replace")[:ERROR_MAX]
         self._mm[ERROR_OFFSET : ERROR_OFFSET + len(data)] = data
         self._words[_W_ERRLEN] = len(data)
-        self._words[_W_STATE] = STATE_FAILED
+        self._words[_W_PROGRESS] = self.offset | (STATE_FAILED << _STATE_SHIFT)
 
     @property
     def error(self) -> str:
@@ -216,7 +231,8 @@ class Segment:
             if free is None:
                 return None
         base = _HEADER_WORDS + free * SLOT_WORDS
-        w[base + SLOT_ACTIVE] = 0
+        # A reclaimed slot stays active throughout (a dead owner's slot is active):
+        # clearing it would let the producer count zero readers for an instant.
         w[base + SLOT_POSITION] = 0
         w[base + SLOT_WAITING] = 0
         w[base + SLOT_PID] = reader.pid

@@ -15,7 +15,15 @@ from typing import Any
 
 import ipc
 from ipc.naming import list_objects
-from ipc.segment import SLOT_ACTIVE, SLOT_PID, SLOT_START, SLOT_WORDS, SegmentError
+from ipc.segment import (
+    DEFAULT_SLOTS,
+    MAX_SLOTS,
+    SLOT_ACTIVE,
+    SLOT_PID,
+    SLOT_START,
+    SLOT_WORDS,
+    SegmentError,
+)
 
 from . import config
 from .base import CacheBase, check_create, check_key
@@ -27,7 +35,9 @@ from .pipe import EntryIPC, FileReader, PipeReader, Writer, unlink_entry_ipc
 from .stream import Stream, deadline_for, remaining
 
 LAYOUT = "v1"
-_ORPHAN_GRACE = 60.0  # seconds a half-made segment or temp record is left alone
+# Seconds a segment without its header yet (its creator may be between shm_open and
+# the header's magic) or a record's temp file is left alone by cleanup.
+_ORPHAN_GRACE = 5.0
 
 Create = Callable[[Any], object]
 
@@ -78,17 +88,18 @@ class Producer:
         self._fd = fd
         self._create = create
         self.error: BaseException | None = None
+        self._finalized = False
         self.thread = threading.Thread(
             target=self._run, name=f"streamcache-producer-{rec.key[:8]}", daemon=False
         )
 
     def start(self) -> None:
-        """Start ``create`` in its thread; if no thread can start, fail the entry."""
-        try:
-            self.thread.start()
-        except BaseException as exc:
-            self._finalize(Writer(self._fd, self._entry, 0, 1.0), exc)
-            raise
+        self.thread.start()
+
+    def abort(self, error: BaseException) -> None:
+        """Fail the entry if its thread never started (a no-op once it has)."""
+        if self.thread.ident is None and not self._finalized:
+            self._finalize(Writer(self._fd, self._entry, 0, 1.0), error)
 
     def _run(self) -> None:
         cache = self._cache
@@ -103,6 +114,7 @@ class Producer:
 
     def _finalize(self, writer: Writer, error: BaseException | None) -> None:
         """Publish the outcome: the record first, then the segment; unlink the IPC names."""
+        self._finalized = True
         cache = self._cache
         writer.abandon()  # a thread left behind by create can write no more
         try:
@@ -127,7 +139,11 @@ class Producer:
                 finally:
                     # Whatever happened, readers must learn the entry failed: a reader
                     # waits on a live producer process for as long as it says "writing".
-                    seg.fail(describe(error))
+                    try:
+                        text = describe(error)
+                    except BaseException:
+                        text = "the producer failed"
+                    seg.fail(text)
             writer.ring_all()
         finally:
             unlink_entry_ipc(self._entry.base)
@@ -141,7 +157,10 @@ class StreamCache(CacheBase):
     ``liveness`` bounds how long a dead producer or reader goes unnoticed. ``clock``
     (epoch seconds) is injectable for tests. ``cleanup_interval`` is the period of
     the background cleanup loop in seconds (default ``min(max_age, 60)``, at least
-    1 s); 0 runs no loop (call :meth:`gc` yourself).
+    1 s); 0 runs no loop (call :meth:`gc` yourself). ``reader_slots`` is how many
+    readers of one entry in flight publish their position (default 16384); readers
+    beyond that still read everything but neither hold back nor keep alive the
+    producer.
     """
 
     def __init__(
@@ -154,12 +173,16 @@ class StreamCache(CacheBase):
         liveness: config.Duration = config.DEFAULT_LIVENESS,
         clock: Callable[[], float] = time.time,
         cleanup_interval: float | None = None,
+        reader_slots: int = DEFAULT_SLOTS,
     ) -> None:
         self.dir = prepare_dir(config.directory(dir))
         self.max_age = config.seconds(max_age, "max_age")
         self.window = config.nonnegative_int(window, "window")
         self.max_bytes = config.optional_budget(max_bytes, "max_bytes")
         self.liveness = config.seconds(liveness, "liveness", allow_zero=False)
+        self.reader_slots = config.nonnegative_int(reader_slots, "reader_slots")
+        if not 1 <= self.reader_slots <= MAX_SLOTS:
+            raise ValueError(f"reader_slots must be in 1..{MAX_SLOTS}")
         self.root = os.path.join(self.dir, LAYOUT)
         make_private_dirs(self.root)
         self._index = Index(self.root)
@@ -187,17 +210,24 @@ class StreamCache(CacheBase):
         hit = self._open_finished(self._index.read(h), evict=False)
         if hit is not None:
             return Stream(hit, False, deadline)
-        with self._index.locked(h, remaining(deadline)):
-            reader = self._lookup_locked(h)
-            if reader is not None:
-                return Stream(reader, False, deadline)
-            producer, reader = self._create_locked(h, create)
+        # A created entry is put here before its record is written, so that an
+        # exception anywhere up to the producer's start (a signal handler's, say)
+        # fails it instead of leaving a record that no thread will ever finish.
+        pending: list[tuple[Producer, PipeReader]] = []
         try:
+            with self._index.locked(h, remaining(deadline)):
+                reader = self._lookup_locked(h)
+                if reader is not None:
+                    return Stream(reader, False, deadline)
+                self._create_locked(h, create, pending)
+            producer, reader = pending[0]
             producer.start()
-        except BaseException:
-            reader.close()
+            return Stream(reader, True, deadline)
+        except BaseException as exc:
+            for producer, reader in pending:
+                reader.close()
+                producer.abort(exc)
             raise
-        return Stream(reader, True, deadline)
 
     def stop(self) -> None:
         """End this process's background cleanup. fetch still works afterwards."""
@@ -215,7 +245,7 @@ class StreamCache(CacheBase):
         deadline = deadline_for(timeout)
         while True:
             with self._mutex:
-                threads = [p.thread for p in self._producers]
+                threads = [p.thread for p in self._producers if p.thread.ident is not None]
             if not threads:
                 return True
             for t in threads:
@@ -232,14 +262,14 @@ class StreamCache(CacheBase):
             return None
         try:
             fd = self._files.open(rec.file)
-        except OSError:
-            fd = -1
+        except FileNotFoundError:
+            fd = -1  # gone (wiped or evicted): a miss
         if fd >= 0:
             if os.fstat(fd).st_size == rec.size:
                 return FileReader(fd, rec.size)
             os.close(fd)
         if evict:
-            self._evict(rec)
+            self._evict(rec)  # missing or of the wrong size: never served
         return None
 
     def _lookup_locked(self, h: str) -> FileReader | PipeReader | None:
@@ -270,18 +300,25 @@ class StreamCache(CacheBase):
             return None
         try:
             fd = self._files.open(rec.file)
-        except OSError:
+        except FileNotFoundError:
             entry.close()
             self._index.remove(h)
             return None
+        except BaseException:
+            entry.close()
+            raise
         slot = seg.claim_slot(ipc.current_process(), _is_dead)
         return PipeReader(fd, entry, slot, self.liveness, lambda: self._producer_died(rec))
 
-    def _create_locked(self, h: str, create: Create) -> tuple[Producer, PipeReader]:
+    def _create_locked(
+        self, h: str, create: Create, pending: list[tuple[Producer, PipeReader]]
+    ) -> None:
+        """Create the entry of ``h`` and append its producer and the creator's reader
+        to ``pending``; the caller starts the producer."""
         me = ipc.current_process()
         name, wfd = self._files.create()
         try:
-            entry = EntryIPC.create(self._prefix, me)
+            entry = EntryIPC.create(self._prefix, me, self.reader_slots)
             try:
                 mine = EntryIPC.open(entry.base)
                 try:
@@ -304,18 +341,10 @@ class StreamCache(CacheBase):
         reader = PipeReader(
             rfd, mine, slot, self.liveness, lambda: self._producer_died(rec), lambda: producer.error
         )
-        try:
-            self._index.write(rec)
-        except BaseException:
-            reader.close()
-            entry.close()
-            unlink_entry_ipc(entry.base)
-            os.close(wfd)
-            self._files.remove(name)
-            raise
         with self._mutex:
             self._producers.add(producer)
-        return producer, reader
+        pending.append((producer, reader))  # from here on, failures go through abort()
+        self._index.write(rec)
 
     @staticmethod
     def _has_live_reader(seg: ipc.Segment) -> bool:
@@ -347,12 +376,18 @@ class StreamCache(CacheBase):
                 self._index.remove(rec.key)
         self._files.remove(rec.file)
 
-    def _producer_died(self, rec: Record) -> None:
+    def _producer_died(self, rec: Record) -> int | None:
+        """A reader found the producer of ``rec`` dead: drop the entry, unless it was
+        recorded as finished just before the producer died. Returns that size, if so."""
+        unlink_entry_ipc(rec.ipc)
         with self._index.locked(rec.key, None):
-            if self._is_current(rec):
+            cur = self._index.read(rec.key)
+            if cur is not None and cur.file == rec.file:
+                if cur.state == DONE:
+                    return cur.size
                 self._index.remove(rec.key)
         self._files.remove(rec.file)
-        unlink_entry_ipc(rec.ipc)
+        return None
 
     def _evict(self, rec: Record) -> None:
         """Drop an expired or broken entry (lock held). Open readers keep their descriptors."""

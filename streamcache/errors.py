@@ -32,6 +32,11 @@ class ProducerDied(CreateError):
 
 
 def describe(exc: BaseException) -> str:
-    """``TypeName: message``, the form in which an error crosses processes."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """``TypeName: message``, the form in which an error crosses processes. Never
+    raises: an exception whose ``str()`` fails is described by its type alone."""
+    name = getattr(type(exc), "__name__", "Exception")
+    try:
+        text = str(exc)
+    except BaseException:
+        return f"{name}: <message could not be formatted>"
+    return f"{name}: {text}" if text else name

@@ -23,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -39,6 +40,7 @@ RECORD_VERSION = 1
 WRITING = "writing"
 DONE = "done"
 _LOCK_POLL = 0.001
+_ABSENT = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP}
 
 
 @dataclass(frozen=True)
@@ -169,15 +171,19 @@ class Index:
             gate.release()
 
     def read(self, key: str) -> Record | None:
-        """The record of ``key``, or None if absent or garbage."""
+        """The record of ``key``, or None if absent or garbage.
+
+        Other errors (out of descriptors, I/O) propagate: taking them for "absent"
+        would let a caller replace a live entry and start a second producer.
+        """
         try:
             fd = os.open(self.record_path(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:  # absent, or a symlink planted in its place
-            return None
+        except OSError as exc:
+            if exc.errno in _ABSENT:  # ELOOP: a symlink planted in its place
+                return None
+            raise
         try:
             data = os.read(fd, 65536)
-        except OSError:
-            return None
         finally:
             os.close(fd)
         rec = Record.from_json(data)

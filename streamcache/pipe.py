@@ -73,11 +73,11 @@ class EntryIPC:
         self.writer_bell = writer
 
     @classmethod
-    def create(cls, prefix: str, producer: ipc.ProcessId) -> EntryIPC:
+    def create(cls, prefix: str, producer: ipc.ProcessId, slots: int) -> EntryIPC:
         """Create fresh objects. The segment comes first and is unlinked last, so a
         doorbell without a segment is always an orphan (see :func:`unlink_entry_ipc`)."""
         base = ipc.new_base(prefix)
-        seg = ipc.Segment.create(object_name(base, SEGMENT), producer)
+        seg = ipc.Segment.create(object_name(base, SEGMENT), producer, slots)
         try:
             rb = ipc.Doorbell.create(object_name(base, READERS_BELL))
             try:
@@ -265,12 +265,112 @@ class Writer:
         self._entry.readers_bell.ring(max(waiting, 1))
 
 
-class PipeReader:
+class _Reader:
+    """The copy step shared by both readers: ``pread`` or ``sendfile`` of what
+    :meth:`_available` reports, from the reader's own position.
+
+    ``close`` is safe while another thread of this process is inside ``read`` (an
+    ``astream`` cancelled mid-wait closes from a second thread): it gives up the
+    reader's place at once, but the descriptor and mappings are released by
+    whichever of the two finishes last, so the reading thread never touches an
+    unmapped semaphore or a reused descriptor.
+    """
+
+    _SHORT = "the entry's data file is shorter than published"
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self.position = 0
+        self._guard = threading.Lock()  # protects _busy, _closed and _released
+        self._busy = 0
+        self._closed = False
+        self._released = False
+
+    def _available(self, deadline: float | None) -> int:
+        """Bytes readable now (waiting for some if needed); 0 at the end."""
+        raise NotImplementedError
+
+    def read(self, n: int, deadline: float | None) -> bytes:
+        """Up to ``n`` (at most CHUNK) bytes; b"" at the end of a finished entry."""
+        if n <= 0:
+            return b""
+        self._enter()
+        try:
+            avail = self._available(deadline)
+            if not avail:
+                return b""
+            data = os.pread(self._fd, min(avail, n, CHUNK), self.position)
+            if not data:
+                raise CreateError(self._SHORT)
+            self._advance(len(data))
+            return data
+        finally:
+            self._exit()
+
+    def sendfile(
+        self, out_fd: int, deadline: float | None, wait_writable: Callable[[], None]
+    ) -> int:
+        """Copy the next available bytes to ``out_fd`` with os.sendfile; 0 at the end."""
+        self._enter()
+        try:
+            avail = self._available(deadline)
+            if not avail:
+                return 0
+            while True:
+                try:
+                    n = os.sendfile(out_fd, self._fd, self.position, min(avail, CHUNK))
+                    break
+                except BlockingIOError:
+                    wait_writable()
+            if not n:
+                raise CreateError(self._SHORT)
+            self._advance(n)
+            return n
+        finally:
+            self._exit()
+
+    def _advance(self, n: int) -> None:
+        self.position += n
+
+    def _enter(self) -> None:
+        with self._guard:
+            if self._closed:
+                raise ValueError("I/O operation on a closed stream")
+            self._busy += 1
+
+    def _exit(self) -> None:
+        with self._guard:
+            self._busy -= 1
+            release = self._closed and not self._busy and not self._released
+            self._released = self._released or release
+        if release:
+            self._release()
+
+    def close(self) -> None:
+        with self._guard:
+            if self._closed:
+                return
+            self._closed = True
+            release = not self._busy
+            self._released = release
+        self._leave()
+        if release:
+            self._release()
+
+    def _leave(self) -> None:
+        """Give up this reader's place (mappings still valid)."""
+
+    def _release(self) -> None:
+        os.close(self._fd)
+
+
+class PipeReader(_Reader):
     """Reads an entry that is still being written, from offset 0.
 
     ``slot`` is None for a reader beyond the segment's slot capacity: it still
-    reads everything, but does not count for back pressure and, never being rung,
-    re-checks with a backoff from 1 to 50 ms.
+    reads everything, but does not count for back pressure, and re-checks with a
+    backoff from 1 to 50 ms instead of sleeping on the doorbell (whose rings are
+    counted for slotted readers only).
     """
 
     def __init__(
@@ -279,73 +379,46 @@ class PipeReader:
         entry: EntryIPC,
         slot: int | None,
         liveness: float,
-        on_producer_died: Callable[[], None],
+        on_producer_died: Callable[[], int | None],
         local_cause: Callable[[], BaseException | None] = lambda: None,
     ) -> None:
-        self._fd = fd
+        super().__init__(fd)
         self._entry = entry
         self._seg = entry.seg
         self._slot = slot
         self._liveness = liveness
+        # Called when the producer is found dead: the entry's recorded final size if
+        # it finished after all (killed between its record and its segment), else None.
         self._on_producer_died = on_producer_died
-        self.position = 0
-        self._closed = False
         self._local_cause = local_cause  # the producer's exception, when it ran here
-        self._overflow_poll = 0.001
+        self._final: int | None = None
+        self._poll = 0.001
+        self._next_check = time.monotonic() + liveness
 
-    def read(self, n: int, deadline: float | None) -> bytes:
-        """Up to ``n`` (at most CHUNK) bytes; b"" at the end of a finished entry."""
-        if n <= 0:
-            return b""
-        seg = self._seg
+    def _available(self, deadline: float | None) -> int:
         while True:
-            avail = seg.offset - self.position
-            if avail > 0:
-                data = os.pread(self._fd, min(avail, n, CHUNK), self.position)
-                if not data:
-                    raise CreateError("the entry's data file is shorter than published")
-                self._advance(len(data))
-                self._overflow_poll = 0.001
-                return data
-            state = seg.state
-            if state != ipc.STATE_WRITING:
-                if seg.offset > self.position:
-                    continue  # the final offset came with the state
-                if state == ipc.STATE_DONE:
-                    return b""
-                raise self._failure(seg.error)
-            self._wait(deadline)
-
-    def sendfile(
-        self, out_fd: int, deadline: float | None, wait_writable: Callable[[], None]
-    ) -> int:
-        """Copy the next available bytes to ``out_fd`` with os.sendfile; 0 at the end."""
-        seg = self._seg
-        while True:
-            avail = seg.offset - self.position
-            if avail > 0:
-                try:
-                    n = os.sendfile(out_fd, self._fd, self.position, min(avail, CHUNK))
-                except BlockingIOError:
-                    wait_writable()
-                    continue
-                if not n:
-                    raise CreateError("the entry's data file is shorter than published")
-                self._advance(n)
-                return n
-            state = seg.state
-            if state != ipc.STATE_WRITING:
-                if seg.offset > self.position:
-                    continue
-                if state == ipc.STATE_DONE:
-                    return 0
-                raise self._failure(seg.error)
+            if self._closed:
+                raise ValueError("I/O operation on a closed stream")
+            if self._final is not None:
+                offset, state = self._final, ipc.STATE_DONE
+            else:
+                offset, state = self._seg.progress()
+            if offset > self.position:
+                return offset - self.position
+            if state == ipc.STATE_DONE:
+                return 0
+            if state == ipc.STATE_FAILED:
+                raise self._failure(self._seg.error)
             self._wait(deadline)
 
     def _advance(self, n: int) -> None:
         self.position += n
+        self._poll = 0.001
         if self._slot is not None:
-            self._seg.set_position(self._slot, self.position)
+            with self._guard:
+                if self._closed:
+                    return  # the slot may already belong to another reader
+                self._seg.set_position(self._slot, self.position)
             full_fence()
         if self._seg.producer_waiting:
             self._entry.writer_bell.ring()
@@ -360,81 +433,67 @@ class PipeReader:
         slot = self._slot
         if slot is not None:
             timeout = self._liveness
-        else:  # never rung: re-check with a backoff up to 50 ms
-            self._overflow_poll = min(self._overflow_poll * 2, 0.05)
-            timeout = self._overflow_poll
+        else:
+            self._poll = min(self._poll * 2, 0.05)
+            timeout = self._poll
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("timed out waiting for the producer")
             timeout = min(timeout, remaining)
-        if slot is not None:
+        if slot is None:
+            time.sleep(timeout)
+            rang = time.monotonic() < self._next_check
+        else:
             # Invariant: announce "waiting" before the last check of the offset, so
             # a producer publishing after that check sees the flag and rings.
             seg.set_waiting(slot, True)
             full_fence()
-        try:
-            if seg.offset > self.position or seg.state != ipc.STATE_WRITING:
-                return
-            rang = self._entry.readers_bell.wait(timeout)
-        finally:
-            if slot is not None:
+            try:
+                offset, state = seg.progress()
+                if offset > self.position or state != ipc.STATE_WRITING:
+                    return
+                rang = self._entry.readers_bell.wait(timeout)
+            finally:
                 seg.set_waiting(slot, False)
-        if not rang and seg.state == ipc.STATE_WRITING and seg.offset == self.position:
+        if rang:
+            return
+        self._next_check = time.monotonic() + self._liveness
+        offset, state = seg.progress()
+        if state == ipc.STATE_WRITING and offset == self.position:
             producer = seg.producer
             if not ipc.is_alive(producer.pid, producer.start):
-                self._on_producer_died()
-                raise ProducerDied(
-                    f"the producing process (pid {producer.pid}) died before finishing the entry"
-                )
+                self._final = self._on_producer_died()
+                if self._final is None:
+                    raise ProducerDied(
+                        f"the producing process (pid {producer.pid}) died before "
+                        "finishing the entry"
+                    )
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    def _leave(self) -> None:
         if self._slot is not None:
-            self._seg.release_slot(self._slot)
+            with self._guard:
+                self._seg.release_slot(self._slot)
+            full_fence()
             if self._seg.producer_waiting:
                 # The producer may be waiting on us; let it re-count its readers.
                 self._entry.writer_bell.ring()
+        if self._busy:
+            self._entry.readers_bell.ring()  # wake our own thread sleeping in read()
+
+    def _release(self) -> None:
         self._entry.close()
         os.close(self._fd)
 
 
-class FileReader:
+class FileReader(_Reader):
     """Reads a finished entry of known size; takes no slot (the entry is immutable)."""
 
+    _SHORT = "the entry's data file is shorter than its recorded size"
+
     def __init__(self, fd: int, size: int) -> None:
-        self._fd = fd
+        super().__init__(fd)
         self.size = size
-        self.position = 0
 
-    def read(self, n: int, deadline: float | None) -> bytes:
-        want = min(n, self.size - self.position, CHUNK)
-        if want <= 0:
-            return b""
-        data = os.pread(self._fd, want, self.position)
-        if not data:
-            raise CreateError("the entry's data file is shorter than its recorded size")
-        self.position += len(data)
-        return data
-
-    def sendfile(
-        self, out_fd: int, deadline: float | None, wait_writable: Callable[[], None]
-    ) -> int:
-        want = min(self.size - self.position, CHUNK)
-        if want <= 0:
-            return 0
-        while True:
-            try:
-                n = os.sendfile(out_fd, self._fd, self.position, want)
-                break
-            except BlockingIOError:
-                wait_writable()
-        if not n:
-            raise CreateError("the entry's data file is shorter than its recorded size")
-        self.position += n
-        return n
-
-    def close(self) -> None:
-        os.close(self._fd)
+    def _available(self, deadline: float | None) -> int:
+        return self.size - self.position

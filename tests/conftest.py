@@ -19,13 +19,15 @@ def ipc_objects(cache_dir: Path) -> list[str]:
 
 
 def settle(cache_dir: Path, timeout: float = 10.0) -> list[str]:
-    """Wait (bounded) for in-flight producers of ``cache_dir`` to unlink their objects,
-    then run one cleanup pass; returns what is still left."""
+    """Run cleanup passes until nothing of ``cache_dir`` is left in /dev/shm, or until
+    ``timeout``: a pass removes what dead processes left at once, and objects of live
+    producers go when they finish. Returns what is still left."""
     deadline = time.monotonic() + timeout
-    while ipc_objects(cache_dir) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if cache_dir.exists():
+    while cache_dir.exists():
         streamcache.StreamCache(cache_dir, cleanup_interval=0).gc()
+        if not ipc_objects(cache_dir) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     return ipc_objects(cache_dir)
 
 

@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import xproc
 from xproc import HashSink, expect, payload, payload_bytes, payload_chunk, payload_sha
@@ -630,7 +629,7 @@ def test_pid_reuse_is_not_life(cache_dir: Path, spawn: Any, who: str) -> None:
         idler = spawn.Process(target=xproc.idle, args=(stop,), kwargs={"out": out})
         idler.start()
         pid, start = expect(out, "started")
-        assert psutil.Process(pid).create_time() == pytest.approx(start, abs=0.05)
+        assert ipc.start_time(pid) == start
     try:
         wrong = start - 1000.0
         assert ipc.is_alive(pid, start)
@@ -647,7 +646,7 @@ def test_pid_reuse_is_not_life(cache_dir: Path, spawn: Any, who: str) -> None:
         stale = b"stale partial bytes"
         os.write(fd, stale)
         os.close(fd)
-        entry = EntryIPC.create(ipc.prefix_for(cache_dir), ipc.ProcessId(pid, wrong))
+        entry = EntryIPC.create(ipc.prefix_for(cache_dir), ipc.ProcessId(pid, wrong), 64)
         try:
             entry.seg.publish_offset(len(stale))
             assert entry.seg.claim_slot(ipc.current_process(), lambda p, s: False) == 0

@@ -575,7 +575,7 @@ def test_cache_un_writeable_file(cache_dir: Path, spawn: SpawnContext) -> None:
     The caller gets CreateError caused by that OSError; the entry is
     dropped, and the next fetch creates afresh.
     """
-    limit, size = 256 * 1024, 1024 * 1024  # limit above the 66 KiB shared-memory segment
+    limit, size = 4 * 2**20, 16 * 2**20  # limit above the 1 MiB shared-memory segment
     proc, q = start(spawn, child_fetch_with_file_size_limit, str(cache_dir), "key", limit, size)
     kind, text, cause, cause_errno, returned = result_of(q, proc)
     assert kind == "CreateError"

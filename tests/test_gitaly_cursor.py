@@ -121,7 +121,7 @@ class MechPipe:
         cache_dir.mkdir(mode=0o700, exist_ok=True)
         self.path = str(tmp_path / "pipe-data")
         self.wfd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self.entry = EntryIPC.create(ipc.prefix_for(cache_dir), ipc.current_process())
+        self.entry = EntryIPC.create(ipc.prefix_for(cache_dir), ipc.current_process(), 64)
         self.seg = self.entry.seg
         self.writer = Writer(self.wfd, self.entry, window, liveness)
         self._readers: list[PipeReader] = []

@@ -1,0 +1,929 @@
+"""Chaos driver: kill -9 worker processes at random moments and check that nobody is
+served wrong bytes, nobody hangs, and nothing is left behind (DESIGN.md sections 4, 6).
+
+    python tools/chaos.py --seconds 30 --workers 4 [--seed S] [--dir D] [--kill-interval 0.4]
+
+W worker processes (multiprocessing spawn) loop over a small key set. Every key has
+fixed content, ``content(key)``: its size and bytes follow from sha256(key), and every
+4 KiB block carries its own index, so a shifted, truncated or foreign byte is caught.
+Workers fetch through ``StreamCache(dir, window=<random, incl. 0>, liveness=0.2)`` with
+``fetch`` (to an in-memory sink or to a real file, which takes the sendfile path),
+``stream`` (iterated, read(n), readinto, read(), or read partly and closed early) and
+``astream``; every call has a timeout, some of them short. The creates they pass write
+``content(key)`` in random chunks, sometimes slowly, sometimes stalling, sometimes
+failing with an exception part-way (or after the last byte).
+
+The parent SIGKILLs random workers at random moments and restarts them; sometimes it
+waits until it catches a worker with a producer running and kills it then. Workers
+report their state through shared arrays (no locks: a killed process must not hold
+one): a heartbeat, the phase of the current operation, how many producers run in them.
+
+Checked:
+- every completed read returned exactly ``content(key)``; every failed or abandoned
+  read returned a prefix of it; ``created`` is true exactly when this call's create ran;
+- failures are only TimeoutError, ProducerDied, BrokenPipeError, or CreateError carrying
+  an injected failure or "BrokenPipeError" (a producer whose readers all left);
+- no worker hangs: a heartbeat older than --hang seconds (main loop or a producer), or a
+  worker that does not exit within that bound after being told to stop, is a violation;
+  the worker's last reported state and a faulthandler dump of its threads are printed;
+- at the end, after every worker exited and one ``StreamCache(dir).gc()`` pass: nothing
+  of the directory in /dev/shm, and every index record is a finished entry whose data
+  file has the recorded size and holds exactly ``content(key)``.
+
+The summary counts operations by outcome, kills, creates and violations; the exit
+status is 1 on any violation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import faulthandler
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import random
+import shutil
+import signal
+import struct
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ipc
+import streamcache
+from streamcache.cache import LAYOUT, key_hash
+from streamcache.index import DONE, Index
+
+MiB = 1 << 20
+BLOCK = 4096
+KEYS = [f"chaos-key-{i}" for i in range(8)]
+# Size classes, one per key: about 2**e bytes (None: 0..3 bytes, so empty entries occur).
+_EXPONENTS: tuple[int | None, ...] = (None, 3, 7, 11, 15, 18, 20, 21)
+WINDOWS = (0, 0, 1, 4096, 65536, MiB, 4 * MiB)
+TIMEOUTS = (0.05, 0.3, 1.0, 3.0, 5.0, 5.0)
+LIVENESS = 0.2
+MAX_SHOWN = 20  # violations printed in the summary
+SLOW_EXIT = 6.0  # seconds after the stop flag; slower exits are noted with a stack dump
+
+# Counters, one row per worker slot (int64, written only by the slot's current process).
+OUTCOMES = (
+    "ok",
+    "partial",
+    "timeout",
+    "producer_died",
+    "create_failed",
+    "create_broken_pipe",
+    "broken_pipe",
+    "unexpected",
+)
+OPS = ("fetch_sink", "fetch_file", "stream_iter", "stream_read", "stream_partial", "astream")
+OTHER = (
+    "created",
+    "hits",
+    "creates_started",
+    "creates_completed",
+    "creates_injected_failure",
+    "creates_broken_pipe",
+    "bytes_verified",
+    "violations",
+)
+COUNTERS = OUTCOMES + tuple(f"op_{o}" for o in OPS) + OTHER
+_CI = {name: i for i, name in enumerate(COUNTERS)}
+
+# State, one row per slot (doubles): written by the worker, read by the parent.
+S_HEARTBEAT, S_PHASE, S_KEY, S_PRODUCERS, S_PPROGRESS, S_OPSEQ, S_PID, S_TIMEOUT = range(8)
+S_OP = 8
+S_WORDS = 9
+PHASES = ("starting", "idle", "opening", "reading", "closing", "verifying", "exiting", "done")
+_PH = {name: i for i, name in enumerate(PHASES)}
+
+
+# -- content ----------------------------------------------------------------------------
+
+
+def content_size(key: str) -> int:
+    h = hashlib.sha256(key.encode()).digest()
+    e = _EXPONENTS[KEYS.index(key)] if key in KEYS else 12
+    r = int.from_bytes(h[:4], "little")
+    return r % 4 if e is None else (1 << e) + r % (1 << e)
+
+
+def content(key: str) -> bytes:
+    """The fixed bytes of ``key``: blocks of 4 KiB, each its index then key-derived bytes."""
+    h = hashlib.sha256(key.encode()).digest()
+    base = b"".join(hashlib.sha256(h + bytes([j])).digest() for j in range(BLOCK // 32))
+    size = content_size(key)
+    nblocks = (size + BLOCK - 1) // BLOCK
+    tail = base[8:]
+    return b"".join(struct.pack("<Q", i) + tail for i in range(nblocks))[:size]
+
+
+def first_difference(a: bytes | bytearray, b: bytes) -> int:
+    """Index of the first differing byte of a and b (or the shorter length)."""
+    n = min(len(a), len(b))
+    lo, hi = 0, n
+    if a[:n] == b[:n]:
+        return n
+    while hi - lo > 64:  # bisect on slices, then scan
+        mid = (lo + hi) // 2
+        if a[lo:mid] != b[lo:mid]:
+            hi = mid
+        else:
+            lo = mid
+    for i in range(lo, hi):
+        if a[i] != b[i]:
+            return i
+    return hi
+
+
+class ChaosFailure(Exception):
+    """What a create injected to fail on purpose."""
+
+
+class ChaosPanic(BaseException):
+    """A BaseException a create raises on purpose (a 'panic': must fail only the entry)."""
+
+
+# -- worker -----------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerArgs:
+    dir: str
+    slot: int
+    seed: int
+    logdir: str
+    counters: Any  # RawArray('q')
+    state: Any  # RawArray('d')
+    stop: Any  # RawValue('b')
+
+
+class Worker:
+    def __init__(self, args: WorkerArgs) -> None:
+        self.a = args
+        self.rng = random.Random(args.seed)
+        self.contents = {k: content(k) for k in KEYS}
+        self.caches: dict[tuple[int, float], streamcache.StreamCache] = {}
+        self.row = args.slot * len(COUNTERS)
+        self.srow = args.slot * S_WORDS
+        self._plock = threading.Lock()
+        self.log = open(  # noqa: SIM115 - kept open for the process's life
+            os.path.join(args.logdir, f"w{args.slot}-{os.getpid()}.jsonl"), "a", buffering=1
+        )
+        self.scratch = os.path.join(args.logdir, "scratch")
+        os.makedirs(self.scratch, exist_ok=True)
+
+    # shared-memory reporting (no locks: single writer per field, except S_PRODUCERS)
+    def count(self, name: str, n: int = 1) -> None:
+        self.a.counters[self.row + _CI[name]] += n
+
+    def set(self, field_: int, value: float) -> None:
+        self.a.state[self.srow + field_] = value
+
+    def beat(self) -> None:
+        self.a.state[self.srow + S_HEARTBEAT] = time.monotonic()
+
+    def phase(self, name: str) -> None:
+        self.set(S_PHASE, _PH[name])
+        self.beat()
+
+    def violation(self, what: str, **details: Any) -> None:
+        self.count("violations")
+        rec = {"slot": self.a.slot, "pid": os.getpid(), "what": what, **details}
+        self.log.write(json.dumps(rec, default=repr) + "\n")
+
+    def cache(self) -> streamcache.StreamCache:
+        window = self.rng.choice(WINDOWS)
+        # Mostly long-lived entries; some expire within seconds, so cleanup passes run
+        # in the workers (every second) and evict entries in flight.
+        max_age = self.rng.choice((0.2, 0.5, 1.0, 2.0, 5.0))
+        c = self.caches.get((window, max_age))
+        if c is None:
+            c = streamcache.StreamCache(
+                self.a.dir, window=window, liveness=LIVENESS, max_age=max_age
+            )
+            self.caches[(window, max_age)] = c
+        return c
+
+    def make_create(self, key: str, called: list[bool]) -> Callable[[Any], None]:
+        rng = random.Random(self.rng.getrandbits(64))
+        data = self.contents[key]
+        size = len(data)
+        r = rng.random()
+        mode = "normal"
+        if r < 0.12:
+            mode = "fail"
+        elif r < 0.14:
+            mode = "panic"
+        elif r < 0.26:
+            mode = "slow"
+        elif r < 0.30:
+            mode = "stall"
+        fail_at = rng.choice((0, size, rng.randint(0, size))) if mode in ("fail", "panic") else -1
+        stall_at = rng.randint(0, size)
+        max_chunk = rng.choice((1, 4096, 65536, 300_000, 2 * MiB))
+
+        def create(w: Any) -> None:
+            called[0] = True
+            self.count("creates_started")
+            with self._plock:
+                self.a.state[self.srow + S_PRODUCERS] += 1
+            self.a.state[self.srow + S_PPROGRESS] = time.monotonic()
+            try:
+                pos = 0
+                stalled = False
+                while pos < size or (pos == size and fail_at == size):
+                    if pos == fail_at:
+                        exc_type = ChaosFailure if mode == "fail" else ChaosPanic
+                        raise exc_type(f"injected failure at byte {pos} of {size}")
+                    n = rng.randint(1, max_chunk)
+                    if fail_at > pos:
+                        n = min(n, fail_at - pos)
+                    chunk = data[pos : pos + n]
+                    kind = rng.random()
+                    if kind < 0.05:
+                        w.write(b"")
+                    if kind < 0.3:
+                        w.write(memoryview(chunk))
+                    elif kind < 0.4:
+                        w.write(bytearray(chunk))
+                    else:
+                        w.write(chunk)
+                    pos += len(chunk)
+                    self.a.state[self.srow + S_PPROGRESS] = time.monotonic()
+                    if mode == "slow":
+                        time.sleep(rng.uniform(0.001, 0.03))
+                    elif mode == "stall" and not stalled and pos >= stall_at:
+                        stalled = True
+                        time.sleep(rng.uniform(0.3, 1.5))
+                    self.a.state[self.srow + S_PPROGRESS] = time.monotonic()
+                self.count("creates_completed")
+            except BrokenPipeError:
+                self.count("creates_broken_pipe")
+                raise
+            except (ChaosFailure, ChaosPanic):
+                self.count("creates_injected_failure")
+                raise
+            finally:
+                with self._plock:
+                    self.a.state[self.srow + S_PRODUCERS] -= 1
+
+        return create
+
+    def run(self) -> None:
+        self.set(S_PID, os.getpid())
+        self.phase("idle")
+        while not self.a.stop.value:
+            self.set(S_OPSEQ, self.a.state[self.srow + S_OPSEQ] + 1)
+            try:
+                self.one_op()
+            except Exception as exc:  # the driver's own bug, or a library surprise
+                self.count("unexpected")
+                self.violation(
+                    "exception outside the checked op", error=repr(exc), tb=traceback.format_exc()
+                )
+            self.phase("idle")
+        self.phase("exiting")
+        for c in self.caches.values():
+            c.stop()
+        self.phase("done")
+
+    def one_op(self) -> None:
+        rng = self.rng
+        key = rng.choice(KEYS)
+        ki = KEYS.index(key)
+        expected = self.contents[key]
+        cache = self.cache()
+        timeout = rng.choice(TIMEOUTS)
+        op = rng.choices(OPS, weights=(30, 10, 15, 15, 15, 5))[0]
+        self.set(S_KEY, ki)
+        self.set(S_TIMEOUT, timeout)
+        self.set(S_OP, OPS.index(op))
+        self.count("op_" + op)
+        called = [False]
+        create = self.make_create(key, called)
+        got = bytearray()
+        created: bool | None = None
+        complete = False
+        file_dst = None
+        self.phase("opening")
+        try:
+            if op == "fetch_sink":
+                sink = _Sink(got, self.beat)
+                self.phase("reading")
+                res = cache.fetch(key, sink, create, timeout=timeout)
+                created, complete = res.created, True
+                if res.written != len(got):
+                    self.violation(
+                        "fetch's written differs from bytes received",
+                        key=key,
+                        written=res.written,
+                        received=len(got),
+                    )
+            elif op == "fetch_file":
+                file_dst = tempfile.TemporaryFile(dir=self.scratch, buffering=0)  # noqa: SIM115
+                self.phase("reading")
+                try:
+                    res = cache.fetch(key, file_dst, create, timeout=timeout)
+                    created, complete = res.created, True
+                finally:
+                    got[:] = os.pread(file_dst.fileno(), 1 << 30, 0)
+                if res.written != len(got):
+                    self.violation(
+                        "fetch's written differs from bytes in the file",
+                        key=key,
+                        written=res.written,
+                        received=len(got),
+                    )
+            elif op == "astream":
+                created = asyncio.run(self._astream(cache, key, create, timeout, got))
+                complete = True
+            else:
+                with cache.stream(key, create, timeout=timeout) as s:
+                    self.phase("reading")
+                    created = s.created
+                    if op == "stream_iter":
+                        for chunk in s:
+                            got += chunk
+                            self.beat()
+                        complete = True
+                    elif op == "stream_read":
+                        complete = self._read_variously(s, got, len(expected))
+                    else:  # read a part (maybe none), then close early
+                        want = rng.randint(0, len(expected))
+                        while len(got) < want:
+                            chunk = s.read(min(want - len(got), rng.randint(1, 2 * MiB)))
+                            if not chunk:
+                                break
+                            got += chunk
+                            self.beat()
+                        self.phase("closing")
+            self.phase("verifying")
+            outcome = "ok" if complete else "partial"
+        except TimeoutError:
+            outcome = "timeout"
+        except streamcache.ProducerDied:
+            outcome = "producer_died"
+        except streamcache.CreateError as exc:
+            text = str(exc)
+            if text.startswith(("ChaosFailure:", "ChaosPanic:")):
+                outcome = "create_failed"
+            elif text.startswith("BrokenPipeError"):
+                outcome = "create_broken_pipe"
+            else:
+                outcome = "unexpected"
+                self.violation(
+                    "CreateError of an undocumented kind",
+                    key=key,
+                    op=op,
+                    error=text,
+                    tb=traceback.format_exc(),
+                )
+        except BrokenPipeError:
+            outcome = "broken_pipe"
+        except Exception as exc:
+            outcome = "unexpected"
+            self.violation(
+                "unexpected exception", key=key, op=op, error=repr(exc), tb=traceback.format_exc()
+            )
+        finally:
+            if file_dst is not None:
+                file_dst.close()
+        self.phase("verifying")
+        self.count(outcome)
+        # Bytes: all of content(key) when complete, else a prefix of it.
+        if complete and bytes(got) != expected:
+            at = first_difference(got, expected)
+            self.violation(
+                "wrong bytes served",
+                key=key,
+                op=op,
+                created=created,
+                received=len(got),
+                expected=len(expected),
+                first_difference=at,
+            )
+        elif not complete and not expected.startswith(got):
+            at = first_difference(got, expected)
+            self.violation(
+                "wrong bytes in a partial read",
+                key=key,
+                op=op,
+                outcome=outcome,
+                received=len(got),
+                expected=len(expected),
+                first_difference=at,
+            )
+        else:
+            self.count("bytes_verified", len(got))
+        # created is true exactly for the call whose create ran.
+        if created is False and called[0]:
+            self.violation("create ran but created is False", key=key, op=op)
+        if complete and created and not called[0]:
+            self.violation("created is True but create never ran", key=key, op=op)
+        if complete:
+            self.count("created" if created else "hits")
+
+    def _read_variously(self, s: streamcache.Stream, got: bytearray, size: int) -> bool:
+        rng = self.rng
+        how = rng.choice(("read_n", "readinto", "read_all"))
+        if how == "read_all":
+            got += s.read()
+            return True
+        # Byte-by-byte reads only on small entries: over megabytes they outlast the hang
+        # bound (a timeout bounds waits, not a reader that keeps reading).
+        sizes = (100, 4096, 70_000, MiB, 3 * MiB) + ((1, 1) if size <= 65536 else ())
+        buf = bytearray(rng.choice(sizes))
+        while True:
+            if how == "readinto":
+                n = s.readinto(buf)
+                chunk = bytes(buf[:n])
+            else:
+                chunk = s.read(rng.randint(0, len(buf)) or 1)
+            if not chunk:
+                return True
+            got += chunk
+            self.beat()
+
+    async def _astream(
+        self,
+        cache: streamcache.StreamCache,
+        key: str,
+        create: Any,
+        timeout: float,
+        got: bytearray,
+    ) -> bool:
+        async with cache.astream(key, create, timeout) as s:
+            self.phase("reading")
+            async for chunk in s:
+                got += chunk
+                self.beat()
+            return s.created
+
+
+class _Sink:
+    def __init__(self, buf: bytearray, beat: Callable[[], None]) -> None:
+        self.buf = buf
+        self.beat = beat
+
+    def write(self, data: bytes) -> int:
+        self.buf += data
+        self.beat()
+        return len(data)
+
+
+def worker_main(args: WorkerArgs) -> None:
+    """Entry point of a worker process (spawn)."""
+    stack = open(  # noqa: SIM115 - kept open for faulthandler
+        os.path.join(args.logdir, f"w{args.slot}-{os.getpid()}.stack"), "w"
+    )
+    faulthandler.register(signal.SIGUSR1, file=stack, all_threads=True)
+    # Only a dedicated idle thread takes SIGUSR1: a signal landing in another thread's
+    # blocking call (a doorbell's sem_timedwait) would interrupt it (EINTR), so the
+    # stack dump would disturb what it looks at. Threads inherit the blocked mask.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    threading.Thread(target=_take_dump_signals, name="chaos-dump", daemon=True).start()
+    Worker(args).run()
+
+
+def _take_dump_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+    while True:
+        time.sleep(3600)  # PEP 475: the sleep resumes after the handler ran
+
+
+# -- parent -----------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    seconds: float = 0.0
+    workers: int = 0
+    seed: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+    kills: int = 0
+    kills_in_producer: int = 0
+    restarts: int = 0
+    final_kills: int = 0
+    violations: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fetches(self) -> int:
+        return sum(self.counters.get(o, 0) for o in OUTCOMES)
+
+    def format(self) -> str:
+        c = self.counters
+        lines = [
+            f"chaos: {self.seconds:.0f}s, {self.workers} workers, seed {self.seed}",
+            "  operations by outcome: "
+            + ", ".join(f"{o}={c.get(o, 0)}" for o in OUTCOMES)
+            + f" (total {self.fetches})",
+            "  operations by kind: " + ", ".join(f"{o}={c.get('op_' + o, 0)}" for o in OPS),
+            f"  completed: created={c.get('created', 0)} hits={c.get('hits', 0)}; "
+            f"bytes verified={c.get('bytes_verified', 0)}",
+            f"  creates: started={c.get('creates_started', 0)} "
+            f"completed={c.get('creates_completed', 0)} "
+            f"injected failures={c.get('creates_injected_failure', 0)} "
+            f"broken pipe={c.get('creates_broken_pipe', 0)}",
+            f"  kills: {self.kills} (in a producer: {self.kills_in_producer}), "
+            f"restarts: {self.restarts}, killed at the end: {self.final_kills}",
+            "  end state: " + ", ".join(f"{k}={v}" for k, v in self.info.items()),
+            f"  violations: {len(self.violations)}",
+        ]
+        lines += [f"    - {v}" for v in self.violations[:MAX_SHOWN]]
+        if len(self.violations) > MAX_SHOWN:
+            lines.append(f"    ... and {len(self.violations) - MAX_SHOWN} more")
+        if self.notes:
+            lines.append(f"  notes: {len(self.notes)}")
+            lines += [f"    - {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+class Driver:
+    def __init__(
+        self,
+        dir: str,
+        logdir: str,
+        workers: int,
+        seed: int,
+        kill_interval: float,
+        hang: float,
+    ) -> None:
+        self.dir = dir
+        self.logdir = logdir
+        self.n = workers
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.kill_interval = kill_interval
+        self.hang = hang
+        self.ctx = mp.get_context("spawn")
+        self.counters = self.ctx.RawArray(ctypes.c_int64, workers * len(COUNTERS))
+        self.state = self.ctx.RawArray(ctypes.c_double, workers * S_WORDS)
+        self.stop = self.ctx.RawValue(ctypes.c_byte, 0)
+        self.procs: list[Any] = [None] * workers
+        self.incarnation = 0
+        self.final_killed: set[int] = set()
+        self.summary = Summary(workers=workers, seed=seed)
+
+    def st(self, slot: int, f: int) -> float:
+        return float(self.state[slot * S_WORDS + f])
+
+    def start(self, slot: int) -> None:
+        self.incarnation += 1
+        base = slot * S_WORDS
+        for f in range(S_WORDS):
+            self.state[base + f] = 0.0
+        self.state[base + S_HEARTBEAT] = time.monotonic()
+        args = WorkerArgs(
+            self.dir,
+            slot,
+            self.seed * 1_000_003 + self.incarnation,
+            self.logdir,
+            self.counters,
+            self.state,
+            self.stop,
+        )
+        p = self.ctx.Process(target=worker_main, args=(args,), name=f"chaos-w{slot}")
+        p.start()
+        self.procs[slot] = p
+
+    def describe(self, slot: int) -> str:
+        ph = int(self.st(slot, S_PHASE))
+        op = OPS[int(self.st(slot, S_OP))]
+        return (
+            f"slot {slot} pid {self.procs[slot].pid}: phase={PHASES[ph]} op={op} "
+            f"key={KEYS[int(self.st(slot, S_KEY))]} timeout={self.st(slot, S_TIMEOUT)} "
+            f"op#={int(self.st(slot, S_OPSEQ))} producers={int(self.st(slot, S_PRODUCERS))} "
+            f"heartbeat {time.monotonic() - self.st(slot, S_HEARTBEAT):.1f}s ago, "
+            f"producer progress {time.monotonic() - self.st(slot, S_PPROGRESS):.1f}s ago"
+        )
+
+    def stack_dump(self, slot: int) -> str:
+        p = self.procs[slot]
+        path = os.path.join(self.logdir, f"w{slot}-{p.pid}.stack")
+        try:
+            os.kill(p.pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            return "(process gone)"
+        time.sleep(1.0)  # faulthandler writes from the signal handler, promptly
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError:
+            text = ""
+        return text or "(no stack dump)"
+
+    def hung(self, slot: int, why: str) -> None:
+        state = self.describe(slot)
+        dump = self.stack_dump(slot)
+        self.summary.violations.append(f"HANG ({why}) {state}\n{_indent(dump)}")
+        self.kill(slot, counted=False)
+
+    def kill(self, slot: int, counted: bool = True) -> None:
+        p = self.procs[slot]
+        try:
+            os.kill(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.join(10)
+        if p.is_alive():
+            self.summary.violations.append(f"slot {slot} pid {p.pid} survived SIGKILL for 10 s")
+        if counted:
+            self.summary.kills += 1
+
+    def check(self, slot: int) -> None:
+        p = self.procs[slot]
+        now = time.monotonic()
+        if not p.is_alive():
+            p.join(1)
+            self.summary.violations.append(
+                f"slot {slot} pid {p.pid} exited on its own (exit code {p.exitcode}) "
+                f"in state: {self.describe(slot)}"
+            )
+            self.restart(slot)
+            return
+        if now - self.st(slot, S_HEARTBEAT) > self.hang:
+            self.hung(slot, "main loop made no progress")
+            self.restart(slot)
+        elif self.st(slot, S_PRODUCERS) > 0 and now - self.st(slot, S_PPROGRESS) > self.hang:
+            self.hung(slot, "a producer made no progress")
+            self.restart(slot)
+
+    def restart(self, slot: int) -> None:
+        self.summary.restarts += 1
+        self.start(slot)
+
+    def kill_one(self, deadline: float) -> None:
+        rng = self.rng
+        if rng.random() < 0.4:
+            # Wait (bounded) to catch a worker inside a producer, then kill it after a
+            # random short delay so the kill lands at varied instructions.
+            until = min(time.monotonic() + 1.0, deadline)
+            while time.monotonic() < until:
+                busy = [s for s in range(self.n) if self.st(s, S_PRODUCERS) > 0]
+                if busy:
+                    slot = rng.choice(busy)
+                    time.sleep(rng.choice((0, 0, rng.uniform(0, 0.05))))
+                    self.kill(slot)
+                    self.summary.kills_in_producer += 1
+                    self.restart(slot)
+                    return
+                time.sleep(0.002)
+            return
+        slot = rng.randrange(self.n)
+        self.kill(slot)
+        self.restart(slot)
+
+    def run(self, seconds: float) -> Summary:
+        t0 = time.monotonic()
+        end = t0 + seconds
+        for slot in range(self.n):
+            self.start(slot)
+        next_kill = t0 + 1.0 + self.rng.expovariate(1 / max(self.kill_interval, 1e-3))
+        try:
+            while time.monotonic() < end:
+                time.sleep(min(0.02, max(end - time.monotonic(), 0)))
+                for slot in range(self.n):
+                    self.check(slot)
+                if self.kill_interval > 0 and time.monotonic() >= next_kill:
+                    self.kill_one(end)
+                    next_kill = time.monotonic() + self.rng.expovariate(1 / self.kill_interval)
+            # The end: some workers are killed where they stand (preferably inside a
+            # producer), so the final gc has wreckage to clean; the rest stop gracefully.
+            until = time.monotonic() + 1.0
+            while time.monotonic() < until:
+                busy = [s for s in range(self.n) if self.st(s, S_PRODUCERS) > 0]
+                if busy:
+                    slot = self.rng.choice(busy)
+                    self.kill(slot, counted=False)
+                    self.final_killed.add(slot)
+                    self.summary.final_kills += 1
+                    break
+                time.sleep(0.002)
+            kill_all = self.rng.random() < 0.5  # then only the final gc cleans up
+            for slot in range(self.n):
+                if slot not in self.final_killed and (kill_all or self.rng.random() < 0.3):
+                    self.kill(slot, counted=False)
+                    self.final_killed.add(slot)
+                    self.summary.final_kills += 1
+            self.stop.value = 1
+            self.finish_workers()
+        finally:
+            for p in self.procs:
+                if p is not None and p.is_alive():
+                    p.kill()
+                    p.join(10)
+        self.summary.seconds = time.monotonic() - t0
+        self.collect()
+        self.final_checks()
+        return self.summary
+
+    def finish_workers(self) -> None:
+        """Wait for every worker to exit after the stop flag. A stale heartbeat (main
+        loop or producer) or no exit within 2 x hang is a hang; an exit slower than
+        SLOW_EXIT gets the worker's state and threads recorded as a note."""
+        t0 = time.monotonic()
+        left = set(range(self.n)) - self.final_killed
+        noted: set[int] = set()
+        slowest = 0.0
+        while left:
+            time.sleep(0.05)
+            now = time.monotonic()
+            for slot in sorted(left):
+                p = self.procs[slot]
+                if not p.is_alive():
+                    p.join(1)
+                    left.discard(slot)
+                    slowest = max(slowest, now - t0)
+                    if p.exitcode != 0:
+                        self.summary.violations.append(
+                            f"slot {slot} pid {p.pid} exited with {p.exitcode} after stop"
+                        )
+                    continue
+                main_stale = (
+                    now - self.st(slot, S_HEARTBEAT) > self.hang
+                    and int(self.st(slot, S_PHASE)) != _PH["done"]
+                )
+                producer_stale = (
+                    self.st(slot, S_PRODUCERS) > 0 and now - self.st(slot, S_PPROGRESS) > self.hang
+                )
+                if main_stale or producer_stale or now - t0 > 2 * self.hang:
+                    self.hung(slot, "did not exit after stop")
+                    left.discard(slot)
+                elif now - t0 > SLOW_EXIT and slot not in noted:
+                    noted.add(slot)
+                    self.summary.notes.append(
+                        f"slow exit (> {SLOW_EXIT} s): {self.describe(slot)}\n"
+                        + _indent(self.stack_dump(slot))
+                    )
+        self.summary.info["slowest_exit_s"] = round(slowest, 1)
+
+    def collect(self) -> None:
+        k = len(COUNTERS)
+        self.summary.counters = {
+            name: sum(self.counters[s * k + i] for s in range(self.n))
+            for i, name in enumerate(COUNTERS)
+        }
+        for name in sorted(os.listdir(self.logdir)):
+            if not name.endswith(".jsonl"):
+                continue
+            with open(os.path.join(self.logdir, name)) as f:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue  # a line cut short by kill -9
+                    tb = rec.pop("tb", "")
+                    self.summary.violations.append(
+                        json.dumps(rec) + ("\n" + _indent(tb) if tb else "")
+                    )
+
+    def final_checks(self) -> None:
+        v = self.summary.violations
+        info = self.summary.info
+        if not os.path.isdir(self.dir):
+            info["dir"] = "never created"
+            return
+        prefix = ipc.prefix_for(self.dir)
+        # Before gc: killed producers leave unfinished records and IPC objects, but a
+        # finished record must already be sound (expired or not).
+        info["ipc_before_gc"] = len(ipc.list_objects(prefix))
+        info["records_before_gc"], info["unfinished_before_gc"] = self.check_records(
+            "before gc", unfinished_ok=True
+        )
+        report = streamcache.StreamCache(self.dir, cleanup_interval=0).gc()
+        if not report.ran:
+            v.append("the final gc pass did not run (cleanup lock held by a dead process?)")
+        info["gc_discarded"] = report.discarded
+        info["gc_expired"] = report.expired
+        info["gc_ipc_removed"] = report.ipc_removed
+        left = ipc.list_objects(prefix)
+        if left:
+            v.append(f"left in /dev/shm after gc: {sorted(o.name for o in left)}")
+        info["records_after_gc"], _ = self.check_records("after gc", unfinished_ok=False)
+        root = os.path.join(self.dir, LAYOUT)
+        data_files = sum(len(files) for _, _, files in os.walk(os.path.join(root, "data")))
+        info["data_files"] = data_files
+        info["stray_temp_records"] = sum(1 for _ in Index(root).stray_temp_files())
+
+    def check_records(self, stage: str, unfinished_ok: bool) -> tuple[int, int]:
+        """Check every record; returns (records, unfinished records)."""
+        v = self.summary.violations
+        root = os.path.join(self.dir, LAYOUT)
+        index = Index(root)
+        by_hash = {key_hash(k): k for k in KEYS}
+        records = unfinished = 0
+        for h in list(index.keys()):
+            records += 1
+            rec = index.read(h)
+            if rec is None:
+                if not unfinished_ok:
+                    v.append(f"{stage}: garbage record {h}")
+                continue
+            key = by_hash.get(h)
+            if key is None:
+                v.append(f"{stage}: record of an unknown key: {h}")
+                continue
+            if rec.state != DONE:
+                unfinished += 1
+                if not unfinished_ok:
+                    v.append(f"{stage}: unfinished record of {key}: {rec}")
+                elif ipc.is_alive(rec.pid, rec.start):
+                    v.append(f"{stage}: record of {key} names a live producer: {rec}")
+                continue
+            path = os.path.join(root, "data", rec.file[:2], rec.file)
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as exc:
+                v.append(f"{stage}: finished record of {key} has no data file: {exc}")
+                continue
+            if rec.size != content_size(key):
+                v.append(
+                    f"{stage}: record of {key} says {rec.size} bytes, content has "
+                    f"{content_size(key)}"
+                )
+            if len(data) != rec.size:
+                v.append(f"{stage}: {key}: data file has {len(data)} bytes, record says {rec.size}")
+            elif data != content(key):
+                at = first_difference(data, content(key))
+                v.append(f"{stage}: {key}: data file differs from content(key) at byte {at}")
+        return records, unfinished
+
+
+def _indent(text: str) -> str:
+    return "\n".join("      " + line for line in text.rstrip().splitlines())
+
+
+def run(
+    dir: str,
+    seconds: float,
+    workers: int,
+    seed: int,
+    logdir: str | None = None,
+    kill_interval: float = 0.4,
+    hang: float = 10.0,
+) -> Summary:
+    """Run the chaos loop on ``dir`` and return its summary (violations in ``.violations``)."""
+    own_logdir = logdir is None
+    logdir = logdir or tempfile.mkdtemp(prefix="chaos-logs-")
+    os.makedirs(logdir, exist_ok=True)
+    try:
+        return Driver(dir, logdir, workers, seed, kill_interval, hang).run(seconds)
+    finally:
+        if own_logdir:
+            shutil.rmtree(logdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--dir", default=None, help="cache dir (default: a fresh temporary one)")
+    ap.add_argument(
+        "--kill-interval", type=float, default=0.4, help="mean seconds between kills (0: no kills)"
+    )
+    ap.add_argument(
+        "--hang", type=float, default=10.0, help="seconds without progress that count as a hang"
+    )
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the temporary dir and logs (kept anyway on a violation)",
+    )
+    opts = ap.parse_args(argv)
+    seed = opts.seed if opts.seed is not None else random.SystemRandom().randrange(1 << 31)
+    work = None
+    if opts.dir is None:
+        work = tempfile.mkdtemp(prefix="chaos-")
+        cache_dir, logdir = os.path.join(work, "cache"), os.path.join(work, "logs")
+    else:
+        cache_dir, logdir = opts.dir, tempfile.mkdtemp(prefix="chaos-logs-")
+    try:
+        summary = run(
+            cache_dir, opts.seconds, opts.workers, seed, logdir, opts.kill_interval, opts.hang
+        )
+    except BaseException:
+        print(f"kept: {work or logdir}", file=sys.stderr)
+        raise
+    if opts.keep or summary.violations:
+        print(f"kept: {work or logdir}", file=sys.stderr)
+    else:
+        shutil.rmtree(work or logdir, ignore_errors=True)
+    print(summary.format())
+    return 1 if summary.violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
