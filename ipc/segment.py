@@ -207,9 +207,6 @@ class Segment:
 
     # -- reader side (slots) ------------------------------------------------------------
 
-    def _slot_word(self, slot: int, field: int) -> int:
-        return (_HEADER_WORDS + slot * SLOT_WORDS) + field
-
     def claim_slot(self, reader: ProcessId, is_dead: Callable[[int, float], bool]) -> int | None:
         """Claim a free slot for ``reader``; None when all are taken by live readers.
 

@@ -33,6 +33,15 @@ def _thread_syscall(native_id: int) -> str:
         return ""
 
 
+def _in_doorbell_wait(frame: Any) -> bool:
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "wait" and code.co_filename.endswith("doorbell.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 _FUTEX = "202" if os.uname().machine == "x86_64" else "98"  # x86_64 / aarch64
 
 
@@ -65,7 +74,14 @@ def cancelled_astream_reader(dir: str, key: str, first: int, *, out: Any) -> Non
                 await asyncio.sleep(0.002)
                 threads = list(loop._default_executor._threads)  # type: ignore[union-attr]
                 waiting = seg._words[64 + slot * 8 + 2]
-                asleep = len(threads) == 1 and _thread_syscall(threads[0].native_id) == _FUTEX
+                # The executor may hold an idle thread too (also in futex): look for the
+                # one whose Python stack is inside the doorbell's wait.
+                frames = sys._current_frames()
+                asleep = any(
+                    _in_doorbell_wait(frames.get(t.ident or 0))
+                    and _thread_syscall(t.native_id or 0) == _FUTEX
+                    for t in threads
+                )
                 seen = seen + 1 if waiting and asleep else 0
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
