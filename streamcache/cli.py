@@ -166,6 +166,31 @@ def _demo_worker(
     results.put({"creates": creates, "mismatches": mismatches})
 
 
+class _Progress:
+    """A bar redrawn in place on a terminal; a line every few seconds otherwise."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def show(self, done: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and not self.tty and now - self.last < 2.0:
+            return
+        self.last = now
+        width = 30
+        filled = int(width * done / self.total) if self.total else width
+        line = (
+            f"  [{'#' * filled}{'.' * (width - filled)}] "
+            f"{done / MiB:8.1f} / {self.total / MiB:.0f} MiB served"
+        )
+        if self.tty:
+            print("\r" + line, end="\n" if final else "", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     tmp = tempfile.mkdtemp(prefix="streamcache-demo-")
     cache_dir = os.path.join(tmp, "cache")
@@ -192,7 +217,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         for w in workers:
             w.start()
         results: list[dict[str, Any]] = []
-        width = 30
+        progress = _Progress(total)
         while len(results) < len(workers):
             try:
                 results.append(queue.get(timeout=0.2))
@@ -202,19 +227,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     print(file=sys.stderr)
                     print("a worker died; see its error above", file=sys.stderr)
                     return 1
-            done = served.value
-            filled = int(width * done / total) if total else width
-            print(
-                f"\r  [{'#' * filled}{'.' * (width - filled)}] "
-                f"{done / MiB:8.1f} / {total / MiB:.0f} MiB served",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
+            progress.show(served.value)
+        progress.show(served.value, final=True)
         for w in workers:
             w.join(60)
         elapsed = time.perf_counter() - started
-        print(file=sys.stderr)
         creates: dict[str, int] = {k: 0 for k in keys}
         for r in results:
             for k in r["creates"]:

@@ -338,7 +338,7 @@ def test_in_flight_entries_expire_too(cache_dir: Path) -> None:
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     cmd = [sys.executable, "-m", "streamcache", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_cli_gc_and_stats(cache_dir: Path) -> None:
@@ -365,3 +365,10 @@ def test_sendfile_to_a_real_file(cache_dir: Path, tmp_path: Path) -> None:
                 assert cache.fetch("k", f, writer_of(data, 2**20)) == (len(data), expect_created)
                 f.write(b":tail")
             assert out.read_bytes() == b"head:" + data + b":tail"
+
+
+def test_cli_demo_runs_clean() -> None:
+    out = run_cli("demo", "--workers", "2", "--keys", "2", "--size", "2", "--rounds", "2")
+    assert out.returncode == 0, out.stderr
+    assert "result: OK" in out.stdout
+    assert out.stdout.count("produced 1 time(s)") == 2
