@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import stat
@@ -207,9 +208,19 @@ class StreamCache(CacheBase):
         deadline = deadline_for(timeout)
         self._cleaner.ensure_started()
         h = key_hash(key)
+        source, created = self._open(h, create, deadline)
+        reopen = None
+        if isinstance(source, PipeReader) and not created:
+            reopen = functools.partial(self._open, h, create, deadline)
+        return Stream(source, created, deadline, reopen)
+
+    def _open(
+        self, h: str, create: Create, deadline: float | None
+    ) -> tuple[FileReader | PipeReader, bool]:
+        """A reader on the entry of ``h``, and whether this call created it."""
         hit = self._open_finished(self._index.read(h), evict=False)
         if hit is not None:
-            return Stream(hit, False, deadline)
+            return hit, False
         # A created entry is put here before its record is written, so that an
         # exception anywhere up to the producer's start (a signal handler's, say)
         # fails it instead of leaving a record that no thread will ever finish.
@@ -218,11 +229,11 @@ class StreamCache(CacheBase):
             with self._index.locked(h, remaining(deadline)):
                 reader = self._lookup_locked(h)
                 if reader is not None:
-                    return Stream(reader, False, deadline)
+                    return reader, False
                 self._create_locked(h, create, pending)
             producer, reader = pending[0]
             producer.start()
-            return Stream(reader, True, deadline)
+            return reader, True
         except BaseException as exc:
             for producer, reader in pending:
                 reader.close()

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol
 
+from .errors import CreateError
 from .pipe import CHUNK
 
 
@@ -99,11 +100,20 @@ def wait_writable(dst: Any, deadline: float | None) -> None:
         raise TimeoutError("streamcache: timed out writing to dst")
 
 
+Reopen = Callable[[], "tuple[Source, bool]"]
+
+
 class Stream:
     """An entry being read: iterate it, ``read(n)``, ``readinto(b)``; a context manager.
 
     Reading past the last byte of an entry whose producer failed raises the
     CreateError. Closing it (or leaving the ``with``) gives up this reader's place.
+
+    ``reopen`` (for a stream that attached to an entry in flight) covers one race:
+    the entry's last other reader left just as this one attached, so its producer
+    failed with "all readers closed". Before any byte was delivered, the stream
+    then looks the key up again (creating afresh, so ``created`` may turn True),
+    as a fetch that came a moment later would have.
     """
 
     def __init__(
@@ -111,13 +121,13 @@ class Stream:
         source: Source,
         created: bool,
         deadline: float | None,
-        on_close: Callable[[], None] | None = None,
+        reopen: Reopen | None = None,
     ) -> None:
         self._source = source
         self.created = created
         self._deadline = deadline
-        self._on_close = on_close
-        self._pending = b""
+        self._reopen = reopen
+        self._delivered = False
         self._closed = False
 
     def __enter__(self) -> Stream:
@@ -132,21 +142,33 @@ class Stream:
         if self._closed:
             return
         self._closed = True
-        try:
-            self._source.close()
-        finally:
-            if self._on_close is not None:
-                self._on_close()
+        self._source.close()
 
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError("I/O operation on a closed stream")
 
+    def _retry(self, exc: CreateError) -> bool:
+        """After ``exc`` from the source: reopen (once) if nothing was delivered yet and
+        the producer failed only because its readers left."""
+        reopen, self._reopen = self._reopen, None
+        if reopen is None or self._delivered or not str(exc).startswith("BrokenPipeError"):
+            return False
+        old = self._source
+        self._source, self.created = reopen()
+        old.close()
+        return True
+
     def _chunk(self, n: int) -> bytes:
-        if self._pending:
-            data, self._pending = self._pending[:n], self._pending[n:]
+        while True:
+            try:
+                data = self._source.read(n, self._deadline)
+            except CreateError as exc:
+                if self._retry(exc):
+                    continue
+                raise
+            self._delivered = self._delivered or bool(data)
             return data
-        return self._source.read(n, self._deadline)
 
     def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (all remaining if n < 0); b"" at the end."""
@@ -175,29 +197,37 @@ class Stream:
             raise StopIteration
         return chunk
 
+    def _send(self, out_fd: int, dst: Any) -> int:
+        while True:
+            try:
+                n = self._source.sendfile(
+                    out_fd, self._deadline, lambda: wait_writable(dst, self._deadline)
+                )
+            except CreateError as exc:
+                if self._retry(exc):
+                    continue
+                raise
+            self._delivered = self._delivered or bool(n)
+            return n
+
     def copy_to(self, dst: Any) -> int:
         """Copy the rest of the entry to ``dst``; zero-copy when dst has a usable fileno."""
         self._check_open()
         written = 0
-        if self._pending:
-            write_all(dst, self._pending, self._deadline)
-            written, self._pending = len(self._pending), b""
         out_fd = _usable_fd(dst)
         if out_fd is not None:
             flush = getattr(dst, "flush", None)
             if flush is not None:
                 flush()
             try:
-                while n := self._source.sendfile(
-                    out_fd, self._deadline, lambda: wait_writable(dst, self._deadline)
-                ):
+                while n := self._send(out_fd, dst):
                     written += n
                 return written
             except OSError as exc:
-                if exc.errno not in _NO_SENDFILE:
+                if exc.errno not in _NO_SENDFILE or written:
                     raise
                 # Not a descriptor sendfile can write to: fall back to copying.
-        while chunk := self._source.read(CHUNK, self._deadline):
+        while chunk := self._chunk(CHUNK):
             write_all(dst, chunk, self._deadline)
             written += len(chunk)
         return written

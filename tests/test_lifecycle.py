@@ -159,3 +159,32 @@ def test_unblocked_producer_notices_dead_readers(
     assert isinstance(outcome.get("error"), BrokenPipeError)
     child.join(10)
     assert cache.fetch("k", io.BytesIO(), lambda w: w.write(b"new")).created
+
+
+def test_attach_racing_the_last_reader_leaving_creates_afresh(cache_dir: Path) -> None:
+    """The race between a fetch attaching and the entry's last reader leaving: the
+    producer saw no reader and failed with BrokenPipeError before the attached stream
+    read a byte. The stream then looks the key up again and creates afresh instead of
+    failing. The race window is made wide by releasing the new reader's slot by hand."""
+    from streamcache.pipe import PipeReader
+
+    cache = streamcache.StreamCache(cache_dir, liveness=0.2, cleanup_interval=0)
+    go = threading.Event()
+
+    def first(w: Any) -> None:
+        assert go.wait(10)
+        w.write(b"first")
+
+    first_stream = cache.stream("k", first)
+    late = cache.stream("k", lambda w: w.write(b"second"))
+    assert not late.created
+    source = late._source
+    assert isinstance(source, PipeReader) and source._slot is not None
+    source._seg.release_slot(source._slot)  # as if it had not claimed its slot yet
+    first_stream.close()  # the last counted reader leaves
+    go.set()  # the producer writes, finds no reader: BrokenPipeError
+    assert cache.wait_producers(10)
+    with late:
+        assert late.read() == b"second"
+        assert late.created
+    assert cache.fetch("k", io.BytesIO(), first).created is False
