@@ -27,13 +27,17 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from helpers import ask as _ask
+from helpers import is_dead as _is_dead
+from helpers import join_ok as _join
+from helpers import recv as _recv
+from helpers import wait_until as _wait_until
 
 import ipc
 import streamcache
@@ -49,37 +53,6 @@ _POS, _ACTIVE, _WAITING = 0, 1, 2  # slot words
 
 
 # -- helpers -------------------------------------------------------------------------
-
-
-def _wait_until(pred: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        time.sleep(0.001)
-
-
-def _recv(conn: Connection, timeout: float = WAIT) -> Any:
-    if not conn.poll(timeout):
-        raise AssertionError("child process did not answer in time")
-    return conn.recv()
-
-
-def _ask(conn: Connection, *cmd: Any) -> Any:
-    conn.send(cmd)
-    reply = _recv(conn)
-    if reply[0] == "error":
-        raise AssertionError(f"child failed: {reply[1]}")
-    return reply
-
-
-def _join(proc: Any) -> None:
-    proc.join(WAIT)
-    assert proc.exitcode == 0, f"child {proc.pid} exit code {proc.exitcode}"
-
-
-def _is_dead(pid: int, start: float) -> bool:
-    return not ipc.is_alive(pid, start)
 
 
 def _notices(bell: ipc.Doorbell) -> int:
