@@ -23,9 +23,10 @@ is more than ``window`` bytes ahead of the fastest live reader (0: Gitaly's
 rule), so the disk fills no faster than readers read. When no live reader is
 left, its next write raises BrokenPipeError and the entry fails. Every wait is
 timed (``liveness``), and each timeout checks the other side: readers raise
-ProducerDied for a dead producer, the producer drops dead readers. Once the
-entry is finished or failed its IPC objects are unlinked; the record holds the
-final state.
+ProducerDied for a dead producer, the producer drops dead readers. A process is
+identified by its pid and start time (ticks since boot on Linux), so a reused pid
+never passes for the dead process. Once the entry is finished or failed its IPC
+objects are unlinked; the record holds the final state.
 
 **Creator.** The fetch that misses creates the entry, starts ``create`` in a
 thread of its process, and reads the file like every other reader. The record
