@@ -36,6 +36,9 @@ def cache_dir(tmp_path: Path) -> Iterator[Path]:
     """A fresh cache directory; at teardown nothing of it may be left in /dev/shm."""
     path = tmp_path / "cache"
     yield path
+    # Children of a test that failed half-way must not keep producing (and holding
+    # their IPC objects) while the leak check runs.
+    _kill_children()
     left = settle(path)
     assert not left, f"IPC objects leaked: {left}"
 
@@ -46,12 +49,16 @@ def spawn() -> multiprocessing.context.SpawnContext:
     return multiprocessing.get_context("spawn")
 
 
-@pytest.fixture(autouse=True)
-def _reap_children() -> Iterator[None]:
-    yield
+def _kill_children() -> None:
     for child in multiprocessing.active_children():
         child.kill()
         child.join(5)
+
+
+@pytest.fixture(autouse=True)
+def _reap_children() -> Iterator[None]:
+    yield
+    _kill_children()
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import random
 import select
@@ -42,16 +41,6 @@ KiB = 1 << 10
 
 def _index(cache_dir: Path) -> Index:
     return Index(str(cache_dir / "v1"))
-
-
-@pytest.fixture(autouse=True)
-def _kill_children_before_leak_check(cache_dir: Path) -> Iterator[None]:
-    # Depends on cache_dir, so it is torn down first: a test that failed half-way must
-    # not leave its producer child alive (and its IPC objects in use) for the leak check.
-    yield
-    for child in multiprocessing.active_children():
-        child.kill()
-        child.join(5)
 
 
 @pytest.fixture

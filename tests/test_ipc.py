@@ -7,7 +7,6 @@ teardown checks that nothing of it is left in /dev/shm) and unlinked by the test
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -32,15 +31,6 @@ from ipc.segment import (
     VERSION,
     unlink_segment,
 )
-
-
-@pytest.fixture(autouse=True)
-def _kill_children_before_leak_check(cache_dir: Path) -> Iterator[None]:
-    # Torn down before cache_dir: children of a failed test must not hold objects open.
-    yield
-    for child in multiprocessing.active_children():
-        child.kill()
-        child.join(5)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import queue
 import signal
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +32,6 @@ WAIT = 20.0
 
 def _index(cache_dir: Path) -> Index:
     return Index(str(cache_dir / "v1"))
-
-
-@pytest.fixture(autouse=True)
-def _kill_children_first(cache_dir: Path) -> Iterator[None]:
-    # Torn down before cache_dir: no child may still hold IPC objects at the leak check.
-    yield
-    for child in multiprocessing.active_children():
-        child.kill()
-        child.join(5)
 
 
 def _drain(q: Any) -> list[tuple[Any, ...]]:

@@ -261,18 +261,24 @@ def slow_producer(
     out.put(("fetched", sink.hexdigest(), res.written, res.created))
 
 
+def read_head(s: streamcache.Stream, first: int) -> bytes:
+    """The first ``first`` bytes of ``s`` (fewer if it ends sooner)."""
+    head = b""
+    while len(head) < first:
+        data = s.read(first - len(head))
+        if not data:
+            break
+        head += data
+    return head
+
+
 @reporting
 def first_then_rest_reader(dir: str, key: str, first: int, *, out: Any) -> None:
     """Attach to ``key`` (must not create), report its first ``first`` bytes, then the rest."""
     cache = streamcache.StreamCache(dir, liveness=0.2)
     with cache.stream(key, forbidden_create, timeout=WAIT) as s:
         out.put(("attached", s.created))
-        head = b""
-        while len(head) < first:
-            data = s.read(first - len(head))
-            if not data:
-                break
-            head += data
+        head = read_head(s, first)
         out.put(("first", head))
         sink = HashSink()
         sink.write(head)
@@ -364,12 +370,7 @@ def dying_reader(dir: str, key: str, first: int, *, out: Any) -> None:
     cache = streamcache.StreamCache(dir, liveness=0.2)
     with cache.stream(key, forbidden_create, timeout=WAIT) as s:
         out.put(("attached", s.created))
-        head = b""
-        while len(head) < first:
-            data = s.read(first - len(head))
-            if not data:
-                break
-            head += data
+        head = read_head(s, first)
         out.put(("first", head))
         try:
             rest = sum(len(d) for d in s)
