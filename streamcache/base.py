@@ -13,8 +13,10 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, NamedTuple
 
+from .deadline import deadline_for
 from .errors import CreateError, describe
-from .stream import AsyncStream, FetchResult, Stream, deadline_for, write_all
+from .sink import write_all
+from .stream import AsyncStream, FetchResult, Stream
 
 Create = Callable[[Any], object]
 

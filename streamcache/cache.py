@@ -11,7 +11,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import ipc
@@ -27,15 +27,16 @@ from ipc.segment import (
 )
 
 from . import config
-from .base import CacheBase, check_create, check_key
-from .errors import describe
+from .base import CacheBase, check_create, check_dst, check_key
+from .deadline import deadline_for, remaining
+from .errors import CreateError, describe
 from .eviction import Cleaner
 from .filestore import Filestore, make_private_dirs
-from .index import DONE, WRITING, Index, Record
-from .pipe import EntryIPC, FileReader, PipeReader, Writer, unlink_entry_ipc
-from .stream import Stream, deadline_for, remaining
+from .index import Index, Record
+from .pipe import EntryIPC, FileReader, PipeReader, Tee, Writer, unlink_entry_ipc
+from .stream import FetchResult, Stream
 
-LAYOUT = "v1"
+LAYOUT = "v2"
 # Seconds a segment without its header yet (its creator may be between shm_open and
 # the header's magic) or a record's temp file is left alone by cleanup.
 _ORPHAN_GRACE = 5.0
@@ -78,46 +79,85 @@ class GCReport:
 
 
 class Producer:
-    """Runs ``create`` in a thread of the creating process and finalizes the entry."""
+    """Runs ``create`` for one entry and publishes the outcome.
 
-    def __init__(
-        self, cache: StreamCache, rec: Record, entry: EntryIPC, fd: int, create: Create
-    ) -> None:
+    Two ways to run: :meth:`run` in a producer thread (``stream()``, and ``fetch``
+    with a timeout, so the caller can leave while ``create`` goes on), or
+    :meth:`run_inline` in the creating ``fetch``'s own thread, handing each write
+    straight to ``dst`` (no thread, no re-reading the file).
+    """
+
+    def __init__(self, cache: StreamCache, rec: Record, entry: EntryIPC, fd: int, slot: int):
         self._cache = cache
         self.rec = rec
         self._entry = entry
         self._fd = fd
-        self._create = create
+        self.slot = slot  # the creator's reader slot
         self.error: BaseException | None = None
         self._finalized = False
-        self.thread = threading.Thread(
-            target=self._run, name=f"streamcache-producer-{rec.key[:8]}", daemon=False
-        )
+        self.thread: threading.Thread | None = None
 
-    def start(self) -> None:
+    def start(self, create: Create) -> None:
+        self.thread = threading.Thread(
+            target=self.run, args=(create,), name=f"streamcache-producer-{self.rec.key[:8]}"
+        )
         self.thread.start()
 
     def abort(self, error: BaseException) -> None:
-        """Fail the entry if its thread never started (a no-op once it has)."""
-        if self.thread.ident is None and not self._finalized:
+        """Fail the entry if it never started running (a no-op once it has)."""
+        if self.thread is None and not self._finalized:
             self._finalize(Writer(self._fd, self._entry, 0, 1.0), error)
 
-    def _run(self) -> None:
+    def run(self, create: Create) -> None:
         cache = self._cache
         writer = Writer(self._fd, self._entry, cache.window, cache.liveness)
         error: BaseException | None = None
         try:
-            self._create(writer)
+            create(writer)
             writer.finish()
         except BaseException as exc:  # a failing create fails the entry, never the process
             error = exc
         self._finalize(writer, error)
 
-    def _finalize(self, writer: Writer, error: BaseException | None) -> None:
-        """Publish the outcome: the record first, then the segment; unlink the IPC names."""
+    def run_inline(self, create: Create, dst: Any) -> int:
+        """Run ``create`` here, copying each write to ``dst``; return the bytes copied.
+
+        If ``dst`` fails, the creator stops being a reader: ``create`` goes on for
+        the entry's other readers (or gets BrokenPipeError if none is left), and the
+        ``dst`` error is raised once it returns.
+        """
+        cache = self._cache
+        tee = Tee(dst, self._entry.seg, self.slot)
+        writer = Writer(self._fd, self._entry, cache.window, cache.liveness, tee)
+        error: BaseException | None = None
+        try:
+            create(writer)
+            writer.finish()
+        except BaseException as exc:
+            error = exc
+        self._finalize(writer, error, tee)
+        if tee.error is not None:
+            raise tee.error
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            raise error
+        if self.error is not None:  # create's, or one publishing the entry
+            raise CreateError(describe(self.error)) from self.error
+        return writer.offset
+
+    def _finalize(
+        self, writer: Writer, error: BaseException | None, tee: Tee | None = None
+    ) -> None:
+        """Publish the outcome: the finished entry (or no entry) first, then the segment;
+        unlink the IPC names. An inline creator stays a reader until the outcome is out,
+        so no fetch takes the entry for abandoned meanwhile."""
         self._finalized = True
         cache = self._cache
         writer.abandon()  # a thread left behind by create can write no more
+        try:
+            if error is None:
+                cache._files.seal(self._fd, writer.offset, self.rec.expires)
+        except BaseException as exc:
+            error = exc
         try:
             os.close(self._fd)
         except OSError as exc:
@@ -126,9 +166,9 @@ class Producer:
         try:
             if error is None:
                 try:
-                    # Invariant: the record says "done" before the segment does, so a
-                    # reader that saw the end can rely on the next fetch being a hit.
-                    cache._finish_record(self.rec, writer.offset)
+                    # Invariant: the entry is a finished file before the segment says
+                    # "done", so a reader that saw the end finds a hit on its next fetch.
+                    cache._publish(self.rec)
                 except BaseException as exc:
                     error = exc
             if error is None:
@@ -147,6 +187,8 @@ class Producer:
                     seg.fail(text)
             writer.ring_all()
         finally:
+            if tee is not None:
+                tee.leave()
             unlink_entry_ipc(self._entry.base)
             self._entry.close()
             cache._producer_done(self)
@@ -187,7 +229,7 @@ class StreamCache(CacheBase):
         self.root = os.path.join(self.dir, LAYOUT)
         make_private_dirs(self.root)
         self._index = Index(self.root)
-        self._files = Filestore(os.path.join(self.root, "data"))
+        self._files = Filestore(self.root)
         self._prefix = ipc.prefix_for(self.dir)
         self._clock = clock
         if cleanup_interval is None:
@@ -214,29 +256,75 @@ class StreamCache(CacheBase):
             reopen = functools.partial(self._open, h, create, deadline)
         return Stream(source, created, deadline, reopen)
 
+    def fetch(
+        self, key: str, dst: Any, create: Create, timeout: float | None = None
+    ) -> FetchResult:
+        """Find or create the entry of ``key`` and copy it to ``dst``.
+
+        Without a timeout, the call that creates runs ``create`` in its own thread and
+        hands each write straight to ``dst``; with one, ``create`` runs in a producer
+        thread so that the call can return when the timeout passes.
+        """
+        check_key(key)
+        check_dst(dst)
+        check_create(create)
+        deadline = deadline_for(timeout)
+        self._cleaner.ensure_started()
+        h = key_hash(key)
+        source: FileReader | PipeReader | None = self._open_finished(h)
+        created = False
+        if source is None:
+            if deadline is None:
+                source, producer = self._find_or_claim(h, create, deadline, inline=True)
+                if producer is not None:
+                    return FetchResult(producer.run_inline(create, dst), True)
+            else:
+                source, created = self._open(h, create, deadline)
+        assert source is not None
+        reopen = None
+        if isinstance(source, PipeReader) and not created:
+            reopen = functools.partial(self._open, h, create, deadline)
+        with Stream(source, created, deadline, reopen) as s:
+            return FetchResult(s.copy_to(dst), created)
+
     def _open(
         self, h: str, create: Create, deadline: float | None
     ) -> tuple[FileReader | PipeReader, bool]:
-        """A reader on the entry of ``h``, and whether this call created it."""
-        hit = self._open_finished(self._index.read(h), evict=False)
+        """A reader on the entry of ``h``, and whether this call created it (then its
+        producer runs in a thread)."""
+        hit = self._open_finished(h)
         if hit is not None:
             return hit, False
+        reader, producer = self._find_or_claim(h, create, deadline, inline=False)
+        assert reader is not None
+        return reader, producer is not None
+
+    def _find_or_claim(
+        self, h: str, create: Create, deadline: float | None, *, inline: bool
+    ) -> tuple[FileReader | PipeReader | None, Producer | None]:
+        """Under the key's lock: a reader on the entry, or a new entry of ours.
+
+        A new entry's producer is started in a thread (with a reader for the
+        caller), or, ``inline``, returned for the caller to run (no reader).
+        """
         # A created entry is put here before its record is written, so that an
         # exception anywhere up to the producer's start (a signal handler's, say)
         # fails it instead of leaving a record that no thread will ever finish.
-        pending: list[tuple[Producer, PipeReader]] = []
+        pending: list[tuple[Producer, PipeReader | None]] = []
         try:
             with self._index.locked(h, remaining(deadline)):
                 reader = self._lookup_locked(h)
                 if reader is not None:
-                    return reader, False
-                self._create_locked(h, create, pending)
+                    return reader, None
+                self._create_locked(h, pending, with_reader=not inline)
             producer, reader = pending[0]
-            producer.start()
-            return reader, True
+            if not inline:
+                producer.start(create)
+            return reader, producer
         except BaseException as exc:
             for producer, reader in pending:
-                reader.close()
+                if reader is not None:
+                    reader.close()
                 producer.abort(exc)
             raise
 
@@ -256,7 +344,11 @@ class StreamCache(CacheBase):
         deadline = deadline_for(timeout)
         while True:
             with self._mutex:
-                threads = [p.thread for p in self._producers if p.thread.ident is not None]
+                threads = [
+                    p.thread
+                    for p in self._producers
+                    if p.thread is not None and p.thread.ident is not None
+                ]
             if not threads:
                 return True
             for t in threads:
@@ -265,25 +357,24 @@ class StreamCache(CacheBase):
                     return False
                 t.join(left)
 
-    # -- lookup, under the key's lock -------------------------------------------------
+    # -- lookup -----------------------------------------------------------------------
 
-    def _open_finished(self, rec: Record | None, *, evict: bool) -> FileReader | None:
-        """A reader on a finished, unexpired entry whose file has the recorded size."""
-        if rec is None or rec.state != DONE or rec.expires <= self._clock():
+    def _open_finished(self, h: str) -> FileReader | None:
+        """A reader on the finished, unexpired entry of ``h``; no lock needed (the
+        file at the entry's name is complete and immutable)."""
+        fin = self._files.open_entry(h)
+        if fin is None:
             return None
-        try:
-            fd = self._files.open(rec.file)
-        except FileNotFoundError:
-            fd = -1  # gone (wiped or evicted): a miss
-        if fd >= 0:
-            if os.fstat(fd).st_size == rec.size:
-                return FileReader(fd, rec.size)
-            os.close(fd)
-        if evict:
-            self._evict(rec)  # missing or of the wrong size: never served
-        return None
+        if fin.expires <= self._clock():
+            os.close(fin.fd)
+            return None
+        return FileReader(fin.fd, fin.size)
 
     def _lookup_locked(self, h: str) -> FileReader | PipeReader | None:
+        hit = self._open_finished(h)
+        if hit is not None:
+            return hit
+        self._files.remove_entry(h)  # expired or not intact (if any): never served
         rec = self._index.read(h)
         if rec is None:
             if self._index.exists(h):
@@ -292,8 +383,6 @@ class StreamCache(CacheBase):
         if rec.expires <= self._clock():
             self._evict(rec)
             return None
-        if rec.state == DONE:
-            return self._open_finished(rec, evict=True)
         if not ipc.is_alive(rec.pid, rec.start):
             self._discard(rec)
             return None
@@ -319,23 +408,24 @@ class StreamCache(CacheBase):
             entry.close()
             raise
         slot = seg.claim_slot(ipc.current_process(), _is_dead)
-        return PipeReader(fd, entry, slot, self.liveness, lambda: self._producer_died(rec))
+        return PipeReader(fd, entry, slot, self.liveness, lambda: self._producer_died(rec, fd))
 
     def _create_locked(
-        self, h: str, create: Create, pending: list[tuple[Producer, PipeReader]]
+        self, h: str, pending: list[tuple[Producer, PipeReader | None]], *, with_reader: bool
     ) -> None:
-        """Create the entry of ``h`` and append its producer and the creator's reader
-        to ``pending``; the caller starts the producer."""
+        """Create the entry of ``h`` and append its producer (and, ``with_reader``, the
+        creator's reader) to ``pending``; the caller runs the producer."""
         me = ipc.current_process()
         name, wfd = self._files.create()
         try:
             entry = EntryIPC.create(self._prefix, me, self.reader_slots)
             try:
-                mine = EntryIPC.open(entry.base)
+                mine = EntryIPC.open(entry.base) if with_reader else None
                 try:
-                    rfd = self._files.open(name)
+                    rfd = self._files.open(name) if with_reader else -1
                 except BaseException:
-                    mine.close()
+                    if mine is not None:
+                        mine.close()
                     raise
             except BaseException:
                 entry.close()
@@ -345,13 +435,22 @@ class StreamCache(CacheBase):
             os.close(wfd)
             self._files.remove(name)
             raise
-        slot = mine.seg.claim_slot(me, _is_dead)
+        # The creator is the first reader; its slot is one that nobody else claimed.
+        slot = entry.seg.claim_slot(me, _is_dead)
+        assert slot is not None
         now = self._clock()
-        rec = Record(h, name, entry.base, me.pid, me.start, now, now + self.max_age, WRITING, 0)
-        producer = Producer(self, rec, entry, wfd, create)
-        reader = PipeReader(
-            rfd, mine, slot, self.liveness, lambda: self._producer_died(rec), lambda: producer.error
-        )
+        rec = Record(h, name, entry.base, me.pid, me.start, now, now + self.max_age)
+        producer = Producer(self, rec, entry, wfd, slot)
+        reader = None
+        if mine is not None:
+            reader = PipeReader(
+                rfd,
+                mine,
+                slot,
+                self.liveness,
+                lambda: self._producer_died(rec, rfd),
+                lambda: producer.error,
+            )
         with self._mutex:
             self._producers.add(producer)
         pending.append((producer, reader))  # from here on, failures go through abort()
@@ -373,10 +472,12 @@ class StreamCache(CacheBase):
         cur = self._index.read(rec.key)
         return cur is not None and cur.file == rec.file
 
-    def _finish_record(self, rec: Record, size: int) -> None:
+    def _publish(self, rec: Record) -> None:
+        """Make the sealed data file of ``rec`` its key's finished entry."""
         with self._index.locked(rec.key, None):
             if self._is_current(rec):
-                self._index.write(replace(rec, state=DONE, size=size, ipc=""))
+                self._files.publish(rec.file, rec.key)
+                self._index.remove(rec.key)
                 return
         # Evicted (or replaced) while in flight: nobody will find this file again.
         self._files.remove(rec.file)
@@ -387,29 +488,33 @@ class StreamCache(CacheBase):
                 self._index.remove(rec.key)
         self._files.remove(rec.file)
 
-    def _producer_died(self, rec: Record) -> int | None:
-        """A reader found the producer of ``rec`` dead: drop the entry, unless it was
-        recorded as finished just before the producer died. Returns that size, if so."""
+    def _producer_died(self, rec: Record, fd: int) -> int | None:
+        """A reader (reading ``fd``) found the producer of ``rec`` dead: drop the entry,
+        unless it was published just before the producer died. Returns its size, if so."""
         unlink_entry_ipc(rec.ipc)
         with self._index.locked(rec.key, None):
-            cur = self._index.read(rec.key)
-            if cur is not None and cur.file == rec.file:
-                if cur.state == DONE:
-                    return cur.size
+            if self._is_current(rec):
                 self._index.remove(rec.key)
+            else:
+                st = os.fstat(fd)
+                if self._files.entry_identity(rec.key) == (st.st_dev, st.st_ino):
+                    fin = self._files.open_entry(rec.key)
+                    if fin is not None:
+                        os.close(fin.fd)
+                        return fin.size
         self._files.remove(rec.file)
         return None
 
     def _evict(self, rec: Record) -> None:
-        """Drop an expired or broken entry (lock held). Open readers keep their descriptors."""
+        """Drop an expired or broken entry in flight (lock held). Its producer and
+        readers keep their descriptors; the producer will find it gone when it ends."""
         self._index.remove(rec.key)
         self._files.remove(rec.file)
 
     def _discard(self, rec: Record) -> None:
-        """Drop an unfinished entry whose producer is dead (lock held)."""
+        """Drop an entry whose producer is dead (lock held)."""
         self._evict(rec)
-        if rec.ipc:
-            unlink_entry_ipc(rec.ipc)
+        unlink_entry_ipc(rec.ipc)
 
     def _producer_done(self, producer: Producer) -> None:
         with self._mutex:
@@ -424,12 +529,10 @@ class StreamCache(CacheBase):
         live_ipc: set[str] = set()
         for h in list(self._index.keys()):
             rec = self._index.read(h)
-            if rec is not None and rec.expires > now:
-                if rec.state == DONE or ipc.is_alive(rec.pid, rec.start):
-                    live_files.add(rec.file)
-                    if rec.ipc:
-                        live_ipc.add(rec.ipc)
-                    continue
+            if rec is not None and rec.expires > now and ipc.is_alive(rec.pid, rec.start):
+                live_files.add(rec.file)
+                live_ipc.add(rec.ipc)
+                continue
             with self._index.locked(h, None):
                 rec = self._index.read(h)
                 if rec is None:
@@ -438,13 +541,27 @@ class StreamCache(CacheBase):
                 elif rec.expires <= now:
                     self._evict(rec)
                     report.expired += 1
-                elif rec.state == WRITING and not ipc.is_alive(rec.pid, rec.start):
+                elif not ipc.is_alive(rec.pid, rec.start):
                     self._discard(rec)
                     report.discarded += 1
                 else:
                     live_files.add(rec.file)
-                    if rec.ipc:
-                        live_ipc.add(rec.ipc)
+                    live_ipc.add(rec.ipc)
+        for h, st in list(self._files.entries()):
+            if st.st_mtime_ns / 1e9 > now:
+                continue
+            if not _is_key_hash(h):
+                with contextlib.suppress(OSError):
+                    os.unlink(self._files.entry_path(h))  # foreign: never served
+                continue
+            with self._index.locked(h, None):
+                # Re-checked under the lock: a new entry may have replaced it.
+                fin = self._files.open_entry(h)
+                if fin is not None:
+                    os.close(fin.fd)
+                if fin is None or fin.expires <= now:
+                    if self._files.remove_entry(h):
+                        report.expired += 1
         wall = time.time()
         for path in self._index.stray_temp_files():
             with contextlib.suppress(OSError):
@@ -487,6 +604,10 @@ class StreamCache(CacheBase):
         self._mutex = threading.Lock()
         self._producers = set()
         self._cleaner.after_fork()
+
+
+def _is_key_hash(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
 def _is_dead(pid: int, start: float) -> bool:

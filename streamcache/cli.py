@@ -19,7 +19,8 @@ from ipc.naming import object_name
 from ipc.segment import SLOT_ACTIVE, SLOT_WORDS
 
 from .cache import LAYOUT, StreamCache
-from .index import DONE, Index
+from .filestore import TRAILER, Filestore
+from .index import Index
 from .pipe import SEGMENT
 
 MiB = 1 << 20
@@ -41,40 +42,47 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 def collect_stats(cache_dir: str) -> dict[str, Any]:
     """Entries, sizes, states and producer progress, read without taking any lock."""
     cache = StreamCache(cache_dir, cleanup_interval=0)
-    index = Index(os.path.join(cache.dir, LAYOUT))
+    root = os.path.join(cache.dir, LAYOUT)
+    files = Filestore(root)
+    index = Index(root)
     entries = []
     now = time.time()
+    for key, st in files.entries():
+        expires = st.st_mtime_ns / 1e9
+        item: dict[str, Any] = {
+            "key": key,
+            "state": "done",
+            "size": max(st.st_size - TRAILER.size, 0),
+            "expires_in_s": round(expires - now, 3),
+        }
+        entries.append(item)
     for key in index.keys():
         rec = index.read(key)
         if rec is None:
             continue
-        item: dict[str, Any] = {
+        item = {
             "key": key,
-            "state": rec.state,
-            "size": rec.size,
+            "state": "writing",
             "producer_pid": rec.pid,
-            "producer_alive": rec.state == DONE or ipc.is_alive(rec.pid, rec.start),
+            "producer_alive": ipc.is_alive(rec.pid, rec.start),
             "age_s": round(now - rec.created, 3),
             "expires_in_s": round(rec.expires - now, 3),
         }
-        if rec.state != DONE and rec.ipc:
-            try:
-                seg = ipc.Segment.open(object_name(rec.ipc, SEGMENT))
-            except ipc.SegmentError:
-                pass
-            else:
-                words = seg.slots()
-                item["written"] = seg.offset
-                item["readers"] = sum(
-                    words[i + SLOT_ACTIVE] for i in range(0, len(words), SLOT_WORDS)
-                )
-                seg.close()
+        try:
+            seg = ipc.Segment.open(object_name(rec.ipc, SEGMENT))
+        except ipc.SegmentError:
+            pass
+        else:
+            words = seg.slots()
+            item["written"] = seg.offset
+            item["readers"] = sum(words[i + SLOT_ACTIVE] for i in range(0, len(words), SLOT_WORDS))
+            seg.close()
         entries.append(item)
     return {
         "dir": cache.dir,
         "entries": len(entries),
-        "bytes": sum(e["size"] for e in entries if e["state"] == DONE),
-        "in_flight": sum(1 for e in entries if e["state"] != DONE),
+        "bytes": sum(e["size"] for e in entries if e["state"] == "done"),
+        "in_flight": sum(1 for e in entries if e["state"] == "writing"),
         "ipc_objects": len(ipc.list_objects(ipc.prefix_for(cache.dir))),
         "items": entries,
     }
@@ -90,11 +98,13 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         f"{stats['in_flight']} in flight, {stats['ipc_objects']} IPC objects"
     )
     for e in stats["items"]:
-        extra = f" written={e['written']} readers={e['readers']}" if "written" in e else ""
-        print(
-            f"  {e['key'][:16]}  {e['state']:7} size={e['size']:<12} pid={e['producer_pid']}"
-            f" age={e['age_s']}s{extra}"
-        )
+        if e["state"] == "done":
+            detail = f"size={e['size']}"
+        else:
+            detail = f"pid={e['producer_pid']} age={e['age_s']}s"
+            if "written" in e:
+                detail += f" written={e['written']} readers={e['readers']}"
+        print(f"  {e['key'][:16]}  {e['state']:7} {detail} expires_in={e['expires_in_s']}s")
     return 0
 
 

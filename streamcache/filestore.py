@@ -1,23 +1,43 @@
-"""Filestore: a new data file per entry, never reused, and the directory sweeper.
+"""Filestore: the data files of entries in flight, and the files of finished entries.
 
-Files live at ``<root>/<aa>/<name>``: ``name`` is 16 random hex digits plus a
-per-process counter, and ``aa`` its first two hex digits (256 shard
-directories). Names are never reused because a file may be the output of a
-failed create; a random part makes them unique across processes sharing the
-directory, the counter within one process.
+An entry being written has its own new file at ``data/<aa>/<name>``: ``name`` is 16
+random hex digits plus a per-process counter (``aa``: its first two hex digits, 256
+shard directories). Names are never reused, because a file may be the output of a
+failed create; the random part makes them unique across processes, the counter
+within one process.
+
+A finished entry is a file at ``entries/<aa>/<sha256 of key>``, so a hit needs no
+index record and no lock: one ``open`` by name. Invariants:
+
+- The producer moves its data file there (``rename``, under the key's index lock)
+  only after the last byte and a 16-byte trailer are written: a file at that name
+  is complete, and a file whose trailer does not match (truncated by a crash,
+  foreign) is never served.
+- Its mtime is its expiry time, set before the rename; nothing writes to it after.
+- It is replaced or removed only under the key's index lock; readers that have it
+  open keep reading the unlinked inode (Unix semantics).
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import secrets
 import stat
+import struct
+from collections.abc import Iterator
+from typing import NamedTuple
 
 _counter = itertools.count()
 
 OPEN_WRITE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_ABSENT = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP}
+
+# Appended after the entry's bytes: magic, then the entry's size.
+TRAILER = struct.Struct("<8sQ")
+_MAGIC = b"SCdone\x00\x01"
 
 
 def make_private_dirs(path: str) -> None:
@@ -31,17 +51,28 @@ def make_private_dirs(path: str) -> None:
         pass
 
 
+class Finished(NamedTuple):
+    """An open finished entry."""
+
+    fd: int
+    size: int  # the entry's bytes (the file's size less the trailer)
+    expires: float  # epoch seconds (the file's mtime)
+
+
 class Filestore:
-    """Creates, opens and sweeps the data files under ``root``."""
+    """Creates, opens, publishes and sweeps the files under ``root``."""
 
     def __init__(self, root: str) -> None:
-        self.root = root
+        self.data_dir = os.path.join(root, "data")
+        self.entries_dir = os.path.join(root, "entries")
+
+    # -- entries in flight -------------------------------------------------------------
 
     def path(self, name: str) -> str:
-        return os.path.join(self.root, name[:2], name)
+        return f"{self.data_dir}/{name[:2]}/{name}"
 
     def create(self) -> tuple[str, int]:
-        """Create a new empty file (mode 0600); return its name and a write descriptor."""
+        """Create a new empty data file (mode 0600); return its name and a write descriptor."""
         name = f"{secrets.token_hex(8)}-{os.getpid():x}-{next(_counter):x}"
         path = self.path(name)
         try:
@@ -52,7 +83,7 @@ class Filestore:
         return name, fd
 
     def open(self, name: str) -> int:
-        """A read descriptor on an existing file (``FileNotFoundError`` if it is gone)."""
+        """A read descriptor on a data file (``FileNotFoundError`` if it is gone)."""
         return os.open(self.path(name), OPEN_READ)
 
     def remove(self, name: str) -> bool:
@@ -62,39 +93,121 @@ class Filestore:
             return False
         return True
 
-    def sweep(self, older_than: float, keep: set[str]) -> int:
-        """Delete files last modified before ``older_than`` (epoch seconds) unless in ``keep``.
+    # -- finished entries --------------------------------------------------------------
 
-        Directories are kept; one the sweeper cannot enter (a mode-000 shard) is
-        repaired to 0700 first. Returns the number of files removed.
-        """
-        removed = 0
+    def entry_path(self, key: str) -> str:
+        return f"{self.entries_dir}/{key[:2]}/{key}"
+
+    def seal(self, fd: int, size: int, expires: float) -> None:
+        """Append the trailer and set the expiry (the writer's last act on the file)."""
+        trailer = TRAILER.pack(_MAGIC, size)
+        done = 0
+        while done < len(trailer):
+            done += os.write(fd, trailer[done:])
+        ns = int(expires * 1e9)
+        os.utime(fd, ns=(ns, ns))
+
+    def publish(self, name: str, key: str) -> None:
+        """Make the sealed data file ``name`` the finished entry of ``key`` (lock held)."""
+        dst = self.entry_path(key)
         try:
-            shards = list(os.scandir(self.root))
+            os.replace(self.path(name), dst)
         except FileNotFoundError:
-            return 0
-        for shard in shards:
-            if not shard.is_dir(follow_symlinks=False):
-                continue
+            if not os.path.exists(self.path(name)):
+                raise
+            make_private_dirs(os.path.dirname(dst))
+            os.replace(self.path(name), dst)
+
+    def open_entry(self, key: str) -> Finished | None:
+        """The finished entry of ``key``, or None if there is none or it is not intact.
+
+        Expiry is the caller's to check. Errors other than "absent" propagate.
+        """
+        try:
+            fd = os.open(self.entry_path(key), OPEN_READ)
+        except OSError as exc:
+            if exc.errno in _ABSENT:  # ELOOP: a symlink planted in its place
+                return None
+            raise
+        try:
+            st = os.fstat(fd)
+            size = st.st_size - TRAILER.size
+            if size >= 0 and stat.S_ISREG(st.st_mode):
+                magic, recorded = TRAILER.unpack_from(
+                    os.pread(fd, TRAILER.size, size).ljust(TRAILER.size)
+                )
+                if magic == _MAGIC and recorded == size:
+                    return Finished(fd, size, st.st_mtime_ns / 1e9)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        return None
+
+    def entry_identity(self, key: str) -> tuple[int, int] | None:
+        """(device, inode) of the file at the entry's name, or None."""
+        try:
+            st = os.lstat(self.entry_path(key))
+        except OSError as exc:
+            if exc.errno in _ABSENT:
+                return None
+            raise
+        return st.st_dev, st.st_ino
+
+    def remove_entry(self, key: str) -> bool:
+        """Unlink the finished entry of ``key`` (lock held)."""
+        try:
+            os.unlink(self.entry_path(key))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def entries(self) -> Iterator[tuple[str, os.stat_result]]:
+        """(key, lstat) of every file under entries/, foreign names included."""
+        for entry in _walk(self.entries_dir):
             try:
-                mode = shard.stat(follow_symlinks=False).st_mode
-                if stat.S_IMODE(mode) != 0o700:
-                    os.chmod(shard.path, 0o700)
-                files = list(os.scandir(shard.path))
+                yield entry.name, entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            for entry in files:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if entry.name in keep or st.st_mtime >= older_than:
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    continue
-                try:
-                    os.unlink(entry.path)
-                    removed += 1
-                except OSError:
-                    pass
+
+    # -- the sweeper -------------------------------------------------------------------
+
+    def sweep(self, older_than: float, keep: set[str]) -> int:
+        """Delete data files last modified before ``older_than`` (epoch seconds) unless in
+        ``keep``. Returns the number of files removed."""
+        removed = 0
+        for entry in _walk(self.data_dir):
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if entry.name in keep or st.st_mtime >= older_than or stat.S_ISDIR(st.st_mode):
+                continue
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except OSError:
+                pass
         return removed
+
+
+def _walk(root: str) -> Iterator[os.DirEntry[str]]:
+    """Each entry of each shard directory of ``root``.
+
+    A shard the sweeper cannot enter (a mode-000 shard) is repaired to 0700 first.
+    """
+    try:
+        shards = list(os.scandir(root))
+    except FileNotFoundError:
+        return
+    for shard in shards:
+        if not shard.is_dir(follow_symlinks=False):
+            continue
+        try:
+            mode = shard.stat(follow_symlinks=False).st_mode
+            if stat.S_IMODE(mode) != 0o700:
+                os.chmod(shard.path, 0o700)
+            files = list(os.scandir(shard.path))
+        except OSError:
+            continue
+        yield from files

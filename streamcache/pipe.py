@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import posix_ipc
 
@@ -41,6 +41,7 @@ from ipc.segment import (
 )
 
 from .errors import CreateError, ProducerDied
+from .sink import write_all
 
 CHUNK = 1 << 20  # a reader reads ahead at most this much
 SEGMENT, READERS_BELL, WRITER_BELL = "s", "r", "w"
@@ -130,8 +131,11 @@ class Writer:
     Runs in the producer's thread only; its fields need no lock.
     """
 
-    def __init__(self, fd: int, entry: EntryIPC, window: int, liveness: float) -> None:
+    def __init__(
+        self, fd: int, entry: EntryIPC, window: int, liveness: float, tee: Tee | None = None
+    ) -> None:
         self._fd = fd
+        self._tee = tee
         self._entry = entry
         self._seg = entry.seg
         self._window = window
@@ -192,15 +196,26 @@ class Writer:
         total = len(view)
         if total == 0:
             return 0  # the offset does not rise: nobody to wake
-        if self._scan()[0] == 0:
+        tee = self._tee
+        if (tee is None or not tee.alive) and self._scan()[0] == 0:
             self._broken()  # checked before writing: nothing lands that nobody reads
-        done = 0
+        done = os.write(self._fd, view)
         while done < total:
             done += os.write(self._fd, view[done:])
         self.offset += total
         self._seg.publish_offset(self.offset)
         full_fence()  # the offset is visible before we look at the waiting flags
-        self._after_write()
+        if time.monotonic() >= self._next_liveness_check:
+            self._drop_dead_readers()
+        live, best, waiting = self._scan()
+        if waiting:
+            self._entry.readers_bell.ring(waiting)
+        if tee is not None and tee.alive:
+            tee.copy(data if type(data) is bytes else view.tobytes(), self.offset)
+            if tee.alive:
+                return total  # the creator has everything: nobody is behind the window
+            live, best, waiting = self._scan()
+        self._hold_back(live, best)
         return total
 
     def _broken(self) -> NoReturn:
@@ -225,12 +240,8 @@ class Writer:
                 best = pos
         return live, best, waiting
 
-    def _after_write(self) -> None:
-        if time.monotonic() >= self._next_liveness_check:
-            self._drop_dead_readers()
-        live, best, waiting = self._scan()
-        if waiting:
-            self._entry.readers_bell.ring(waiting)
+    def _hold_back(self, live: int, best: int) -> None:
+        """Back pressure: wait while no live reader is within ``window`` of the offset."""
         while True:
             if live == 0:
                 self._broken()
@@ -240,7 +251,7 @@ class Writer:
             # check sees the flag and rings.
             self._seg.set_producer_waiting(True)
             full_fence()
-            live, best, waiting = self._scan()
+            live, best, _ = self._scan()
             if live and self.offset - best <= self._window:
                 self._seg.set_producer_waiting(False)
                 return
@@ -248,7 +259,7 @@ class Writer:
             self._seg.set_producer_waiting(False)
             if not rang:
                 self._drop_dead_readers()
-            live, best, waiting = self._scan()
+            live, best, _ = self._scan()
 
     def _drop_dead_readers(self) -> None:
         self._next_liveness_check = time.monotonic() + self._liveness
@@ -263,6 +274,37 @@ class Writer:
         """Wake every waiting reader (after the final state is published)."""
         waiting = self._scan()[2]
         self._entry.readers_bell.ring(max(waiting, 1))
+
+
+class Tee:
+    """The inline creator's own copy of the entry: each write goes straight to ``dst``.
+
+    The creator keeps a reader slot whose position follows the producer's offset
+    while ``dst`` takes the bytes (so it counts as the fastest reader). If ``dst``
+    fails, the creator leaves: the slot is released and the error kept for the
+    caller. Used only by the producer's thread.
+    """
+
+    def __init__(self, dst: Any, seg: ipc.Segment, slot: int) -> None:
+        self._dst = dst
+        self._seg = seg
+        self._slot = slot
+        self.alive = True
+        self.error: Exception | None = None
+
+    def copy(self, data: bytes, offset: int) -> None:
+        try:
+            write_all(self._dst, data)
+        except Exception as exc:
+            self.error = exc
+            self.leave()
+            return
+        self._seg.set_position(self._slot, offset)
+
+    def leave(self) -> None:
+        if self.alive:
+            self.alive = False
+            self._seg.release_slot(self._slot)
 
 
 class _Reader:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import errno
-import select
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol
 
 from .errors import CreateError
 from .pipe import CHUNK
+from .sink import NO_SENDFILE, usable_fd, wait_writable, write_all
 
 
 class FetchResult(NamedTuple):
@@ -31,73 +29,6 @@ class Source(Protocol):
     ) -> int: ...
 
     def close(self) -> None: ...
-
-
-_NO_SENDFILE = {errno.EINVAL, errno.ENOSYS, errno.ENOTSOCK, errno.EOPNOTSUPP, errno.ESPIPE}
-
-
-def deadline_for(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be seconds or None, not {type(timeout).__name__}")
-    if timeout < 0:
-        raise ValueError("timeout must be >= 0")
-    return time.monotonic() + timeout
-
-
-def remaining(deadline: float | None) -> float | None:
-    if deadline is None:
-        return None
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("streamcache: timeout passed")
-    return left
-
-
-def _usable_fd(dst: Any) -> int | None:
-    fileno = getattr(dst, "fileno", None)
-    if fileno is None:
-        return None
-    try:
-        fd = fileno()
-    except (OSError, ValueError, AttributeError):
-        return None
-    return fd if isinstance(fd, int) and fd >= 0 else None
-
-
-def write_all(dst: Any, data: bytes, deadline: float | None = None) -> None:
-    """``dst.write`` until every byte is taken.
-
-    A raw writer may take fewer bytes; a non-blocking one may take none (returning
-    None, or raising BlockingIOError): then wait until its descriptor is writable.
-    """
-    view = memoryview(data)
-    done = 0
-    while done < len(view):
-        try:
-            n = dst.write(view[done:] if done else data)
-        except BlockingIOError as exc:
-            n = exc.characters_written
-            if not n:
-                wait_writable(dst, deadline)
-                continue
-        if n is None:
-            wait_writable(dst, deadline)
-            continue
-        done += n
-
-
-def wait_writable(dst: Any, deadline: float | None) -> None:
-    """Block until ``dst``'s descriptor accepts bytes (TimeoutError past ``deadline``)."""
-    fd = _usable_fd(dst)
-    if fd is None:
-        raise BlockingIOError(f"{type(dst).__name__} would block and has no descriptor to wait on")
-    left = remaining(deadline)
-    poller = select.poll()
-    poller.register(fd, select.POLLOUT)
-    if not poller.poll(None if left is None else left * 1000):
-        raise TimeoutError("streamcache: timed out writing to dst")
 
 
 Reopen = Callable[[], "tuple[Source, bool]"]
@@ -214,7 +145,7 @@ class Stream:
         """Copy the rest of the entry to ``dst``; zero-copy when dst has a usable fileno."""
         self._check_open()
         written = 0
-        out_fd = _usable_fd(dst)
+        out_fd = usable_fd(dst)
         if out_fd is not None:
             flush = getattr(dst, "flush", None)
             if flush is not None:
@@ -224,7 +155,7 @@ class Stream:
                     written += n
                 return written
             except OSError as exc:
-                if exc.errno not in _NO_SENDFILE or written:
+                if exc.errno not in NO_SENDFILE or written:
                     raise
                 # Not a descriptor sendfile can write to: fall back to copying.
         while chunk := self._chunk(CHUNK):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import ipc
+from streamcache.cache import LAYOUT, key_hash
+from streamcache.filestore import Filestore
 
 WAIT = 20.0  # bound for every wait in the tests that use these helpers
 
@@ -43,3 +47,29 @@ def join_ok(proc: Any) -> None:
 
 def is_dead(pid: int, start: float) -> bool:
     return not ipc.is_alive(pid, start)
+
+
+def data_files(cache_dir: Path) -> list[Path]:
+    """Every file holding an entry's bytes: in flight (``<dir>/v2/data/<aa>/<name>``)
+    and finished (``<dir>/v2/entries/<aa>/<sha256 of key>``)."""
+    root = cache_dir / LAYOUT
+    return sorted(p for sub in ("data", "entries") for p in root.glob(f"{sub}/*/*") if p.is_file())
+
+
+def finished_entries(cache_dir: Path) -> list[Path]:
+    """The finished entries: ``<dir>/v2/entries/<aa>/<sha256 of key>``."""
+    return sorted(p for p in (cache_dir / LAYOUT).glob("entries/*/*") if p.is_file())
+
+
+def index_records(cache_dir: Path) -> list[Path]:
+    """The records of entries in flight: ``<dir>/v2/index/<aa>/<sha256 of key>.json``."""
+    return sorted((cache_dir / LAYOUT).glob("index/*/*.json"))
+
+
+def finished_size(cache_dir: Path, key: str) -> int | None:
+    """The size of the finished, intact entry of ``key`` (expired or not), or None."""
+    fin = Filestore(str(cache_dir / LAYOUT)).open_entry(key_hash(key))
+    if fin is None:
+        return None
+    os.close(fin.fd)
+    return fin.size

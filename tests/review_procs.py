@@ -20,7 +20,7 @@ from xproc import WAIT, HashSink, forbidden_create, payload_chunk, reporting
 
 import ipc
 import streamcache
-from streamcache.cache import key_hash
+from streamcache.cache import LAYOUT, key_hash
 from streamcache.index import Index
 
 
@@ -100,7 +100,7 @@ def fork_while_locked(dir: str, key_hash: str, *, out: Any) -> None:
     """A thread holds ``key_hash``'s index stripe; meanwhile the main thread forks a child
     that merely lives on (a pool worker, a subprocess before exec). The test then SIGKILLs
     this process while its thread is still inside the critical section."""
-    index = Index(os.path.join(dir, "v1"))
+    index = Index(os.path.join(dir, LAYOUT))
     locked = threading.Event()
     never = threading.Event()
 
@@ -127,7 +127,7 @@ def emfile_fetch(dir: str, key: str, *, out: Any) -> None:
     """Fetch ``key`` (in flight in another process) with exactly one free descriptor, as a
     busy server near its RLIMIT_NOFILE does; report whether the live record survived."""
     cache = streamcache.StreamCache(dir, liveness=0.2, cleanup_interval=0)
-    index = Index(os.path.join(dir, "v1"))
+    index = Index(os.path.join(dir, LAYOUT))
     h = key_hash(key)
     # Warm up every import and code path first, so no lazy open happens below.
     cache.fetch("warm-up", HashSink(), lambda w: w.write(b"x"), timeout=WAIT)
@@ -149,7 +149,7 @@ def emfile_fetch(dir: str, key: str, *, out: Any) -> None:
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     rec = index.read(h)
-    out.put(("outcome", outcome, None if rec is None else rec.state))
+    out.put(("outcome", outcome, rec is not None))
 
 
 @reporting
@@ -157,7 +157,8 @@ def killed_between_record_and_segment(
     dir: str, key: str, chunk: int, wrote: Any, release: Any, *, out: Any
 ) -> None:
     """Create ``key`` (one chunk, then wait for ``release``) and die by SIGKILL exactly after
-    the record says "done" and before the segment does: when the producer thread enters
+    the entry is published as finished and before the segment says "done": when the
+    producer thread enters
     ``Segment.finish`` (a profile hook, i.e. kill -9 at that instruction)."""
     cache = streamcache.StreamCache(dir, liveness=0.2, cleanup_interval=0)
     finish_code = ipc.Segment.finish.__code__

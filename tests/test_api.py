@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import data_files, finished_entries, index_records
 
 import ipc
 import streamcache
@@ -28,10 +29,6 @@ def writer_of(data: bytes, chunk: int = 65536) -> Any:
             w.write(data[i : i + chunk])
 
     return create
-
-
-def data_files(cache_dir: Path) -> list[Path]:
-    return [p for p in (cache_dir / LAYOUT / "data").glob("*/*") if p.is_file()]
 
 
 def test_public_names() -> None:
@@ -73,8 +70,8 @@ def test_any_str_key_is_hashed_never_a_path(cache_dir: Path, key: str) -> None:
         dst = io.BytesIO()
         assert cache.fetch(key, dst, writer_of(b"v")) == (1, True)
         assert cache.fetch(key, io.BytesIO(), writer_of(b"w")) == (1, False)
-    names = [p.name for p in (cache_dir / LAYOUT / "index").glob("*/*")]
-    assert names == [key_hash(key) + ".json"]
+    assert [p.name for p in finished_entries(cache_dir)] == [key_hash(key)]
+    assert index_records(cache_dir) == []
 
 
 @pytest.mark.parametrize("bad", [b"bytes", 1, None, ("t",)])
@@ -274,17 +271,26 @@ def test_null_cache_stream_and_fetch() -> None:
 
 def test_garbage_in_the_directory_is_never_served(cache_dir: Path) -> None:
     with streamcache.StreamCache(cache_dir) as cache:
-        cache.fetch("k", io.BytesIO(), writer_of(b"good"))
         index = Index(str(cache_dir / LAYOUT))
         path = Path(index.record_path(key_hash("k")))
-        for garbage in (b"{not json", b'{"v": 99}', b"", json.dumps({"v": 1}).encode()):
-            path.write_bytes(garbage)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for garbage in (b"{not json", b'{"v": 99}', b"", json.dumps({"v": 2}).encode()):
+            path.write_bytes(garbage)  # a record of an entry in flight, but garbage
             dst = io.BytesIO()
             assert cache.fetch("k", dst, writer_of(b"fresh")) == (5, True)
             assert dst.getvalue() == b"fresh"
+            (entry,) = finished_entries(cache_dir)
+            entry.unlink()
+        # A finished entry whose trailer does not match (foreign, or cut short) is a miss.
+        entry = cache_dir / LAYOUT / "entries" / key_hash("k")[:2] / key_hash("k")
+        for garbage in (b"", b"?", b"x" * 100):
+            entry.write_bytes(garbage)
+            assert cache.fetch("k", io.BytesIO(), writer_of(b"y")).created is True
         (cache_dir / LAYOUT / "data" / "zz").mkdir(parents=True, exist_ok=True)
         (cache_dir / LAYOUT / "data" / "zz" / "foreign").write_bytes(b"?")
-        assert cache.fetch("k", io.BytesIO(), writer_of(b"x")).created is False
+        dst = io.BytesIO()
+        assert cache.fetch("k", dst, writer_of(b"x")).created is False
+        assert dst.getvalue() == b"y"
 
 
 def test_truncated_data_file_is_not_served(cache_dir: Path) -> None:

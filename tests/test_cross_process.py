@@ -25,14 +25,15 @@ from typing import Any
 
 import pytest
 import xproc
+from helpers import finished_size
 from xproc import HashSink, expect, payload, payload_bytes, payload_chunk, payload_sha
 
 import ipc
 import streamcache
 from ipc.naming import object_name
-from streamcache.cache import key_hash
+from streamcache.cache import LAYOUT, key_hash
 from streamcache.filestore import Filestore
-from streamcache.index import DONE, WRITING, Index, Record
+from streamcache.index import Index, Record
 from streamcache.pipe import SEGMENT, EntryIPC, unlink_entry_ipc
 
 MiB = 1 << 20
@@ -40,7 +41,7 @@ KiB = 1 << 10
 
 
 def _index(cache_dir: Path) -> Index:
-    return Index(str(cache_dir / "v1"))
+    return Index(str(cache_dir / LAYOUT))
 
 
 @pytest.fixture
@@ -86,8 +87,7 @@ def test_storm_16_processes_one_create(cache_dir: Path, spawn: Any, tmp_path: Pa
     assert len(creators) == 1, f"created flags: {[r[3] for r in results]}"
     assert xproc.read_lines(count_path) == [str(creators[0])]
     assert len(xproc.data_files(cache_dir)) == 1
-    rec = _index(cache_dir).read(key_hash("storm"))
-    assert rec is not None and rec.state == DONE and rec.size == total
+    assert finished_size(cache_dir, "storm") == total
 
 
 # -- 2. streaming while the producer is still writing -----------------------------------------
@@ -157,7 +157,7 @@ def _start_bp_pair(
     producer.start()
     assert expect(pq, "created") == (True,)
     rec = _index(cache_dir).read(key_hash(key))
-    assert rec is not None and rec.state == WRITING and rec.pid == producer.pid
+    assert rec is not None and rec.pid == producer.pid
     seg = ipc.Segment.open(object_name(rec.ipc, SEGMENT))
     reader = spawn.Process(
         target=xproc.commanded_reader,
@@ -215,8 +215,7 @@ def test_back_pressure_across_processes(cache_dir: Path, spawn: Any) -> None:
     producer.join(10)
     reader.join(10)
     assert producer.exitcode == 0 and reader.exitcode == 0
-    rec = _index(cache_dir).read(key_hash("bp"))
-    assert rec is not None and rec.state == DONE and rec.size == total
+    assert finished_size(cache_dir, "bp") == total
 
 
 # -- 4. SIGKILL of the producer ---------------------------------------------------------------
@@ -626,11 +625,11 @@ def test_pid_reuse_is_not_life(cache_dir: Path, spawn: Any, who: str) -> None:
         assert not ipc.is_alive(pid, start + 1000.0)
 
         cache = streamcache.StreamCache(cache_dir, liveness=0.2)
-        root = str(cache_dir / "v1")
+        root = str(cache_dir / LAYOUT)
         h = key_hash("reused")
         # A plausible in-flight entry made by "pid": a partly written data file, a real
         # segment that names the producer and has a live reader, and its record.
-        files = Filestore(os.path.join(root, "data"))
+        files = Filestore(root)
         name, fd = files.create()
         stale = b"stale partial bytes"
         os.write(fd, stale)
@@ -640,7 +639,7 @@ def test_pid_reuse_is_not_life(cache_dir: Path, spawn: Any, who: str) -> None:
             entry.seg.publish_offset(len(stale))
             assert entry.seg.claim_slot(ipc.current_process(), lambda p, s: False) == 0
             now = time.time()
-            rec = Record(h, name, entry.base, pid, wrong, now, now + 300, WRITING, 0)
+            rec = Record(h, name, entry.base, pid, wrong, now, now + 300)
             index = Index(root)
             with index.locked(h, 5):
                 index.write(rec)
@@ -650,9 +649,8 @@ def test_pid_reuse_is_not_life(cache_dir: Path, spawn: Any, who: str) -> None:
             assert res == (300_000, True)
             assert sink.getvalue() == payload_bytes("real", 300_000, 4096)
             assert cache.wait_producers(10)
-            new = index.read(h)
-            assert new is not None and new.state == DONE and new.file != name
-            assert (new.pid, new.start) == tuple(ipc.current_process())
+            assert index.read(h) is None, "the entry is finished: no record left"
+            assert finished_size(cache_dir, "reused") == 300_000
             assert not os.path.exists(files.path(name))  # the stale file was discarded
             assert entry.base not in {o.base for o in ipc.list_objects(ipc.prefix_for(cache_dir))}
         finally:

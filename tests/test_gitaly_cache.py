@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import data_files, finished_entries, index_records
 
 import ipc
 from streamcache import CreateError, NullCache, ProducerDied, StreamCache
+from streamcache.cache import LAYOUT
 
 Create = Callable[[Any], object]
 SpawnContext = multiprocessing.context.SpawnContext
@@ -58,19 +60,6 @@ def writer(data: bytes) -> Create:
         w.write(data)
 
     return create
-
-
-def data_files(cache_dir: Path) -> list[Path]:
-    """The entries' data files: ``<dir>/v1/data/<aa>/<name>``."""
-    data = cache_dir / "v1" / "data"
-    if not data.is_dir():
-        return []
-    return sorted(p for p in data.glob("*/*") if p.is_file())
-
-
-def index_records(cache_dir: Path) -> list[Path]:
-    """The index's records, one per key: ``<dir>/v1/index/<aa>/<sha256>.json``."""
-    return sorted((cache_dir / "v1" / "index").glob("*/*.json"))
 
 
 def ipc_objects(cache_dir: Path) -> list[str]:
@@ -278,7 +267,7 @@ def child_fetch_closing_producer_fd(cache_dir: str, key: str, q: Any) -> None:
     /proc/self/fd), as Gitaly's test hands the cache an already closed file: the close
     after create then fails with EBADF, a real close error."""
     cache = StreamCache(cache_dir, max_age=HOUR)
-    data_root = os.path.join(os.path.realpath(cache_dir), "v1", "data")
+    data_root = os.path.join(os.path.realpath(cache_dir), LAYOUT, "data")
     closed: list[int] = []
 
     def create(w: Any) -> None:
@@ -395,8 +384,8 @@ def test_cache_deleted_file(cache_dir: Path, spawn: SpawnContext, wipe: str) -> 
                 shutil.rmtree(cache_dir)
                 cache_dir.mkdir(mode=0o700)
             else:
-                shutil.rmtree(cache_dir / "v1" / "data")
-                assert len(index_records(cache_dir)) == 1, "the entry is still in the index"
+                shutil.rmtree(cache_dir / LAYOUT / "data")
+                shutil.rmtree(cache_dir / LAYOUT / "entries")
             assert data_files(cache_dir) == []
 
             out2 = io.BytesIO()
@@ -439,7 +428,7 @@ def test_cache_scope(cache_dir: Path) -> None:
         for c in caches:
             c.stop()
     assert len(data_files(cache_dir)) == 1
-    assert len(index_records(cache_dir)) == 1
+    assert len(finished_entries(cache_dir)) == 1
 
 
 def test_cache_disk_cleanup(cache_dir: Path) -> None:
@@ -459,9 +448,8 @@ def test_cache_disk_cleanup(cache_dir: Path) -> None:
         assert out1.getvalue() == content(1)
 
         # Nothing removed the entry yet: no cleanup ran.
-        assert len(data_files(cache_dir)) == 1
-        assert len(index_records(cache_dir)) == 1
-        orphan = cache_dir / "v1" / "data" / "ff" / "ffffffffffffffff-1-0"
+        assert len(finished_entries(cache_dir)) == 1
+        orphan = cache_dir / LAYOUT / "data" / "ff" / "ffffffffffffffff-1-0"
         orphan.parent.mkdir(mode=0o700, exist_ok=True)
         orphan.write_bytes(b"left by a crashed process")
 
@@ -544,7 +532,7 @@ def test_cache_fail_create_file(cache_dir: Path) -> None:
     with ENOTDIR. create never runs, nothing is left behind, and the key is not stuck.
     """
     cache = StreamCache(cache_dir, max_age=HOUR)
-    data = cache_dir / "v1" / "data"
+    data = cache_dir / LAYOUT / "data"
     data.write_bytes(b"")
     calls: list[Any] = []
     try:

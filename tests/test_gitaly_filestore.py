@@ -73,11 +73,11 @@ def child_create_many(root: str, count: int, remove: bool, ready: Any, go: Any, 
         ready.set()
         go.wait(WAIT)
 
-    q.put(create_many(Filestore(root), count, release, remove))
+    q.put(create_many(Filestore(os.path.dirname(root)), count, release, remove))
 
 
 def child_create_sequential(root: str, count: int, q: Any) -> None:
-    fs = Filestore(root)
+    fs = Filestore(os.path.dirname(root))
     names = []
     for _ in range(count):
         name, fd = fs.create()
@@ -89,18 +89,18 @@ def child_create_sequential(root: str, count: int, q: Any) -> None:
 def test_filestore_create(tmp_path: Path) -> None:
     """Go: TestFilestoreCreate.
 
-    The new file is writable and lives at <root>/aa/name: one directory deep, a 2-hex
+    The new file is writable and lives at <root>/data/aa/name: one directory deep, a 2-hex
     shard dir. Port: also 0600 in a 0700 shard, and the shard is the name's first 2 digits.
     """
     root = tmp_path / "data"
-    fs = Filestore(str(root))
+    fs = Filestore(str(root.parent))
     name, fd = fs.create()
     try:
         assert os.write(fd, b"\0") == 1, "file is writeable"
     finally:
         os.close(fd)
     path = fs.path(name)
-    rel = os.path.relpath(path, fs.root)
+    rel = os.path.relpath(path, fs.data_dir)
     assert re.fullmatch(r"[0-9a-f]{2}/[^/]+", rel), f"path {rel!r} should be aa/name"
     assert rel.split("/")[0] == name[:2]
     assert Path(path).read_bytes() == b"\0"
@@ -118,7 +118,7 @@ def test_filestore_create_concurrency(tmp_path: Path, spawn: SpawnContext, where
     """
     n = 100
     root = tmp_path / "data"
-    fs = Filestore(str(root))
+    fs = Filestore(str(root.parent))
     if where == "threads":
         names, errors = create_many(fs, n, lambda: None, remove=True)
     else:
@@ -158,7 +158,7 @@ def test_filestore_create_uniqueness(tmp_path: Path, spawn: SpawnContext, where:
     names: list[str] = []
     if where == "one process":
         for _ in range(m):
-            fs = Filestore(str(root))
+            fs = Filestore(str(root.parent))
             for _ in range(n):
                 name, fd = fs.create()
                 os.close(fd)
@@ -191,7 +191,7 @@ def test_filestore_cleanwalk(tmp_path: Path) -> None:
     """
     root = tmp_path / "data"
     root.mkdir()
-    fs = Filestore(str(root))
+    fs = Filestore(str(root.parent))
     dir1, dir2 = root / "dir1", root / "dir2"
     file = dir2 / "file"
     dir1.mkdir(mode=0o755)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import data_files, finished_entries, index_records
 
 from streamcache import LoggingCache, MinOccurrences, NullCache, StreamCache
 from streamcache.admission import FileCounter, MemoryCounter
@@ -52,17 +53,6 @@ def writer(data: bytes) -> Create:
         w.write(data)
 
     return create
-
-
-def index_records(cache_dir: Path) -> list[Path]:
-    return sorted((cache_dir / "v1" / "index").glob("*/*.json"))
-
-
-def data_files(cache_dir: Path) -> list[Path]:
-    data = cache_dir / "v1" / "data"
-    if not data.is_dir():
-        return []
-    return sorted(p for p in data.glob("*/*") if p.is_file())
 
 
 def counter_size(m: MinOccurrences) -> int:
@@ -188,10 +178,10 @@ def test_min_occurrences_suppress(cache_dir: Path, spawn: SpawnContext, mode: st
                     assert len(inner.entries) == 1 + i - n, "the call reached the cache"
             elif i < n:
                 assert res.created, "a bypass runs create itself"
-                assert index_records(cache_dir) == [], "the first call did not reach the cache"
+                assert data_files(cache_dir) == [], "the first call did not reach the cache"
             else:
                 assert res.created == (i == n), "reached the cache: created once, then hits"
-                assert len(index_records(cache_dir)) == 1
+                assert len(finished_entries(cache_dir)) == 1
         if mode == "file":
             assert len(data_files(cache_dir)) == 1
     finally:
@@ -217,11 +207,11 @@ def suppress_across_processes(cache_dir: Path, spawn: SpawnContext, n: int) -> N
                 output, created = out.getvalue(), res.created
             if i < n:
                 assert (output, created) == (data, True), f"request {i} ({who}) bypasses"
-                assert index_records(cache_dir) == [], f"request {i} ({who}) bypasses"
+                assert data_files(cache_dir) == [], f"request {i} ({who}) bypasses"
             else:
                 first = f"hello {n}".encode()
                 assert (output, created) == (first, i == n), f"request {i} ({who}) reaches"
-                assert len(index_records(cache_dir)) == 1
+                assert len(finished_entries(cache_dir)) == 1
         parent_conn.send(None)
         proc.join(WAIT)
         assert proc.exitcode == 0

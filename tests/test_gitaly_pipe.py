@@ -57,14 +57,15 @@ def _hello_create(w: Any) -> None:
 
 
 def _fds_into(directory: Path) -> list[str]:
-    """Targets of this process's open descriptors that lie under ``directory``."""
+    """Targets of this process's open descriptors that lie under ``directory``, but for
+    the index's lock files (a process keeps those open for its whole life)."""
     found = []
     for fd in os.listdir("/proc/self/fd"):
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
-        if target.startswith(str(directory)):
+        if target.startswith(str(directory)) and not target.endswith(".lock"):
             found.append(target)
     return found
 

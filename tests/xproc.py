@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import ipc
 import streamcache
+from streamcache.cache import LAYOUT
 
 WAIT = 30.0  # bound on every wait in a child (a test fails long before)
 
@@ -165,10 +166,11 @@ def wait_pid(pid: int, timeout: float) -> int:
 
 
 def data_files(cache_dir: str | os.PathLike[str]) -> list[str]:
-    root = os.path.join(os.fspath(cache_dir), "v1", "data")
+    """Files holding entries' bytes: in flight (data/) and finished (entries/)."""
     found: list[str] = []
-    for dirpath, _dirs, files in os.walk(root):
-        found.extend(os.path.join(dirpath, f) for f in files)
+    for sub in ("data", "entries"):
+        for dirpath, _dirs, files in os.walk(os.path.join(os.fspath(cache_dir), LAYOUT, sub)):
+            found.extend(os.path.join(dirpath, f) for f in files)
     return found
 
 
@@ -393,7 +395,7 @@ def hold_index_lock(dir: str, key_hash: str, locked: Any, *, out: Any) -> None:
     """Hold ``key_hash``'s index lock stripe and stay inside the critical section."""
     from streamcache.index import Index
 
-    with Index(os.path.join(dir, "v1")).locked(key_hash, WAIT):
+    with Index(os.path.join(dir, LAYOUT)).locked(key_hash, WAIT):
         locked.set()
         time.sleep(WAIT * 2)  # the test SIGKILLs this process in here
 

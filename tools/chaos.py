@@ -27,8 +27,8 @@ Checked:
   worker that does not exit within that bound after being told to stop, is a violation;
   the worker's last reported state and a faulthandler dump of its threads are printed;
 - at the end, after every worker exited and one ``StreamCache(dir).gc()`` pass: nothing
-  of the directory in /dev/shm, and every index record is a finished entry whose data
-  file has the recorded size and holds exactly ``content(key)``.
+  of the directory in /dev/shm, no record of an entry in flight, and every finished
+  entry is intact (its trailer matches) and holds exactly ``content(key)``.
 
 The summary counts operations by outcome, kills, creates and violations; the exit
 status is 1 on any violation.
@@ -60,7 +60,8 @@ from typing import Any
 import ipc
 import streamcache
 from streamcache.cache import LAYOUT, key_hash
-from streamcache.index import DONE, Index
+from streamcache.filestore import Filestore
+from streamcache.index import Index
 
 MiB = 1 << 20
 BLOCK = 4096
@@ -817,14 +818,16 @@ class Driver:
         info["stray_temp_records"] = sum(1 for _ in Index(root).stray_temp_files())
 
     def check_records(self, stage: str, unfinished_ok: bool) -> tuple[int, int]:
-        """Check every record; returns (records, unfinished records)."""
+        """Check every record and finished entry; returns (entries, unfinished ones)."""
         v = self.summary.violations
         root = os.path.join(self.dir, LAYOUT)
         index = Index(root)
+        files = Filestore(root)
         by_hash = {key_hash(k): k for k in KEYS}
         records = unfinished = 0
         for h in list(index.keys()):
             records += 1
+            unfinished += 1
             rec = index.read(h)
             if rec is None:
                 if not unfinished_ok:
@@ -833,31 +836,32 @@ class Driver:
             key = by_hash.get(h)
             if key is None:
                 v.append(f"{stage}: record of an unknown key: {h}")
+            elif not unfinished_ok:
+                v.append(f"{stage}: unfinished record of {key}: {rec}")
+            elif ipc.is_alive(rec.pid, rec.start):
+                v.append(f"{stage}: record of {key} names a live producer: {rec}")
+        for h, _st in list(files.entries()):
+            records += 1
+            key = by_hash.get(h)
+            if key is None:
+                v.append(f"{stage}: finished entry of an unknown key: {h}")
                 continue
-            if rec.state != DONE:
-                unfinished += 1
-                if not unfinished_ok:
-                    v.append(f"{stage}: unfinished record of {key}: {rec}")
-                elif ipc.is_alive(rec.pid, rec.start):
-                    v.append(f"{stage}: record of {key} names a live producer: {rec}")
+            fin = files.open_entry(h)
+            if fin is None:
+                v.append(f"{stage}: finished entry of {key} is not intact")
                 continue
-            path = os.path.join(root, "data", rec.file[:2], rec.file)
             try:
-                with open(path, "rb") as f:
-                    data = f.read()
-            except OSError as exc:
-                v.append(f"{stage}: finished record of {key} has no data file: {exc}")
-                continue
-            if rec.size != content_size(key):
+                data = os.pread(fin.fd, fin.size, 0)
+            finally:
+                os.close(fin.fd)
+            if fin.size != content_size(key):
                 v.append(
-                    f"{stage}: record of {key} says {rec.size} bytes, content has "
+                    f"{stage}: entry of {key} has {fin.size} bytes, content has "
                     f"{content_size(key)}"
                 )
-            if len(data) != rec.size:
-                v.append(f"{stage}: {key}: data file has {len(data)} bytes, record says {rec.size}")
             elif data != content(key):
                 at = first_difference(data, content(key))
-                v.append(f"{stage}: {key}: data file differs from content(key) at byte {at}")
+                v.append(f"{stage}: {key}: entry differs from content(key) at byte {at}")
         return records, unfinished
 
 
