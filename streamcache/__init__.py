@@ -2,18 +2,19 @@
 
 A re-creation of Gitaly's ``streamcache`` taken across processes. The machine:
 
-**Index** (``index.py``). One JSON record per key under ``<dir>/v1/index``, named
-by the key's sha256 and replaced by write-temp-then-rename. The lookup, create
-and reader registration of one key form one critical section under a striped
-flock (``filelock``), so a key has one producer host-wide; the kernel drops the
-lock of a process that dies. A finished record is immutable, so a hit reads it
-without any lock. A record names its data file, its IPC objects while in flight,
-its producer ``(pid, start time)``, its expiry (creation + the creator's
-max_age) and, once done, its size.
+**Index** (``index.py``). One JSON record per entry in flight under
+``<dir>/v2/index``, named by the key's sha256 and replaced by
+write-temp-then-rename. The lookup, create and reader registration of one key
+form one critical section under one of 256 striped flock locks, so a key has one
+producer host-wide; the kernel drops the lock of a process that dies. A record
+names its data file, its IPC objects, its producer ``(pid, start time)`` and its
+expiry (creation + the creator's max_age).
 
 **Filestore** (``filestore.py``). A new data file per entry, never reused, in 256
-shard directories. Open descriptors outlive unlinking, so eviction never cuts
-off a reader.
+shard directories. A finished entry is the file ``<dir>/v2/entries/<aa>/<sha256>``:
+complete (a trailer with its size closes it), immutable, its mtime its expiry.
+A hit is one ``open`` by name with no record and no lock. Open descriptors
+outlive unlinking, so eviction never cuts off a reader.
 
 **Pipe** (``pipe.py`` over ``ipc``). While an entry is written, a shared-memory
 segment carries the producer's offset and state and one slot per reader with
@@ -26,18 +27,23 @@ timed (``liveness``), and each timeout checks the other side: readers raise
 ProducerDied for a dead producer, the producer drops dead readers. A process is
 identified by its pid and start time (ticks since boot on Linux), so a reused pid
 never passes for the dead process. Once the entry is finished or failed its IPC
-objects are unlinked; the record holds the final state.
+objects are unlinked.
 
-**Creator.** The fetch that misses creates the entry, starts ``create`` in a
-thread of its process, and reads the file like every other reader. The record
-says "done" before the segment does, so once any reader has seen the end, the
-next fetch anywhere is a hit. A producer failure removes the record first and
-then publishes the error, so the next fetch creates afresh.
+**Creator.** The fetch that misses creates the entry. Without a timeout it runs
+``create`` in its own thread and hands each write straight to its ``dst`` (a
+reader whose position is always the producer's offset); ``stream()``, and a
+fetch with a timeout, run ``create`` in a producer thread and read the file like
+every other reader. The entry is published as finished (the data file renamed to
+its entry name, the record removed, under the key's lock) before the segment
+says "done", so once any reader has seen the end, the next fetch anywhere is a
+hit. A producer failure removes the record first and then publishes the error,
+so the next fetch creates afresh.
 
 **Eviction** (``eviction.py``). A loop in each process runs every
 ``min(max_age, 60 s)``; a cleanup lock makes one process at a time do the pass:
-evict records past their recorded expiry, discard unfinished records of dead
-producers, delete data files no live record owns that are older than max_age
+evict entries past their expiry (recorded, or the finished file's mtime), discard
+records of dead producers, delete data files no live record owns that are older
+than max_age
 (repairing unreadable shard dirs), and unlink IPC objects no live entry owns.
 ``streamcache gc`` runs the same pass once.
 

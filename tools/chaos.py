@@ -856,8 +856,7 @@ class Driver:
                 os.close(fin.fd)
             if fin.size != content_size(key):
                 v.append(
-                    f"{stage}: entry of {key} has {fin.size} bytes, content has "
-                    f"{content_size(key)}"
+                    f"{stage}: entry of {key} has {fin.size} bytes, content has {content_size(key)}"
                 )
             elif data != content(key):
                 at = first_difference(data, content(key))
