@@ -34,18 +34,34 @@ from .eviction import Cleaner
 from .filestore import Filestore, make_private_dirs
 from .index import Index, Record
 from .pipe import EntryIPC, FileReader, PipeReader, Tee, Writer, unlink_entry_ipc
+from .sink import write_all
 from .stream import FetchResult, Stream
 
 LAYOUT = "v2"
 # Seconds a segment without its header yet (its creator may be between shm_open and
-# the header's magic) or a record's temp file is left alone by cleanup.
+# the header's magic) is left alone by cleanup.
 _ORPHAN_GRACE = 5.0
 
 Create = Callable[[Any], object]
 
 
+# fetch reads a finished entry up to this size whole, in one pread with its trailer.
+_READ_WHOLE = 64 * 1024
+
+_hashes: dict[str, str] = {}
+
+
 def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    """The key's sha256 in hex (remembered for the last few thousand keys: a hit costs
+    about as much as hashing a key)."""
+    h = _hashes.get(key)
+    if h is None:
+        h = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+        if len(_hashes) >= 4096:
+            _hashes.clear()
+        if len(key) <= 1024:
+            _hashes[key] = h
+    return h
 
 
 def prepare_dir(path: str) -> str:
@@ -271,7 +287,16 @@ class StreamCache(CacheBase):
         deadline = deadline_for(timeout)
         self._cleaner.ensure_started()
         h = key_hash(key)
-        source: FileReader | PipeReader | None = self._open_finished(h)
+        fin = self._files.open_entry(h, _READ_WHOLE)
+        source: FileReader | PipeReader | None = None
+        if fin is not None:
+            if fin.expires > self._clock():
+                if fin.data is not None:  # small: one write, no reader
+                    write_all(dst, fin.data, deadline)
+                    return FetchResult(fin.size, False)
+                source = FileReader(fin.fd, fin.size)
+            elif fin.fd >= 0:
+                os.close(fin.fd)
         created = False
         if source is None:
             if deadline is None:
@@ -279,7 +304,7 @@ class StreamCache(CacheBase):
                 if producer is not None:
                     return FetchResult(producer.run_inline(create, dst), True)
             else:
-                source, created = self._open(h, create, deadline)
+                source, created = self._find_or_claim_reader(h, create, deadline)
         assert source is not None
         reopen = None
         if isinstance(source, PipeReader) and not created:
@@ -295,6 +320,11 @@ class StreamCache(CacheBase):
         hit = self._open_finished(h)
         if hit is not None:
             return hit, False
+        return self._find_or_claim_reader(h, create, deadline)
+
+    def _find_or_claim_reader(
+        self, h: str, create: Create, deadline: float | None
+    ) -> tuple[FileReader | PipeReader, bool]:
         reader, producer = self._find_or_claim(h, create, deadline, inline=False)
         assert reader is not None
         return reader, producer is not None
@@ -563,10 +593,6 @@ class StreamCache(CacheBase):
                     if self._files.remove_entry(h):
                         report.expired += 1
         wall = time.time()
-        for path in self._index.stray_temp_files():
-            with contextlib.suppress(OSError):
-                if os.lstat(path).st_mtime < wall - _ORPHAN_GRACE:
-                    os.unlink(path)
         report.files_removed = self._files.sweep(now - self.max_age, live_files)
         report.ipc_removed = self._sweep_ipc(live_ipc, wall)
         return report

@@ -52,11 +52,12 @@ def make_private_dirs(path: str) -> None:
 
 
 class Finished(NamedTuple):
-    """An open finished entry."""
+    """A finished entry: open (``fd``), or, if small, already read (``data``)."""
 
-    fd: int
+    fd: int  # -1 when ``data`` holds the bytes (the file is closed then)
     size: int  # the entry's bytes (the file's size less the trailer)
     expires: float  # epoch seconds (the file's mtime)
+    data: bytes | None = None
 
 
 class Filestore:
@@ -118,10 +119,12 @@ class Filestore:
             make_private_dirs(os.path.dirname(dst))
             os.replace(self.path(name), dst)
 
-    def open_entry(self, key: str) -> Finished | None:
+    def open_entry(self, key: str, read_up_to: int = -1) -> Finished | None:
         """The finished entry of ``key``, or None if there is none or it is not intact.
 
-        Expiry is the caller's to check. Errors other than "absent" propagate.
+        An entry of at most ``read_up_to`` bytes comes back read, in the same
+        ``pread`` that checks its trailer. Expiry is the caller's to check. Errors
+        other than "absent" propagate.
         """
         try:
             fd = os.open(self.entry_path(key), OPEN_READ)
@@ -129,20 +132,23 @@ class Filestore:
             if exc.errno in _ABSENT:  # ELOOP: a symlink planted in its place
                 return None
             raise
+        handed_over = False
         try:
             st = os.fstat(fd)
             size = st.st_size - TRAILER.size
-            if size >= 0 and stat.S_ISREG(st.st_mode):
-                magic, recorded = TRAILER.unpack_from(
-                    os.pread(fd, TRAILER.size, size).ljust(TRAILER.size)
-                )
-                if magic == _MAGIC and recorded == size:
-                    return Finished(fd, size, st.st_mtime_ns / 1e9)
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
-        return None
+            if size < 0 or not stat.S_ISREG(st.st_mode):
+                return None
+            if size <= read_up_to:
+                data = os.pread(fd, st.st_size, 0)
+                if _intact(data, size, size):
+                    return Finished(-1, size, st.st_mtime_ns / 1e9, data[:size])
+            elif _intact(os.pread(fd, TRAILER.size, size), 0, size):
+                handed_over = True
+                return Finished(fd, size, st.st_mtime_ns / 1e9)
+            return None
+        finally:
+            if not handed_over:
+                os.close(fd)
 
     def entry_identity(self, key: str) -> tuple[int, int] | None:
         """(device, inode) of the file at the entry's name, or None."""
@@ -189,6 +195,14 @@ class Filestore:
             except OSError:
                 pass
         return removed
+
+
+def _intact(buf: bytes, at: int, size: int) -> bool:
+    """Whether ``buf`` holds, at ``at``, the trailer of an entry of ``size`` bytes."""
+    if len(buf) != at + TRAILER.size:
+        return False
+    magic, recorded = TRAILER.unpack_from(buf, at)
+    return bool(magic == _MAGIC and recorded == size)
 
 
 def _walk(root: str) -> Iterator[os.DirEntry[str]]:

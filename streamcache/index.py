@@ -2,7 +2,7 @@
 
 Layout under ``<root>``::
 
-    index/<aa>/<sha256 of key>.json   one record per entry in flight (temp-then-rename)
+    index/<aa>/<sha256 of key>.json   one record per entry in flight (a symlink to its JSON)
     locks/<aa>.lock                   256 lock stripes, chosen by the key hash
     locks/cleanup.lock                held by the one process running cleanup
 
@@ -28,11 +28,10 @@ import errno
 import fcntl
 import json
 import os
-import secrets
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import filelock
 
@@ -55,11 +54,11 @@ class Record:
     created: float  # epoch seconds
     expires: float  # created + the creating cache's max_age
 
-    def to_json(self) -> bytes:
-        return json.dumps({"v": RECORD_VERSION, **asdict(self)}).encode()
+    def to_json(self) -> str:
+        return json.dumps({"v": RECORD_VERSION, **self.__dict__})
 
     @classmethod
-    def from_json(cls, data: bytes) -> Record | None:
+    def from_json(cls, data: str) -> Record | None:
         try:
             obj = json.loads(data)
             if not isinstance(obj, dict) or obj.pop("v", None) != RECORD_VERSION:
@@ -216,16 +215,14 @@ class Index:
         would let a caller replace a live entry and start a second producer.
         """
         try:
-            fd = os.open(self.record_path(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            text = os.readlink(self.record_path(key))
         except OSError as exc:
-            if exc.errno in _ABSENT:  # ELOOP: a symlink planted in its place
+            if exc.errno in _ABSENT:
+                return None
+            if exc.errno == errno.EINVAL:  # not a symlink: garbage
                 return None
             raise
-        try:
-            data = os.read(fd, 65536)
-        finally:
-            os.close(fd)
-        rec = Record.from_json(data)
+        rec = Record.from_json(text)
         if rec is not None and rec.key != key:
             return None
         return rec
@@ -234,25 +231,22 @@ class Index:
         return os.path.lexists(self.record_path(key))
 
     def write(self, rec: Record) -> None:
-        """Publish ``rec`` atomically (write a temp file, then rename over). Lock held."""
+        """Publish ``rec`` (lock held; any old record of the key is replaced).
+
+        A record is a symbolic link whose target is its JSON text: one atomic
+        ``symlink`` call creates it complete (no temp file, no rename), and one
+        ``readlink`` reads it. It is never followed.
+        """
         path = self.record_path(rec.key)
-        tmp = f"{path}.{secrets.token_hex(4)}.tmp"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        text = rec.to_json()
         try:
-            fd = os.open(tmp, flags, 0o600)
+            os.symlink(text, path)
         except FileNotFoundError:
             make_private_dirs(os.path.dirname(path))
-            fd = os.open(tmp, flags, 0o600)
-        try:
-            os.write(fd, rec.to_json())
-        finally:
-            os.close(fd)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+            os.symlink(text, path)
+        except FileExistsError:
+            os.unlink(path)
+            os.symlink(text, path)
 
     def remove(self, key: str) -> None:
         """Drop the record of ``key``. Lock held."""
@@ -260,7 +254,7 @@ class Index:
             os.unlink(self.record_path(key))
 
     def keys(self) -> Iterator[str]:
-        """Every key with a record file (valid or not), and stray temp files' owners."""
+        """Every key with a record (valid or not)."""
         try:
             shards = list(os.scandir(self.records_dir))
         except FileNotFoundError:
@@ -275,18 +269,3 @@ class Index:
             for name in names:
                 if name.endswith(".json") and len(name) == 69:
                     yield name[:-5]
-
-    def stray_temp_files(self) -> Iterator[str]:
-        """Paths of temp files left by a writer that died before its rename."""
-        try:
-            shards = list(os.scandir(self.records_dir))
-        except FileNotFoundError:
-            return
-        for shard in shards:
-            if shard.is_dir(follow_symlinks=False):
-                try:
-                    for name in os.listdir(shard.path):
-                        if name.endswith(".tmp"):
-                            yield os.path.join(shard.path, name)
-                except OSError:
-                    continue

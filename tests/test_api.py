@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import io
+import itertools
 import json
 import os
 import stat
@@ -274,8 +275,13 @@ def test_garbage_in_the_directory_is_never_served(cache_dir: Path) -> None:
         index = Index(str(cache_dir / LAYOUT))
         path = Path(index.record_path(key_hash("k")))
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for garbage in (b"{not json", b'{"v": 99}', b"", json.dumps({"v": 2}).encode()):
-            path.write_bytes(garbage)  # a record of an entry in flight, but garbage
+        texts = ("{not json", '{"v": 99}', "", json.dumps({"v": 2}))
+        for garbage, as_symlink in itertools.product(texts, (False, True)):
+            # A record of an entry in flight (records are symlinks to their JSON), but garbage.
+            if as_symlink and garbage:
+                os.symlink(garbage, path)
+            else:
+                path.write_text(garbage)
             dst = io.BytesIO()
             assert cache.fetch("k", dst, writer_of(b"fresh")) == (5, True)
             assert dst.getvalue() == b"fresh"

@@ -815,7 +815,6 @@ class Driver:
         root = os.path.join(self.dir, LAYOUT)
         data_files = sum(len(files) for _, _, files in os.walk(os.path.join(root, "data")))
         info["data_files"] = data_files
-        info["stray_temp_records"] = sum(1 for _ in Index(root).stray_temp_files())
 
     def check_records(self, stage: str, unfinished_ok: bool) -> tuple[int, int]:
         """Check every record and finished entry; returns (entries, unfinished ones)."""
