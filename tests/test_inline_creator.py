@@ -1,0 +1,146 @@
+"""The creating fetch runs ``create`` in its own thread and hands each write to its dst.
+
+What that changes for the creator, checked with real processes: a dst that fails
+mid-entry does not take the entry from the other readers (and the creator's fetch
+raises the dst's error once create returns); with no other reader, the producer's
+next write gets BrokenPipeError and the entry fails; a fetch with a timeout still
+creates in a producer thread, so the caller can leave at its deadline.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import data_files, finished_entries, index_records
+from test_gitaly_cache import child_wait, result_of, start, wait_event
+
+import streamcache
+from streamcache import StreamCache
+
+HOUR = 3600.0
+KEY = "inline"
+
+
+class FailingDst:
+    """Takes ``ok`` writes, then raises ConnectionResetError (a client that went away)."""
+
+    def __init__(self, ok: int) -> None:
+        self.ok = ok
+        self.got = bytearray()
+
+    def write(self, b: bytes) -> int:
+        if self.ok == 0:
+            raise ConnectionResetError("client went away")
+        self.ok -= 1
+        self.got += b
+        return len(b)
+
+
+def test_dst_failing_leaves_the_entry_to_the_other_readers(cache_dir: Path, spawn: Any) -> None:
+    attached = spawn.Event()
+    cache = StreamCache(cache_dir, max_age=HOUR, liveness=0.2)
+    proc = None
+    chunks = [bytes([65 + i]) * 1000 for i in range(5)]
+
+    def create(w: Any) -> None:
+        nonlocal proc, q
+        w.write(chunks[0])
+        proc, q = start(spawn, child_wait, str(cache_dir), KEY, attached)
+        wait_event(attached, "the other process to attach")
+        for chunk in chunks[1:]:
+            w.write(chunk)  # the dst fails on the first of these: create goes on
+
+    q: Any = None
+    dst = FailingDst(ok=1)
+    try:
+        with pytest.raises(ConnectionResetError):
+            cache.fetch(KEY, dst, create)
+        assert bytes(dst.got) == chunks[0]
+        assert proc is not None
+        assert result_of(q, proc) == ("ok", b"".join(chunks), False)
+        out = io.BytesIO()
+        assert cache.fetch(KEY, out, create) == (5000, False), "the entry was published"
+        assert out.getvalue() == b"".join(chunks)
+    finally:
+        cache.stop()
+
+
+def test_dst_failing_with_no_other_reader_fails_the_entry(cache_dir: Path) -> None:
+    seen: list[BaseException] = []
+
+    def create(w: Any) -> None:
+        w.write(b"first")
+        try:
+            w.write(b"second")  # dst fails on this one; nobody else reads
+        except BrokenPipeError as exc:
+            seen.append(exc)
+            raise
+        w.write(b"never")
+
+    cache = StreamCache(cache_dir, max_age=HOUR)
+    try:
+        with pytest.raises(ConnectionResetError):
+            cache.fetch(KEY, FailingDst(ok=1), create)
+        assert len(seen) == 1, "the producer's write after dst failed is a BrokenPipeError"
+        assert index_records(cache_dir) == [] and data_files(cache_dir) == []
+        out = io.BytesIO()
+        assert cache.fetch(KEY, out, lambda w: w.write(b"fresh")) == (5, True)
+        assert out.getvalue() == b"fresh"
+    finally:
+        cache.stop()
+
+
+def test_create_error_reaches_the_inline_creator_as_create_error(cache_dir: Path) -> None:
+    def create(w: Any) -> None:
+        w.write(b"partial")
+        raise ValueError("boom")
+
+    cache = StreamCache(cache_dir, max_age=HOUR)
+    try:
+        dst = io.BytesIO()
+        with pytest.raises(streamcache.CreateError, match="ValueError: boom") as err:
+            cache.fetch(KEY, dst, create)
+        assert isinstance(err.value.__cause__, ValueError)
+        assert dst.getvalue() == b"partial"
+        assert finished_entries(cache_dir) == [] and index_records(cache_dir) == []
+    finally:
+        cache.stop()
+
+
+def test_keyboard_interrupt_in_inline_create_fails_the_entry_and_propagates(
+    cache_dir: Path,
+) -> None:
+    def create(w: Any) -> None:
+        w.write(b"partial")
+        raise KeyboardInterrupt
+
+    cache = StreamCache(cache_dir, max_age=HOUR)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            cache.fetch(KEY, io.BytesIO(), create)
+        assert data_files(cache_dir) == [] and index_records(cache_dir) == []
+    finally:
+        cache.stop()
+
+
+def test_fetch_with_timeout_creates_in_a_thread(cache_dir: Path) -> None:
+    threads: list[str] = []
+
+    def create(w: Any) -> None:
+        threads.append(threading.current_thread().name)
+        w.write(b"x")
+
+    cache = StreamCache(cache_dir, max_age=HOUR)
+    try:
+        assert cache.fetch(KEY, io.BytesIO(), create, timeout=10) == (1, True)
+        assert cache.fetch("other", io.BytesIO(), create) == (1, True)
+        assert cache.wait_producers(10)
+        me = threading.current_thread().name
+        assert threads[0] != me and threads[0].startswith("streamcache-producer")
+        assert threads[1] == me
+    finally:
+        cache.stop()
