@@ -1,0 +1,1683 @@
+"""Benchmarks for streamcache: every figure a ratio to a baseline measured in the same run.
+
+Run from a checkout (no install needed; the repository root goes first on sys.path):
+
+    python tools/bench.py [--quick] [--json] [--only NAME[,NAME...]] [--reps N]
+
+Rows (DESIGN.md section 7; data: one 1 MiB buffer of random bytes, written repeatedly):
+
+    stream       producer process + 1 reader process on one cold entry, vs one process
+                 writing the same bytes to a plain file (first write to close); second
+                 row: vs that writer plus a process reading the file as it grows
+                 (DESIGN.md's baseline)
+    fanout       producer + N reader processes attached before the first byte, vs one
+                 process writing a file then N processes reading it at once
+    hit          fetch of a finished entry into a Python sink, vs reading a plain copy
+    socket       fetch of a finished entry into an AF_UNIX socket (sendfile), vs a
+                 read + sendall loop, and vs an os.sendfile loop (the kernel's limit)
+    small-hit    fetch of a finished 4 KiB entry, vs diskcache's get (latency)
+    small-miss   fetch that creates a new 4 KiB entry, vs diskcache's set (latency)
+    wakeup       producer write -> waiting reader in another process, vs an os.pipe
+    index        hit latency with 100,000 entries vs 100 entries
+    storm        N processes fetch one cold key at once (correctness; time for reference)
+    memory       peak RSS growth of a reader process streaming an entry, two sizes
+                 (VmHWM reset through /proc/self/clear_refs: a spawned child's ru_maxrss
+                 starts at its parent's peak; ru_maxrss growth is kept in --json)
+
+--quick uses smaller sizes and fewer repetitions (same rows, same code paths) and runs
+in under a minute; the full run takes about five minutes on 2 cores. Progress goes to
+stderr, the table (or with --json one JSON object with every raw sample, machine info,
+sizes and the library's git HEAD at start and end) to stdout. Every cache and file lives
+in a fresh directory under tempfile.gettempdir() (TMPDIR moves them), removed after.
+Use only the public API: StreamCache(..., cleanup_interval=0), fetch, stream, gc, stop,
+wait_producers; leak checks with ipc.prefix_for and ipc.naming.list_objects after gc.
+
+How to read the ratios: each is computed from medians of repetitions, ours and baseline
+interleaved (A B A B ...) so machine noise hits both alike. The process that writes a
+large timed file first writes and deletes a scratch file of the same size (see
+precondition()): on a VM that returns freed memory to its host, the first large write
+after an idle second can be 10x slower, whichever side it falls on.
+
+- throughput rows: ratio = baseline time / our time, higher is better (target ">= x").
+- latency rows: ratio = our latency / baseline latency, lower is better (target "<= x").
+- wakeup: the target is absolute (median < 200 us, p99 < 2 ms); the ratio to the pipe's
+  wake-up latency is for reference.
+- memory: the target is absolute (growth < 16 MiB, flat in the entry's size).
+- storm: the target is the correctness outcome; its time ratio is for reference.
+
+Exit status: 0 when every benchmark ran, whether or not it met its target; 1 when a
+benchmark raised or a correctness check failed (wrong byte count, create ran twice,
+leaked IPC objects, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import queue
+import random
+import resource
+import shutil
+import socket
+import stat
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnContext, SpawnProcess
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier, Event
+from types import TracebackType
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if not sys.path or sys.path[0] != ROOT:
+    sys.path.insert(0, ROOT)
+
+import ipc  # noqa: E402
+from ipc.naming import list_objects  # noqa: E402
+from streamcache import StreamCache  # noqa: E402
+
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+
+WAIT = 300.0  # bound for a transfer, a child's work, a queue get
+READY_WAIT = 120.0  # bound for children to start, events and barriers
+JOIN_WAIT = 60.0  # bound for children to exit once done
+KEY = "bench-key"
+WAKE_KEY = "bench-wake"
+
+Msg = tuple[str, str, Any]  # (kind, role, payload): kinds "ready", "done", "progress", "error"
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    """A benchmark could not run or a correctness check failed."""
+
+
+# -- sinks -------------------------------------------------------------------------------
+
+
+class NullSink:
+    """Takes every byte and keeps nothing."""
+
+    def write(self, b: bytes) -> int:
+        return len(b)
+
+
+class CountingSink:
+    """Counts the bytes written to it (a Python-level write per chunk)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def write(self, b: bytes) -> int:
+        self.n += len(b)
+        return len(b)
+
+
+class HashSink:
+    """sha256 of the bytes written to it."""
+
+    def __init__(self) -> None:
+        self.h = hashlib.sha256()
+        self.n = 0
+
+    def write(self, b: bytes) -> int:
+        self.h.update(b)
+        self.n += len(b)
+        return len(b)
+
+
+def _refuse(w: Any) -> None:
+    raise RuntimeError("this reader must find the entry, not create it")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.write(fd, view[done:])
+
+
+def write_file(path: str, data: bytes, n: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        for _ in range(n):
+            _write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def precondition(directory: str, nbytes: int, data: bytes) -> None:
+    """Write ``nbytes`` to a scratch file in ``directory`` and delete it, just before a timed
+    section that writes as much to that filesystem.
+
+    On this kind of VM the first large write after about a second without one runs up to
+    10x slower (memory freed earlier has gone back to the host, and ext4 pays more than
+    tmpfs); a write right after another of the same size does not. Ours and the baseline
+    are conditioned alike, so their ratio measures the code, not the VM."""
+    fd, path = tempfile.mkstemp(prefix=".precondition-", dir=directory)
+    try:
+        for _ in range(nbytes // len(data)):
+            _write_all(fd, data)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+def maxrss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * KiB
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (VmHWM) to its current RSS (Linux); False if unable.
+
+    A spawn child's ru_maxrss starts at its parent's peak (exec carries the high-water
+    mark of the vforked parent's memory into the child), so growth in a child is only
+    seen once it passes the bench process's peak; VmHWM after this reset is the child's
+    own peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return peak_rss_bytes() is not None
+
+
+def peak_rss_bytes() -> int | None:
+    """VmHWM from /proc/self/status, or None where there is none."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * KiB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def rss_probe() -> tuple[Callable[[], int], str]:
+    """Reset the peak and return (a function reading it, the method's name)."""
+    if reset_peak_rss():
+        return lambda: peak_rss_bytes() or 0, "VmHWM after clear_refs"
+    return maxrss_bytes, "ru_maxrss"
+
+
+def expected_digest(data: bytes, n: int) -> str:
+    h = hashlib.sha256()
+    for _ in range(n):
+        h.update(data)
+    return h.hexdigest()
+
+
+def data_file_bytes(cache_dir: str) -> tuple[int, int]:
+    """(bytes, files) of regular files under ``cache_dir`` not named *.json / *.lock."""
+    total = files = 0
+    for root, _dirs, names in os.walk(cache_dir):
+        for name in names:
+            if name.endswith((".json", ".lock")):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                st = os.lstat(os.path.join(root, name))
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+                    files += 1
+    return total, files
+
+
+# -- child processes (module level: spawn pickles them by reference) ---------------------
+
+
+@contextlib.contextmanager
+def _reporting(out: Queue[Msg], role: str) -> Iterator[None]:
+    """In a child: send any exception's traceback to the bench process, then re-raise."""
+    try:
+        yield
+    except BaseException:
+        out.put(("error", role, traceback.format_exc()))
+        raise
+
+
+def _producer(
+    cache_dir: str,
+    key: str,
+    data: bytes,
+    n: int,
+    started: Event,
+    attached: Event | None,
+    barrier: Barrier | None,
+    out: Queue[Msg],
+) -> None:
+    """Fetch ``key`` into a null sink, creating it: create announces ``started``, waits for
+    the reader(s) (``attached`` or ``barrier``), then writes ``n`` times ``data``."""
+    with _reporting(out, "producer"):
+        cache = StreamCache(cache_dir, cleanup_interval=0)
+        first: list[float] = []
+        try:
+
+            def create(w: Any) -> None:
+                started.set()
+                if attached is not None and not attached.wait(READY_WAIT):
+                    raise RuntimeError("the reader never attached")
+                precondition(os.path.dirname(cache_dir), n * len(data), data)
+                if barrier is not None:
+                    barrier.wait(READY_WAIT)
+                first.append(time.perf_counter())
+                for _ in range(n):
+                    w.write(data)
+
+            # No timeout: the creating fetch runs create itself (the default path).
+            written, created = cache.fetch(key, NullSink(), create)
+            end = time.perf_counter()
+            if not cache.wait_producers(WAIT):
+                raise RuntimeError("the producer thread did not finish")
+        finally:
+            cache.stop()
+        payload = {
+            "first": first[0] if first else None,
+            "end": end,
+            "written": written,
+            "created": created,
+        }
+        out.put(("done", "producer", payload))
+
+
+def _attach_reader(
+    cache_dir: str,
+    key: str,
+    started: Event,
+    attached: Event | None,
+    barrier: Barrier | None,
+    out: Queue[Msg],
+    role: str,
+) -> None:
+    """Once the producer has started: attach with ``stream`` (a create that raises), signal
+    ``attached`` / wait on ``barrier``, then copy everything to a counting sink."""
+    with _reporting(out, role):
+        cache = StreamCache(cache_dir, cleanup_interval=0)
+        try:
+            sink = CountingSink()
+            out.put(("ready", role, {}))
+            if not started.wait(READY_WAIT):
+                raise RuntimeError("the producer never started")
+            maxrss0 = maxrss_bytes()
+            peak, method = rss_probe()
+            rss0 = peak()
+            with cache.stream(key, _refuse, timeout=WAIT) as s:
+                if attached is not None:
+                    attached.set()
+                if barrier is not None:
+                    barrier.wait(READY_WAIT)
+                n = s.copy_to(sink)
+                created = s.created
+            end = time.perf_counter()
+            rss1 = peak()
+            maxrss1 = maxrss_bytes()
+        finally:
+            cache.stop()
+        payload: dict[str, Any] = {"end": end, "n": n, "sink": sink.n, "created": created}
+        payload |= {"rss0": rss0, "rss1": rss1, "method": method}
+        payload |= {"maxrss0": maxrss0, "maxrss1": maxrss1}
+        out.put(("done", role, payload))
+
+
+def _file_writer(
+    path: str,
+    data: bytes,
+    n: int,
+    begin: Event | None,
+    opened: Event | None,
+    go: Event | None,
+    out: Queue[Msg],
+) -> None:
+    """Write ``n`` times ``data`` to a new plain file with os.write (timed: first write to
+    close), after ``begin``; set ``opened`` once the file exists and ``go`` once closed."""
+    with _reporting(out, "writer"):
+        out.put(("ready", "writer", {}))
+        if begin is not None and not begin.wait(READY_WAIT):
+            raise RuntimeError("never told to begin")
+        precondition(os.path.dirname(path), n * len(data), data)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        if opened is not None:
+            opened.set()
+        start = time.perf_counter()
+        try:
+            for _ in range(n):
+                _write_all(fd, data)
+        finally:
+            os.close(fd)
+        end = time.perf_counter()
+        if go is not None:
+            go.set()
+        out.put(("done", "writer", {"start": start, "end": end}))
+
+
+def _file_reader(path: str, go: Event, digest: bool, out: Queue[Msg], role: str) -> None:
+    """After ``go``: read the plain file in 1 MiB os.read chunks into a counting (or hashing)
+    sink."""
+    with _reporting(out, role):
+        sink: CountingSink | HashSink = HashSink() if digest else CountingSink()
+        out.put(("ready", role, {}))
+        if not go.wait(READY_WAIT):
+            raise RuntimeError("never told to go")
+        maxrss0 = maxrss_bytes()
+        peak, method = rss_probe()
+        rss0 = peak()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            while chunk := os.read(fd, MiB):
+                sink.write(chunk)
+        finally:
+            os.close(fd)
+        end = time.perf_counter()
+        rss1 = peak()
+        maxrss1 = maxrss_bytes()
+        hexdigest = sink.h.hexdigest() if isinstance(sink, HashSink) else ""
+        payload = {"end": end, "n": sink.n, "digest": hexdigest, "rss0": rss0, "rss1": rss1}
+        payload |= {"method": method, "maxrss0": maxrss0, "maxrss1": maxrss1}
+        out.put(("done", role, payload))
+
+
+def _follow_reader(path: str, size: int, opened: Event, out: Queue[Msg], role: str) -> None:
+    """Read a file while another process writes it (no cache: poll for new bytes, 50 us
+    naps when caught up) until ``size`` bytes, into a counting sink."""
+    with _reporting(out, role):
+        sink = CountingSink()
+        out.put(("ready", role, {}))
+        if not opened.wait(READY_WAIT):
+            raise RuntimeError("the writer never opened the file")
+        deadline = time.monotonic() + WAIT
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            while sink.n < size:
+                chunk = os.read(fd, MiB)
+                if chunk:
+                    sink.write(chunk)
+                elif time.monotonic() > deadline:
+                    raise RuntimeError(f"only {sink.n} of {size} bytes arrived")
+                else:
+                    time.sleep(50e-6)
+        finally:
+            os.close(fd)
+        out.put(("done", role, {"end": time.perf_counter(), "n": sink.n}))
+
+
+def _storm_worker(
+    cache_dir: str, key: str, data: bytes, n: int, barrier: Barrier, out: Queue[Msg], role: str
+) -> None:
+    """Wait on ``barrier``, then fetch the cold ``key`` into a sha256 sink."""
+    with _reporting(out, role):
+        cache = StreamCache(cache_dir, cleanup_interval=0)
+        try:
+
+            def create(w: Any) -> None:
+                for _ in range(n):
+                    w.write(data)
+
+            sink = HashSink()
+            out.put(("ready", role, {}))
+            barrier.wait(READY_WAIT)
+            start = time.perf_counter()
+            written, created = cache.fetch(key, sink, create, timeout=WAIT)
+            end = time.perf_counter()
+            if not cache.wait_producers(WAIT):
+                raise RuntimeError("the producer thread did not finish")
+        finally:
+            cache.stop()
+        payload: dict[str, Any] = {"start": start, "end": end, "written": written}
+        payload |= {"created": created, "digest": sink.h.hexdigest()}
+        out.put(("done", role, payload))
+
+
+def _drain(sock: socket.socket, cmds: Queue[int | None], out: Queue[Msg]) -> None:
+    """For each byte count from ``cmds``: recv_into a 1 MiB buffer until that many bytes
+    arrived, then report the finish time. None ends."""
+    with _reporting(out, "drain"):
+        buf = bytearray(MiB)
+        view = memoryview(buf)
+        out.put(("ready", "drain", {}))
+        while True:
+            want = cmds.get(timeout=WAIT)
+            if want is None:
+                break
+            got = 0
+            while got < want:
+                k = sock.recv_into(view, min(MiB, want - got))
+                if not k:
+                    raise RuntimeError(f"socket closed after {got} of {want} bytes")
+                got += k
+            out.put(("done", "drain", {"end": time.perf_counter(), "got": got}))
+        sock.close()
+
+
+def _wake_producer(
+    cache_dir: str, n: int, via_fetch: bool, attached: Event, out: Queue[Msg]
+) -> None:
+    """As tools/measure.py: create an entry that gets an 8-byte monotonic timestamp every
+    ~2 ms (window 0). ``via_fetch``: the creating fetch hands its writes straight to its
+    dst (the default path); else ``stream()``: create runs in a producer thread and this
+    process drains its own copy from the file in its main thread."""
+    with _reporting(out, "wake-producer"):
+        cache = StreamCache(cache_dir, window=0, cleanup_interval=0)
+        try:
+
+            def create(w: Any) -> None:
+                if via_fetch:
+                    out.put(("ready", "wake-producer", {}))
+                if not attached.wait(READY_WAIT):
+                    raise RuntimeError("the reader never attached")
+                for _ in range(n):
+                    time.sleep(0.002)  # the reader in the other process goes back to sleep
+                    w.write(struct.pack("<q", time.clock_gettime_ns(time.CLOCK_MONOTONIC)))
+
+            if via_fetch:
+                sink = CountingSink()
+                total, created = cache.fetch(WAKE_KEY, sink, create)
+            else:
+                total = 0
+                with cache.stream(WAKE_KEY, create, timeout=WAIT) as s:
+                    out.put(("ready", "wake-producer", {}))
+                    while chunk := s.read(MiB):
+                        total += len(chunk)
+                    created = s.created
+            if not cache.wait_producers(WAIT):
+                raise RuntimeError("the producer thread did not finish")
+        finally:
+            cache.stop()
+        out.put(("done", "wake-producer", {"bytes": total, "created": created}))
+
+
+def _pipe_stamper(conn: Connection, n: int, go: Event, out: Queue[Msg]) -> None:
+    """The baseline of wakeup: the same timestamps through an os.pipe (``conn``'s fd)."""
+    with _reporting(out, "pipe-stamper"):
+        fd = conn.fileno()
+        out.put(("ready", "pipe-stamper", {}))
+        if not go.wait(READY_WAIT):
+            raise RuntimeError("never told to go")
+        for _ in range(n):
+            time.sleep(0.002)
+            _write_all(fd, struct.pack("<q", time.clock_gettime_ns(time.CLOCK_MONOTONIC)))
+        conn.close()
+        out.put(("done", "pipe-stamper", {}))
+
+
+def _fill_worker(
+    cache_dir: str, first: int, stop: int, value: bytes, out: Queue[Msg], role: str
+) -> None:
+    """Create the finished entries ``idx-<first>`` .. ``idx-<stop - 1>``."""
+    with _reporting(out, role):
+        cache = StreamCache(cache_dir, cleanup_interval=0)
+        try:
+            t0 = time.perf_counter()
+            fill_entries(cache, first, stop, value, out, role)
+            if not cache.wait_producers(WAIT):
+                raise RuntimeError("the producer threads did not finish")
+        finally:
+            cache.stop()
+        out.put(("done", role, {"seconds": time.perf_counter() - t0}))
+
+
+def fill_entries(
+    cache: StreamCache,
+    first: int,
+    stop: int,
+    value: bytes,
+    out: Queue[Msg] | None = None,
+    role: str = "",
+) -> None:
+    def create(w: Any) -> None:
+        w.write(value)
+
+    sink = NullSink()
+    step = max(1, (stop - first) // 100)
+    for i in range(first, stop):
+        written, created = cache.fetch(f"idx-{i}", sink, create, timeout=WAIT)
+        if not created or written != len(value):
+            raise RuntimeError(f"fill idx-{i}: created={created} written={written}")
+        if out is not None and (i - first + 1) % step == 0:
+            out.put(("progress", role, {"count": step}))
+
+
+# -- bench-process helpers ---------------------------------------------------------------
+
+
+class Children:
+    """Spawned children with one result queue; on failure every child is killed, and on
+    success every child must exit 0 within JOIN_WAIT."""
+
+    def __init__(self) -> None:
+        self.ctx: SpawnContext = mp.get_context("spawn")
+        self.procs: list[SpawnProcess] = []
+        self.out: Queue[Msg] = self.ctx.Queue()
+
+    def start(self, target: Callable[..., None], *args: Any) -> SpawnProcess:
+        p = self.ctx.Process(target=target, args=args, daemon=True)
+        p.start()
+        self.procs.append(p)
+        return p
+
+    def next(self, deadline: float, what: str) -> Msg:
+        while True:
+            try:
+                msg = self.out.get(timeout=0.25)
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"timed out waiting for {what}") from None
+                self._check_deaths(what)
+                continue
+            if msg[0] == "error":
+                raise BenchError(f"child {msg[1]} failed:\n{msg[2]}")
+            return msg
+
+    def _check_deaths(self, what: str) -> None:
+        for p in self.procs:
+            if p.exitcode not in (None, 0):
+                with contextlib.suppress(queue.Empty):
+                    msg = self.out.get(timeout=1.0)  # its traceback may be on the way
+                    if msg[0] == "error":
+                        raise BenchError(f"child {msg[1]} failed:\n{msg[2]}")
+                raise BenchError(f"child {p.name} exited with {p.exitcode} during {what}")
+
+    def collect(self, kind: str, count: int, timeout: float, what: str) -> list[dict[str, Any]]:
+        """``count`` messages of ``kind``; each payload gets its sender as "role"."""
+        deadline = time.monotonic() + timeout
+        got: list[dict[str, Any]] = []
+        while len(got) < count:
+            k, role, payload = self.next(deadline, what)
+            if k != kind:
+                raise BenchError(f"unexpected {k!r} from {role} while waiting for {what}")
+            got.append({**payload, "role": role})
+        return got
+
+    def kill_all(self) -> None:
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
+        for p in self.procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+
+    def __enter__(self) -> Children:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if et is not None:
+                self.kill_all()
+                return
+            deadline = time.monotonic() + JOIN_WAIT
+            for p in self.procs:
+                p.join(max(deadline - time.monotonic(), 0.1))
+            stuck = [p for p in self.procs if p.is_alive()]
+            failed = [p for p in self.procs if not p.is_alive() and p.exitcode != 0]
+            if stuck or failed:
+                self.kill_all()
+                raise BenchError(
+                    f"children did not exit cleanly: stuck {[p.pid for p in stuck]}, "
+                    f"failed {[(p.pid, p.exitcode) for p in failed]}"
+                )
+        finally:
+            self.out.close()
+
+
+@contextlib.contextmanager
+def scratch(tag: str) -> Iterator[str]:
+    """A fresh unique directory under tempfile.gettempdir(), removed afterwards."""
+    d = tempfile.mkdtemp(prefix=f"scbench-{tag}-")
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def leak_check(cache: StreamCache, cache_dir: str) -> int:
+    """Finish this process's producers, run one gc, then require that no IPC object of
+    ``cache_dir`` is left. Returns how many IPC objects gc itself removed."""
+    if not cache.wait_producers(WAIT):
+        raise BenchError("producer threads did not finish")
+    report = cache.gc()
+    if not report.ran:
+        raise BenchError(f"gc did not run on {cache_dir} (another cleanup in progress?)")
+    left = list_objects(ipc.prefix_for(cache_dir))
+    if left:
+        raise BenchError(f"leaked IPC objects of {cache_dir}: {[o.name for o in left]}")
+    return report.ipc_removed
+
+
+def leak_check_dir(cache_dir: str) -> int:
+    cache = StreamCache(cache_dir, cleanup_interval=0)
+    try:
+        return leak_check(cache, cache_dir)
+    finally:
+        cache.stop()
+
+
+def expect(cond: bool, what: str) -> None:
+    if not cond:
+        raise BenchError(f"check failed: {what}")
+
+
+# -- formatting and rows -----------------------------------------------------------------
+
+
+def fmt_time(s: float) -> str:
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s * 1e6:.1f} us"
+
+
+def fmt_size(n: float) -> str:
+    if abs(n) >= GiB and n % GiB == 0:
+        return f"{n / GiB:.0f} GiB"
+    if abs(n) >= MiB:
+        return f"{n / MiB:.1f} MiB".replace(".0 MiB", " MiB")
+    return f"{n / KiB:.0f} KiB"
+
+
+def fmt_rate(s: float, nbytes: int) -> str:
+    return f"{fmt_time(s)} ({nbytes / MiB / s:.0f} MiB/s)"
+
+
+def pct(samples: Sequence[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+@dataclass
+class Row:
+    name: str
+    ours: str
+    baseline: str
+    ratio: float | None
+    target: str
+    met: bool | None
+    kind: str  # throughput | latency | absolute | memory | correctness | failed | skipped
+    unit: str = "s"
+    ours_median: float | None = None
+    baseline_median: float | None = None
+    ours_samples: list[float] = field(default_factory=list)
+    baseline_samples: list[float] = field(default_factory=list)
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def throughput_row(
+    name: str, ours: list[float], base: list[float], nbytes: int, target: float, note: str = ""
+) -> Row:
+    mo, mb = statistics.median(ours), statistics.median(base)
+    ratio = mb / mo
+    return Row(
+        name,
+        fmt_rate(mo, nbytes),
+        fmt_rate(mb, nbytes),
+        ratio,
+        f">= {target} (base/ours)",
+        ratio >= target,
+        "throughput",
+        "s",
+        mo,
+        mb,
+        ours,
+        base,
+        note,
+        {"bytes": nbytes},
+    )
+
+
+def latency_row(
+    name: str, ours: list[float], base: list[float], target: float, note: str = ""
+) -> Row:
+    mo, mb = statistics.median(ours), statistics.median(base)
+    ratio = mo / mb
+    return Row(
+        name,
+        fmt_time(mo),
+        fmt_time(mb),
+        ratio,
+        f"<= {target}x (ours/base)",
+        ratio <= target,
+        "latency",
+        "s",
+        mo,
+        mb,
+        ours,
+        base,
+        note,
+    )
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    quick: bool
+    reps: int
+    stream_bytes: int
+    fanout_bytes: int
+    fanout_readers: int
+    hit_bytes: int
+    small_bytes: int
+    small_hit_calls: int
+    small_batch: int
+    small_miss_calls: int
+    wake_samples: int
+    index_large: int
+    index_small: int
+    index_entry: int
+    index_samples: int
+    index_fill_procs: int
+    storm_procs: int
+    storm_bytes: int
+    memory_sizes: tuple[int, int]
+
+
+def make_config(quick: bool, reps: int | None) -> Config:
+    fill_procs = max(1, min(2, os.cpu_count() or 1))
+    if quick:
+        return Config(
+            quick=True,
+            reps=reps or 3,
+            stream_bytes=128 * MiB,
+            fanout_bytes=32 * MiB,
+            fanout_readers=4,
+            hit_bytes=128 * MiB,
+            small_bytes=4 * KiB,
+            small_hit_calls=4_000,
+            small_batch=100,
+            small_miss_calls=300,
+            wake_samples=50,
+            index_large=2_000,
+            index_small=100,
+            index_entry=KiB,
+            index_samples=1_000,
+            index_fill_procs=fill_procs,
+            storm_procs=8,
+            storm_bytes=16 * MiB,
+            memory_sizes=(128 * MiB, 32 * MiB),
+        )
+    return Config(
+        quick=False,
+        reps=reps or 5,
+        stream_bytes=GiB,
+        fanout_bytes=256 * MiB,
+        fanout_readers=16,
+        hit_bytes=GiB,
+        small_bytes=4 * KiB,
+        small_hit_calls=20_000,
+        small_batch=100,
+        small_miss_calls=3_000,
+        wake_samples=300,
+        index_large=100_000,
+        index_small=100,
+        index_entry=KiB,
+        index_samples=5_000,
+        index_fill_procs=fill_procs,
+        storm_procs=64,
+        storm_bytes=64 * MiB,
+        memory_sizes=(GiB, 256 * MiB),
+    )
+
+
+# -- 1 stream, 2 fan-out, 10 memory: a producer process and reader processes ------------
+
+
+def producer_and_readers(
+    data: bytes, size: int, cache_dir: str, readers: int, use_barrier: bool
+) -> tuple[float, list[dict[str, Any]]]:
+    """One producer process creates ``key`` while ``readers`` reader processes attach
+    (one: via an attached event; several: all attach, then a barrier with the producer's
+    create). Returns (seconds from the first write to the last process done, readers)."""
+    n = size // MiB
+    with Children() as ch:
+        started = ch.ctx.Event()
+        attached = None if use_barrier else ch.ctx.Event()
+        barrier = ch.ctx.Barrier(readers + 1) if use_barrier else None
+        for i in range(readers):
+            ch.start(_attach_reader, cache_dir, KEY, started, attached, barrier, ch.out, f"r{i}")
+        ch.collect("ready", readers, READY_WAIT, "readers to start")
+        ch.start(_producer, cache_dir, KEY, data, n, started, attached, barrier, ch.out)
+        done = ch.collect("done", readers + 1, WAIT, "the transfer")
+    prod = [d for d in done if d["role"] == "producer"]
+    rdrs = [d for d in done if d["role"] != "producer"]
+    expect(len(prod) == 1 and prod[0]["first"] is not None, "the producer ran create")
+    expect(prod[0]["created"] is True, "the producer's fetch reports created")
+    expect(prod[0]["written"] == size, f"producer wrote {prod[0]['written']} of {size}")
+    for r in rdrs:
+        expect(r["created"] is False, f"reader {r['role']} did not create")
+        expect(r["n"] == size == r["sink"], f"reader {r['role']} got {r['n']} of {size}")
+    end = max(d["end"] for d in done)
+    return end - prod[0]["first"], rdrs
+
+
+def bench_stream(cfg: Config, data: bytes) -> list[Row]:
+    size = cfg.stream_bytes
+    ours: list[float] = []
+    base: list[float] = []
+    follow: list[float] = []
+    gc_removed = 0
+    for rep in range(cfg.reps):
+        log(f"stream rep {rep + 1}/{cfg.reps} ours ({fmt_size(size)})")
+        with scratch("stream") as d:
+            cache_dir = os.path.join(d, "cache")
+            ours.append(producer_and_readers(data, size, cache_dir, 1, False)[0])
+            gc_removed += leak_check_dir(cache_dir)
+        log(f"stream rep {rep + 1}/{cfg.reps} baseline")
+        with scratch("stream-base") as d:
+            path = os.path.join(d, "plain")
+            with Children() as ch:
+                ch.start(_file_writer, path, data, size // MiB, None, None, None, ch.out)
+                ch.collect("ready", 1, READY_WAIT, "the writer to start")
+                (w,) = ch.collect("done", 1, WAIT, "the writer")
+            expect(os.path.getsize(path) == size, "baseline file size")
+            base.append(w["end"] - w["start"])
+        log(f"stream rep {rep + 1}/{cfg.reps} baseline with a concurrent reader")
+        with scratch("stream-follow") as d:
+            path = os.path.join(d, "plain")
+            with Children() as ch:
+                begin, opened = ch.ctx.Event(), ch.ctx.Event()
+                ch.start(_file_writer, path, data, size // MiB, begin, opened, None, ch.out)
+                ch.start(_follow_reader, path, size, opened, ch.out, "follower")
+                ch.collect("ready", 2, READY_WAIT, "the writer and reader to start")
+                begin.set()
+                done = {r["role"]: r for r in ch.collect("done", 2, WAIT, "writer and reader")}
+            expect(done["follower"]["n"] == size, "the following reader got every byte")
+            end = max(done["follower"]["end"], done["writer"]["end"])
+            follow.append(end - done["writer"]["start"])
+    note = "ours: a producer process fetch(K, null sink) running create, 1 reader process "
+    note += "attached; baseline (the brief's): 1 process os.write to a plain file, no reader"
+    row = throughput_row(f"stream {fmt_size(size)}", ours, base, size, 0.8, note)
+    row.extra["gc_removed_ipc"] = gc_removed
+    note2 = "same ours; baseline (DESIGN.md section 7's): 1 process writes a plain file while "
+    note2 += "another reads it as it grows (polling, no cache)"
+    row2 = throughput_row("stream vs write+read", ours, follow, size, 0.8, note2)
+    return [row, row2]
+
+
+def bench_fanout(cfg: Config, data: bytes) -> list[Row]:
+    size, readers, n = cfg.fanout_bytes, cfg.fanout_readers, cfg.fanout_bytes // MiB
+    ours: list[float] = []
+    base: list[float] = []
+    for rep in range(cfg.reps):
+        log(f"fanout rep {rep + 1}/{cfg.reps} ours ({readers} readers, {fmt_size(size)})")
+        with scratch("fanout") as d:
+            cache_dir = os.path.join(d, "cache")
+            ours.append(producer_and_readers(data, size, cache_dir, readers, True)[0])
+            leak_check_dir(cache_dir)
+        log(f"fanout rep {rep + 1}/{cfg.reps} baseline")
+        with scratch("fanout-base") as d:
+            path = os.path.join(d, "plain")
+            with Children() as ch:
+                begin, go = ch.ctx.Event(), ch.ctx.Event()
+                ch.start(_file_writer, path, data, n, begin, None, go, ch.out)
+                for i in range(readers):
+                    ch.start(_file_reader, path, go, False, ch.out, f"r{i}")
+                ch.collect("ready", readers + 1, READY_WAIT, "baseline children to start")
+                begin.set()
+                done = ch.collect("done", readers + 1, WAIT, "the baseline transfer")
+            (w,) = [d for d in done if d["role"] == "writer"]
+            rs = [d for d in done if d["role"] != "writer"]
+            for r in rs:
+                expect(r["n"] == size, f"baseline reader got {r['n']} of {size}")
+            base.append(max(r["end"] for r in rs) - w["start"])
+    note = f"{readers} reader processes + the producer's fetch; create ran once each rep; "
+    note += "baseline: write the file, then the readers read it at once"
+    total = size * readers
+    row = throughput_row(f"fan-out {readers}x {fmt_size(size)}", ours, base, total, 0.8, note)
+    row.extra["readers"] = readers
+    return [row]
+
+
+def bench_memory(cfg: Config, data: bytes) -> list[Row]:
+    sizes = cfg.memory_sizes
+    ours: dict[int, list[float]] = {s: [] for s in sizes}
+    base: dict[int, list[float]] = {s: [] for s in sizes}
+    raw: dict[str, list[int]] = {}  # ru_maxrss growth, for the record
+    methods: set[str] = set()
+
+    def record(r: dict[str, Any], into: list[float], tag: str) -> None:
+        into.append(r["rss1"] - r["rss0"])
+        raw.setdefault(tag, []).append(r["maxrss1"] - r["maxrss0"])
+        methods.add(r["method"])
+
+    with scratch("memory-base") as plain_dir:
+        for s in sizes:
+            write_file(os.path.join(plain_dir, f"plain-{s}"), data, s // MiB)
+        for rep in range(cfg.reps):
+            for s in sizes:
+                log(f"memory rep {rep + 1}/{cfg.reps} ours ({fmt_size(s)})")
+                with scratch("memory") as d:
+                    cache_dir = os.path.join(d, "cache")
+                    _, (r,) = producer_and_readers(data, s, cache_dir, 1, False)
+                    leak_check_dir(cache_dir)
+                record(r, ours[s], f"ours {s}")
+                log(f"memory rep {rep + 1}/{cfg.reps} baseline ({fmt_size(s)})")
+                with Children() as ch:
+                    go = ch.ctx.Event()
+                    go.set()
+                    path = os.path.join(plain_dir, f"plain-{s}")
+                    ch.start(_file_reader, path, go, False, ch.out, "reader")
+                    ch.collect("ready", 1, READY_WAIT, "the baseline reader to start")
+                    (r,) = ch.collect("done", 1, WAIT, "the baseline reader")
+                expect(r["n"] == s, f"baseline reader got {r['n']} of {s}")
+                record(r, base[s], f"baseline {s}")
+    how = " / ".join(sorted(methods))
+    note = f"reader process's peak RSS ({how}) after - before its fetch; baseline: the same "
+    note += "reader on a plain file, 1 MiB os.read chunks"
+    if "ru_maxrss" not in how:
+        note += "; ru_maxrss growth kept in extra (it starts at the parent's peak)"
+    rows = []
+    for s in sizes:
+        mo, mb = statistics.median(ours[s]), statistics.median(base[s])
+        row = Row(
+            f"memory {fmt_size(s)}",
+            fmt_size(mo),
+            fmt_size(mb),
+            mo / mb if mb > 0 else None,
+            "< 16 MiB growth (absolute)",
+            mo < 16 * MiB,
+            "memory",
+            "bytes",
+            mo,
+            mb,
+            ours[s],
+            base[s],
+            note,
+        )
+        row.extra["ru_maxrss_growth"] = {k: v for k, v in raw.items() if k.endswith(f" {s}")}
+        rows.append(row)
+    big, small = sizes
+    d_ours = abs(statistics.median(ours[big]) - statistics.median(ours[small]))
+    d_base = abs(statistics.median(base[big]) - statistics.median(base[small]))
+    rows.append(
+        Row(
+            "memory flat",
+            fmt_size(d_ours),
+            fmt_size(d_base),
+            None,
+            "< 4 MiB difference",
+            d_ours < 4 * MiB,
+            "memory",
+            "bytes",
+            d_ours,
+            d_base,
+            note=f"|growth({fmt_size(big)}) - growth({fmt_size(small)})| of the medians",
+        )
+    )
+    return rows
+
+
+# -- 3 hit, 4 hit to socket ----------------------------------------------------------------
+
+
+def make_entry(cache: StreamCache, data: bytes, n: int) -> None:
+    def create(w: Any) -> None:
+        for _ in range(n):
+            w.write(data)
+
+    written, created = cache.fetch(KEY, NullSink(), create, timeout=WAIT)
+    expect(created and written == len(data) * n, "the entry was created with every byte")
+    expect(cache.wait_producers(WAIT), "the producer finished")
+
+
+def bench_hit(cfg: Config, data: bytes) -> list[Row]:
+    size, n = cfg.hit_bytes, cfg.hit_bytes // MiB
+    ours: list[float] = []
+    base: list[float] = []
+    with scratch("hit") as d:
+        cache_dir, path = os.path.join(d, "cache"), os.path.join(d, "plain")
+        cache = StreamCache(cache_dir, cleanup_interval=0)
+        try:
+            make_entry(cache, data, n)
+            write_file(path, data, n)
+
+            def run_ours() -> float:
+                sink = CountingSink()
+                t0 = time.perf_counter()
+                written, created = cache.fetch(KEY, sink, _refuse, timeout=WAIT)
+                t = time.perf_counter() - t0
+                expect(written == size == sink.n and not created, f"hit got {written} bytes")
+                return t
+
+            def run_base() -> float:
+                sink = CountingSink()
+                t0 = time.perf_counter()
+                with open(path, "rb", buffering=0) as f:
+                    while chunk := f.read(MiB):
+                        sink.write(chunk)
+                t = time.perf_counter() - t0
+                expect(sink.n == size, f"plain read got {sink.n} bytes")
+                return t
+
+            run_ours()  # warm both
+            run_base()
+            for rep in range(cfg.reps):
+                log(f"hit rep {rep + 1}/{cfg.reps} ({fmt_size(size)})")
+                ours.append(run_ours())
+                base.append(run_base())
+            leak_check(cache, cache_dir)
+        finally:
+            cache.stop()
+    note = "fetch into a counting Python sink vs open(buffering=0).read(1 MiB) loop"
+    return [throughput_row(f"hit {fmt_size(size)}", ours, base, size, 0.9, note)]
+
+
+def bench_socket(cfg: Config, data: bytes) -> list[Row]:
+    size, n = cfg.hit_bytes, cfg.hit_bytes // MiB
+    ours: list[float] = []
+    copy: list[float] = []
+    sendfile: list[float] = []
+    with scratch("socket") as d:
+        cache_dir, path = os.path.join(d, "cache"), os.path.join(d, "plain")
+        cache = StreamCache(cache_dir, cleanup_interval=0)
+        try:
+            make_entry(cache, data, n)
+            write_file(path, data, n)
+            with Children() as ch:
+                a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                # fetch needs a dst with write(): the socket's raw file object (its
+                # fileno() is the socket's, so fetch takes the sendfile path).
+                dst = a.makefile("wb", buffering=0)
+                cmds: Queue[int | None] = ch.ctx.Queue()
+                try:
+                    ch.start(_drain, b, cmds, ch.out)
+                    b.close()
+                    ch.collect("ready", 1, READY_WAIT, "the drain child")
+
+                    def timed(send: Callable[[], None]) -> float:
+                        cmds.put(size)
+                        t0 = time.perf_counter()
+                        send()
+                        (r,) = ch.collect("done", 1, WAIT, "the drain child")
+                        expect(r["got"] == size, f"drain got {r['got']} of {size}")
+                        return float(r["end"]) - t0
+
+                    def send_ours() -> None:
+                        written, created = cache.fetch(KEY, dst, _refuse, timeout=WAIT)
+                        expect(written == size and not created, f"fetch sent {written}")
+
+                    def send_copy() -> None:
+                        with open(path, "rb", buffering=0) as f:
+                            while chunk := f.read(MiB):
+                                a.sendall(chunk)
+
+                    def send_sendfile() -> None:
+                        fd = os.open(path, os.O_RDONLY)
+                        try:
+                            offset = 0
+                            while offset < size:
+                                k = os.sendfile(a.fileno(), fd, offset, size - offset)
+                                if not k:
+                                    raise BenchError("sendfile hit the end early")
+                                offset += k
+                        finally:
+                            os.close(fd)
+
+                    for send in (send_ours, send_copy, send_sendfile):  # warm
+                        timed(send)
+                    for rep in range(cfg.reps):
+                        log(f"socket rep {rep + 1}/{cfg.reps} ({fmt_size(size)})")
+                        ours.append(timed(send_ours))
+                        copy.append(timed(send_copy))
+                        sendfile.append(timed(send_sendfile))
+                    cmds.put(None)
+                finally:
+                    dst.close()
+                    a.close()
+                    cmds.close()
+            leak_check(cache, cache_dir)
+        finally:
+            cache.stop()
+    note = "fetch(K, sock.makefile('wb', buffering=0)) (sendfile) vs read(1 MiB) + sendall; "
+    note += "a child drains with recv_into"
+    note2 = "same fetch vs an os.sendfile loop from the plain file (the kernel's limit)"
+    return [
+        throughput_row(f"hit to socket {fmt_size(size)}", ours, copy, size, 0.9, note),
+        throughput_row("hit to socket vs sendfile", ours, sendfile, size, 0.9, note2),
+    ]
+
+
+# -- 5 small hit, 6 small miss -------------------------------------------------------------
+
+
+def diskcache_or_none() -> Any:
+    try:
+        import diskcache  # type: ignore[import-untyped,unused-ignore]
+    except ImportError:
+        return None
+    return diskcache
+
+
+def skipped(name: str, target: str) -> Row:
+    return Row(name, "skipped", "diskcache not installed", None, target, None, "skipped")
+
+
+def bench_small_hit(cfg: Config, data: bytes) -> list[Row]:
+    name = f"small hit {fmt_size(cfg.small_bytes)}"
+    diskcache = diskcache_or_none()
+    if diskcache is None:
+        return [skipped(name, "<= 1.0x (ours/base)")]
+    value, batch = data[: cfg.small_bytes], cfg.small_batch
+    batches = max(1, cfg.small_hit_calls // batch)
+    ours: list[float] = []
+    base: list[float] = []
+    with scratch("small-hit") as d:
+        cache_dir = os.path.join(d, "cache")
+        cache = StreamCache(cache_dir, cleanup_interval=0)
+        dc = diskcache.Cache(os.path.join(d, "diskcache"))
+        try:
+            make_entry(cache, value, 1)
+            dc.set(KEY, value)
+            sink = CountingSink()
+            fetch, get = cache.fetch, dc.get
+
+            def run_ours() -> float:
+                t0 = time.perf_counter_ns()
+                for _ in range(batch):
+                    fetch(KEY, sink, _refuse)
+                return (time.perf_counter_ns() - t0) / batch / 1e9
+
+            def run_base() -> float:
+                t0 = time.perf_counter_ns()
+                for _ in range(batch):
+                    get(KEY)
+                return (time.perf_counter_ns() - t0) / batch / 1e9
+
+            expect(get(KEY) == value, "diskcache returns the value")
+            run_ours()  # warm both
+            run_base()
+            log(f"small-hit: {batches} batches of {batch} calls each")
+            for _ in range(batches):
+                ours.append(run_ours())
+                base.append(run_base())
+            expect(sink.n == (batches + 1) * batch * len(value), "every hit wrote the value")
+            leak_check(cache, cache_dir)
+        finally:
+            dc.close()
+            cache.stop()
+    note = f"median of per-batch means ({batches} batches of {batch} calls, interleaved) "
+    note += "of fetch(K, sink) vs diskcache.Cache.get(K)"
+    return [latency_row(name, ours, base, 1.0, note)]
+
+
+def bench_small_miss(cfg: Config, data: bytes) -> list[Row]:
+    name = f"small miss {fmt_size(cfg.small_bytes)}"
+    diskcache = diskcache_or_none()
+    if diskcache is None:
+        return [skipped(name, "<= 2.0x (ours/base)")]
+    value, calls, batch = data[: cfg.small_bytes], cfg.small_miss_calls, 50
+    ours: list[float] = []
+    base: list[float] = []
+    with scratch("small-miss") as d:
+        cache_dir = os.path.join(d, "cache")
+        cache = StreamCache(cache_dir, cleanup_interval=0)
+        dc = diskcache.Cache(os.path.join(d, "diskcache"))
+        try:
+
+            def create(w: Any) -> None:
+                w.write(value)
+
+            sink = NullSink()
+            log(f"small-miss: {calls} calls each, interleaved in batches of {batch}")
+            for start in range(0, calls, batch):
+                for i in range(start, min(start + batch, calls)):
+                    key = f"miss-{i}"
+                    t0 = time.perf_counter_ns()
+                    written, created = cache.fetch(key, sink, create)
+                    ours.append((time.perf_counter_ns() - t0) / 1e9)
+                    expect(created and written == len(value), f"miss {key} created it")
+                for i in range(start, min(start + batch, calls)):
+                    key = f"miss-{i}"
+                    t0 = time.perf_counter_ns()
+                    dc.set(key, value)
+                    base.append((time.perf_counter_ns() - t0) / 1e9)
+            expect(dc.get("miss-0") == value, "diskcache kept the value")
+            leak_check(cache, cache_dir)
+        finally:
+            dc.close()
+            cache.stop()
+    note = "median per-call latency: fetch of a new key (create writes 4 KiB) vs diskcache set"
+    row = latency_row(name, ours, base, 2.0, note)
+    row.extra |= {"ours_p99": pct(ours, 0.99), "baseline_p99": pct(base, 0.99)}
+    return [row]
+
+
+# -- 7 wake-up -------------------------------------------------------------------------------
+
+
+def wake_ours(n: int, via_fetch: bool) -> list[float]:
+    lat: list[float] = []
+    with scratch("wake") as d:
+        cache_dir = os.path.join(d, "cache")
+        with Children() as ch:
+            attached = ch.ctx.Event()
+            ch.start(_wake_producer, cache_dir, n, via_fetch, attached, ch.out)
+            ch.collect("ready", 1, READY_WAIT, "the wake-up producer")
+            cache = StreamCache(cache_dir, window=0, cleanup_interval=0)
+            try:
+                with cache.stream(WAKE_KEY, _refuse, timeout=WAIT) as s:
+                    attached.set()
+                    buf = b""
+                    while len(lat) < n:
+                        chunk = s.read(8 - len(buf))
+                        if not chunk:
+                            raise BenchError(f"the entry ended after {len(lat)} stamps")
+                        buf += chunk
+                        if len(buf) == 8:
+                            now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+                            lat.append((now - struct.unpack("<q", buf)[0]) / 1e9)
+                            buf = b""
+                    expect(s.read(8) == b"", "no bytes after the last stamp")
+                    expect(not s.created, "the bench process did not create")
+                (r,) = ch.collect("done", 1, WAIT, "the wake-up producer")
+                expect(r["bytes"] == 8 * n and r["created"], "the producer read its own copy")
+                leak_check(cache, cache_dir)
+            finally:
+                cache.stop()
+    return lat
+
+
+def wake_pipe(n: int) -> list[float]:
+    lat: list[float] = []
+    with Children() as ch:
+        r, w = ch.ctx.Pipe(duplex=False)  # an os.pipe(): r the read end, w the write end
+        go = ch.ctx.Event()
+        p = ch.start(_pipe_stamper, w, n, go, ch.out)
+        w.close()
+        ch.collect("ready", 1, READY_WAIT, "the pipe stamper")
+        watchdog = threading.Timer(WAIT, p.kill)  # a killed writer closes the pipe: read ends
+        watchdog.start()
+        try:
+            fd = r.fileno()
+            go.set()
+            buf = b""
+            while len(lat) < n:
+                chunk = os.read(fd, 8 - len(buf))
+                if not chunk:
+                    raise BenchError(f"the pipe closed after {len(lat)} stamps")
+                buf += chunk
+                if len(buf) == 8:
+                    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+                    lat.append((now - struct.unpack("<q", buf)[0]) / 1e9)
+                    buf = b""
+        finally:
+            watchdog.cancel()
+            r.close()
+        ch.collect("done", 1, WAIT, "the pipe stamper")
+    return lat
+
+
+def bench_wakeup(cfg: Config, data: bytes) -> list[Row]:
+    ours: list[float] = []
+    threaded: list[float] = []
+    base: list[float] = []
+    per = [
+        cfg.wake_samples // cfg.reps + (i < cfg.wake_samples % cfg.reps) for i in range(cfg.reps)
+    ]
+    for rep, n in enumerate(per):
+        if not n:
+            continue
+        log(f"wakeup rep {rep + 1}/{cfg.reps} ours, fetch creator ({n} samples)")
+        ours.extend(wake_ours(n, via_fetch=True))
+        log(f"wakeup rep {rep + 1}/{cfg.reps} ours, stream() creator ({n} samples)")
+        threaded.extend(wake_ours(n, via_fetch=False))
+        log(f"wakeup rep {rep + 1}/{cfg.reps} baseline (os.pipe)")
+        base.extend(wake_pipe(n))
+    mb, pb = statistics.median(base), pct(base, 0.99)
+    rows = []
+    for name, samples, how in (
+        ("wake-up", ours, "the creating fetch writes straight to its dst (the default path)"),
+        (
+            "wake-up, stream() creator",
+            threaded,
+            "create in a producer thread; the creator drains its own copy in another thread",
+        ),
+    ):
+        mo, po = statistics.median(samples), pct(samples, 0.99)
+        note = "producer writes an 8-byte CLOCK_MONOTONIC stamp every ~2 ms, "
+        note += f"window 0; {how}; target is absolute; ratio of medians vs the same stamps "
+        note += "through an os.pipe"
+        rows.append(
+            Row(
+                name,
+                f"med {fmt_time(mo)}, p99 {fmt_time(po)}",
+                f"med {fmt_time(mb)}, p99 {fmt_time(pb)}",
+                mo / mb,
+                "med < 200 us, p99 < 2 ms (absolute)",
+                mo < 200e-6 and po < 2e-3,
+                "absolute",
+                "s",
+                mo,
+                mb,
+                samples,
+                base,
+                note,
+                {"ours_p99": po, "baseline_p99": pb, "samples": len(samples)},
+            )
+        )
+    return rows
+
+
+# -- 8 index scale -------------------------------------------------------------------------
+
+
+def fill_large(cfg: Config, cache_dir: str, value: bytes) -> tuple[float, list[float]]:
+    """Fill ``cache_dir`` with cfg.index_large entries from cfg.index_fill_procs processes;
+    progress every 5%. Returns (wall seconds, each worker's seconds)."""
+    total, procs = cfg.index_large, cfg.index_fill_procs
+    bounds = [total * i // procs for i in range(procs + 1)]
+    t0 = time.perf_counter()
+    deadline = time.monotonic() + max(WAIT, total * 0.05)
+    with Children() as ch:
+        for i in range(procs):
+            ch.start(_fill_worker, cache_dir, bounds[i], bounds[i + 1], value, ch.out, f"fill{i}")
+        count, shown = 0, 0
+        done: list[float] = []
+        while len(done) < procs:
+            kind, role, payload = ch.next(deadline, "the index fill")
+            if kind == "progress":
+                count += payload["count"]
+                if count * 20 // total > shown:
+                    shown = count * 20 // total
+                    el = time.perf_counter() - t0
+                    log(f"index fill {shown * 5}% ({count}/{total} entries, {el:.1f} s)")
+            elif kind == "done":
+                done.append(payload["seconds"])
+            else:
+                raise BenchError(f"unexpected {kind!r} from {role} during the index fill")
+    return time.perf_counter() - t0, done
+
+
+def bench_index(cfg: Config, data: bytes) -> list[Row]:
+    value, entry = data[: cfg.index_entry], cfg.index_entry
+    big_n, small_n, samples, batch = cfg.index_large, cfg.index_small, cfg.index_samples, 100
+    with scratch("index") as d:
+        big_dir, small_dir = os.path.join(d, "large"), os.path.join(d, "small")
+        log(f"index: filling {big_n} entries from {cfg.index_fill_procs} processes")
+        fill_s, worker_s = fill_large(cfg, big_dir, value)
+        log(f"index: fill took {fill_s:.1f} s")
+        big = StreamCache(big_dir, cleanup_interval=0)
+        small = StreamCache(small_dir, cleanup_interval=0)
+        try:
+            fill_entries(small, 0, small_n, value)
+            rng = random.Random(20240601)
+            sink = CountingSink()
+
+            def sample(cache: StreamCache, n_entries: int, out: list[float]) -> None:
+                for _ in range(batch):
+                    key = f"idx-{rng.randrange(n_entries)}"
+                    t0 = time.perf_counter_ns()
+                    written, created = cache.fetch(key, sink, _refuse)
+                    out.append((time.perf_counter_ns() - t0) / 1e9)
+                    if created or written != entry:
+                        raise BenchError(f"{key}: created={created} written={written}")
+
+            warm: list[float] = []
+            sample(big, big_n, warm)
+            sample(small, small_n, warm)
+            ours: list[float] = []
+            base: list[float] = []
+            log(f"index: {samples} random hits on each cache, interleaved in batches of {batch}")
+            for _ in range(max(1, samples // batch)):
+                sample(big, big_n, ours)
+                sample(small, small_n, base)
+            t0 = time.perf_counter()
+            leak_check(big, big_dir)
+            gc_s = time.perf_counter() - t0
+            leak_check(small, small_dir)
+        finally:
+            big.stop()
+            small.stop()
+        log(f"index: gc of {big_n} entries took {gc_s:.1f} s; removing the dirs")
+    note = f"median per-call fetch latency, keys uniform over all entries ({len(ours)} samples "
+    note += f"each); fill {fill_s:.0f} s from {cfg.index_fill_procs} procs, gc {gc_s:.1f} s"
+    row = latency_row(f"index scale {big_n} vs {small_n}", ours, base, 1.2, note)
+    row.extra |= {"fill_seconds": fill_s, "fill_worker_seconds": worker_s, "gc_seconds": gc_s}
+    return [row]
+
+
+# -- 9 storm -------------------------------------------------------------------------------
+
+
+def bench_storm(cfg: Config, data: bytes) -> list[Row]:
+    size, procs, n = cfg.storm_bytes, cfg.storm_procs, cfg.storm_bytes // MiB
+    digest = expected_digest(data, n)
+    ours: list[float] = []
+    base: list[float] = []
+    disk: list[tuple[int, int]] = []
+    for rep in range(cfg.reps):
+        log(f"storm rep {rep + 1}/{cfg.reps} ours ({procs} processes, {fmt_size(size)})")
+        with scratch("storm") as d:
+            cache_dir = os.path.join(d, "cache")
+            with Children() as ch:
+                barrier = ch.ctx.Barrier(procs + 1)
+                for i in range(procs):
+                    ch.start(_storm_worker, cache_dir, KEY, data, n, barrier, ch.out, f"s{i}")
+                ch.collect("ready", procs, READY_WAIT, "storm processes to start")
+                precondition(d, size, data)
+                barrier.wait(READY_WAIT)
+                done = ch.collect("done", procs, WAIT, "the storm")
+                on_disk, files = data_file_bytes(cache_dir)  # right after all fetches
+            creates = sum(1 for r in done if r["created"])
+            expect(creates == 1, f"create ran {creates} times")
+            for r in done:
+                expect(r["written"] == size, f"{r['role']} got {r['written']} of {size}")
+                expect(r["digest"] == digest, f"{r['role']} got different bytes")
+            # One copy: the entry's bytes plus at most a little per-file framing.
+            expect(size <= on_disk <= size + 4 * KiB, f"disk holds {on_disk} bytes in {files}")
+            disk.append((on_disk, files))
+            ours.append(max(r["end"] for r in done) - min(r["start"] for r in done))
+            leak_check_dir(cache_dir)
+        log(f"storm rep {rep + 1}/{cfg.reps} baseline")
+        with scratch("storm-base") as d:
+            path = os.path.join(d, "plain")
+            with Children() as ch:
+                begin, go = ch.ctx.Event(), ch.ctx.Event()
+                ch.start(_file_writer, path, data, n, begin, None, go, ch.out)
+                for i in range(procs):
+                    ch.start(_file_reader, path, go, True, ch.out, f"r{i}")
+                ch.collect("ready", procs + 1, READY_WAIT, "baseline children to start")
+                begin.set()
+                done = ch.collect("done", procs + 1, WAIT, "the baseline storm")
+            (w,) = [r for r in done if r["role"] == "writer"]
+            rs = [r for r in done if r["role"] != "writer"]
+            for r in rs:
+                expect(r["n"] == size and r["digest"] == digest, "baseline reader bytes")
+            base.append(max(r["end"] for r in rs) - w["start"])
+    row = throughput_row(f"storm {procs}x {fmt_size(size)}", ours, base, size * procs, 0.0)
+    row.target = "create once, 1 copy, same bytes"
+    row.met = True  # every check above passed (a failure raises)
+    row.kind = "correctness"
+    row.note = (
+        f"every rep: 1 create, {procs} identical sha256 digests, disk {disk[-1][0]} bytes "
+        f"in {disk[-1][1]} data file(s); ratio (base/ours time) for reference: one process "
+        f"writes the file, then {procs} processes read it"
+    )
+    row.extra |= {"disk": disk, "procs": procs}
+    return [row]
+
+
+# -- main ----------------------------------------------------------------------------------
+
+BENCHES: dict[str, Callable[[Config, bytes], list[Row]]] = {
+    "stream": bench_stream,
+    "fanout": bench_fanout,
+    "hit": bench_hit,
+    "socket": bench_socket,
+    "small-hit": bench_small_hit,
+    "small-miss": bench_small_miss,
+    "wakeup": bench_wakeup,
+    "index": bench_index,
+    "storm": bench_storm,
+    "memory": bench_memory,
+}
+
+
+def machine_info() -> dict[str, Any]:
+    model = None
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "tempdir": tempfile.gettempdir(),
+        "loadavg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def code_version() -> str:
+    """The library's git HEAD, with "+dirty" if streamcache/ or ipc/ differ from it."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", ROOT, "status", "--porcelain", "--", "streamcache", "ipc"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def print_table(rows: list[Row], cfg: Config, info: dict[str, Any], wall: float) -> None:
+    head = ("name", "ours (median)", "baseline (median)", "ratio", "target", "met")
+    cells = []
+    for r in rows:
+        ratio = "-" if r.ratio is None or not math.isfinite(r.ratio) else f"{r.ratio:.2f}"
+        met = {True: "yes", False: "NO", None: "-"}[r.met]
+        cells.append((r.name, r.ours, r.baseline, ratio, r.target, met))
+    widths = [max(len(c[i]) for c in [head, *cells]) for i in range(len(head))]
+
+    def line(c: Sequence[str]) -> str:
+        return "| " + " | ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)) + " |"
+
+    mode = "quick" if cfg.quick else "full"
+    print(
+        f"streamcache bench ({mode}, reps {cfg.reps}) of {info['code_at_start']}: "
+        f"{info['cpu_count']} cpus, {info['cpu_model']}, Python {info['python']}, "
+        f"{info['platform']}"
+    )
+    if info["code_at_end"] != info["code_at_start"]:
+        print(
+            f"WARNING: the library changed during the run ({info['code_at_start']} -> "
+            f"{info['code_at_end']}): children spawned later ran the new code"
+        )
+    print(line(head))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for c in cells:
+        print(line(c))
+    print()
+    print("ratio: throughput rows base/ours (higher is better), latency rows ours/base (lower is")
+    print("better); medians of interleaved reps. Notes:")
+    for r in rows:
+        if r.note:
+            print(f"- {r.name}: {r.note}")
+    print(f"wall time {wall:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n", 1)[0],
+        epilog=f"benchmarks: {', '.join(BENCHES)}",
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    parser.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    parser.add_argument("--only", help="comma-separated benchmark names")
+    parser.add_argument("--reps", type=int, help="repetitions (default 5; 3 with --quick)")
+    args = parser.parse_args(argv)
+    names = list(BENCHES)
+    if args.only:
+        names = [x.strip() for x in args.only.split(",") if x.strip()]
+        unknown = [x for x in names if x not in BENCHES]
+        if unknown:
+            parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHES)}")
+    if args.reps is not None and args.reps < 1:
+        parser.error("--reps must be at least 1")
+    cfg = make_config(args.quick, args.reps)
+    info = machine_info()
+    info["code_at_start"] = code_version()
+    data = os.urandom(MiB)
+    t_start = time.perf_counter()
+    rows: list[Row] = []
+    failures: list[str] = []
+    for name in names:
+        log(f"{name}: start")
+        t0 = time.perf_counter()
+        try:
+            rows.extend(BENCHES[name](cfg, data))
+        except Exception as exc:
+            tb = traceback.format_exc()
+            log(f"{name}: FAILED\n{tb}")
+            failures.append(name)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            rows.append(Row(name, "FAILED", "", None, "", False, "failed", note=first, error=tb))
+        log(f"{name}: {time.perf_counter() - t0:.1f} s")
+    wall = time.perf_counter() - t_start
+    info["code_at_end"] = code_version()
+    if info["code_at_end"] != info["code_at_start"]:
+        log(f"WARNING: the library changed during the run: {info['code_at_end']}")
+    if args.json:
+        sizes = asdict(cfg)
+        print(
+            json.dumps(
+                {
+                    "quick": cfg.quick,
+                    "reps": cfg.reps,
+                    "machine": info,
+                    "sizes": sizes,
+                    "rows": [asdict(r) for r in rows],
+                    "failures": failures,
+                    "wall_seconds": wall,
+                },
+                indent=2,
+            )
+        )
+    else:
+        print_table(rows, cfg, info, wall)
+    if failures:
+        log(f"failed: {', '.join(failures)}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
