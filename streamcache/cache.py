@@ -11,10 +11,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import posix_ipc
+
 import ipc
+import ipc.naming
 from ipc.naming import list_objects
 from ipc.segment import (
     DEFAULT_SLOTS,
@@ -33,13 +36,22 @@ from .errors import CreateError, describe
 from .eviction import Cleaner
 from .filestore import Filestore, make_private_dirs
 from .index import Index, Record
-from .pipe import EntryIPC, FileReader, PipeReader, Tee, Writer, unlink_entry_ipc
+from .pipe import (
+    CREATOR_SLOT,
+    EntryIPC,
+    FileReader,
+    PipeReader,
+    Tee,
+    Writer,
+    ring_all,
+    unlink_entry_ipc,
+)
 from .sink import write_all
 from .stream import FetchResult, Stream
 
 LAYOUT = "v2"
 # Seconds a segment without its header yet (its creator may be between shm_open and
-# the header's magic) is left alone by cleanup.
+# the header's magic) or a temp record is left alone by cleanup.
 _ORPHAN_GRACE = 5.0
 
 Create = Callable[[Any], object]
@@ -100,15 +112,16 @@ class Producer:
     Two ways to run: :meth:`run` in a producer thread (``stream()``, and ``fetch``
     with a timeout, so the caller can leave while ``create`` goes on), or
     :meth:`run_inline` in the creating ``fetch``'s own thread, handing each write
-    straight to ``dst`` (no thread, no re-reading the file).
+    straight to ``dst`` (no thread, no re-reading the file). An inline entry gets
+    its IPC objects only when another reader attaches (see :class:`Writer`).
     """
 
-    def __init__(self, cache: StreamCache, rec: Record, entry: EntryIPC, fd: int, slot: int):
+    def __init__(self, cache: StreamCache, rec: Record, entry: EntryIPC | None, fd: int) -> None:
         self._cache = cache
         self.rec = rec
+        self._rec_text = rec.to_json()
         self._entry = entry
         self._fd = fd
-        self.slot = slot  # the creator's reader slot
         self.error: BaseException | None = None
         self._finalized = False
         self.thread: threading.Thread | None = None
@@ -143,8 +156,8 @@ class Producer:
         ``dst`` error is raised once it returns.
         """
         cache = self._cache
-        tee = Tee(dst, self._entry.seg, self.slot)
-        writer = Writer(self._fd, self._entry, cache.window, cache.liveness, tee)
+        tee = Tee(dst, CREATOR_SLOT)
+        writer = Writer(self._fd, None, cache.window, cache.liveness, tee, self._discover)
         error: BaseException | None = None
         try:
             create(writer)
@@ -160,6 +173,20 @@ class Producer:
             raise CreateError(describe(self.error)) from self.error
         return writer.offset
 
+    def _discover(self) -> EntryIPC | None:
+        """The IPC objects an attaching reader made for this entry, if any yet: it names
+        them in the record (a cheap check before each write)."""
+        text = self._cache._index.read_text(self.rec.key)
+        if text is None or text == self._rec_text:
+            return None
+        return self._open_ipc()
+
+    def _open_ipc(self) -> EntryIPC | None:
+        try:
+            return EntryIPC.open(self._cache._ipc_base(self.rec.file))
+        except SegmentError:
+            return None
+
     def _finalize(
         self, writer: Writer, error: BaseException | None, tee: Tee | None = None
     ) -> None:
@@ -173,12 +200,11 @@ class Producer:
             if error is None:
                 cache._files.seal(self._fd, writer.offset, self.rec.expires)
         except BaseException as exc:
-            error = exc
+            error = error or exc
         try:
             os.close(self._fd)
         except OSError as exc:
             error = error or exc
-        seg = self._entry.seg
         try:
             if error is None:
                 try:
@@ -187,27 +213,40 @@ class Producer:
                     cache._publish(self.rec)
                 except BaseException as exc:
                     error = exc
-            if error is None:
-                seg.finish(writer.offset)
-            else:
+            if error is not None:
                 self.error = error  # before fail(): a local reader attaches it as __cause__
+                cache._drop_record(self.rec)
+        finally:
+            # Once the record is gone no reader attaches any more; one may have made
+            # the IPC objects since this producer last looked (their name is derived
+            # from the data file's, so they are found even if the record was evicted).
+            entry = writer.entry or self._open_ipc()
+            if entry is not None:
+                self._end_ipc(entry, writer.offset, error, tee)
+            cache._producer_done(self)
+
+    def _end_ipc(
+        self, entry: EntryIPC, offset: int, error: BaseException | None, tee: Tee | None
+    ) -> None:
+        """Publish the outcome in the segment, wake every reader, unlink the names."""
+        seg = entry.seg
+        try:
+            if error is None:
+                seg.finish(offset)
+            else:
+                # Whatever happened, readers must learn the entry failed: a reader
+                # waits on a live producer process for as long as it says "writing".
                 try:
-                    cache._drop_record(self.rec)
-                finally:
-                    # Whatever happened, readers must learn the entry failed: a reader
-                    # waits on a live producer process for as long as it says "writing".
-                    try:
-                        text = describe(error)
-                    except BaseException:
-                        text = "the producer failed"
-                    seg.fail(text)
-            writer.ring_all()
+                    text = describe(error)
+                except BaseException:
+                    text = "the producer failed"
+                seg.fail(text)
+            ring_all(entry)
         finally:
             if tee is not None:
                 tee.leave()
-            unlink_entry_ipc(self._entry.base)
-            self._entry.close()
-            cache._producer_done(self)
+            unlink_entry_ipc(entry.base)
+            entry.close()
 
 
 class StreamCache(CacheBase):
@@ -416,11 +455,14 @@ class StreamCache(CacheBase):
         if not ipc.is_alive(rec.pid, rec.start):
             self._discard(rec)
             return None
-        try:
-            entry = EntryIPC.open(rec.ipc)
-        except SegmentError:
-            self._index.remove(h)
-            return None
+        if not rec.ipc:
+            rec, entry = self._make_ipc_locked(rec)
+        else:
+            try:
+                entry = EntryIPC.open(rec.ipc)
+            except SegmentError:
+                self._index.remove(h)
+                return None
         seg = entry.seg
         if seg.state != ipc.STATE_WRITING or not self._has_live_reader(seg):
             # Failed, or every reader left so the producer is bound to fail: a
@@ -438,7 +480,37 @@ class StreamCache(CacheBase):
             entry.close()
             raise
         slot = seg.claim_slot(ipc.current_process(), _is_dead)
-        return PipeReader(fd, entry, slot, self.liveness, lambda: self._producer_died(rec, fd))
+        found = rec
+        return PipeReader(fd, entry, slot, self.liveness, lambda: self._producer_died(found, fd))
+
+    def _make_ipc_locked(self, rec: Record) -> tuple[Record, EntryIPC]:
+        """The first reader to attach to an inline creator's entry makes its IPC objects
+        and names them in the record; the producer finds them before its next write (or
+        when it ends). The creator takes slot 0 (:data:`CREATOR_SLOT`): its position
+        there is the producer's offset, published once the producer attaches."""
+        producer = ipc.ProcessId(rec.pid, rec.start)
+        base = self._ipc_base(rec.file)
+        try:
+            entry = EntryIPC.create(self._prefix, producer, self.reader_slots, base)
+        except posix_ipc.ExistentialError:
+            # Left by an attaching process that died before naming them: never trusted.
+            unlink_entry_ipc(base)
+            entry = EntryIPC.create(self._prefix, producer, self.reader_slots, base)
+        try:
+            # The bytes written so far are readable at once, not only after the
+            # producer's next write: the segment starts at the data file's size (the
+            # kernel grows a file only over copied bytes). Its one writer is the
+            # producer from the moment the record names it.
+            entry.seg.publish_offset(self._files.written(rec.file))
+            slot = entry.seg.claim_slot(producer, _is_dead)
+            assert slot == CREATOR_SLOT
+            rec = replace(rec, ipc=entry.base)
+            self._index.write(rec)
+        except BaseException:
+            entry.close()
+            unlink_entry_ipc(entry.base)
+            raise
+        return rec, entry
 
     def _create_locked(
         self, h: str, pending: list[tuple[Producer, PipeReader | None]], *, with_reader: bool
@@ -447,15 +519,23 @@ class StreamCache(CacheBase):
         creator's reader) to ``pending``; the caller runs the producer."""
         me = ipc.current_process()
         name, wfd = self._files.create()
+        now = self._clock()
+        rec = Record(h, name, "", me.pid, me.start, now, now + self.max_age)
+        if not with_reader:  # inline: IPC objects only once another reader attaches
+            producer = Producer(self, rec, None, wfd)
+            with self._mutex:
+                self._producers.add(producer)
+            pending.append((producer, None))  # from here on, failures go through abort()
+            self._index.write(rec)
+            return
         try:
-            entry = EntryIPC.create(self._prefix, me, self.reader_slots)
+            entry = EntryIPC.create(self._prefix, me, self.reader_slots, self._ipc_base(name))
             try:
-                mine = EntryIPC.open(entry.base) if with_reader else None
+                mine = EntryIPC.open(entry.base)
                 try:
-                    rfd = self._files.open(name) if with_reader else -1
+                    rfd = self._files.open(name)
                 except BaseException:
-                    if mine is not None:
-                        mine.close()
+                    mine.close()
                     raise
             except BaseException:
                 entry.close()
@@ -467,24 +547,27 @@ class StreamCache(CacheBase):
             raise
         # The creator is the first reader; its slot is one that nobody else claimed.
         slot = entry.seg.claim_slot(me, _is_dead)
-        assert slot is not None
-        now = self._clock()
-        rec = Record(h, name, entry.base, me.pid, me.start, now, now + self.max_age)
-        producer = Producer(self, rec, entry, wfd, slot)
-        reader = None
-        if mine is not None:
-            reader = PipeReader(
-                rfd,
-                mine,
-                slot,
-                self.liveness,
-                lambda: self._producer_died(rec, rfd),
-                lambda: producer.error,
-            )
+        assert slot == CREATOR_SLOT
+        rec = replace(rec, ipc=entry.base)
+        producer = Producer(self, rec, entry, wfd)
+        reader = PipeReader(
+            rfd,
+            mine,
+            slot,
+            self.liveness,
+            lambda: self._producer_died(rec, rfd),
+            lambda: producer.error,
+        )
         with self._mutex:
             self._producers.add(producer)
         pending.append((producer, reader))  # from here on, failures go through abort()
         self._index.write(rec)
+
+    def _ipc_base(self, file: str) -> str:
+        """The base name of the IPC objects of the entry whose data file is ``file``: the
+        file name's random part, so the producer can find objects that an attaching
+        reader made even after the entry's record is gone."""
+        return self._prefix + file[: ipc.naming.BASE_HEX]
 
     @staticmethod
     def _has_live_reader(seg: ipc.Segment) -> bool:
@@ -498,30 +581,44 @@ class StreamCache(CacheBase):
 
     # -- changes to records -------------------------------------------------------------
 
-    def _is_current(self, rec: Record) -> bool:
+    def _current(self, rec: Record) -> Record | None:
+        """The key's record if it is still that of ``rec``'s entry (as it is now: an
+        attaching reader may have added the IPC objects' name)."""
         cur = self._index.read(rec.key)
-        return cur is not None and cur.file == rec.file
+        return cur if cur is not None and cur.file == rec.file else None
 
-    def _publish(self, rec: Record) -> None:
-        """Make the sealed data file of ``rec`` its key's finished entry."""
+    def _is_current(self, rec: Record) -> bool:
+        return self._current(rec) is not None
+
+    def _publish(self, rec: Record) -> Record | None:
+        """Make the sealed data file of ``rec`` its key's finished entry; returns the
+        record it replaced (None if the entry was evicted meanwhile)."""
         with self._index.locked(rec.key, None):
-            if self._is_current(rec):
+            cur = self._current(rec)
+            if cur is not None:
                 self._files.publish(rec.file, rec.key)
                 self._index.remove(rec.key)
-                return
+                return cur
         # Evicted (or replaced) while in flight: nobody will find this file again.
         self._files.remove(rec.file)
+        return None
 
-    def _drop_record(self, rec: Record) -> None:
-        with self._index.locked(rec.key, None):
-            if self._is_current(rec):
-                self._index.remove(rec.key)
-        self._files.remove(rec.file)
+    def _drop_record(self, rec: Record) -> Record | None:
+        """Drop the failed entry of ``rec``; returns its last record, if still there."""
+        try:
+            with self._index.locked(rec.key, None):
+                cur = self._current(rec)
+                if cur is not None:
+                    self._index.remove(rec.key)
+                return cur
+        finally:
+            self._files.remove(rec.file)
 
     def _producer_died(self, rec: Record, fd: int) -> int | None:
         """A reader (reading ``fd``) found the producer of ``rec`` dead: drop the entry,
         unless it was published just before the producer died. Returns its size, if so."""
-        unlink_entry_ipc(rec.ipc)
+        if rec.ipc:
+            unlink_entry_ipc(rec.ipc)
         with self._index.locked(rec.key, None):
             if self._is_current(rec):
                 self._index.remove(rec.key)
@@ -544,7 +641,8 @@ class StreamCache(CacheBase):
     def _discard(self, rec: Record) -> None:
         """Drop an entry whose producer is dead (lock held)."""
         self._evict(rec)
-        unlink_entry_ipc(rec.ipc)
+        if rec.ipc:
+            unlink_entry_ipc(rec.ipc)
 
     def _producer_done(self, producer: Producer) -> None:
         with self._mutex:
@@ -561,7 +659,8 @@ class StreamCache(CacheBase):
             rec = self._index.read(h)
             if rec is not None and rec.expires > now and ipc.is_alive(rec.pid, rec.start):
                 live_files.add(rec.file)
-                live_ipc.add(rec.ipc)
+                if rec.ipc:
+                    live_ipc.add(rec.ipc)
                 continue
             with self._index.locked(h, None):
                 rec = self._index.read(h)
@@ -576,7 +675,8 @@ class StreamCache(CacheBase):
                     report.discarded += 1
                 else:
                     live_files.add(rec.file)
-                    live_ipc.add(rec.ipc)
+                    if rec.ipc:
+                        live_ipc.add(rec.ipc)
         for h, st in list(self._files.entries()):
             if st.st_mtime_ns / 1e9 > now:
                 continue
@@ -593,6 +693,10 @@ class StreamCache(CacheBase):
                     if self._files.remove_entry(h):
                         report.expired += 1
         wall = time.time()
+        for path in self._index.stray_temp_files():
+            with contextlib.suppress(OSError):
+                if os.lstat(path).st_mtime < wall - _ORPHAN_GRACE:
+                    os.unlink(path)
         report.files_removed = self._files.sweep(now - self.max_age, live_files)
         report.ipc_removed = self._sweep_ipc(live_ipc, wall)
         return report

@@ -87,6 +87,23 @@ class Filestore:
         """A read descriptor on a data file (``FileNotFoundError`` if it is gone)."""
         return os.open(self.path(name), OPEN_READ)
 
+    def written(self, name: str) -> int:
+        """How many of an entry's bytes its data file holds (0 if it is gone): its size,
+        less the trailer if the producer has sealed it already."""
+        try:
+            fd = os.open(self.path(name), OPEN_READ)
+        except FileNotFoundError:
+            return 0
+        try:
+            size = os.fstat(fd).st_size
+            if size >= TRAILER.size and _intact(
+                os.pread(fd, TRAILER.size, size - TRAILER.size), 0, size - TRAILER.size
+            ):
+                return size - TRAILER.size
+            return size
+        finally:
+            os.close(fd)
+
     def remove(self, name: str) -> bool:
         try:
             os.unlink(self.path(name))

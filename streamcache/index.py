@@ -28,6 +28,7 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -245,8 +246,24 @@ class Index:
             make_private_dirs(os.path.dirname(path))
             os.symlink(text, path)
         except FileExistsError:
-            os.unlink(path)
-            os.symlink(text, path)
+            # Replaced atomically: the producer reads its record without the lock.
+            tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+            os.symlink(text, tmp)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+
+    def read_text(self, key: str) -> str | None:
+        """The raw text of ``key``'s record (None if absent or not a record)."""
+        try:
+            return os.readlink(self.record_path(key))
+        except OSError as exc:
+            if exc.errno in _ABSENT or exc.errno == errno.EINVAL:
+                return None
+            raise
 
     def remove(self, key: str) -> None:
         """Drop the record of ``key``. Lock held."""
@@ -269,3 +286,18 @@ class Index:
             for name in names:
                 if name.endswith(".json") and len(name) == 69:
                     yield name[:-5]
+
+    def stray_temp_files(self) -> Iterator[str]:
+        """Paths of temp records left by a process that died before its rename."""
+        try:
+            shards = list(os.scandir(self.records_dir))
+        except FileNotFoundError:
+            return
+        for shard in shards:
+            if shard.is_dir(follow_symlinks=False):
+                try:
+                    for name in os.listdir(shard.path):
+                        if name.endswith(".tmp"):
+                            yield os.path.join(shard.path, name)
+                except OSError:
+                    continue

@@ -44,6 +44,7 @@ from .errors import CreateError, ProducerDied
 from .sink import write_all
 
 CHUNK = 1 << 20  # a reader reads ahead at most this much
+CREATOR_SLOT = 0  # the creating process's reader slot in its entry's segment
 SEGMENT, READERS_BELL, WRITER_BELL = "s", "r", "w"
 
 
@@ -74,10 +75,13 @@ class EntryIPC:
         self.writer_bell = writer
 
     @classmethod
-    def create(cls, prefix: str, producer: ipc.ProcessId, slots: int) -> EntryIPC:
-        """Create fresh objects. The segment comes first and is unlinked last, so a
+    def create(
+        cls, prefix: str, producer: ipc.ProcessId, slots: int, base: str | None = None
+    ) -> EntryIPC:
+        """Create fresh objects (under ``base``, or a new random one; a name that exists
+        is an error, never opened). The segment comes first and is unlinked last, so a
         doorbell without a segment is always an orphan (see :func:`unlink_entry_ipc`)."""
-        base = ipc.new_base(prefix)
+        base = base or ipc.new_base(prefix)
         seg = ipc.Segment.create(object_name(base, SEGMENT), producer, slots)
         try:
             rb = ipc.Doorbell.create(object_name(base, READERS_BELL))
@@ -129,15 +133,28 @@ class Writer:
     """The binary writer handed to ``create``: appends to the data file.
 
     Runs in the producer's thread only; its fields need no lock.
+
+    An inline creator's entry starts without IPC objects (``entry`` None): while
+    nobody else reads, the creator's ``tee`` is its only reader and there is
+    nothing to publish. The first process that attaches creates them and names
+    them in the entry's record; ``discover`` (called before each write and at
+    close until it returns them) finds them, and from then on every write is
+    published there.
     """
 
     def __init__(
-        self, fd: int, entry: EntryIPC, window: int, liveness: float, tee: Tee | None = None
+        self,
+        fd: int,
+        entry: EntryIPC | None,
+        window: int,
+        liveness: float,
+        tee: Tee | None = None,
+        discover: Callable[[], EntryIPC | None] = lambda: None,
     ) -> None:
         self._fd = fd
         self._tee = tee
-        self._entry = entry
-        self._seg = entry.seg
+        self._discover = discover
+        self.entry: EntryIPC | None = None
         self._window = window
         self._liveness = liveness
         self.offset = 0
@@ -148,6 +165,30 @@ class Writer:
         # Readers' liveness is checked at least every ``liveness`` seconds, blocked
         # or not, so a producer whose readers all died stops within that bound.
         self._next_liveness_check = time.monotonic() + liveness
+        if entry is not None:
+            self._attach(entry)
+
+    def _attach(self, entry: EntryIPC) -> None:
+        """Publish from now on to ``entry`` (all bytes written so far at once)."""
+        self.entry = entry
+        self._seg = entry.seg
+        if self._tee is not None:
+            self._tee.attach(entry.seg, self.offset)
+        if self.offset:
+            self._seg.publish_offset(self.offset)
+            full_fence()
+            waiting = self._scan()[2]
+            if waiting:
+                entry.readers_bell.ring(waiting)
+
+    def _live_readers(self) -> int:
+        if self.entry is None:
+            entry = self._discover()
+            if entry is not None:
+                self._attach(entry)
+            else:
+                return int(self._tee is not None and self._tee.alive)
+        return self._scan()[0]
 
     # io-like surface
     def writable(self) -> bool:
@@ -169,7 +210,7 @@ class Writer:
         self._closed = True
         if self.broken:
             raise BrokenPipeError("all readers closed")
-        if self._scan()[0] == 0:
+        if self._live_readers() == 0:
             self._broken()
 
     def finish(self) -> None:
@@ -197,19 +238,26 @@ class Writer:
         if total == 0:
             return 0  # the offset does not rise: nobody to wake
         tee = self._tee
-        if (tee is None or not tee.alive) and self._scan()[0] == 0:
-            self._broken()  # checked before writing: nothing lands that nobody reads
+        if self.entry is None or tee is None or not tee.alive:
+            if self._live_readers() == 0:
+                self._broken()  # checked before writing: nothing lands that nobody reads
         done = os.write(self._fd, view)
         while done < total:
             done += os.write(self._fd, view[done:])
         self.offset += total
+        if self.entry is None:  # only the creator reads, straight from this write
+            assert tee is not None
+            tee.copy(data if type(data) is bytes else view.tobytes(), self.offset)
+            if not tee.alive and self._live_readers() == 0:
+                self._broken()
+            return total
         self._seg.publish_offset(self.offset)
         full_fence()  # the offset is visible before we look at the waiting flags
         if time.monotonic() >= self._next_liveness_check:
             self._drop_dead_readers()
         live, best, waiting = self._scan()
         if waiting:
-            self._entry.readers_bell.ring(waiting)
+            self.entry.readers_bell.ring(waiting)
         if tee is not None and tee.alive:
             tee.copy(data if type(data) is bytes else view.tobytes(), self.offset)
             if tee.alive:
@@ -255,11 +303,17 @@ class Writer:
             if live and self.offset - best <= self._window:
                 self._seg.set_producer_waiting(False)
                 return
-            rang = self._entry.writer_bell.wait(self._liveness)
+            assert self.entry is not None
+            rang = self.entry.writer_bell.wait(self._liveness)
             self._seg.set_producer_waiting(False)
             if not rang:
                 self._drop_dead_readers()
             live, best, _ = self._scan()
+
+    def ring_all(self) -> None:
+        """Wake every waiting reader (after the final state is published)."""
+        if self.entry is not None:
+            ring_all(self.entry)
 
     def _drop_dead_readers(self) -> None:
         self._next_liveness_check = time.monotonic() + self._liveness
@@ -270,27 +324,39 @@ class Writer:
                 if not ipc.is_alive(pid, start / 1_000_000):
                     self._dead.add((i // SLOT_WORDS, pid, start))
 
-    def ring_all(self) -> None:
-        """Wake every waiting reader (after the final state is published)."""
-        waiting = self._scan()[2]
-        self._entry.readers_bell.ring(max(waiting, 1))
+
+def ring_all(entry: EntryIPC) -> None:
+    """Wake every reader waiting on ``entry`` (at least one ring: a reader may be about
+    to wait)."""
+    words = entry.seg.slots()
+    waiting = sum(words[SLOT_WAITING::SLOT_WORDS])
+    entry.readers_bell.ring(max(waiting, 1))
 
 
 class Tee:
     """The inline creator's own copy of the entry: each write goes straight to ``dst``.
 
-    The creator keeps a reader slot whose position follows the producer's offset
-    while ``dst`` takes the bytes (so it counts as the fastest reader). If ``dst``
-    fails, the creator leaves: the slot is released and the error kept for the
-    caller. Used only by the producer's thread.
+    The creator keeps a reader slot (slot 0, once the entry has a segment) whose
+    position follows the producer's offset while ``dst`` takes the bytes (so it
+    counts as the fastest reader). If ``dst`` fails, the creator leaves: the slot
+    is released and the error kept for the caller. Used only by the producer's
+    thread.
     """
 
-    def __init__(self, dst: Any, seg: ipc.Segment, slot: int) -> None:
+    def __init__(self, dst: Any, slot: int) -> None:
         self._dst = dst
-        self._seg = seg
+        self._seg: ipc.Segment | None = None
         self._slot = slot
         self.alive = True
         self.error: Exception | None = None
+
+    def attach(self, seg: ipc.Segment, offset: int) -> None:
+        """The entry's segment now exists: keep the creator's slot there up to date."""
+        self._seg = seg
+        if self.alive:
+            seg.set_position(self._slot, offset)
+        else:
+            seg.release_slot(self._slot)
 
     def copy(self, data: bytes, offset: int) -> None:
         try:
@@ -299,12 +365,14 @@ class Tee:
             self.error = exc
             self.leave()
             return
-        self._seg.set_position(self._slot, offset)
+        if self._seg is not None:
+            self._seg.set_position(self._slot, offset)
 
     def leave(self) -> None:
         if self.alive:
             self.alive = False
-            self._seg.release_slot(self._slot)
+            if self._seg is not None:
+                self._seg.release_slot(self._slot)
 
 
 class _Reader:

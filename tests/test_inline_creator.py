@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import data_files, finished_entries, index_records
-from test_gitaly_cache import child_wait, result_of, start, wait_event
+from helpers import WAIT, data_files, finished_entries, index_records
+from test_gitaly_cache import child_produce_gated, child_wait, result_of, start, wait_event
 
 import streamcache
 from streamcache import StreamCache
@@ -144,3 +145,67 @@ def test_fetch_with_timeout_creates_in_a_thread(cache_dir: Path) -> None:
         assert threads[1] == me
     finally:
         cache.stop()
+
+
+# -- IPC objects made by the first reader that attaches --------------------------------------
+
+
+def test_attach_after_the_last_write_gets_the_end(cache_dir: Path, spawn: Any) -> None:
+    """The inline creator has no IPC objects; a reader attaching after its last write
+    makes them. The producer writes nothing more, so it can only find them when it ends:
+    the reader must still get every byte and the end (or the failure), not hang."""
+    for fail in (False, True):
+        key = f"{KEY}-{fail}"
+        produced, go = spawn.Event(), spawn.Event()
+        proc, q = start(
+            spawn, child_produce_gated, str(cache_dir), key, b"all of it", b"", fail, produced, go
+        )
+        cache = StreamCache(cache_dir, max_age=HOUR, liveness=0.2)
+        try:
+            wait_event(produced, "the producer's last write")
+            with cache.stream(key, _forbidden, timeout=WAIT) as s:
+                assert not s.created
+                assert s.read(100) == b"all of it", "bytes written before the attach are read"
+                go.set()
+                if fail:
+                    with pytest.raises(streamcache.CreateError, match="test error"):
+                        s.read()
+                else:
+                    assert s.read() == b""
+            outcome = result_of(q, proc)
+            assert outcome[0] == ("CreateError" if fail else "ok"), outcome
+        finally:
+            go.set()
+            cache.stop()
+
+
+def test_entry_evicted_in_flight_still_ends_for_its_readers(cache_dir: Path, spawn: Any) -> None:
+    """An inline creator's entry expires while in flight and cleanup evicts its record
+    after a reader made its IPC objects: the producer can no longer learn their name from
+    the record, yet finds them (the name derives from its data file) and ends them."""
+    produced, go = spawn.Event(), spawn.Event()
+    proc, q = start(
+        spawn, child_produce_gated, str(cache_dir), KEY, b"head ", b"tail", False, produced, go
+    )
+    cache = StreamCache(cache_dir, max_age=HOUR, liveness=0.2)
+    try:
+        wait_event(produced, "the producer's first write")
+        with cache.stream(KEY, _forbidden, timeout=WAIT) as s:
+            assert s.read(5) == b"head "
+            later = StreamCache(
+                cache_dir, clock=lambda: time.time() + 10 * HOUR, cleanup_interval=0
+            )
+            assert later.gc().expired == 1, "the in-flight record was evicted"
+            assert index_records(cache_dir) == []
+            go.set()
+            assert s.read() == b"tail"
+        assert result_of(q, proc) == ("ok", b"head tail", True)
+        out = io.BytesIO()
+        assert cache.fetch(KEY, out, lambda w: w.write(b"new")) == (3, True), "evicted: a miss"
+    finally:
+        go.set()
+        cache.stop()
+
+
+def _forbidden(w: Any) -> None:
+    raise AssertionError("this fetch must attach, not create")
