@@ -45,8 +45,10 @@ Invariants:
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
+import sys
 from collections.abc import Callable
 
 import posix_ipc
@@ -54,7 +56,7 @@ import posix_ipc
 from ipc.liveness import ProcessId
 
 MAGIC = int.from_bytes(b"SCSEG\x00\x00\x01", "little")
-VERSION = 1
+VERSION = 2
 
 STATE_WRITING = 0
 STATE_DONE = 1
@@ -74,6 +76,10 @@ _W_MAGIC, _W_VERSION, _W_SLOTS, _W_PROGRESS = 0, 1, 2, 3
 _STATE_SHIFT = 62
 _OFFSET_MASK = (1 << _STATE_SHIFT) - 1
 _W_PWAIT, _W_PPID, _W_PSTART, _W_USED, _W_ERRLEN = 5, 6, 7, 8, 9
+# Changed by the producer after every change of progress (a futex word: its low 32
+# bits, at the word's first bytes on little-endian machines, its last on big-endian).
+_W_SEQ = 10
+_SEQ_BYTE = _W_SEQ * 8 + (4 if sys.byteorder == "big" else 0)
 _HEADER_WORDS = HEADER_BYTES // 8
 # Words of a slot, also the offsets within each SLOT_WORDS group of slots().
 SLOT_POSITION, SLOT_ACTIVE, SLOT_WAITING, SLOT_PID, SLOT_START = 0, 1, 2, 3, 4
@@ -95,6 +101,7 @@ class Segment:
         self._mm = mm
         self._words = memoryview(mm).cast("Q")
         self.slot_count = self._words[_W_SLOTS]
+        self.seq_address = _address_of(mm, _SEQ_BYTE)
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -109,17 +116,14 @@ class Segment:
             mm = mmap.mmap(shm.fd, size)
         finally:
             os.close(shm.fd)
-        seg = cls.__new__(cls)
-        seg.name = name
-        seg._mm = mm
-        seg._words = words = memoryview(mm).cast("Q")
+        words = memoryview(mm).cast("Q")
         words[_W_VERSION] = VERSION
         words[_W_SLOTS] = slots
         words[_W_PPID] = producer.pid
         words[_W_PSTART] = _micros(producer.start)
         words[_W_MAGIC] = MAGIC  # last: a segment without magic is not yet valid
-        seg.slot_count = slots
-        return seg
+        words.release()
+        return cls(name, mm)
 
     @classmethod
     def open(cls, name: str) -> Segment:
@@ -179,12 +183,23 @@ class Segment:
         word = self._words[_W_PROGRESS]
         return word & _OFFSET_MASK, word >> _STATE_SHIFT
 
+    @property
+    def seq(self) -> int:
+        """The futex word: read it before checking progress, then sleep on it."""
+        return self._words[_W_SEQ] & 0xFFFFFFFF
+
+    def _bump(self) -> None:
+        w = self._words
+        w[_W_SEQ] = (w[_W_SEQ] + 1) & 0xFFFFFFFF
+
     def publish_offset(self, offset: int) -> None:
         self._words[_W_PROGRESS] = offset  # state "writing" is 0
+        self._bump()
 
     def finish(self, offset: int) -> None:
         """Publish the final offset and the "done" state in one store."""
         self._words[_W_PROGRESS] = offset | (STATE_DONE << _STATE_SHIFT)
+        self._bump()
 
     def fail(self, error: str) -> None:
         """Publish the error text, then the "failed" state."""
@@ -192,6 +207,7 @@ class Segment:
         self._mm[ERROR_OFFSET : ERROR_OFFSET + len(data)] = data
         self._words[_W_ERRLEN] = len(data)
         self._words[_W_PROGRESS] = self.offset | (STATE_FAILED << _STATE_SHIFT)
+        self._bump()
 
     @property
     def error(self) -> str:
@@ -259,6 +275,16 @@ class Segment:
     def reader_id(self, slot: int) -> ProcessId:
         base = _HEADER_WORDS + slot * SLOT_WORDS
         return ProcessId(self._words[base + SLOT_PID], self._words[base + SLOT_START] / 1_000_000)
+
+
+def _address_of(mm: mmap.mmap, offset: int) -> int:
+    """The address of byte ``offset`` of the mapping (valid while it is mapped). The
+    ctypes view is dropped at once: a live export would keep the mapping from closing."""
+    view = ctypes.c_char.from_buffer(mm, offset)
+    try:
+        return ctypes.addressof(view)
+    finally:
+        del view
 
 
 def unlink_segment(name: str) -> None:

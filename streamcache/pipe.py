@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 import posix_ipc
 
 import ipc
+from ipc import futex
 from ipc.doorbell import unlink_semaphore
 from ipc.naming import object_name
 from ipc.segment import (
@@ -65,13 +66,43 @@ def full_fence() -> None:
     _fence_lock.release()
 
 
+class ReadersBell:
+    """What readers sleep on and the producer rings after publishing progress.
+
+    On Linux a futex on the segment's sequence word: one ring wakes every sleeper
+    and a sleeper never misses a change made after it looked (see ``ipc.futex``).
+    Elsewhere the ``r`` semaphore, rung once per sleeping reader.
+    """
+
+    def __init__(self, bell: ipc.Doorbell, seg: ipc.Segment) -> None:
+        self._bell = bell
+        self._seg = seg
+
+    def ring(self, times: int = 1) -> None:
+        """Wake the ``times`` readers that sleep (all of them, with a futex)."""
+        if futex.SUPPORTED:
+            futex.wake(self._seg.seq_address)
+        else:
+            self._bell.ring(times)
+
+    def wait(self, seen: int, timeout: float) -> bool:
+        """Sleep until rung or ``timeout`` passes (False); ``seen`` is the segment's
+        ``seq`` read before the caller last checked the progress."""
+        if futex.SUPPORTED:
+            return futex.wait(self._seg.seq_address, seen, timeout)
+        return self._bell.wait(timeout)
+
+    def close(self) -> None:
+        self._bell.close()
+
+
 class EntryIPC:
     """The shared-memory segment and two doorbells of one entry being written."""
 
     def __init__(self, base: str, seg: ipc.Segment, readers: ipc.Doorbell, writer: ipc.Doorbell):
         self.base = base
         self.seg = seg
-        self.readers_bell = readers
+        self.readers_bell = ReadersBell(readers, seg)
         self.writer_bell = writer
 
     @classmethod
@@ -115,7 +146,7 @@ class EntryIPC:
     def close(self) -> None:
         self.readers_bell.close()
         self.writer_bell.close()
-        self.seg.close()
+        self.seg.close()  # last: a futex wait or wake may use its mapping until then
 
 
 def unlink_entry_ipc(base: str) -> None:
@@ -560,10 +591,11 @@ class PipeReader(_Reader):
             seg.set_waiting(slot, True)
             full_fence()
             try:
+                seen = seg.seq
                 offset, state = seg.progress()
                 if offset > self.position or state != ipc.STATE_WRITING:
                     return
-                rang = self._entry.readers_bell.wait(timeout)
+                rang = self._entry.readers_bell.wait(seen, timeout)
             finally:
                 seg.set_waiting(slot, False)
         if rang:

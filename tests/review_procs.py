@@ -36,7 +36,7 @@ def _thread_syscall(native_id: int) -> str:
 def _in_doorbell_wait(frame: Any) -> bool:
     while frame is not None:
         code = frame.f_code
-        if code.co_name == "wait" and code.co_filename.endswith("doorbell.py"):
+        if code.co_name == "wait" and code.co_filename.endswith(("doorbell.py", "futex.py")):
             return True
         frame = frame.f_back
     return False

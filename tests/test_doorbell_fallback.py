@@ -1,19 +1,28 @@
-"""The doorbell's fallback for platforms without sem_timedwait (macOS).
+"""Fallbacks for platforms without sem_timedwait or futex (macOS).
 
-Linux has timed waits, so the fallback is forced by switching the module's
-capability flag: the only way to run that path here.
+Linux has both, so each fallback is forced by switching the module's capability
+flag: the only way to run those paths here.
 """
 
 from __future__ import annotations
 
+import io
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from helpers import WAIT
 
 import ipc
-from ipc import doorbell
+import streamcache
+from ipc import doorbell, futex
 from ipc.naming import new_base, object_name
+from ipc.segment import SLOT_WAITING, SLOT_WORDS
+from streamcache.cache import LAYOUT, key_hash
+from streamcache.index import Index
+from streamcache.pipe import SEGMENT
 
 
 def test_polling_wait_times_out_and_wakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -31,3 +40,54 @@ def test_polling_wait_times_out_and_wakes(tmp_path: Path, monkeypatch: pytest.Mo
     finally:
         bell.close()
         bell.unlink()
+
+
+def _reader_without_futex(cache_dir: str, key: str, q: Any) -> None:
+    futex.SUPPORTED = False  # as on macOS: readers sleep on the "r" semaphore
+    cache = streamcache.StreamCache(cache_dir, liveness=30.0, cleanup_interval=0)
+    try:
+        with cache.stream(key, lambda w: None, timeout=WAIT) as s:
+            q.put(("attached", s.created))
+            q.put(("got", s.read()))
+    finally:
+        cache.stop()
+
+
+def test_readers_sleep_on_the_semaphore_without_futex(
+    cache_dir: Path, spawn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where there is no futex the readers' bell is the "r" semaphore. A reader in another
+    process sleeping on it (its liveness 30 s, longer than any wait here, so only a ring
+    can wake it) gets each write."""
+    monkeypatch.setattr(futex, "SUPPORTED", False)
+    cache = streamcache.StreamCache(cache_dir, liveness=30.0, cleanup_interval=0)
+    q = spawn.Queue()
+    proc = spawn.Process(target=_reader_without_futex, args=(str(cache_dir), "k", q))
+
+    def create(w: Any) -> None:
+        w.write(b"first ")
+        proc.start()
+        assert q.get(timeout=WAIT) == ("attached", False)
+        rec = Index(str(cache_dir / LAYOUT)).read(key_hash("k"))
+        assert rec is not None and rec.ipc, "the reader made the entry's IPC objects"
+        seg = ipc.Segment.open(object_name(rec.ipc, SEGMENT))
+        try:
+            for chunk in (b"second ", b"third"):
+                deadline = time.monotonic() + WAIT
+                while not any(seg.slots()[SLOT_WAITING::SLOT_WORDS]):
+                    assert time.monotonic() < deadline, "the reader never went to sleep"
+                    time.sleep(0.001)
+                w.write(chunk)
+        finally:
+            seg.close()
+
+    try:
+        out = io.BytesIO()
+        assert cache.fetch("k", out, create) == (18, True)
+        assert q.get(timeout=WAIT) == ("got", b"first second third")
+        proc.join(WAIT)
+        assert proc.exitcode == 0
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        cache.stop()
