@@ -18,8 +18,10 @@ outlive unlinking, so eviction never cuts off a reader.
 
 **Pipe** (``pipe.py`` over ``ipc``). While an entry is written, a shared-memory
 segment carries the producer's offset and state and one slot per reader with
-its position; named semaphores ("doorbells") wake readers after a write and the
-producer after a reader advances. After each write the producer blocks while it
+its position. Readers sleep on a futex on the segment's sequence word, which
+the producer bumps and wakes after each write (a named semaphore where there is
+no futex); the producer sleeps on a named semaphore ("doorbell") that a reader
+rings after advancing. After each write the producer blocks while it
 is more than ``window`` bytes ahead of the fastest live reader (0: Gitaly's
 rule), so the disk fills no faster than readers read. When no live reader is
 left, its next write raises BrokenPipeError and the entry fails. Every wait is
@@ -31,9 +33,11 @@ objects are unlinked.
 
 **Creator.** The fetch that misses creates the entry. Without a timeout it runs
 ``create`` in its own thread and hands each write straight to its ``dst`` (a
-reader whose position is always the producer's offset); ``stream()``, and a
-fetch with a timeout, run ``create`` in a producer thread and read the file like
-every other reader. The entry is published as finished (the data file renamed to
+reader whose position is always the producer's offset); such an entry gets its
+segment and doorbells only when another reader attaches (that reader makes
+them, named after the data file, and the producer finds them before its next
+write or when it ends). ``stream()``, and a fetch with a timeout, run ``create``
+in a producer thread and read the file like every other reader. The entry is published as finished (the data file renamed to
 its entry name, the record removed, under the key's lock) before the segment
 says "done", so once any reader has seen the end, the next fetch anywhere is a
 hit. A producer failure removes the record first and then publishes the error,
