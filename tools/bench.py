@@ -788,7 +788,7 @@ class Config:
     small_batch: int
     small_miss_calls: int
     wake_samples: int
-    index_large: int
+    index_sizes: tuple[int, ...]  # the large index, grown to each size in turn
     index_small: int
     index_entry: int
     index_samples: int
@@ -813,7 +813,7 @@ def make_config(quick: bool, reps: int | None) -> Config:
             small_batch=100,
             small_miss_calls=300,
             wake_samples=50,
-            index_large=2_000,
+            index_sizes=(2_000,),
             index_small=100,
             index_entry=KiB,
             index_samples=1_000,
@@ -834,7 +834,7 @@ def make_config(quick: bool, reps: int | None) -> Config:
         small_batch=100,
         small_miss_calls=3_000,
         wake_samples=300,
-        index_large=100_000,
+        index_sizes=(20_000, 100_000),
         index_small=100,
         index_entry=KiB,
         index_samples=5_000,
@@ -1387,11 +1387,13 @@ def bench_wakeup(cfg: Config, data: bytes) -> list[Row]:
 # -- 8 index scale -------------------------------------------------------------------------
 
 
-def fill_large(cfg: Config, cache_dir: str, value: bytes) -> tuple[float, list[float]]:
-    """Fill ``cache_dir`` with cfg.index_large entries from cfg.index_fill_procs processes;
-    progress every 5%. Returns (wall seconds, each worker's seconds)."""
-    total, procs = cfg.index_large, cfg.index_fill_procs
-    bounds = [total * i // procs for i in range(procs + 1)]
+def fill_large(
+    cfg: Config, cache_dir: str, value: bytes, first: int, total: int
+) -> tuple[float, list[float]]:
+    """Fill ``cache_dir`` with entries ``first`` to ``total`` - 1 from cfg.index_fill_procs
+    processes; progress every 5%. Returns (wall seconds, each worker's seconds)."""
+    procs = cfg.index_fill_procs
+    bounds = [first + (total - first) * i // procs for i in range(procs + 1)]
     t0 = time.perf_counter()
     deadline = time.monotonic() + max(WAIT, total * 0.05)
     with Children() as ch:
@@ -1403,8 +1405,8 @@ def fill_large(cfg: Config, cache_dir: str, value: bytes) -> tuple[float, list[f
             kind, role, payload = ch.next(deadline, "the index fill")
             if kind == "progress":
                 count += payload["count"]
-                if count * 20 // total > shown:
-                    shown = count * 20 // total
+                if count * 20 // (total - first) > shown:
+                    shown = count * 20 // (total - first)
                     el = time.perf_counter() - t0
                     log(f"index fill {shown * 5}% ({count}/{total} entries, {el:.1f} s)")
             elif kind == "done":
@@ -1416,12 +1418,10 @@ def fill_large(cfg: Config, cache_dir: str, value: bytes) -> tuple[float, list[f
 
 def bench_index(cfg: Config, data: bytes) -> list[Row]:
     value, entry = data[: cfg.index_entry], cfg.index_entry
-    big_n, small_n, samples, batch = cfg.index_large, cfg.index_small, cfg.index_samples, 100
+    small_n, samples, batch = cfg.index_small, cfg.index_samples, 100
+    rows: list[Row] = []
     with scratch("index") as d:
         big_dir, small_dir = os.path.join(d, "large"), os.path.join(d, "small")
-        log(f"index: filling {big_n} entries from {cfg.index_fill_procs} processes")
-        fill_s, worker_s = fill_large(cfg, big_dir, value)
-        log(f"index: fill took {fill_s:.1f} s")
         big = StreamCache(big_dir, cleanup_interval=0)
         small = StreamCache(small_dir, cleanup_interval=0)
         try:
@@ -1438,28 +1438,36 @@ def bench_index(cfg: Config, data: bytes) -> list[Row]:
                     if created or written != entry:
                         raise BenchError(f"{key}: created={created} written={written}")
 
-            warm: list[float] = []
-            sample(big, big_n, warm)
-            sample(small, small_n, warm)
-            ours: list[float] = []
-            base: list[float] = []
-            log(f"index: {samples} random hits on each cache, interleaved in batches of {batch}")
-            for _ in range(max(1, samples // batch)):
-                sample(big, big_n, ours)
-                sample(small, small_n, base)
+            filled = 0
+            for big_n in cfg.index_sizes:
+                log(f"index: filling to {big_n} entries from {cfg.index_fill_procs} processes")
+                fill_s, worker_s = fill_large(cfg, big_dir, value, filled, big_n)
+                filled = big_n
+                log(f"index: fill took {fill_s:.1f} s")
+                warm: list[float] = []
+                sample(big, big_n, warm)
+                sample(small, small_n, warm)
+                ours: list[float] = []
+                base: list[float] = []
+                log(f"index: {samples} random hits on each cache, interleaved, batches of {batch}")
+                for _ in range(max(1, samples // batch)):
+                    sample(big, big_n, ours)
+                    sample(small, small_n, base)
+                note = "median per-call fetch latency, keys uniform over all entries "
+                note += f"({len(ours)} samples each)"
+                row = latency_row(f"index scale {big_n} vs {small_n}", ours, base, 1.2, note)
+                row.extra |= {"fill_seconds": fill_s, "fill_worker_seconds": worker_s}
+                rows.append(row)
             t0 = time.perf_counter()
             leak_check(big, big_dir)
             gc_s = time.perf_counter() - t0
             leak_check(small, small_dir)
+            rows[-1].extra["gc_seconds"] = gc_s
         finally:
             big.stop()
             small.stop()
-        log(f"index: gc of {big_n} entries took {gc_s:.1f} s; removing the dirs")
-    note = f"median per-call fetch latency, keys uniform over all entries ({len(ours)} samples "
-    note += f"each); fill {fill_s:.0f} s from {cfg.index_fill_procs} procs, gc {gc_s:.1f} s"
-    row = latency_row(f"index scale {big_n} vs {small_n}", ours, base, 1.2, note)
-    row.extra |= {"fill_seconds": fill_s, "fill_worker_seconds": worker_s, "gc_seconds": gc_s}
-    return [row]
+        log(f"index: gc of {filled} entries took {gc_s:.1f} s; removing the dirs")
+    return rows
 
 
 # -- 9 storm -------------------------------------------------------------------------------
