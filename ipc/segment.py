@@ -106,8 +106,18 @@ class Segment:
     # -- life cycle -------------------------------------------------------------------
 
     @classmethod
-    def create(cls, name: str, producer: ProcessId, slots: int = DEFAULT_SLOTS) -> Segment:
-        """Create a fresh segment (O_CREX, mode 0600) owned by ``producer``."""
+    def create(
+        cls,
+        name: str,
+        producer: ProcessId,
+        slots: int = DEFAULT_SLOTS,
+        *,
+        offset: int = 0,
+        producer_reads: bool = False,
+    ) -> Segment:
+        """Create a fresh segment (O_CREX, mode 0600) owned by ``producer``, its progress
+        at ``offset``; ``producer_reads``: slot 0 is the producer's own reader. Both are
+        in place before the magic, so nobody sees the segment without them."""
         if not 1 <= slots <= MAX_SLOTS:
             raise ValueError(f"slots must be in 1..{MAX_SLOTS}")
         size = HEADER_BYTES + slots * SLOT_WORDS * 8
@@ -121,6 +131,14 @@ class Segment:
         words[_W_SLOTS] = slots
         words[_W_PPID] = producer.pid
         words[_W_PSTART] = _micros(producer.start)
+        words[_W_PROGRESS] = offset
+        if producer_reads:
+            base = _HEADER_WORDS
+            words[base + SLOT_POSITION] = offset
+            words[base + SLOT_PID] = producer.pid
+            words[base + SLOT_START] = _micros(producer.start)
+            words[base + SLOT_ACTIVE] = 1
+            words[_W_USED] = 1
         words[_W_MAGIC] = MAGIC  # last: a segment without magic is not yet valid
         words.release()
         return cls(name, mm)

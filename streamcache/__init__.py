@@ -35,13 +35,14 @@ objects are unlinked.
 ``create`` in its own thread and hands each write straight to its ``dst`` (a
 reader whose position is always the producer's offset); such an entry gets its
 segment and doorbells only when another reader attaches (that reader makes
-them, named after the data file, and the producer finds them before its next
+them, named after the data file, and the producer finds them before a later
 write or when it ends). ``stream()``, and a fetch with a timeout, run ``create``
-in a producer thread and read the file like every other reader. The entry is published as finished (the data file renamed to
-its entry name, the record removed, under the key's lock) before the segment
-says "done", so once any reader has seen the end, the next fetch anywhere is a
-hit. A producer failure removes the record first and then publishes the error,
-so the next fetch creates afresh.
+in a producer thread and read the file like every other reader. The entry is
+published as finished (the data file renamed to its entry name, the record
+removed, under the key's lock) before the segment says "done", so once any
+reader has seen the end, the next fetch anywhere is a hit. A producer failure
+removes the record first and then publishes the error, so the next fetch
+creates afresh.
 
 **Eviction** (``eviction.py``). A loop in each process runs every
 ``min(max_age, 60 s)``; a cleanup lock makes one process at a time do the pass:

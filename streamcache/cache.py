@@ -11,7 +11,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import posix_ipc
@@ -119,7 +119,6 @@ class Producer:
     def __init__(self, cache: StreamCache, rec: Record, entry: EntryIPC | None, fd: int) -> None:
         self._cache = cache
         self.rec = rec
-        self._rec_text = rec.to_json()
         self._entry = entry
         self._fd = fd
         self.error: BaseException | None = None
@@ -157,7 +156,7 @@ class Producer:
         """
         cache = self._cache
         tee = Tee(dst, CREATOR_SLOT)
-        writer = Writer(self._fd, None, cache.window, cache.liveness, tee, self._discover)
+        writer = Writer(self._fd, None, cache.window, cache.liveness, tee, self._open_ipc)
         error: BaseException | None = None
         try:
             create(writer)
@@ -173,15 +172,8 @@ class Producer:
             raise CreateError(describe(self.error)) from self.error
         return writer.offset
 
-    def _discover(self) -> EntryIPC | None:
-        """The IPC objects an attaching reader made for this entry, if any yet: it names
-        them in the record (a cheap check before each write)."""
-        text = self._cache._index.read_text(self.rec.key)
-        if text is None or text == self._rec_text:
-            return None
-        return self._open_ipc()
-
     def _open_ipc(self) -> EntryIPC | None:
+        """The entry's IPC objects, if a reader that attached made them."""
         try:
             return EntryIPC.open(self._cache._ipc_base(self.rec.file))
         except SegmentError:
@@ -218,8 +210,8 @@ class Producer:
                 cache._drop_record(self.rec)
         finally:
             # Once the record is gone no reader attaches any more; one may have made
-            # the IPC objects since this producer last looked (their name is derived
-            # from the data file's, so they are found even if the record was evicted).
+            # the IPC objects since this producer last looked (their name derives from
+            # the data file's, so they are found even if the record was evicted).
             entry = writer.entry or self._open_ipc()
             if entry is not None:
                 self._end_ipc(entry, writer.offset, error, tee)
@@ -455,14 +447,12 @@ class StreamCache(CacheBase):
         if not ipc.is_alive(rec.pid, rec.start):
             self._discard(rec)
             return None
-        if not rec.ipc:
-            rec, entry = self._make_ipc_locked(rec)
-        else:
-            try:
-                entry = EntryIPC.open(rec.ipc)
-            except SegmentError:
-                self._index.remove(h)
-                return None
+        try:
+            entry = EntryIPC.open(self._ipc_base(rec.file))
+        except SegmentError:
+            # An inline creator's entry that nobody else read yet (for an entry created
+            # in a producer thread they exist before its record does).
+            entry = self._make_ipc_locked(rec)
         seg = entry.seg
         if seg.state != ipc.STATE_WRITING or not self._has_live_reader(seg):
             # Failed, or every reader left so the producer is bound to fail: a
@@ -480,37 +470,28 @@ class StreamCache(CacheBase):
             entry.close()
             raise
         slot = seg.claim_slot(ipc.current_process(), _is_dead)
-        found = rec
-        return PipeReader(fd, entry, slot, self.liveness, lambda: self._producer_died(found, fd))
+        return PipeReader(fd, entry, slot, self.liveness, lambda: self._producer_died(rec, fd))
 
-    def _make_ipc_locked(self, rec: Record) -> tuple[Record, EntryIPC]:
-        """The first reader to attach to an inline creator's entry makes its IPC objects
-        and names them in the record; the producer finds them before its next write (or
-        when it ends). The creator takes slot 0 (:data:`CREATOR_SLOT`): its position
-        there is the producer's offset, published once the producer attaches."""
+    def _make_ipc_locked(self, rec: Record) -> EntryIPC:
+        """The first reader to attach to an inline creator's entry makes its IPC objects,
+        under the name derived from the data file's; the producer looks for them before
+        its writes (at most every millisecond) and when it ends.
+
+        The segment starts at the bytes already written (the kernel grows a file only
+        over copied bytes), so they are readable at once, and with the creator in slot
+        0 (:data:`CREATOR_SLOT`); both before the producer can open it (it needs all
+        three objects, the segment's magic written last). From then on the producer is
+        the one writer of the progress word."""
         producer = ipc.ProcessId(rec.pid, rec.start)
         base = self._ipc_base(rec.file)
+        offset = self._files.written(rec.file)
+        args = (self._prefix, producer, self.reader_slots, base)
         try:
-            entry = EntryIPC.create(self._prefix, producer, self.reader_slots, base)
+            return EntryIPC.create(*args, offset=offset, producer_reads=True)
         except posix_ipc.ExistentialError:
-            # Left by an attaching process that died before naming them: never trusted.
+            # Left by an attaching process that died halfway: never trusted, replaced.
             unlink_entry_ipc(base)
-            entry = EntryIPC.create(self._prefix, producer, self.reader_slots, base)
-        try:
-            # The bytes written so far are readable at once, not only after the
-            # producer's next write: the segment starts at the data file's size (the
-            # kernel grows a file only over copied bytes). Its one writer is the
-            # producer from the moment the record names it.
-            entry.seg.publish_offset(self._files.written(rec.file))
-            slot = entry.seg.claim_slot(producer, _is_dead)
-            assert slot == CREATOR_SLOT
-            rec = replace(rec, ipc=entry.base)
-            self._index.write(rec)
-        except BaseException:
-            entry.close()
-            unlink_entry_ipc(entry.base)
-            raise
-        return rec, entry
+            return EntryIPC.create(*args, offset=offset, producer_reads=True)
 
     def _create_locked(
         self, h: str, pending: list[tuple[Producer, PipeReader | None]], *, with_reader: bool
@@ -519,8 +500,7 @@ class StreamCache(CacheBase):
         creator's reader) to ``pending``; the caller runs the producer."""
         me = ipc.current_process()
         name, wfd = self._files.create()
-        now = self._clock()
-        rec = Record(h, name, "", me.pid, me.start, now, now + self.max_age)
+        rec = Record(h, name, me.pid, me.start, self._clock() + self.max_age)
         if not with_reader:  # inline: IPC objects only once another reader attaches
             producer = Producer(self, rec, None, wfd)
             with self._mutex:
@@ -548,7 +528,6 @@ class StreamCache(CacheBase):
         # The creator is the first reader; its slot is one that nobody else claimed.
         slot = entry.seg.claim_slot(me, _is_dead)
         assert slot == CREATOR_SLOT
-        rec = replace(rec, ipc=entry.base)
         producer = Producer(self, rec, entry, wfd)
         reader = PipeReader(
             rfd,
@@ -564,10 +543,7 @@ class StreamCache(CacheBase):
         self._index.write(rec)
 
     def _ipc_base(self, file: str) -> str:
-        """The base name of the IPC objects of the entry whose data file is ``file``: the
-        file name's random part, so the producer can find objects that an attaching
-        reader made even after the entry's record is gone."""
-        return self._prefix + file[: ipc.naming.BASE_HEX]
+        return ipc_base(self._prefix, file)
 
     @staticmethod
     def _has_live_reader(seg: ipc.Segment) -> bool:
@@ -582,8 +558,7 @@ class StreamCache(CacheBase):
     # -- changes to records -------------------------------------------------------------
 
     def _current(self, rec: Record) -> Record | None:
-        """The key's record if it is still that of ``rec``'s entry (as it is now: an
-        attaching reader may have added the IPC objects' name)."""
+        """The key's record if it is still that of ``rec``'s entry."""
         cur = self._index.read(rec.key)
         return cur if cur is not None and cur.file == rec.file else None
 
@@ -617,8 +592,7 @@ class StreamCache(CacheBase):
     def _producer_died(self, rec: Record, fd: int) -> int | None:
         """A reader (reading ``fd``) found the producer of ``rec`` dead: drop the entry,
         unless it was published just before the producer died. Returns its size, if so."""
-        if rec.ipc:
-            unlink_entry_ipc(rec.ipc)
+        unlink_entry_ipc(self._ipc_base(rec.file))
         with self._index.locked(rec.key, None):
             if self._is_current(rec):
                 self._index.remove(rec.key)
@@ -641,8 +615,7 @@ class StreamCache(CacheBase):
     def _discard(self, rec: Record) -> None:
         """Drop an entry whose producer is dead (lock held)."""
         self._evict(rec)
-        if rec.ipc:
-            unlink_entry_ipc(rec.ipc)
+        unlink_entry_ipc(self._ipc_base(rec.file))
 
     def _producer_done(self, producer: Producer) -> None:
         with self._mutex:
@@ -659,8 +632,7 @@ class StreamCache(CacheBase):
             rec = self._index.read(h)
             if rec is not None and rec.expires > now and ipc.is_alive(rec.pid, rec.start):
                 live_files.add(rec.file)
-                if rec.ipc:
-                    live_ipc.add(rec.ipc)
+                live_ipc.add(self._ipc_base(rec.file))
                 continue
             with self._index.locked(h, None):
                 rec = self._index.read(h)
@@ -675,8 +647,7 @@ class StreamCache(CacheBase):
                     report.discarded += 1
                 else:
                     live_files.add(rec.file)
-                    if rec.ipc:
-                        live_ipc.add(rec.ipc)
+                    live_ipc.add(self._ipc_base(rec.file))
         for h, st in list(self._files.entries()):
             if st.st_mtime_ns / 1e9 > now:
                 continue
@@ -734,6 +705,13 @@ class StreamCache(CacheBase):
         self._mutex = threading.Lock()
         self._producers = set()
         self._cleaner.after_fork()
+
+
+def ipc_base(prefix: str, file: str) -> str:
+    """The base name of the IPC objects of the entry whose data file is ``file``: the
+    file name's random part, so the producer can find objects that an attaching reader
+    made even after the entry's record is gone."""
+    return prefix + file[: ipc.naming.BASE_HEX]
 
 
 def _is_key_hash(name: str) -> bool:

@@ -65,11 +65,10 @@ def collect_stats(cache_dir: str) -> dict[str, Any]:
             "state": "writing",
             "producer_pid": rec.pid,
             "producer_alive": ipc.is_alive(rec.pid, rec.start),
-            "age_s": round(now - rec.created, 3),
             "expires_in_s": round(rec.expires - now, 3),
         }
         try:
-            seg = ipc.Segment.open(object_name(rec.ipc, SEGMENT))
+            seg = ipc.Segment.open(object_name(cache._ipc_base(rec.file), SEGMENT))
         except ipc.SegmentError:
             pass
         else:
@@ -101,7 +100,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         if e["state"] == "done":
             detail = f"size={e['size']}"
         else:
-            detail = f"pid={e['producer_pid']} age={e['age_s']}s"
+            detail = f"pid={e['producer_pid']}"
             if "written" in e:
                 detail += f" written={e['written']} readers={e['readers']}"
         print(f"  {e['key'][:16]}  {e['state']:7} {detail} expires_in={e['expires_in_s']}s")

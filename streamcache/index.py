@@ -2,7 +2,7 @@
 
 Layout under ``<root>``::
 
-    index/<aa>/<sha256 of key>.json   one record per entry in flight (a symlink to its JSON)
+    index/<aa>/<sha256 of key>.rec    one record per entry in flight (a symlink to its text)
     locks/<aa>.lock                   256 lock stripes, chosen by the key hash
     locks/cleanup.lock                held by the one process running cleanup
 
@@ -17,7 +17,7 @@ filestore.py). Invariants:
   so a process killed inside a critical section never blocks anyone.
 - Lock files are never deleted: a deleted lock file would let two processes lock
   different inodes of one path.
-- Records are plain JSON (never pickle). A record that does not parse, or has
+- Records are plain text (never pickle). A record that does not parse, or has
   another version, is garbage: ignored, and removed under the lock.
 """
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import secrets
 import threading
@@ -38,47 +37,48 @@ import filelock
 
 from .filestore import make_private_dirs
 
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 _LOCK_POLL = 0.001
 _ABSENT = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP}
 
 
 @dataclass(frozen=True)
 class Record:
-    """What the index knows of one key's entry in flight."""
+    """What the index knows of one key's entry in flight.
 
-    key: str  # sha256 of the cache key, hex
-    file: str  # data file name in the filestore
-    ipc: str  # base name of the entry's segment and doorbells
+    Stored as one short line of text, ``"<version> <file> <pid> <start> <expires>"``:
+    short enough (under 60 bytes) to live inside a symlink's inode on ext4, so
+    writing and removing a record allocates and frees no data block.
+    """
+
+    key: str  # sha256 of the cache key, hex (the record's name; not stored)
+    file: str  # data file name in the filestore (its random part names the IPC objects)
     pid: int  # producer process
     start: float  # producer start time
-    created: float  # epoch seconds
-    expires: float  # created + the creating cache's max_age
+    expires: float  # epoch seconds: creation + the creating cache's max_age
 
-    def to_json(self) -> str:
-        return json.dumps({"v": RECORD_VERSION, **self.__dict__})
+    def to_text(self) -> str:
+        return (
+            f"{RECORD_VERSION} {self.file} {self.pid} {_short(self.start)} {_short(self.expires)}"
+        )
 
     @classmethod
-    def from_json(cls, data: str) -> Record | None:
-        try:
-            obj = json.loads(data)
-            if not isinstance(obj, dict) or obj.pop("v", None) != RECORD_VERSION:
-                return None
-            rec = cls(**obj)
-        except (ValueError, TypeError):
+    def from_text(cls, key: str, text: str) -> Record | None:
+        """The record of ``key`` in ``text``, or None if it is garbage."""
+        parts = text.split(" ")
+        if len(parts) != 5 or parts[0] != str(RECORD_VERSION):
             return None
-        types_ok = (
-            isinstance(rec.key, str)
-            and isinstance(rec.file, str)
-            and isinstance(rec.ipc, str)
-            and isinstance(rec.pid, int)
-            and isinstance(rec.start, (int, float))
-            and isinstance(rec.created, (int, float))
-            and isinstance(rec.expires, (int, float))
-            and "/" not in rec.file
-            and rec.file not in ("", ".", "..")
-        )
-        return rec if types_ok else None
+        _, file, pid, start, expires = parts
+        if "/" in file or file in ("", ".", "..") or not pid.isdigit():
+            return None
+        try:
+            return cls(key, file, int(pid), float(start), float(expires))
+        except ValueError:
+            return None
+
+
+def _short(x: float) -> str:
+    return f"{x:.3f}".rstrip("0").rstrip(".")
 
 
 class _Stripe:
@@ -177,7 +177,7 @@ class Index:
         self.locks_dir = os.path.join(root, "locks")
 
     def record_path(self, key: str) -> str:
-        return f"{self.records_dir}/{key[:2]}/{key}.json"
+        return f"{self.records_dir}/{key[:2]}/{key}.rec"
 
     def locked(self, key: str, timeout: float | None) -> contextlib.AbstractContextManager[None]:
         """Hold the lock stripe of ``key`` (``TimeoutError`` after ``timeout`` seconds)."""
@@ -215,18 +215,8 @@ class Index:
         Other errors (out of descriptors, I/O) propagate: taking them for "absent"
         would let a caller replace a live entry and start a second producer.
         """
-        try:
-            text = os.readlink(self.record_path(key))
-        except OSError as exc:
-            if exc.errno in _ABSENT:
-                return None
-            if exc.errno == errno.EINVAL:  # not a symlink: garbage
-                return None
-            raise
-        rec = Record.from_json(text)
-        if rec is not None and rec.key != key:
-            return None
-        return rec
+        text = self.read_text(key)
+        return None if text is None else Record.from_text(key, text)
 
     def exists(self, key: str) -> bool:
         return os.path.lexists(self.record_path(key))
@@ -234,12 +224,12 @@ class Index:
     def write(self, rec: Record) -> None:
         """Publish ``rec`` (lock held; any old record of the key is replaced).
 
-        A record is a symbolic link whose target is its JSON text: one atomic
+        A record is a symbolic link whose target is its text: one atomic
         ``symlink`` call creates it complete (no temp file, no rename), and one
         ``readlink`` reads it. It is never followed.
         """
         path = self.record_path(rec.key)
-        text = rec.to_json()
+        text = rec.to_text()
         try:
             os.symlink(text, path)
         except FileNotFoundError:
@@ -284,8 +274,8 @@ class Index:
             except OSError:
                 continue
             for name in names:
-                if name.endswith(".json") and len(name) == 69:
-                    yield name[:-5]
+                if name.endswith(".rec") and len(name) == 68:
+                    yield name[:-4]
 
     def stray_temp_files(self) -> Iterator[str]:
         """Paths of temp records left by a process that died before its rename."""

@@ -46,6 +46,8 @@ from .sink import write_all
 
 CHUNK = 1 << 20  # a reader reads ahead at most this much
 CREATOR_SLOT = 0  # the creating process's reader slot in its entry's segment
+# How often an inline producer looks for IPC objects that an attaching reader made.
+_DISCOVERY_INTERVAL = 0.001
 SEGMENT, READERS_BELL, WRITER_BELL = "s", "r", "w"
 
 
@@ -107,13 +109,28 @@ class EntryIPC:
 
     @classmethod
     def create(
-        cls, prefix: str, producer: ipc.ProcessId, slots: int, base: str | None = None
+        cls,
+        prefix: str,
+        producer: ipc.ProcessId,
+        slots: int,
+        base: str | None = None,
+        *,
+        offset: int = 0,
+        producer_reads: bool = False,
     ) -> EntryIPC:
         """Create fresh objects (under ``base``, or a new random one; a name that exists
         is an error, never opened). The segment comes first and is unlinked last, so a
-        doorbell without a segment is always an orphan (see :func:`unlink_entry_ipc`)."""
+        doorbell without a segment is always an orphan (see :func:`unlink_entry_ipc`),
+        and :meth:`open` succeeds only once all three exist. ``offset`` and
+        ``producer_reads`` as for :meth:`ipc.Segment.create`."""
         base = base or ipc.new_base(prefix)
-        seg = ipc.Segment.create(object_name(base, SEGMENT), producer, slots)
+        seg = ipc.Segment.create(
+            object_name(base, SEGMENT),
+            producer,
+            slots,
+            offset=offset,
+            producer_reads=producer_reads,
+        )
         try:
             rb = ipc.Doorbell.create(object_name(base, READERS_BELL))
             try:
@@ -167,10 +184,10 @@ class Writer:
 
     An inline creator's entry starts without IPC objects (``entry`` None): while
     nobody else reads, the creator's ``tee`` is its only reader and there is
-    nothing to publish. The first process that attaches creates them and names
-    them in the entry's record; ``discover`` (called before each write and at
-    close until it returns them) finds them, and from then on every write is
-    published there.
+    nothing to publish. The first process that attaches creates them (under a
+    name derived from the data file's); ``discover`` (called before writes, at
+    most every millisecond, and whenever the readers are counted, until it
+    returns them) finds them, and from then on every write is published there.
     """
 
     def __init__(
@@ -185,6 +202,7 @@ class Writer:
         self._fd = fd
         self._tee = tee
         self._discover = discover
+        self._next_discovery = 0.0
         self.entry: EntryIPC | None = None
         self._window = window
         self._liveness = liveness
@@ -214,6 +232,7 @@ class Writer:
 
     def _live_readers(self) -> int:
         if self.entry is None:
+            self._next_discovery = time.monotonic() + _DISCOVERY_INTERVAL
             entry = self._discover()
             if entry is not None:
                 self._attach(entry)
@@ -269,9 +288,11 @@ class Writer:
         if total == 0:
             return 0  # the offset does not rise: nobody to wake
         tee = self._tee
-        if self.entry is None or tee is None or not tee.alive:
+        if tee is None or not tee.alive:
             if self._live_readers() == 0:
                 self._broken()  # checked before writing: nothing lands that nobody reads
+        elif self.entry is None and time.monotonic() >= self._next_discovery:
+            self._live_readers()  # has another reader attached meanwhile?
         done = os.write(self._fd, view)
         while done < total:
             done += os.write(self._fd, view[done:])

@@ -62,8 +62,8 @@ def finished_entries(cache_dir: Path) -> list[Path]:
 
 
 def index_records(cache_dir: Path) -> list[Path]:
-    """The records of entries in flight: ``<dir>/v2/index/<aa>/<sha256 of key>.json``."""
-    return sorted((cache_dir / LAYOUT).glob("index/*/*.json"))
+    """The records of entries in flight: ``<dir>/v2/index/<aa>/<sha256 of key>.rec``."""
+    return sorted((cache_dir / LAYOUT).glob("index/*/*.rec"))
 
 
 def finished_size(cache_dir: Path, key: str) -> int | None:

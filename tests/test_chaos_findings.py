@@ -21,10 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import ipc
 import streamcache
 from ipc.naming import object_name
 from ipc.segment import SLOT_WAITING, SLOT_WORDS, Segment
-from streamcache.cache import LAYOUT, key_hash
+from streamcache.cache import LAYOUT, ipc_base, key_hash
 from streamcache.index import Index
 from streamcache.pipe import SEGMENT
 
@@ -35,8 +36,8 @@ def _segment_of(cache_dir: str, deadline: float) -> Segment:
     index = Index(str(Path(cache_dir) / LAYOUT))
     while True:
         rec = index.read(key_hash(KEY))
-        if rec is not None and rec.ipc:
-            return Segment.open(object_name(rec.ipc, SEGMENT))
+        if rec is not None:
+            return Segment.open(object_name(ipc_base(ipc.prefix_for(cache_dir), rec.file), SEGMENT))
         if time.monotonic() > deadline:
             raise TimeoutError("no record of the entry")
         time.sleep(0.001)

@@ -31,7 +31,7 @@ from xproc import HashSink, expect, payload, payload_bytes, payload_chunk, paylo
 import ipc
 import streamcache
 from ipc.naming import object_name
-from streamcache.cache import LAYOUT, key_hash
+from streamcache.cache import LAYOUT, ipc_base, key_hash
 from streamcache.filestore import Filestore
 from streamcache.index import Index, Record
 from streamcache.pipe import SEGMENT, EntryIPC, unlink_entry_ipc
@@ -158,7 +158,7 @@ def _start_bp_pair(
     assert expect(pq, "created") == (True,)
     rec = _index(cache_dir).read(key_hash(key))
     assert rec is not None and rec.pid == producer.pid
-    seg = ipc.Segment.open(object_name(rec.ipc, SEGMENT))
+    seg = ipc.Segment.open(object_name(ipc_base(ipc.prefix_for(cache_dir), rec.file), SEGMENT))
     reader = spawn.Process(
         target=xproc.commanded_reader,
         args=(str(cache_dir), key, attached, commands),
@@ -634,12 +634,13 @@ def test_pid_reuse_is_not_life(cache_dir: Path, spawn: Any, who: str) -> None:
         stale = b"stale partial bytes"
         os.write(fd, stale)
         os.close(fd)
-        entry = EntryIPC.create(ipc.prefix_for(cache_dir), ipc.ProcessId(pid, wrong), 64)
+        prefix = ipc.prefix_for(cache_dir)
+        entry = EntryIPC.create(prefix, ipc.ProcessId(pid, wrong), 64, ipc_base(prefix, name))
         try:
             entry.seg.publish_offset(len(stale))
             assert entry.seg.claim_slot(ipc.current_process(), lambda p, s: False) == 0
             now = time.time()
-            rec = Record(h, name, entry.base, pid, wrong, now, now + 300)
+            rec = Record(h, name, pid, wrong, now + 300)
             index = Index(root)
             with index.locked(h, 5):
                 index.write(rec)

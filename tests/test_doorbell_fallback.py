@@ -20,7 +20,7 @@ import streamcache
 from ipc import doorbell, futex
 from ipc.naming import new_base, object_name
 from ipc.segment import SLOT_WAITING, SLOT_WORDS
-from streamcache.cache import LAYOUT, key_hash
+from streamcache.cache import LAYOUT, ipc_base, key_hash
 from streamcache.index import Index
 from streamcache.pipe import SEGMENT
 
@@ -69,8 +69,8 @@ def test_readers_sleep_on_the_semaphore_without_futex(
         proc.start()
         assert q.get(timeout=WAIT) == ("attached", False)
         rec = Index(str(cache_dir / LAYOUT)).read(key_hash("k"))
-        assert rec is not None and rec.ipc, "the reader made the entry's IPC objects"
-        seg = ipc.Segment.open(object_name(rec.ipc, SEGMENT))
+        assert rec is not None
+        seg = ipc.Segment.open(object_name(ipc_base(ipc.prefix_for(cache_dir), rec.file), SEGMENT))
         try:
             for chunk in (b"second ", b"third"):
                 deadline = time.monotonic() + WAIT

@@ -43,7 +43,7 @@ import ipc
 import streamcache
 from ipc.naming import object_name
 from ipc.segment import SLOT_WORDS
-from streamcache.cache import key_hash
+from streamcache.cache import ipc_base, key_hash
 from streamcache.errors import describe
 from streamcache.pipe import CHUNK, SEGMENT, EntryIPC, PipeReader, Writer, unlink_entry_ipc
 
@@ -396,8 +396,8 @@ def test_cursor_concurrency(cache_dir: Path, spawn: Any) -> None:
     try:
         assert s0.created
         rec = cache._index.read(key_hash(key))
-        assert rec is not None and rec.ipc
-        seg = ipc.Segment.open(object_name(rec.ipc, SEGMENT))
+        assert rec is not None
+        seg = ipc.Segment.open(object_name(ipc_base(ipc.prefix_for(cache_dir), rec.file), SEGMENT))
         q = spawn.Queue()
         procs = [
             spawn.Process(

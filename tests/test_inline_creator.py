@@ -19,8 +19,13 @@ import pytest
 from helpers import WAIT, data_files, finished_entries, index_records
 from test_gitaly_cache import child_produce_gated, child_wait, result_of, start, wait_event
 
+import ipc
 import streamcache
+from ipc.naming import object_name
 from streamcache import StreamCache
+from streamcache.cache import LAYOUT, ipc_base, key_hash
+from streamcache.index import Index
+from streamcache.pipe import SEGMENT
 
 HOUR = 3600.0
 KEY = "inline"
@@ -209,3 +214,29 @@ def test_entry_evicted_in_flight_still_ends_for_its_readers(cache_dir: Path, spa
 
 def _forbidden(w: Any) -> None:
     raise AssertionError("this fetch must attach, not create")
+
+
+def test_leftovers_of_a_dead_attacher_are_replaced(cache_dir: Path, spawn: Any) -> None:
+    """A process that died while making an entry's IPC objects leaves some of them under
+    the entry's derived name (here: a segment with no doorbells, naming a dead producer).
+    The next reader to attach never opens them: it unlinks and makes fresh ones."""
+    produced, go = spawn.Event(), spawn.Event()
+    proc, q = start(
+        spawn, child_produce_gated, str(cache_dir), KEY, b"head ", b"tail", False, produced, go
+    )
+    cache = StreamCache(cache_dir, max_age=HOUR, liveness=0.2)
+    try:
+        wait_event(produced, "the producer's first write")
+        rec = Index(str(cache_dir / LAYOUT)).read(key_hash(KEY))
+        assert rec is not None
+        base = ipc_base(ipc.prefix_for(cache_dir), rec.file)
+        stale = ipc.Segment.create(object_name(base, SEGMENT), ipc.ProcessId(1, 0.0), 4)
+        stale.close()
+        with cache.stream(KEY, _forbidden, timeout=WAIT) as s:
+            assert s.read(5) == b"head "
+            go.set()
+            assert s.read() == b"tail"
+        assert result_of(q, proc) == ("ok", b"head tail", True)
+    finally:
+        go.set()
+        cache.stop()

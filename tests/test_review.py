@@ -23,8 +23,9 @@ from conftest import ipc_objects
 from helpers import finished_size
 from xproc import expect, payload_chunk
 
+import ipc
 import streamcache
-from streamcache.cache import LAYOUT, Producer, key_hash
+from streamcache.cache import LAYOUT, Producer, ipc_base, key_hash
 from streamcache.index import Index
 from streamcache.pipe import PipeReader, unlink_entry_ipc
 
@@ -272,7 +273,7 @@ def test_exception_before_producer_start_leaves_nothing_behind(cache_dir: Path) 
     finally:
         # Remove what the orphan leaves behind: its producer is this live process, so
         # neither gc nor the leak check would.
-        if orphan is not None and orphan.ipc:
-            unlink_entry_ipc(orphan.ipc)
+        if orphan is not None:
+            unlink_entry_ipc(ipc_base(ipc.prefix_for(cache_dir), orphan.file))
         with cache._mutex:
             cache._producers = {p for p in cache._producers if p.thread is not None}

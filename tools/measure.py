@@ -22,7 +22,7 @@ from typing import Any
 import ipc
 import streamcache
 from ipc.naming import object_name
-from streamcache.cache import LAYOUT, key_hash
+from streamcache.cache import LAYOUT, ipc_base, key_hash
 from streamcache.index import Index
 from streamcache.pipe import SEGMENT
 
@@ -141,7 +141,9 @@ def lead(window: int, write: int) -> int:
             s.read(write)  # one chunk, then stall
             rec = Index(os.path.join(cache_dir, LAYOUT)).read(key_hash("lead"))
             assert rec is not None
-            seg = ipc.Segment.open(object_name(rec.ipc, SEGMENT))
+            seg = ipc.Segment.open(
+                object_name(ipc_base(ipc.prefix_for(cache_dir), rec.file), SEGMENT)
+            )
             # The producer blocks once it is more than window ahead: it announces that
             # in the segment before sleeping.
             deadline = time.monotonic() + 30
