@@ -51,6 +51,18 @@ def make_private_dirs(path: str) -> None:
         pass
 
 
+def producer_pid(name: str) -> int | None:
+    """The pid of the process that created the data file ``name`` (None: not one of
+    ours)."""
+    parts = name.split("-")
+    if len(parts) != 3 or "/" in name:
+        return None
+    try:
+        return int(parts[1], 16)
+    except ValueError:
+        return None
+
+
 class Finished(NamedTuple):
     """A finished entry: open (``fd``), or, if small, already read (``data``)."""
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import filelock
 
-from .filestore import make_private_dirs
+from .filestore import make_private_dirs, producer_pid
 
 RECORD_VERSION = 3
 _LOCK_POLL = 0.001
@@ -46,9 +46,10 @@ _ABSENT = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP}
 class Record:
     """What the index knows of one key's entry in flight.
 
-    Stored as one short line of text, ``"<version> <file> <pid> <start> <expires>"``:
-    short enough (under 60 bytes) to live inside a symlink's inode on ext4, so
-    writing and removing a record allocates and frees no data block.
+    Stored as one short line of text, ``"<version> <file> <start> <expires>"`` (the
+    data file's name carries the producer's pid, see filestore.py): short enough
+    (under 60 bytes) to live inside a symlink's inode on ext4, so writing and
+    removing a record allocates and frees no data block.
     """
 
     key: str  # sha256 of the cache key, hex (the record's name; not stored)
@@ -58,21 +59,20 @@ class Record:
     expires: float  # epoch seconds: creation + the creating cache's max_age
 
     def to_text(self) -> str:
-        return (
-            f"{RECORD_VERSION} {self.file} {self.pid} {_short(self.start)} {_short(self.expires)}"
-        )
+        return f"{RECORD_VERSION} {self.file} {_short(self.start)} {_short(self.expires)}"
 
     @classmethod
     def from_text(cls, key: str, text: str) -> Record | None:
         """The record of ``key`` in ``text``, or None if it is garbage."""
         parts = text.split(" ")
-        if len(parts) != 5 or parts[0] != str(RECORD_VERSION):
+        if len(parts) != 4 or parts[0] != str(RECORD_VERSION):
             return None
-        _, file, pid, start, expires = parts
-        if "/" in file or file in ("", ".", "..") or not pid.isdigit():
+        _, file, start, expires = parts
+        pid = producer_pid(file)
+        if pid is None:
             return None
         try:
-            return cls(key, file, int(pid), float(start), float(expires))
+            return cls(key, file, pid, float(start), float(expires))
         except ValueError:
             return None
 

@@ -384,3 +384,16 @@ def test_cli_demo_runs_clean() -> None:
     assert out.returncode == 0, out.stderr
     assert "result: OK" in out.stdout
     assert out.stdout.count("produced 1 time(s)") == 2
+
+
+def test_record_fits_in_a_fast_symlink() -> None:
+    """A record is a symlink's target; under 60 bytes ext4 keeps it in the inode (no data
+    block to allocate and free per miss), even for the largest pid and a long uptime."""
+    from streamcache.index import Record
+
+    pid = 4_194_304  # Linux's largest pid_max
+    rec = Record("a" * 64, f"{'f' * 16}-{pid:x}-{0xFFFFF:x}", pid, 31_536_000.99, 4_102_444_800.5)
+    assert len(rec.to_text()) < 60
+    assert Record.from_text(rec.key, rec.to_text()) == rec
+    for garbage in ("", "3", "3 x 1 2", "3 a-zz-0 1 2", "2 a-1-0 1 2", "3 a/b-1-0 1 2"):
+        assert Record.from_text(rec.key, garbage) is None, garbage

@@ -630,7 +630,9 @@ def test_pid_reuse_is_not_life(cache_dir: Path, spawn: Any, who: str) -> None:
         # A plausible in-flight entry made by "pid": a partly written data file, a real
         # segment that names the producer and has a live reader, and its record.
         files = Filestore(root)
-        name, fd = files.create()
+        name = f"{'ab' * 8}-{pid:x}-0"  # a data file name carries its creator's pid
+        os.makedirs(os.path.dirname(files.path(name)), mode=0o700, exist_ok=True)
+        fd = os.open(files.path(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         stale = b"stale partial bytes"
         os.write(fd, stale)
         os.close(fd)
