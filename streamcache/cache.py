@@ -122,7 +122,7 @@ class Producer:
         self._entry = entry
         self._fd = fd
         self.error: BaseException | None = None
-        self._finalized = False
+        self._started = False  # set by whoever runs (or aborts) it, in its own thread
         self.thread: threading.Thread | None = None
 
     def start(self, create: Create) -> None:
@@ -133,7 +133,8 @@ class Producer:
 
     def abort(self, error: BaseException) -> None:
         """Fail the entry if it never started running (a no-op once it has)."""
-        if self.thread is None and not self._finalized:
+        if self.thread is None and not self._started:
+            self._started = True
             self._finalize(Writer(self._fd, self._entry, 0, 1.0), error)
 
     def run(self, create: Create) -> None:
@@ -155,16 +156,22 @@ class Producer:
         ``dst`` error is raised once it returns.
         """
         cache = self._cache
-        tee = Tee(dst, CREATOR_SLOT)
-        writer = Writer(self._fd, None, cache.window, cache.liveness, tee, self._open_ipc)
         error: BaseException | None = None
+        tee: Tee | None = None
+        writer: Writer | None = None
         try:
+            self._started = True  # from here on every exit goes through _finalize
+            tee = Tee(dst, CREATOR_SLOT)
+            writer = Writer(self._fd, None, cache.window, cache.liveness, tee, self._open_ipc)
             create(writer)
             writer.finish()
         except BaseException as exc:
+            self._started = True
             error = exc
+        if writer is None:
+            writer = Writer(self._fd, None, 0, 1.0)
         self._finalize(writer, error, tee)
-        if tee.error is not None:
+        if tee is not None and tee.error is not None:
             raise tee.error
         if isinstance(error, (KeyboardInterrupt, SystemExit)):
             raise error
@@ -185,7 +192,6 @@ class Producer:
         """Publish the outcome: the finished entry (or no entry) first, then the segment;
         unlink the IPC names. An inline creator stays a reader until the outcome is out,
         so no fetch takes the entry for abandoned meanwhile."""
-        self._finalized = True
         cache = self._cache
         writer.abandon()  # a thread left behind by create can write no more
         try:
@@ -215,6 +221,8 @@ class Producer:
             entry = writer.entry or self._open_ipc()
             if entry is not None:
                 self._end_ipc(entry, writer.offset, error, tee)
+            else:  # none, or a partial set left by an attaching reader that died
+                unlink_entry_ipc(cache._ipc_base(self.rec.file))
             cache._producer_done(self)
 
     def _end_ipc(
@@ -331,9 +339,9 @@ class StreamCache(CacheBase):
         created = False
         if source is None:
             if deadline is None:
-                source, producer = self._find_or_claim(h, create, deadline, inline=True)
-                if producer is not None:
-                    return FetchResult(producer.run_inline(create, dst), True)
+                source, written = self._find_or_create_inline(h, create, dst)
+                if source is None:
+                    return FetchResult(written, True)
             else:
                 source, created = self._find_or_claim_reader(h, create, deadline)
         assert source is not None
@@ -356,32 +364,40 @@ class StreamCache(CacheBase):
     def _find_or_claim_reader(
         self, h: str, create: Create, deadline: float | None
     ) -> tuple[FileReader | PipeReader, bool]:
-        reader, producer = self._find_or_claim(h, create, deadline, inline=False)
+        """A reader on the entry of ``h``; if there is none, create it with its producer
+        in a thread and a reader for the caller. Returns (reader, created)."""
+        reader, _ = self._find_or_claim(h, create, deadline, None)
         assert reader is not None
-        return reader, producer is not None
+        return reader, _ == -1
+
+    def _find_or_create_inline(
+        self, h: str, create: Create, dst: Any
+    ) -> tuple[FileReader | PipeReader | None, int]:
+        """A reader on the entry of ``h`` (and 0); if there is none, create it here,
+        copying it to ``dst``: (None, bytes copied)."""
+        return self._find_or_claim(h, create, None, dst)
 
     def _find_or_claim(
-        self, h: str, create: Create, deadline: float | None, *, inline: bool
-    ) -> tuple[FileReader | PipeReader | None, Producer | None]:
-        """Under the key's lock: a reader on the entry, or a new entry of ours.
-
-        A new entry's producer is started in a thread (with a reader for the
-        caller), or, ``inline``, returned for the caller to run (no reader).
-        """
+        self, h: str, create: Create, deadline: float | None, dst: Any
+    ) -> tuple[FileReader | PipeReader | None, int]:
+        """Under the key's lock: a reader on the entry, or a new entry of ours, whose
+        producer runs in a thread (``dst`` None: the second value is -1) or here,
+        copying to ``dst`` (returns None and the bytes copied)."""
         # A created entry is put here before its record is written, so that an
         # exception anywhere up to the producer's start (a signal handler's, say)
-        # fails it instead of leaving a record that no thread will ever finish.
+        # fails it instead of leaving a record that nobody will ever finish.
         pending: list[tuple[Producer, PipeReader | None]] = []
         try:
             with self._index.locked(h, remaining(deadline)):
                 reader = self._lookup_locked(h)
                 if reader is not None:
-                    return reader, None
-                self._create_locked(h, pending, with_reader=not inline)
+                    return reader, 0
+                self._create_locked(h, pending, with_reader=dst is None)
             producer, reader = pending[0]
-            if not inline:
-                producer.start(create)
-            return reader, producer
+            if dst is not None:
+                return None, producer.run_inline(create, dst)
+            producer.start(create)
+            return reader, -1
         except BaseException as exc:
             for producer, reader in pending:
                 if reader is not None:
@@ -591,18 +607,21 @@ class StreamCache(CacheBase):
 
     def _producer_died(self, rec: Record, fd: int) -> int | None:
         """A reader (reading ``fd``) found the producer of ``rec`` dead: drop the entry,
-        unless it was published just before the producer died. Returns its size, if so."""
+        unless it was published just before the producer died (its data file is the
+        finished entry, even if the record is still there). Returns its size, if so."""
         unlink_entry_ipc(self._ipc_base(rec.file))
         with self._index.locked(rec.key, None):
-            if self._is_current(rec):
+            current = self._is_current(rec)
+            st = os.fstat(fd)
+            if self._files.entry_identity(rec.key) == (st.st_dev, st.st_ino):
+                if current:
+                    self._index.remove(rec.key)  # killed between publish and this
+                fin = self._files.open_entry(rec.key)
+                if fin is not None:
+                    os.close(fin.fd)
+                    return fin.size
+            elif current:
                 self._index.remove(rec.key)
-            else:
-                st = os.fstat(fd)
-                if self._files.entry_identity(rec.key) == (st.st_dev, st.st_ino):
-                    fin = self._files.open_entry(rec.key)
-                    if fin is not None:
-                        os.close(fin.fd)
-                        return fin.size
         self._files.remove(rec.file)
         return None
 

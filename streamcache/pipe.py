@@ -513,11 +513,13 @@ class _Reader:
             if self._closed:
                 return
             self._closed = True
-            release = not self._busy
-            self._released = release
-        self._leave()
-        if release:
-            self._release()
+            # The close counts as a user until its _leave is done, so a read ending
+            # meanwhile cannot release (unmap) what _leave still touches.
+            self._busy += 1
+        try:
+            self._leave()
+        finally:
+            self._exit()
 
     def _leave(self) -> None:
         """Give up this reader's place (mappings still valid)."""
@@ -635,14 +637,13 @@ class PipeReader(_Reader):
 
     def _leave(self) -> None:
         if self._slot is not None:
-            with self._guard:
-                self._seg.release_slot(self._slot)
+            self._seg.release_slot(self._slot)
             full_fence()
             if self._seg.producer_waiting:
                 # The producer may be waiting on us; let it re-count its readers.
                 self._entry.writer_bell.ring()
-        if self._busy:
-            self._entry.readers_bell.ring()  # wake our own thread sleeping in read()
+        # Wake our own thread if it sleeps in read() (a spurious wake-up for others).
+        self._entry.readers_bell.ring()
 
     def _release(self) -> None:
         self._entry.close()

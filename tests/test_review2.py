@@ -80,13 +80,6 @@ def _read_exactly(s: streamcache.Stream, n: int) -> bytes:
 # -- 1. an attacher killed while making the IPC objects ---------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: an attacher killed between the segment and the doorbells leaves them under "
-    "the entry's derived name; the producer cannot open them (EntryIPC.open fails) so it "
-    "never unlinks them, and gc skips a segment saying 'writing' whose producer lives",
-)
 def test_objects_of_an_attacher_killed_halfway_do_not_outlive_the_entry(
     cache_dir: Path, spawn: SpawnContext
 ) -> None:
@@ -190,15 +183,6 @@ def _pause_at(fn: Callable[..., Any], needle: str, paused: threading.Event, resu
     sys.settrace(trace)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: _Reader.close sets _closed and finds the reader busy, then (outside the "
-    "guard) calls _leave; if the reading thread's _exit runs in between it releases the "
-    "entry (unmaps the segment), so _leave's release_slot hits a released memoryview: "
-    "close() raises ValueError and the slot stays active for a live pid, so a producer "
-    "whose only reader that was waits for it forever",
-)
 def test_close_racing_the_end_of_a_read_releases_the_slot(
     cache_dir: Path, spawn: SpawnContext
 ) -> None:
@@ -276,13 +260,6 @@ def test_close_racing_the_end_of_a_read_releases_the_slot(
 # -- 3. the producer killed between publishing the entry and removing its record --------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: _publish renames the data file to the entry before it removes the record; "
-    "a producer killed in between leaves the record current, so a waiting reader's "
-    "_producer_died raises ProducerDied although its file is the complete, published entry",
-)
 def test_reader_of_an_entry_published_just_before_the_kill_gets_it_all(
     cache_dir: Path, spawn: SpawnContext
 ) -> None:
@@ -322,14 +299,6 @@ def test_reader_of_an_entry_published_just_before_the_kill_gets_it_all(
 # -- 4. the inline creator interrupted before its create started ------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: for an inline creator, _find_or_claim returns the producer out of its "
-    "try/abort block and fetch calls run_inline afterwards; an exception in between "
-    "(a signal handler's) leaves a record naming a live process that never writes, so "
-    "every later fetch of the key attaches and waits for it forever",
-)
 def test_inline_creator_interrupted_before_create_leaves_no_entry(
     cache_dir: Path, spawn: SpawnContext
 ) -> None:
