@@ -100,19 +100,13 @@ class Filestore:
         return os.open(self.path(name), OPEN_READ)
 
     def written(self, name: str) -> int:
-        """How many of an entry's bytes its data file holds (0 if it is gone): its size,
-        less the trailer if the producer has sealed it already."""
+        """How many of an entry's bytes its data file holds (0 if it is gone)."""
         try:
             fd = os.open(self.path(name), OPEN_READ)
         except FileNotFoundError:
             return 0
         try:
-            size = os.fstat(fd).st_size
-            if size >= TRAILER.size and _intact(
-                os.pread(fd, TRAILER.size, size - TRAILER.size), 0, size - TRAILER.size
-            ):
-                return size - TRAILER.size
-            return size
+            return entry_bytes(fd)
         finally:
             os.close(fd)
 
@@ -224,6 +218,16 @@ class Filestore:
             except OSError:
                 pass
         return removed
+
+
+def entry_bytes(fd: int) -> int:
+    """How many of an entry's bytes the data file ``fd`` holds: its size, less the
+    trailer if the producer has sealed it already."""
+    size = os.fstat(fd).st_size
+    at = size - TRAILER.size
+    if at >= 0 and _intact(os.pread(fd, TRAILER.size, at), 0, at):
+        return at
+    return size
 
 
 def _intact(buf: bytes, at: int, size: int) -> bool:

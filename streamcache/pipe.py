@@ -42,6 +42,7 @@ from ipc.segment import (
 )
 
 from .errors import CreateError, ProducerDied
+from .filestore import entry_bytes
 from .sink import write_all
 
 CHUNK = 1 << 20  # a reader reads ahead at most this much
@@ -556,6 +557,7 @@ class PipeReader(_Reader):
         self._on_producer_died = on_producer_died
         self._local_cause = local_cause  # the producer's exception, when it ran here
         self._final: int | None = None
+        self._in_file = 0  # bytes found in the data file beyond the published offset
         self._poll = 0.001
         self._next_check = time.monotonic() + liveness
 
@@ -567,6 +569,8 @@ class PipeReader(_Reader):
                 offset, state = self._final, ipc.STATE_DONE
             else:
                 offset, state = self._seg.progress()
+                if state == ipc.STATE_WRITING:
+                    offset = max(offset, self._in_file)
             if offset > self.position:
                 return offset - self.position
             if state == ipc.STATE_DONE:
@@ -625,7 +629,13 @@ class PipeReader(_Reader):
             return
         self._next_check = time.monotonic() + self._liveness
         offset, state = seg.progress()
-        if state == ipc.STATE_WRITING and offset == self.position:
+        if state == ipc.STATE_WRITING and offset <= self.position:
+            # Nothing published for a while: bytes in the file count too (an inline
+            # producer publishes only once it has found the IPC objects; the kernel
+            # grows a file only over copied bytes, and the producer never rewrites).
+            self._in_file = entry_bytes(self._fd)
+            if self._in_file > self.position:
+                return
             producer = seg.producer
             if not ipc.is_alive(producer.pid, producer.start):
                 self._final = self._on_producer_died()

@@ -362,14 +362,6 @@ def test_a_stalled_creator_client_does_not_stall_the_other_readers(
 # -- 6. bytes written between an attach and the producer's next look --------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG (latency): a write within _DISCOVERY_INTERVAL of the producer's last look "
-    "for IPC objects is not published to a reader that attached meanwhile until the "
-    "producer's next write or its end, however long create blocks in between (the "
-    "interval is widened here to make the 1 ms window deterministic)",
-)
 def test_bytes_written_after_an_attach_reach_the_reader_while_create_blocks(
     cache_dir: Path, spawn: SpawnContext
 ) -> None:
@@ -406,6 +398,48 @@ def test_bytes_written_after_an_attach_reach_the_reader_while_create_blocks(
         go.set()
         hold.set()
         proc.join(WAIT)
+
+
+def test_reader_past_the_published_offset_still_learns_the_producer_died(
+    cache_dir: Path, spawn: SpawnContext
+) -> None:
+    """The reader above has read bytes found in the file beyond the published offset; if
+    the producer is then SIGKILLed, the reader still notices (ProducerDied) instead of
+    waiting for an offset that will never rise."""
+    written, go, wrote_tail, hold = (spawn.Event() for _ in range(4))
+    proc, _out = _start(
+        spawn,
+        review2_procs.gated_inline_producer,
+        str(cache_dir),
+        KEY,
+        b"head ",
+        b"tail",
+        written,
+        go,
+        discovery_interval=HOUR,
+        wrote_tail=wrote_tail,
+        hold=hold,
+    )
+    cache = StreamCache(cache_dir, max_age=HOUR, liveness=0.2, cleanup_interval=0)
+    try:
+        _wait(written, "the producer's first write")
+        with cache.stream(KEY, review2_procs.forbidden_create, timeout=WAIT) as s:
+            assert _read_exactly(s, 5) == b"head "
+            go.set()
+            _wait(wrote_tail, "the producer's second write")
+            assert _read_exactly(s, 4) == b"tail"
+            # (Its Events are never set after this: a multiprocessing Event's set() waits
+            # for every sleeper to wake, and a killed one never does.)
+            os.kill(proc.pid or 0, signal.SIGKILL)
+            proc.join(WAIT)
+            with pytest.raises(streamcache.ProducerDied):
+                s.read()
+    finally:
+        if proc.exitcode is None:
+            go.set()
+            hold.set()
+            proc.join(WAIT)
+    cache.gc()
 
 
 # -- 7. stripe locks and fork ------------------------------------------------------------------
