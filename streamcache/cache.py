@@ -51,7 +51,8 @@ from .stream import FetchResult, Stream
 
 LAYOUT = "v2"
 # Seconds a segment without its header yet (its creator may be between shm_open and
-# the header's magic) or a temp record is left alone by cleanup.
+# the header's magic), doorbells without a segment (a set being made) or a temp record
+# are left alone by cleanup.
 _ORPHAN_GRACE = 5.0
 
 Create = Callable[[Any], object]
@@ -465,9 +466,15 @@ class StreamCache(CacheBase):
             return None
         try:
             entry = EntryIPC.open(self._ipc_base(rec.file))
-        except SegmentError:
-            # An inline creator's entry that nobody else read yet (for an entry created
-            # in a producer thread they exist before its record does).
+        except SegmentError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, posix_ipc.Error) and not isinstance(
+                cause, posix_ipc.ExistentialError
+            ):
+                raise  # out of descriptors, say: they may well exist; never replace them
+            # An inline creator's entry that nobody else read yet, or a set an attaching
+            # process left half made (for an entry created in a producer thread they
+            # exist before its record does).
             entry = self._make_ipc_locked(rec)
         seg = entry.seg
         if seg.state != ipc.STATE_WRITING or not self._has_live_reader(seg):
@@ -701,6 +708,8 @@ class StreamCache(CacheBase):
             if base in live:
                 continue
             seg_obj = next((o for o in objs if not o.is_semaphore and o.kind == "s"), None)
+            if seg_obj is None and any(o.mtime > wall - _ORPHAN_GRACE for o in objs):
+                continue  # doorbells of a set being made right now (or unmade)
             if seg_obj is not None:
                 try:
                     seg = ipc.Segment.open(seg_obj.name)

@@ -120,29 +120,34 @@ class EntryIPC:
         producer_reads: bool = False,
     ) -> EntryIPC:
         """Create fresh objects (under ``base``, or a new random one; a name that exists
-        is an error, never opened). The segment comes first and is unlinked last, so a
-        doorbell without a segment is always an orphan (see :func:`unlink_entry_ipc`),
-        and :meth:`open` succeeds only once all three exist. ``offset`` and
-        ``producer_reads`` as for :meth:`ipc.Segment.create`."""
+        is an error, never opened). ``offset`` and ``producer_reads`` as for
+        :meth:`ipc.Segment.create`.
+
+        Invariant: the doorbells come first and the segment, its magic written last,
+        after them (and :func:`unlink_entry_ipc` removes the segment first), so a
+        segment that opens always has its own doorbells beside it: :meth:`open`
+        never pairs a segment with doorbells of another set. Doorbells without a
+        segment are a set being made or unmade; cleanup leaves young ones alone.
+        """
         base = base or ipc.new_base(prefix)
-        seg = ipc.Segment.create(
-            object_name(base, SEGMENT),
-            producer,
-            slots,
-            offset=offset,
-            producer_reads=producer_reads,
-        )
+        rb = ipc.Doorbell.create(object_name(base, READERS_BELL))
         try:
-            rb = ipc.Doorbell.create(object_name(base, READERS_BELL))
+            wb = ipc.Doorbell.create(object_name(base, WRITER_BELL))
             try:
-                wb = ipc.Doorbell.create(object_name(base, WRITER_BELL))
+                seg = ipc.Segment.create(
+                    object_name(base, SEGMENT),
+                    producer,
+                    slots,
+                    offset=offset,
+                    producer_reads=producer_reads,
+                )
             except BaseException:
-                rb.close()
-                rb.unlink()
+                wb.close()
+                wb.unlink()
                 raise
         except BaseException:
-            seg.close()
-            seg.unlink()
+            rb.close()
+            rb.unlink()
             raise
         return cls(base, seg, rb, wb)
 
@@ -168,10 +173,11 @@ class EntryIPC:
 
 
 def unlink_entry_ipc(base: str) -> None:
-    """Remove an entry's IPC names: doorbells first, the segment last."""
+    """Remove an entry's IPC names: the segment first, then the doorbells (see
+    :meth:`EntryIPC.create`)."""
+    unlink_segment(object_name(base, SEGMENT))
     unlink_semaphore(object_name(base, READERS_BELL))
     unlink_semaphore(object_name(base, WRITER_BELL))
-    unlink_segment(object_name(base, SEGMENT))
 
 
 def _micros(seconds: float) -> int:
