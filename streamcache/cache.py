@@ -125,6 +125,7 @@ class Producer:
         self.error: BaseException | None = None
         self._started = False  # set by whoever runs (or aborts) it, in its own thread
         self.thread: threading.Thread | None = None
+        self._follower: Follower | None = None
 
     def start(self, create: Create) -> None:
         self.thread = threading.Thread(
@@ -162,7 +163,7 @@ class Producer:
         writer: Writer | None = None
         try:
             self._started = True  # from here on every exit goes through _finalize
-            tee = Tee(dst, CREATOR_SLOT)
+            tee = Tee(dst, functools.partial(self._hand_over, dst))
             writer = Writer(self._fd, None, cache.window, cache.liveness, tee, self._open_ipc)
             create(writer)
             writer.finish()
@@ -171,14 +172,44 @@ class Producer:
             error = exc
         if writer is None:
             writer = Writer(self._fd, None, 0, 1.0)
-        self._finalize(writer, error, tee)
+        self._finalize(writer, error)
+        follower = self._follower
+        if follower is not None:
+            follower.join()  # it reads to the end the segment now shows
+        # The creator's own dst failing comes first: the entry may have failed only
+        # because of it (no other reader left).
         if tee is not None and tee.error is not None:
             raise tee.error
+        if follower is not None and follower.error is not None:
+            if not isinstance(follower.error, CreateError):
+                raise follower.error
         if isinstance(error, (KeyboardInterrupt, SystemExit)):
             raise error
         if self.error is not None:  # create's, or one publishing the entry
             raise CreateError(describe(self.error)) from self.error
-        return writer.offset
+        assert tee is not None
+        return tee.delivered + (follower.written if follower is not None else 0)
+
+    def _hand_over(self, dst: Any, position: int) -> None:
+        """Another reader attached: the creator's copy to ``dst`` continues from
+        ``position`` in a thread that reads the file (from the creator's slot 0)."""
+        self._follower = Follower(dst)
+        try:
+            entry = EntryIPC.open(self._cache._ipc_base(self.rec.file))
+            try:
+                fd = os.dup(self._fd)  # the file may be unlinked (evicted) by now
+            except BaseException:
+                entry.close()
+                raise
+        except Exception as exc:  # the creator loses its copy; the entry goes on
+            self._follower.error = exc
+            return
+        reader = PipeReader(
+            fd, entry, CREATOR_SLOT, self._cache.liveness, lambda: None, lambda: self.error
+        )
+        reader.position = position
+        entry.seg.set_position(CREATOR_SLOT, position)
+        self._follower.start(reader, f"streamcache-creator-{self.rec.key[:8]}")
 
     def _open_ipc(self) -> EntryIPC | None:
         """The entry's IPC objects, if a reader that attached made them."""
@@ -187,9 +218,7 @@ class Producer:
         except SegmentError:
             return None
 
-    def _finalize(
-        self, writer: Writer, error: BaseException | None, tee: Tee | None = None
-    ) -> None:
+    def _finalize(self, writer: Writer, error: BaseException | None) -> None:
         """Publish the outcome: the finished entry (or no entry) first, then the segment;
         unlink the IPC names. An inline creator stays a reader until the outcome is out,
         so no fetch takes the entry for abandoned meanwhile."""
@@ -221,14 +250,12 @@ class Producer:
             # the data file's, so they are found even if the record was evicted).
             entry = writer.entry or self._open_ipc()
             if entry is not None:
-                self._end_ipc(entry, writer.offset, error, tee)
+                self._end_ipc(entry, writer.offset, error)
             else:  # none, or a partial set left by an attaching reader that died
                 unlink_entry_ipc(cache._ipc_base(self.rec.file))
             cache._producer_done(self)
 
-    def _end_ipc(
-        self, entry: EntryIPC, offset: int, error: BaseException | None, tee: Tee | None
-    ) -> None:
+    def _end_ipc(self, entry: EntryIPC, offset: int, error: BaseException | None) -> None:
         """Publish the outcome in the segment, wake every reader, unlink the names."""
         seg = entry.seg
         try:
@@ -244,10 +271,34 @@ class Producer:
                 seg.fail(text)
             ring_all(entry)
         finally:
-            if tee is not None:
-                tee.leave()
             unlink_entry_ipc(entry.base)
             entry.close()
+
+
+class Follower:
+    """The inline creator's copy to its ``dst`` once another reader attached: a thread
+    of the creating process reading the file, like any reader."""
+
+    def __init__(self, dst: Any) -> None:
+        self._dst = dst
+        self.written = 0
+        self.error: Exception | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, reader: PipeReader, name: str) -> None:
+        self._thread = threading.Thread(target=self._run, args=(reader,), name=name)
+        self._thread.start()
+
+    def _run(self, reader: PipeReader) -> None:
+        try:
+            with Stream(reader, True, None) as s:
+                self.written = s.copy_to(self._dst)
+        except Exception as exc:  # dst failed (or the entry did: the producer says why)
+            self.error = exc
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
 
 
 class StreamCache(CacheBase):

@@ -31,7 +31,9 @@ from typing import NamedTuple
 
 _counter = itertools.count()
 
-OPEN_WRITE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Read and write: an inline creator's copy may move to a reader of this very
+# descriptor (duplicated), which works even once cleanup has unlinked the file.
+OPEN_WRITE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ABSENT = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP}
 
@@ -85,7 +87,7 @@ class Filestore:
         return f"{self.data_dir}/{name[:2]}/{name}"
 
     def create(self) -> tuple[str, int]:
-        """Create a new empty data file (mode 0600); return its name and a write descriptor."""
+        """Create a new empty data file (mode 0600); return its name and a descriptor."""
         name = f"{secrets.token_hex(8)}-{os.getpid():x}-{next(_counter):x}"
         path = self.path(name)
         try:

@@ -229,7 +229,7 @@ class Writer:
         self.entry = entry
         self._seg = entry.seg
         if self._tee is not None:
-            self._tee.attach(entry.seg, self.offset)
+            self._tee.attach(entry.seg)
         if self.offset:
             self._seg.publish_offset(self.offset)
             full_fence()
@@ -306,7 +306,7 @@ class Writer:
         self.offset += total
         if self.entry is None:  # only the creator reads, straight from this write
             assert tee is not None
-            tee.copy(data if type(data) is bytes else view.tobytes(), self.offset)
+            tee.copy(data if type(data) is bytes else view.tobytes())
             if not tee.alive and self._live_readers() == 0:
                 self._broken()
             return total
@@ -317,11 +317,6 @@ class Writer:
         live, best, waiting = self._scan()
         if waiting:
             self.entry.readers_bell.ring(waiting)
-        if tee is not None and tee.alive:
-            tee.copy(data if type(data) is bytes else view.tobytes(), self.offset)
-            if tee.alive:
-                return total  # the creator has everything: nobody is behind the window
-            live, best, waiting = self._scan()
         self._hold_back(live, best)
         return total
 
@@ -393,45 +388,40 @@ def ring_all(entry: EntryIPC) -> None:
 
 
 class Tee:
-    """The inline creator's own copy of the entry: each write goes straight to ``dst``.
+    """The inline creator's own copy while nobody else reads: each write goes
+    straight to ``dst``, so the creator is always the fastest reader.
 
-    The creator keeps a reader slot (slot 0, once the entry has a segment) whose
-    position follows the producer's offset while ``dst`` takes the bytes (so it
-    counts as the fastest reader). If ``dst`` fails, the creator leaves: the slot
-    is released and the error kept for the caller. Used only by the producer's
-    thread.
+    Once another reader attaches (the entry gets its segment, with slot 0 the
+    creator's), the copy is handed over (``handoff(bytes delivered)``) to a reader
+    of the file in a thread of this process: from then on the creator's client
+    paces only itself, and the producer the fastest reader, as in Gitaly. If
+    ``dst`` fails first, the creator leaves and the error is kept for the caller.
+    Used only by the producer's thread.
     """
 
-    def __init__(self, dst: Any, slot: int) -> None:
+    def __init__(self, dst: Any, handoff: Callable[[int], None]) -> None:
         self._dst = dst
-        self._seg: ipc.Segment | None = None
-        self._slot = slot
+        self._handoff = handoff
+        self.delivered = 0
         self.alive = True
         self.error: Exception | None = None
 
-    def attach(self, seg: ipc.Segment, offset: int) -> None:
-        """The entry's segment now exists: keep the creator's slot there up to date."""
-        self._seg = seg
-        if self.alive:
-            seg.set_position(self._slot, offset)
-        else:
-            seg.release_slot(self._slot)
-
-    def copy(self, data: bytes, offset: int) -> None:
+    def copy(self, data: bytes) -> None:
         try:
             write_all(self._dst, data)
         except Exception as exc:
             self.error = exc
-            self.leave()
+            self.alive = False
             return
-        if self._seg is not None:
-            self._seg.set_position(self._slot, offset)
+        self.delivered += len(data)
 
-    def leave(self) -> None:
+    def attach(self, seg: ipc.Segment) -> None:
+        """The entry's segment exists now: hand the copy over, or give up slot 0."""
         if self.alive:
             self.alive = False
-            if self._seg is not None:
-                self._seg.release_slot(self._slot)
+            self._handoff(self.delivered)
+        else:
+            seg.release_slot(CREATOR_SLOT)
 
 
 class _Reader:

@@ -242,7 +242,8 @@ def child_fetch_with_file_size_limit(
 
 
 def write_fds_under(root: str) -> list[int]:
-    """This process's write-only descriptors on files under ``root`` (from /proc/self)."""
+    """This process's writable descriptors on files under ``root`` (from /proc/self): the
+    producer's (readers open their files read-only)."""
     found = []
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
@@ -257,7 +258,7 @@ def write_fds_under(root: str) -> list[int]:
         flags = next(
             int(line.split()[1], 8) for line in info.splitlines() if line.startswith("flags:")
         )
-        if flags & os.O_ACCMODE == os.O_WRONLY:
+        if flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
             found.append(fd)
     return found
 

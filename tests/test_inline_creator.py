@@ -240,3 +240,71 @@ def test_leftovers_of_a_dead_attacher_are_replaced(cache_dir: Path, spawn: Any) 
     finally:
         go.set()
         cache.stop()
+
+
+class _StallAfterFirst:
+    """A client that takes the first write, then stops reading until ``release``."""
+
+    def __init__(self, stalled: Any, release: Any) -> None:
+        self.stalled, self.release = stalled, release
+        self.got = bytearray()
+
+    def write(self, b: bytes) -> int:
+        if self.got:
+            self.stalled.set()
+            if not self.release.wait(WAIT):
+                raise TimeoutError("never released")
+        self.got += b
+        return len(b)
+
+
+def child_creator_with_stalling_client(
+    cache_dir: str, chunks: list[bytes], written: Any, go: Any, stalled: Any, release: Any, q: Any
+) -> None:
+    import streamcache.pipe
+
+    streamcache.pipe._DISCOVERY_INTERVAL = 0.0  # look for an attached reader before each write
+    cache = StreamCache(cache_dir, max_age=HOUR, liveness=0.2)
+
+    def create(w: Any) -> None:
+        w.write(chunks[0])
+        written.set()
+        if not go.wait(WAIT):
+            raise TimeoutError("never told to go on")
+        for chunk in chunks[1:]:
+            w.write(chunk)
+
+    dst = _StallAfterFirst(stalled, release)
+    try:
+        res = cache.fetch(KEY, dst, create)
+        q.put(("ok", res.written, res.created, bytes(dst.got)))
+    finally:
+        cache.stop()
+
+
+def test_creator_client_paces_nobody_once_another_reader_attached(
+    cache_dir: Path, spawn: Any
+) -> None:
+    """Once another reader attached, the creator's copy moves to a thread reading the file:
+    its client stopping to read stalls neither the producer nor the other reader, and it
+    still gets every byte once it reads again."""
+    chunks = [bytes([65 + i]) * 4096 for i in range(4)]
+    written, go, stalled, release = (spawn.Event() for _ in range(4))
+    proc, q = start(
+        spawn, child_creator_with_stalling_client, str(cache_dir), chunks, written, go, stalled,
+        release,
+    )  # fmt: skip
+    cache = StreamCache(cache_dir, max_age=HOUR, liveness=0.2)
+    try:
+        wait_event(written, "the creator's first write")
+        with cache.stream(KEY, _forbidden, timeout=WAIT) as s:
+            assert not s.created
+            go.set()
+            assert s.read() == b"".join(chunks), "all bytes while the creator's client stalls"
+        assert stalled.is_set(), "the creator's client did stall"
+        release.set()
+        assert result_of(q, proc) == ("ok", 4 * 4096, True, b"".join(chunks))
+    finally:
+        go.set()
+        release.set()
+        cache.stop()

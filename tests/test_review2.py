@@ -327,10 +327,12 @@ def test_inline_creator_interrupted_before_create_leaves_no_entry(
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="BUG: the inline creator copies each write to its dst inside the producer "
-    "(Tee.copy before the next write), so a creator whose client stopped reading stalls "
-    "every other reader of the key for as long as its dst blocks; Gitaly's producer only "
-    "waits for the fastest reader",
+    reason="LIMITATION: the inline creator copies to its dst inside the producer's write "
+    "until another reader attaches; a client that stops reading before that holds the "
+    "producer inside that one write, so a reader attaching meanwhile waits until the "
+    "client reads again or its socket times out (after an attach the copy moves to a "
+    "thread: test_inline_creator.py::test_creator_client_paces_nobody_once_another_reader_"
+    "attached)",
 )
 def test_a_stalled_creator_client_does_not_stall_the_other_readers(
     cache_dir: Path, spawn: SpawnContext
