@@ -32,12 +32,13 @@ never passes for the dead process. Once the entry is finished or failed its IPC
 objects are unlinked.
 
 **Creator.** The fetch that misses creates the entry. Without a timeout it runs
-``create`` in its own thread and hands each write straight to its ``dst`` (a
-reader whose position is always the producer's offset); such an entry gets its
-segment and doorbells only when another reader attaches (that reader makes
-them, named after the data file, and the producer finds them before a later
-write or when it ends). ``stream()``, and a fetch with a timeout, run ``create``
-in a producer thread and read the file like every other reader. The entry is
+``create`` in its own thread and hands each write straight to its ``dst``; such
+an entry gets its segment and doorbells only when another reader attaches (that
+reader makes them, named after the data file, and the producer finds them before
+a later write or when it ends). From then on the creator's copy continues in a
+thread that reads the file, so a slow client paces only itself. ``stream()``,
+and a fetch with a timeout, run ``create`` in a producer thread and read the
+file like every other reader. The entry is
 published as finished (the data file renamed to its entry name, the record
 removed, under the key's lock) before the segment says "done", so once any
 reader has seen the end, the next fetch anywhere is a hit. A producer failure
