@@ -43,10 +43,13 @@ from ipc.segment import (
 
 from .errors import CreateError, ProducerDied
 from .filestore import entry_bytes
-from .sink import write_all
+from .sink import usable_fd, write_all
 
 CHUNK = 1 << 20  # a reader reads ahead at most this much
 CREATOR_SLOT = 0  # the creating process's reader slot in its entry's segment
+# Once others read too, an inline creator whose client took longer than this for
+# one write hands its copy to a thread, so that client paces nobody else.
+_SLOW_CLIENT = 0.01
 # How often an inline producer looks for IPC objects that an attaching reader made.
 _DISCOVERY_INTERVAL = 0.001
 SEGMENT, READERS_BELL, WRITER_BELL = "s", "r", "w"
@@ -317,6 +320,11 @@ class Writer:
         live, best, waiting = self._scan()
         if waiting:
             self.entry.readers_bell.ring(waiting)
+        if tee is not None and tee.alive:
+            tee.copy(data if type(data) is bytes else view.tobytes())
+            if tee.alive:
+                return total  # the creator has everything: nobody is behind the window
+            live, best, waiting = self._scan()
         self._hold_back(live, best)
         return total
 
@@ -388,40 +396,58 @@ def ring_all(entry: EntryIPC) -> None:
 
 
 class Tee:
-    """The inline creator's own copy while nobody else reads: each write goes
-    straight to ``dst``, so the creator is always the fastest reader.
+    """The inline creator's own copy of the entry: each write goes straight to ``dst``,
+    so the creator is a reader that always has everything.
 
-    Once another reader attaches (the entry gets its segment, with slot 0 the
-    creator's), the copy is handed over (``handoff(bytes delivered)``) to a reader
-    of the file in a thread of this process: from then on the creator's client
-    paces only itself, and the producer the fastest reader, as in Gitaly. If
-    ``dst`` fails first, the creator leaves and the error is kept for the caller.
-    Used only by the producer's thread.
+    While nobody else reads that is all. Once another reader has attached (the entry
+    has its segment, slot 0 the creator's), the creator's client must not pace the
+    others, so the copy is handed over (``handoff(bytes delivered)``) to a reader of
+    the file in a thread of this process: at once when ``dst`` has a descriptor (a
+    socket or pipe: the thread copies with sendfile), else once a write to ``dst``
+    took longer than :data:`_SLOW_CLIENT`. The producer then goes on at the pace of
+    the fastest reader, as in Gitaly. If ``dst`` fails, the creator leaves and the
+    error is kept for the caller. Used only by the producer's thread.
     """
 
     def __init__(self, dst: Any, handoff: Callable[[int], None]) -> None:
         self._dst = dst
+        self._fd = usable_fd(dst)
         self._handoff = handoff
+        self._seg: ipc.Segment | None = None
         self.delivered = 0
         self.alive = True
         self.error: Exception | None = None
 
+    def attach(self, seg: ipc.Segment) -> None:
+        """The entry's segment exists now, with slot 0 the creator's."""
+        if not self.alive:
+            seg.release_slot(CREATOR_SLOT)
+        elif self._fd is not None:
+            self._hand_over()
+        else:
+            self._seg = seg
+            seg.set_position(CREATOR_SLOT, self.delivered)
+
     def copy(self, data: bytes) -> None:
+        seg = self._seg
+        started = time.monotonic()
         try:
             write_all(self._dst, data)
         except Exception as exc:
             self.error = exc
             self.alive = False
+            if seg is not None:
+                seg.release_slot(CREATOR_SLOT)
             return
         self.delivered += len(data)
+        if seg is not None:
+            seg.set_position(CREATOR_SLOT, self.delivered)
+            if time.monotonic() - started > _SLOW_CLIENT:
+                self._hand_over()
 
-    def attach(self, seg: ipc.Segment) -> None:
-        """The entry's segment exists now: hand the copy over, or give up slot 0."""
-        if self.alive:
-            self.alive = False
-            self._handoff(self.delivered)
-        else:
-            seg.release_slot(CREATOR_SLOT)
+    def _hand_over(self) -> None:
+        self.alive = False
+        self._handoff(self.delivered)
 
 
 class _Reader:

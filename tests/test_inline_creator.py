@@ -10,6 +10,7 @@ creates in a producer thread, so the caller can leave at its deadline.
 from __future__ import annotations
 
 import io
+import socket
 import threading
 import time
 from pathlib import Path
@@ -242,28 +243,20 @@ def test_leftovers_of_a_dead_attacher_are_replaced(cache_dir: Path, spawn: Any) 
         cache.stop()
 
 
-class _StallAfterFirst:
-    """A client that takes the first write, then stops reading until ``release``."""
-
-    def __init__(self, stalled: Any, release: Any) -> None:
-        self.stalled, self.release = stalled, release
-        self.got = bytearray()
-
-    def write(self, b: bytes) -> int:
-        if self.got:
-            self.stalled.set()
-            if not self.release.wait(WAIT):
-                raise TimeoutError("never released")
-        self.got += b
-        return len(b)
-
-
-def child_creator_with_stalling_client(
-    cache_dir: str, chunks: list[bytes], written: Any, go: Any, stalled: Any, release: Any, q: Any
-) -> None:
+def _look_before_each_write() -> None:
+    """The producer looks for an attached reader at most every millisecond; before
+    every write here, so that the write after an attach sees it, whatever the timing."""
     import streamcache.pipe
 
-    streamcache.pipe._DISCOVERY_INTERVAL = 0.0  # look for an attached reader before each write
+    streamcache.pipe._DISCOVERY_INTERVAL = 0.0
+
+
+def child_creator_into_socket(
+    cache_dir: str, chunks: list[bytes], sock: Any, written: Any, go: Any, q: Any
+) -> None:
+    """Create KEY writing ``chunks`` (the first, then the rest once ``go``), copying it
+    into ``sock``, a socket whose peer stops reading after the first chunk."""
+    _look_before_each_write()
     cache = StreamCache(cache_dir, max_age=HOUR, liveness=0.2)
 
     def create(w: Any) -> None:
@@ -274,10 +267,10 @@ def child_creator_with_stalling_client(
         for chunk in chunks[1:]:
             w.write(chunk)
 
-    dst = _StallAfterFirst(stalled, release)
     try:
-        res = cache.fetch(KEY, dst, create)
-        q.put(("ok", res.written, res.created, bytes(dst.got)))
+        with sock, sock.makefile("wb", buffering=0) as dst:
+            res = cache.fetch(KEY, dst, create)
+        q.put(("ok", res.written, res.created))
     finally:
         cache.stop()
 
@@ -285,25 +278,95 @@ def child_creator_with_stalling_client(
 def test_creator_client_paces_nobody_once_another_reader_attached(
     cache_dir: Path, spawn: Any
 ) -> None:
-    """Once another reader attached, the creator's copy moves to a thread reading the file:
-    its client stopping to read stalls neither the producer nor the other reader, and it
-    still gets every byte once it reads again."""
-    chunks = [bytes([65 + i]) * 4096 for i in range(4)]
-    written, go, stalled, release = (spawn.Event() for _ in range(4))
-    proc, q = start(
-        spawn, child_creator_with_stalling_client, str(cache_dir), chunks, written, go, stalled,
-        release,
-    )  # fmt: skip
+    """The creator copies into a real socket whose peer stops reading once it has the
+    first chunk (a stalled client). Once another reader attached, the creator's copy
+    moves to a thread reading the file: the producer and the other reader go on and get
+    every byte while the client stalls, and the client still gets every byte after."""
+    chunks = [bytes([65 + i]) * (1 << 20) for i in range(4)]  # far more than socket buffers
+    ours, theirs = socket.socketpair()
+    written, go = spawn.Event(), spawn.Event()
+    proc, q = start(spawn, child_creator_into_socket, str(cache_dir), chunks, theirs, written, go)
+    theirs.close()
+    cache = StreamCache(cache_dir, max_age=HOUR, liveness=0.2)
+    try:
+        got = bytearray()
+        ours.settimeout(WAIT)
+        while len(got) < len(chunks[0]):
+            got += ours.recv(1 << 16)
+        wait_event(written, "the creator's first write")
+        with cache.stream(KEY, _forbidden, timeout=WAIT) as s:
+            assert not s.created
+            go.set()  # the client (ours) reads nothing more until the reader has it all
+            assert s.read() == b"".join(chunks), "all bytes while the creator's client stalls"
+        while len(got) < 4 << 20:
+            more = ours.recv(1 << 20)
+            assert more, "the client's connection closed early"
+            got += more
+        assert bytes(got) == b"".join(chunks)
+        assert result_of(q, proc) == ("ok", 4 << 20, True)
+    finally:
+        go.set()
+        ours.close()
+        cache.stop()
+
+
+class _SlowThenStalled:
+    """A client with no descriptor: the first write is quick, the second slow (50 ms,
+    over the 10 ms a write may take before the copy moves to a thread), later ones wait
+    for ``release``."""
+
+    def __init__(self, release: Any) -> None:
+        self.release = release
+        self.got = bytearray()
+        self.writes = 0
+
+    def write(self, b: bytes) -> int:
+        self.writes += 1
+        if self.writes == 2:
+            time.sleep(0.05)
+        elif self.writes > 2 and not self.release.wait(WAIT):
+            raise TimeoutError("never released")
+        self.got += b
+        return len(b)
+
+
+def child_creator_slow_client(
+    cache_dir: str, chunks: list[bytes], written: Any, go: Any, release: Any, q: Any
+) -> None:
+    _look_before_each_write()
+    cache = StreamCache(cache_dir, max_age=HOUR, liveness=0.2)
+
+    def create(w: Any) -> None:
+        w.write(chunks[0])
+        written.set()
+        if not go.wait(WAIT):
+            raise TimeoutError("never told to go on")
+        for chunk in chunks[1:]:
+            w.write(chunk)
+
+    dst = _SlowThenStalled(release)
+    try:
+        res = cache.fetch(KEY, dst, create)
+        q.put(("ok", res.written, res.created, bytes(dst.got)))
+    finally:
+        cache.stop()
+
+
+def test_slow_creator_client_hands_its_copy_over(cache_dir: Path, spawn: Any) -> None:
+    """A creator's client without a descriptor keeps the copy in the producer's writes
+    until one write to it is slow; then the copy moves to a thread, and the client
+    stalling after that holds back neither the producer nor the other reader."""
+    chunks = [bytes([65 + i]) * 4096 for i in range(5)]
+    written, go, release = spawn.Event(), spawn.Event(), spawn.Event()
+    proc, q = start(spawn, child_creator_slow_client, str(cache_dir), chunks, written, go, release)
     cache = StreamCache(cache_dir, max_age=HOUR, liveness=0.2)
     try:
         wait_event(written, "the creator's first write")
         with cache.stream(KEY, _forbidden, timeout=WAIT) as s:
-            assert not s.created
             go.set()
             assert s.read() == b"".join(chunks), "all bytes while the creator's client stalls"
-        assert stalled.is_set(), "the creator's client did stall"
         release.set()
-        assert result_of(q, proc) == ("ok", 4 * 4096, True, b"".join(chunks))
+        assert result_of(q, proc) == ("ok", 5 * 4096, True, b"".join(chunks))
     finally:
         go.set()
         release.set()

@@ -327,11 +327,11 @@ def test_inline_creator_interrupted_before_create_leaves_no_entry(
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="LIMITATION: the inline creator copies to its dst inside the producer's write "
-    "until another reader attaches; a client that stops reading before that holds the "
-    "producer inside that one write, so a reader attaching meanwhile waits until the "
-    "client reads again or its socket times out (after an attach the copy moves to a "
-    "thread: test_inline_creator.py::test_creator_client_paces_nobody_once_another_reader_"
+    reason="LIMITATION: a creator whose dst has no descriptor (a Python object) keeps its "
+    "copy inside the producer's writes until one write to it takes over 10 ms; one that "
+    "blocks indefinitely holds the producer, and the readers, until it returns (with a "
+    "descriptor the copy moves to a thread as soon as another reader attaches: "
+    "test_inline_creator.py::test_creator_client_paces_nobody_once_another_reader_"
     "attached)",
 )
 def test_a_stalled_creator_client_does_not_stall_the_other_readers(
