@@ -35,8 +35,9 @@ objects are unlinked.
 ``create`` in its own thread and hands each write straight to its ``dst``; such
 an entry gets its segment and doorbells only when another reader attaches (that
 reader makes them, named after the data file, and the producer finds them before
-a later write or when it ends). From then on the creator's copy continues in a
-thread that reads the file, so a slow client paces only itself. ``stream()``,
+a later write or when it ends). From then on the creator's copy moves to a
+thread that reads the file (at once for a ``dst`` with a descriptor, else after
+one slow write), so a slow client paces only itself. ``stream()``,
 and a fetch with a timeout, run ``create`` in a producer thread and read the
 file like every other reader. The entry is
 published as finished (the data file renamed to its entry name, the record
