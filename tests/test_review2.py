@@ -479,6 +479,7 @@ def _readline(fd: int, timeout: float = WAIT) -> bytes:
     return buf.strip()
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_forked_child_does_not_share_a_held_stripe(cache_dir: Path, spawn: SpawnContext) -> None:
     """A process forks while holding a stripe (on its kept descriptor): the child must wait
     for it (a child flocking the inherited open file description would get it at once:
