@@ -195,7 +195,7 @@ class Filestore:
 
     def entries(self) -> Iterator[tuple[str, os.stat_result]]:
         """(key, lstat) of every file under entries/, foreign names included."""
-        for entry in _walk(self.entries_dir):
+        for entry in shard_entries(self.entries_dir):
             try:
                 yield entry.name, entry.stat(follow_symlinks=False)
             except OSError:
@@ -207,7 +207,7 @@ class Filestore:
         """Delete data files last modified before ``older_than`` (epoch seconds) unless in
         ``keep``. Returns the number of files removed."""
         removed = 0
-        for entry in _walk(self.data_dir):
+        for entry in shard_entries(self.data_dir):
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
@@ -240,8 +240,8 @@ def _intact(buf: bytes, at: int, size: int) -> bool:
     return bool(magic == _MAGIC and recorded == size)
 
 
-def _walk(root: str) -> Iterator[os.DirEntry[str]]:
-    """Each entry of each shard directory of ``root``.
+def shard_entries(root: str) -> Iterator[os.DirEntry[str]]:
+    """Each entry of each shard directory (``root/<aa>/``) of ``root``.
 
     A shard the sweeper cannot enter (a mode-000 shard) is repaired to 0700 first.
     """

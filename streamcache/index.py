@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import filelock
 
-from .filestore import make_private_dirs, producer_pid
+from .filestore import make_private_dirs, producer_pid, shard_entries
 
 RECORD_VERSION = 3
 _LOCK_POLL = 0.001
@@ -262,32 +262,12 @@ class Index:
 
     def keys(self) -> Iterator[str]:
         """Every key with a record (valid or not)."""
-        try:
-            shards = list(os.scandir(self.records_dir))
-        except FileNotFoundError:
-            return
-        for shard in shards:
-            if not shard.is_dir(follow_symlinks=False):
-                continue
-            try:
-                names = os.listdir(shard.path)
-            except OSError:
-                continue
-            for name in names:
-                if name.endswith(".rec") and len(name) == 68:
-                    yield name[:-4]
+        for entry in shard_entries(self.records_dir):
+            if entry.name.endswith(".rec") and len(entry.name) == 68:
+                yield entry.name[:-4]
 
     def stray_temp_files(self) -> Iterator[str]:
         """Paths of temp records left by a process that died before its rename."""
-        try:
-            shards = list(os.scandir(self.records_dir))
-        except FileNotFoundError:
-            return
-        for shard in shards:
-            if shard.is_dir(follow_symlinks=False):
-                try:
-                    for name in os.listdir(shard.path):
-                        if name.endswith(".tmp"):
-                            yield os.path.join(shard.path, name)
-                except OSError:
-                    continue
+        for entry in shard_entries(self.records_dir):
+            if entry.name.endswith(".tmp"):
+                yield entry.path

@@ -73,3 +73,18 @@ def finished_size(cache_dir: Path, key: str) -> int | None:
         return None
     os.close(fin.fd)
     return fin.size
+
+
+class FailingDst:
+    """Takes ``ok`` writes, then raises ConnectionResetError (a client that went away)."""
+
+    def __init__(self, ok: int) -> None:
+        self.ok = ok
+        self.got = bytearray()
+
+    def write(self, b: bytes) -> int:
+        if self.ok == 0:
+            raise ConnectionResetError("client went away")
+        self.ok -= 1
+        self.got += b
+        return len(b)

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from helpers import FailingDst
+
 import ipc
 import streamcache.pipe
 from streamcache import CreateError, StreamCache
@@ -42,21 +44,6 @@ def reporting(fn: Callable[..., None]) -> Callable[..., None]:
 
 def forbidden_create(w: Any) -> None:
     raise AssertionError("this call must attach, not create")
-
-
-class FailingDst:
-    """Takes ``ok`` writes, then raises ConnectionResetError (a client that went away)."""
-
-    def __init__(self, ok: int) -> None:
-        self.ok = ok
-        self.got = bytearray()
-
-    def write(self, b: bytes) -> int:
-        if self.ok == 0:
-            raise ConnectionResetError("client went away")
-        self.ok -= 1
-        self.got += b
-        return len(b)
 
 
 class StallingDst:

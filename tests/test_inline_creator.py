@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import WAIT, data_files, finished_entries, index_records
+from helpers import WAIT, FailingDst, data_files, finished_entries, index_records
 from test_gitaly_cache import child_produce_gated, child_wait, result_of, start, wait_event
 
 import ipc
@@ -30,21 +30,6 @@ from streamcache.pipe import SEGMENT
 
 HOUR = 3600.0
 KEY = "inline"
-
-
-class FailingDst:
-    """Takes ``ok`` writes, then raises ConnectionResetError (a client that went away)."""
-
-    def __init__(self, ok: int) -> None:
-        self.ok = ok
-        self.got = bytearray()
-
-    def write(self, b: bytes) -> int:
-        if self.ok == 0:
-            raise ConnectionResetError("client went away")
-        self.ok -= 1
-        self.got += b
-        return len(b)
 
 
 def test_dst_failing_leaves_the_entry_to_the_other_readers(cache_dir: Path, spawn: Any) -> None:
