@@ -2,13 +2,14 @@
 
 A re-creation of Gitaly's ``streamcache`` taken across processes. The machine:
 
-**Index** (``index.py``). One JSON record per entry in flight under
-``<dir>/v2/index``, named by the key's sha256 and replaced by
-write-temp-then-rename. The lookup, create and reader registration of one key
-form one critical section under one of 256 striped flock locks, so a key has one
-producer host-wide; the kernel drops the lock of a process that dies. A record
-names its data file, its IPC objects, its producer ``(pid, start time)`` and its
-expiry (creation + the creator's max_age).
+**Index** (``index.py``). One record per entry in flight under
+``<dir>/v2/index``, named by the key's sha256: a symlink whose target is one
+short line of text (written in one atomic call, read in one). The lookup, create
+and reader registration of one key form one critical section under one of 256
+striped flock locks, so a key has one producer host-wide; the kernel drops the
+lock of a process that dies. A record names the entry's data file (whose name
+carries the producer's pid and names its IPC objects), the producer's start time
+and the expiry (creation + the creator's max_age).
 
 **Filestore** (``filestore.py``). A new data file per entry, never reused, in 256
 shard directories. A finished entry is the file ``<dir>/v2/entries/<aa>/<sha256>``:
