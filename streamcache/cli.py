@@ -256,7 +256,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print(f"  {k}: produced {creates[k]} time(s)")
         print(f"  fetches: {args.workers * args.rounds * args.keys}, bytes served: {served.value}")
         print(f"  corrupt fetches: {mismatches}")
-        print(f"  producer time blocked by back pressure: {blocked_us.value / 1e6:.2f} s")
+        in_write = blocked_us.value / 1e6
+        print(f"  producer time in w.write (disk, own copy, back pressure): {in_write:.2f} s")
         print(f"  wall time: {elapsed:.2f} s, throughput: {served.value / MiB / elapsed:.0f} MiB/s")
         print(f"  IPC objects left after gc: {leftover}")
         ok = mismatches == 0 and all(n == 1 for n in creates.values()) and leftover == 0
