@@ -34,7 +34,7 @@ from .base import CacheBase, check_create, check_dst, check_key
 from .deadline import deadline_for, remaining
 from .errors import CreateError, describe
 from .eviction import Cleaner
-from .filestore import Filestore, make_private_dirs
+from .filestore import Filestore, Finished, make_private_dirs
 from .index import Index, Record
 from .pipe import (
     CREATOR_SLOT,
@@ -352,16 +352,9 @@ class StreamCache(CacheBase):
     # -- public API -----------------------------------------------------------------
 
     def stream(self, key: str, create: Create, timeout: float | None = None) -> Stream:
-        check_key(key)
-        check_create(create)
-        deadline = deadline_for(timeout)
-        self._cleaner.ensure_started()
-        h = key_hash(key)
+        h, deadline = self._begin(key, create, timeout)
         source, created = self._open(h, create, deadline)
-        reopen = None
-        if isinstance(source, PipeReader) and not created:
-            reopen = functools.partial(self._open, h, create, deadline)
-        return Stream(source, created, deadline, reopen)
+        return self._stream(h, source, created, create, deadline)
 
     def fetch(
         self, key: str, dst: Any, create: Create, timeout: float | None = None
@@ -372,36 +365,46 @@ class StreamCache(CacheBase):
         hands each write straight to ``dst``; with one, ``create`` runs in a producer
         thread so that the call can return when the timeout passes.
         """
-        check_key(key)
         check_dst(dst)
+        h, deadline = self._begin(key, create, timeout)
+        fin = self._finished(h, _READ_WHOLE)
+        source: FileReader | PipeReader | None = None
+        created = False
+        if fin is not None and fin.data is not None:  # small: one write, no reader
+            write_all(dst, fin.data, deadline)
+            return FetchResult(fin.size, False)
+        if fin is not None:
+            source = FileReader(fin.fd, fin.size)
+        elif deadline is None:
+            source, written = self._find_or_create_inline(h, create, dst)
+            if source is None:
+                return FetchResult(written, True)
+        else:
+            source, created = self._find_or_claim_reader(h, create, deadline)
+        with self._stream(h, source, created, create, deadline) as s:
+            return FetchResult(s.copy_to(dst), created)
+
+    def _begin(self, key: str, create: Create, timeout: float | None) -> tuple[str, float | None]:
+        """Check a call's arguments; its key's hash and deadline."""
+        check_key(key)
         check_create(create)
         deadline = deadline_for(timeout)
         self._cleaner.ensure_started()
-        h = key_hash(key)
-        fin = self._files.open_entry(h, _READ_WHOLE)
-        source: FileReader | PipeReader | None = None
-        if fin is not None:
-            if fin.expires > self._clock():
-                if fin.data is not None:  # small: one write, no reader
-                    write_all(dst, fin.data, deadline)
-                    return FetchResult(fin.size, False)
-                source = FileReader(fin.fd, fin.size)
-            elif fin.fd >= 0:
-                os.close(fin.fd)
-        created = False
-        if source is None:
-            if deadline is None:
-                source, written = self._find_or_create_inline(h, create, dst)
-                if source is None:
-                    return FetchResult(written, True)
-            else:
-                source, created = self._find_or_claim_reader(h, create, deadline)
-        assert source is not None
+        return key_hash(key), deadline
+
+    def _stream(
+        self,
+        h: str,
+        source: FileReader | PipeReader,
+        created: bool,
+        create: Create,
+        deadline: float | None,
+    ) -> Stream:
+        """A Stream on ``source``; one that attached to an entry in flight may reopen."""
         reopen = None
         if isinstance(source, PipeReader) and not created:
             reopen = functools.partial(self._open, h, create, deadline)
-        with Stream(source, created, deadline, reopen) as s:
-            return FetchResult(s.copy_to(dst), created)
+        return Stream(source, created, deadline, reopen)
 
     def _open(
         self, h: str, create: Create, deadline: float | None
@@ -418,9 +421,9 @@ class StreamCache(CacheBase):
     ) -> tuple[FileReader | PipeReader, bool]:
         """A reader on the entry of ``h``; if there is none, create it with its producer
         in a thread and a reader for the caller. Returns (reader, created)."""
-        reader, _ = self._find_or_claim(h, create, deadline, None)
+        reader, started = self._find_or_claim(h, create, deadline, None)
         assert reader is not None
-        return reader, _ == -1
+        return reader, started == -1
 
     def _find_or_create_inline(
         self, h: str, create: Create, dst: Any
@@ -488,26 +491,31 @@ class StreamCache(CacheBase):
 
     # -- lookup -----------------------------------------------------------------------
 
+    def _finished(self, h: str, read_up_to: int = -1) -> Finished | None:
+        """The finished, unexpired entry of ``h`` (read whole up to ``read_up_to``
+        bytes); no lock needed: the file at the entry's name is complete and immutable."""
+        fin = self._files.open_entry(h, read_up_to)
+        if fin is not None and fin.expires <= self._clock():
+            if fin.fd >= 0:
+                os.close(fin.fd)
+            return None
+        return fin
+
     def _open_finished(self, h: str) -> FileReader | None:
-        """A reader on the finished, unexpired entry of ``h``; no lock needed (the
-        file at the entry's name is complete and immutable)."""
-        fin = self._files.open_entry(h)
-        if fin is None:
-            return None
-        if fin.expires <= self._clock():
-            os.close(fin.fd)
-            return None
-        return FileReader(fin.fd, fin.size)
+        fin = self._finished(h)
+        return None if fin is None else FileReader(fin.fd, fin.size)
 
     def _lookup_locked(self, h: str) -> FileReader | PipeReader | None:
         hit = self._open_finished(h)
         if hit is not None:
             return hit
         self._files.remove_entry(h)  # expired or not intact (if any): never served
-        rec = self._index.read(h)
+        text = self._index.read_text(h)
+        if text is None:
+            return None  # (a non-record in its place is replaced when one is written)
+        rec = Record.from_text(h, text)
         if rec is None:
-            if self._index.exists(h):
-                self._index.remove(h)  # garbage: never served
+            self._index.remove(h)  # garbage: never served
             return None
         if rec.expires <= self._clock():
             self._evict(rec)
