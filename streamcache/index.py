@@ -218,9 +218,6 @@ class Index:
         text = self.read_text(key)
         return None if text is None else Record.from_text(key, text)
 
-    def exists(self, key: str) -> bool:
-        return os.path.lexists(self.record_path(key))
-
     def write(self, rec: Record) -> None:
         """Publish ``rec`` (lock held; any old record of the key is replaced).
 

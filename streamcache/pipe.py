@@ -372,11 +372,6 @@ class Writer:
                 self._drop_dead_readers()
             live, best, _ = self._scan()
 
-    def ring_all(self) -> None:
-        """Wake every waiting reader (after the final state is published)."""
-        if self.entry is not None:
-            ring_all(self.entry)
-
     def _drop_dead_readers(self) -> None:
         self._next_liveness_check = time.monotonic() + self._liveness
         words = self._seg.slots()

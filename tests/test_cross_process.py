@@ -299,7 +299,7 @@ def test_sigkill_only_reader_breaks_blocked_producer(cache_dir: Path, spawn: Any
     assert reader.exitcode == -signal.SIGKILL
     h = key_hash("orphan")
     assert _index(cache_dir).read(h) is None
-    assert not _index(cache_dir).exists(h)
+    assert not os.path.lexists(_index(cache_dir).record_path(h))
 
     cache = streamcache.StreamCache(cache_dir, liveness=0.2)
     try:

@@ -34,7 +34,7 @@ from helpers import wait_until as _wait_until
 import ipc
 import streamcache
 from streamcache.errors import describe
-from streamcache.pipe import CHUNK, EntryIPC, PipeReader, Writer, unlink_entry_ipc
+from streamcache.pipe import CHUNK, EntryIPC, PipeReader, Writer, ring_all, unlink_entry_ipc
 
 LIVENESS = 0.2
 WAIT = 20.0  # bound for every wait in these tests
@@ -116,7 +116,7 @@ class MechPipe:
         """What the producer does after create returned: check, publish done, wake readers."""
         self.writer.close()
         self.seg.finish(self.writer.offset)
-        self.writer.ring_all()
+        ring_all(self.entry)
 
     def close(self) -> None:
         if self._closed:
@@ -124,7 +124,7 @@ class MechPipe:
         self._closed = True
         if self.seg.state == ipc.STATE_WRITING:
             self.seg.fail("test ended")
-            self.writer.ring_all()
+            ring_all(self.entry)
         unlink_entry_ipc(self.entry.base)
         self.entry.close()
         os.close(self.wfd)
