@@ -34,7 +34,7 @@ from .base import CacheBase, check_create, check_dst, check_key
 from .deadline import deadline_for, remaining
 from .errors import CreateError, describe
 from .eviction import Cleaner
-from .filestore import Filestore, Finished, make_private_dirs
+from .filestore import Filestore, Finished, entry_bytes, make_private_dirs
 from .index import Index, Record
 from .pipe import (
     CREATOR_SLOT,
@@ -524,49 +524,53 @@ class StreamCache(CacheBase):
             self._discard(rec)
             return None
         try:
-            entry = EntryIPC.open(self._ipc_base(rec.file))
+            fd = self._files.open(rec.file)
+        except FileNotFoundError:
+            self._index.remove(h)
+            return None
+        try:
+            entry = self._entry_ipc_locked(rec, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        seg = entry.seg
+        if seg.state != ipc.STATE_WRITING or not self._has_live_reader(seg):
+            # Failed, or every reader left so the producer is bound to fail: a
+            # new fetch creates afresh instead of attaching.
+            entry.close()
+            os.close(fd)
+            self._index.remove(h)
+            return None
+        slot = seg.claim_slot(ipc.current_process(), _is_dead)
+        return PipeReader(fd, entry, slot, self.liveness, lambda: self._producer_died(rec, fd))
+
+    def _entry_ipc_locked(self, rec: Record, fd: int) -> EntryIPC:
+        """The IPC objects of ``rec``'s entry (data file open as ``fd``), made now if
+        nobody else has read it yet (an entry created in a producer thread has them
+        before its record exists)."""
+        try:
+            return EntryIPC.open(self._ipc_base(rec.file))
         except SegmentError as exc:
             cause = exc.__cause__
             if isinstance(cause, posix_ipc.Error) and not isinstance(
                 cause, posix_ipc.ExistentialError
             ):
                 raise  # out of descriptors, say: they may well exist; never replace them
-            # An inline creator's entry that nobody else read yet, or a set an attaching
-            # process left half made (for an entry created in a producer thread they
-            # exist before its record does).
-            entry = self._make_ipc_locked(rec)
-        seg = entry.seg
-        if seg.state != ipc.STATE_WRITING or not self._has_live_reader(seg):
-            # Failed, or every reader left so the producer is bound to fail: a
-            # new fetch creates afresh instead of attaching.
-            entry.close()
-            self._index.remove(h)
-            return None
-        try:
-            fd = self._files.open(rec.file)
-        except FileNotFoundError:
-            entry.close()
-            self._index.remove(h)
-            return None
-        except BaseException:
-            entry.close()
-            raise
-        slot = seg.claim_slot(ipc.current_process(), _is_dead)
-        return PipeReader(fd, entry, slot, self.liveness, lambda: self._producer_died(rec, fd))
+            # An inline creator's entry, or a set an attaching process left half made.
+            return self._make_ipc_locked(rec, entry_bytes(fd))
 
-    def _make_ipc_locked(self, rec: Record) -> EntryIPC:
+    def _make_ipc_locked(self, rec: Record, offset: int) -> EntryIPC:
         """The first reader to attach to an inline creator's entry makes its IPC objects,
         under the name derived from the data file's; the producer looks for them before
         its writes (at most every millisecond) and when it ends.
 
-        The segment starts at the bytes already written (the kernel grows a file only
-        over copied bytes), so they are readable at once, and with the creator in slot
-        0 (:data:`CREATOR_SLOT`); both before the producer can open it (it needs all
-        three objects, the segment's magic written last). From then on the producer is
-        the one writer of the progress word."""
+        The segment starts at ``offset``, the bytes already written (the kernel grows
+        a file only over copied bytes), so they are readable at once, and with the
+        creator in slot 0 (:data:`CREATOR_SLOT`); both before the producer can open it
+        (it needs all three objects, the segment's magic written last). From then on
+        the producer is the one writer of the progress word."""
         producer = ipc.ProcessId(rec.pid, rec.start)
         base = self._ipc_base(rec.file)
-        offset = self._files.written(rec.file)
         args = (self._prefix, producer, self.reader_slots, base)
         try:
             return EntryIPC.create(*args, offset=offset, producer_reads=True)

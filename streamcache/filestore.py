@@ -101,17 +101,6 @@ class Filestore:
         """A read descriptor on a data file (``FileNotFoundError`` if it is gone)."""
         return os.open(self.path(name), OPEN_READ)
 
-    def written(self, name: str) -> int:
-        """How many of an entry's bytes its data file holds (0 if it is gone)."""
-        try:
-            fd = os.open(self.path(name), OPEN_READ)
-        except FileNotFoundError:
-            return 0
-        try:
-            return entry_bytes(fd)
-        finally:
-            os.close(fd)
-
     def remove(self, name: str) -> bool:
         try:
             os.unlink(self.path(name))
