@@ -309,7 +309,7 @@ class Writer:
         self.offset += total
         if self.entry is None:  # only the creator reads, straight from this write
             assert tee is not None
-            tee.copy(data if type(data) is bytes else view.tobytes())
+            tee.copy(_as_bytes(data, view))
             if not tee.alive and self._live_readers() == 0:
                 self._broken()
             return total
@@ -321,7 +321,7 @@ class Writer:
         if waiting:
             self.entry.readers_bell.ring(waiting)
         if tee is not None and tee.alive:
-            tee.copy(data if type(data) is bytes else view.tobytes())
+            tee.copy(_as_bytes(data, view))
             if tee.alive:
                 return total  # the creator has everything: nobody is behind the window
             live, best, waiting = self._scan()
@@ -388,6 +388,11 @@ def ring_all(entry: EntryIPC) -> None:
     words = entry.seg.slots()
     waiting = sum(words[SLOT_WAITING::SLOT_WORDS])
     entry.readers_bell.ring(max(waiting, 1))
+
+
+def _as_bytes(data: bytes | bytearray | memoryview, view: memoryview) -> bytes:
+    """What a dst gets: the caller's bytes as they are, a copy of anything mutable."""
+    return data if type(data) is bytes else view.tobytes()
 
 
 class Tee:
