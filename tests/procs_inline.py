@@ -1,4 +1,7 @@
-"""Child-process functions for tests/test_review2.py (spawn context).
+"""Child-process functions around the inline creator (a fetch that misses runs create in
+its caller's thread), shared by the tests of attach races, producer death, reader close,
+create failures and reader independence (spawn context); and the test side of the
+conversation with them.
 
 Every child reports on a multiprocessing queue ``out``: its outcome, or ``("error",
 traceback)`` on an unexpected exception. Every wait is bounded. Where a test needs a
@@ -13,10 +16,12 @@ import functools
 import inspect
 import io
 import os
+import queue
 import signal
 import sys
 import traceback
 from collections.abc import Callable
+from multiprocessing.context import SpawnContext
 from types import FrameType
 from typing import Any
 
@@ -186,3 +191,35 @@ def inline_creator_interrupted(dir: str, key: str, stop: Any, *, out: Any) -> No
     finally:
         sys.settrace(None)
     stop.wait(WAIT)
+
+
+# -- the test's side ---------------------------------------------------------------------------
+
+
+def start_child(spawn: SpawnContext, target: Callable[..., None], *args: Any, **kwargs: Any) -> Any:
+    out = spawn.Queue()
+    proc = spawn.Process(target=target, args=args, kwargs={**kwargs, "out": out}, daemon=True)
+    proc.start()
+    return proc, out
+
+
+def get_report(out: Any, timeout: float = WAIT) -> tuple[Any, ...]:
+    try:
+        msg = out.get(timeout=timeout)
+    except queue.Empty:
+        raise AssertionError("the child did not report in time") from None
+    assert msg[0] != "error", msg[1]
+    return tuple(msg)
+
+
+def wait_event(event: Any, what: str, timeout: float = WAIT) -> None:
+    assert event.wait(timeout), f"timed out waiting for {what}"
+
+
+def read_exactly(s: streamcache.Stream, n: int) -> bytes:
+    got = b""
+    while len(got) < n:
+        chunk = s.read(n - len(got))
+        assert chunk, f"the entry ended after {len(got)} of {n} bytes"
+        got += chunk
+    return got

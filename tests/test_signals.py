@@ -1,4 +1,6 @@
-"""Bugs the chaos driver (tools/chaos.py) ran into, each isolated into a small deterministic test.
+"""Signals with a Python handler during a doorbell wait: readers and producers carry on.
+
+Found by the chaos driver (tools/chaos.py), isolated here into deterministic tests.
 
 Signals during a doorbell wait: ``posix_ipc.Semaphore.acquire`` raises
 ``posix_ipc.SignalError`` when a signal with a Python handler interrupts
