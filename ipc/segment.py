@@ -1,6 +1,6 @@
 """A shared-memory segment: one producer's progress and its readers' positions.
 
-Layout (version 1), little-endian unsigned 64-bit words, the same on every
+Layout (version 3), little-endian unsigned 64-bit words, the same on every
 Python version and every process::
 
     word  0   magic "SCSEG\\0\\0\\1"
@@ -8,13 +8,16 @@ Python version and every process::
     word  2   slot count
     word  3   progress: offset (bytes the producer has written, low 62 bits) and
               state (top 2 bits: 0 writing, 1 done, 2 failed) (producer only)
-    word  4   unused (0)
+    word  4   failure code, once failed: 1 the producer failed, 2 abandoned (every
+              reader left, so nothing more was produced)      (producer only)
     word  5   producer waiting for readers (0/1)           (producer only)
     word  6   producer pid                                 (producer only)
     word  7   producer start time, microseconds            (producer only)
     word  8   slots used: high-water mark of claimed slots (slot claimers, under the
               caller's lock; never lowered)
     word  9   error text length                            (producer only)
+    word 10   sequence: changed after every change of progress; readers sleep on its
+              low 32 bits with a futex (Linux)              (producer only)
     bytes 128..511  error text, UTF-8                      (producer only)
     from byte 512: slots of 8 words (one cache line each, so readers never share one):
       word 0  position: bytes this reader has consumed     (its reader only)
@@ -29,6 +32,10 @@ Invariants:
   process that may die. The producer alone writes the header (word 8 aside), a
   reader alone writes its slot. A slot changes owner only inside the caller's
   critical section (the cache's index lock), when it is free or its owner is dead.
+- A slot's words are written only through the :class:`ReaderSlot` of the reader that
+  holds it, and only while it holds it: once released (by any thread of that reader),
+  the handle writes nothing more, so a late write cannot land in the slot's next
+  owner. Nothing outside this module knows the slot words' offsets.
 - Words are written with single aligned 8-byte stores (memoryview of format
   ``Q``), so a concurrent reader never sees a torn value.
 - The offset only grows. The producer publishes the offset after the bytes are in
@@ -49,21 +56,27 @@ import ctypes
 import mmap
 import os
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Collection
+from typing import NamedTuple
 
 import posix_ipc
 
-from ipc.liveness import ProcessId
+from ipc.liveness import ProcessId, is_alive
 
 MAGIC = int.from_bytes(b"SCSEG\x00\x00\x01", "little")
-VERSION = 2
+VERSION = 3
 
 STATE_WRITING = 0
 STATE_DONE = 1
 STATE_FAILED = 2
 
+FAILED_BY_PRODUCER = 1  # create raised, or the entry could not be published
+FAILED_ABANDONED = 2  # every reader left: the producer stopped (BrokenPipeError)
+
 HEADER_BYTES = 512
-SLOT_WORDS = 8
+_SLOT_WORDS = 8
+SLOT_BYTES = _SLOT_WORDS * 8  # one slot: a cache line, so readers never share one
 # 1 MiB of slots. Shared memory is allocated on first touch, and readers claim
 # the lowest free slot, so only the slots ever used cost memory or scan time.
 # Readers beyond them still work, unslotted.
@@ -72,7 +85,7 @@ MAX_SLOTS = 1 << 20
 ERROR_OFFSET = 128
 ERROR_MAX = HEADER_BYTES - ERROR_OFFSET
 
-_W_MAGIC, _W_VERSION, _W_SLOTS, _W_PROGRESS = 0, 1, 2, 3
+_W_MAGIC, _W_VERSION, _W_SLOTS, _W_PROGRESS, _W_CODE = 0, 1, 2, 3, 4
 _STATE_SHIFT = 62
 _OFFSET_MASK = (1 << _STATE_SHIFT) - 1
 _W_PWAIT, _W_PPID, _W_PSTART, _W_USED, _W_ERRLEN = 5, 6, 7, 8, 9
@@ -81,8 +94,8 @@ _W_PWAIT, _W_PPID, _W_PSTART, _W_USED, _W_ERRLEN = 5, 6, 7, 8, 9
 _W_SEQ = 10
 _SEQ_BYTE = _W_SEQ * 8 + (4 if sys.byteorder == "big" else 0)
 _HEADER_WORDS = HEADER_BYTES // 8
-# Words of a slot, also the offsets within each SLOT_WORDS group of slots().
-SLOT_POSITION, SLOT_ACTIVE, SLOT_WAITING, SLOT_PID, SLOT_START = 0, 1, 2, 3, 4
+# Words of a slot (private to this module).
+_S_POSITION, _S_ACTIVE, _S_WAITING, _S_PID, _S_START = 0, 1, 2, 3, 4
 
 
 class SegmentError(Exception):
@@ -90,7 +103,30 @@ class SegmentError(Exception):
 
 
 def _micros(seconds: float) -> int:
-    return round(seconds * 1_000_000)
+    """A start time as stored: whole microseconds (never negative)."""
+    return max(round(seconds * 1_000_000), 0)
+
+
+def _seconds(micros: int) -> float:
+    return micros / 1_000_000
+
+
+class Readers(NamedTuple):
+    """One scan of the slots: live readers, the largest position among them (-1 with
+    none), and how many of them wait for the producer."""
+
+    live: int
+    best: int
+    waiting: int
+
+
+class ReaderInfo(NamedTuple):
+    """One active slot, as :meth:`Segment.reader_list` reports it."""
+
+    slot: int
+    reader: ProcessId
+    position: int
+    waiting: bool
 
 
 class Segment:
@@ -120,7 +156,7 @@ class Segment:
         in place before the magic, so nobody sees the segment without them."""
         if not 1 <= slots <= MAX_SLOTS:
             raise ValueError(f"slots must be in 1..{MAX_SLOTS}")
-        size = HEADER_BYTES + slots * SLOT_WORDS * 8
+        size = HEADER_BYTES + slots * _SLOT_WORDS * 8
         shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, 0o600, size)
         try:
             mm = mmap.mmap(shm.fd, size)
@@ -134,10 +170,10 @@ class Segment:
         words[_W_PROGRESS] = offset
         if producer_reads:
             base = _HEADER_WORDS
-            words[base + SLOT_POSITION] = offset
-            words[base + SLOT_PID] = producer.pid
-            words[base + SLOT_START] = _micros(producer.start)
-            words[base + SLOT_ACTIVE] = 1
+            words[base + _S_POSITION] = offset
+            words[base + _S_PID] = producer.pid
+            words[base + _S_START] = _micros(producer.start)
+            words[base + _S_ACTIVE] = 1
             words[_W_USED] = 1
         words[_W_MAGIC] = MAGIC  # last: a segment without magic is not yet valid
         words.release()
@@ -163,7 +199,7 @@ class Segment:
             words[_W_MAGIC] != MAGIC
             or words[_W_VERSION] != VERSION
             or not 1 <= slots <= MAX_SLOTS
-            or size < HEADER_BYTES + slots * SLOT_WORDS * 8
+            or size < HEADER_BYTES + slots * _SLOT_WORDS * 8
         ):
             words.release()
             mm.close()
@@ -186,7 +222,10 @@ class Segment:
 
     @property
     def producer(self) -> ProcessId:
-        return ProcessId(self._words[_W_PPID], self._words[_W_PSTART] / 1_000_000)
+        return ProcessId(self._words[_W_PPID], _seconds(self._words[_W_PSTART]))
+
+    def producer_alive(self) -> bool:
+        return is_alive(self._words[_W_PPID], _seconds(self._words[_W_PSTART]))
 
     @property
     def offset(self) -> int:
@@ -219,11 +258,12 @@ class Segment:
         self._words[_W_PROGRESS] = offset | (STATE_DONE << _STATE_SHIFT)
         self._bump()
 
-    def fail(self, error: str) -> None:
-        """Publish the error text, then the "failed" state."""
+    def fail(self, error: str, code: int = FAILED_BY_PRODUCER) -> None:
+        """Publish the error text and code, then the "failed" state."""
         data = error.encode("utf-8", "replace")[:ERROR_MAX]
         self._mm[ERROR_OFFSET : ERROR_OFFSET + len(data)] = data
         self._words[_W_ERRLEN] = len(data)
+        self._words[_W_CODE] = code
         self._words[_W_PROGRESS] = self.offset | (STATE_FAILED << _STATE_SHIFT)
         self._bump()
 
@@ -231,6 +271,11 @@ class Segment:
     def error(self) -> str:
         n = min(self._words[_W_ERRLEN], ERROR_MAX)
         return self._mm[ERROR_OFFSET : ERROR_OFFSET + n].decode("utf-8", "replace")
+
+    @property
+    def failure_code(self) -> int:
+        """FAILED_BY_PRODUCER or FAILED_ABANDONED once failed; 0 before."""
+        return self._words[_W_CODE]
 
     def set_producer_waiting(self, waiting: bool) -> None:
         self._words[_W_PWAIT] = int(waiting)
@@ -241,58 +286,151 @@ class Segment:
 
     # -- reader side (slots) ------------------------------------------------------------
 
-    def claim_slot(self, reader: ProcessId, is_dead: Callable[[int, float], bool]) -> int | None:
+    def claim_slot(self, reader: ProcessId) -> ReaderSlot | None:
         """Claim a free slot for ``reader``; None when all are taken by live readers.
 
         Must be called inside the caller's critical section for this segment (two
         claimers must never race for one slot). A slot is free when inactive, or when
-        ``is_dead(pid, start)`` says its owner died.
+        its owner died.
         """
         w = self._words
         used = w[_W_USED]
         free = next(
-            (s for s in range(used) if not w[_HEADER_WORDS + s * SLOT_WORDS + SLOT_ACTIVE]),
+            (s for s in range(used) if not w[_HEADER_WORDS + s * _SLOT_WORDS + _S_ACTIVE]),
             used if used < self.slot_count else None,
         )
         if free is None:  # all used slots active: reclaim one whose owner died
-            free = next(
-                (s for s in range(used) if is_dead(*self._owner(_HEADER_WORDS + s * SLOT_WORDS))),
-                None,
-            )
+            free = next((s for s in range(used) if not self._owner_alive(s)), None)
             if free is None:
                 return None
-        base = _HEADER_WORDS + free * SLOT_WORDS
+        base = _HEADER_WORDS + free * _SLOT_WORDS
         # A reclaimed slot stays active throughout (a dead owner's slot is active):
         # clearing it would let the producer count zero readers for an instant.
-        w[base + SLOT_POSITION] = 0
-        w[base + SLOT_WAITING] = 0
-        w[base + SLOT_PID] = reader.pid
-        w[base + SLOT_START] = _micros(reader.start)
-        w[base + SLOT_ACTIVE] = 1  # last: the slot counts only once it is complete
+        w[base + _S_POSITION] = 0
+        w[base + _S_WAITING] = 0
+        w[base + _S_PID] = reader.pid
+        w[base + _S_START] = _micros(reader.start)
+        w[base + _S_ACTIVE] = 1  # last: the slot counts only once it is complete
         if free >= used:
             w[_W_USED] = free + 1
-        return free
+        return ReaderSlot(self._words, free)
 
-    def _owner(self, base: int) -> tuple[int, float]:
-        return self._words[base + SLOT_PID], self._words[base + SLOT_START] / 1_000_000
+    def adopt_slot(self, slot: int) -> ReaderSlot:
+        """The handle of a slot claimed for this process by another (``producer_reads``
+        gives the producer slot 0 at creation)."""
+        return ReaderSlot(self._words, slot)
 
-    def release_slot(self, slot: int) -> None:
-        self._words[_HEADER_WORDS + slot * SLOT_WORDS + SLOT_ACTIVE] = 0
+    def _owner_alive(self, slot: int) -> bool:
+        base = _HEADER_WORDS + slot * _SLOT_WORDS
+        return is_alive(self._words[base + _S_PID], _seconds(self._words[base + _S_START]))
 
-    def set_position(self, slot: int, position: int) -> None:
-        self._words[_HEADER_WORDS + slot * SLOT_WORDS + SLOT_POSITION] = position
+    def scan(self, skip: Collection[tuple[int, int, int]] = ()) -> Readers:
+        """Live readers, their best position and how many wait, from one snapshot of the
+        active slots. ``skip``: slots found dead, as (slot, pid, start) from
+        :meth:`dead_readers` (a slot re-claimed since by another reader counts again)."""
+        words = self._snapshot()
+        live = waiting = 0
+        best = -1
+        for i in range(0, len(words), _SLOT_WORDS):
+            if not words[i + _S_ACTIVE]:
+                continue
+            if skip and (i // _SLOT_WORDS, words[i + _S_PID], words[i + _S_START]) in skip:
+                continue
+            live += 1
+            waiting += words[i + _S_WAITING]
+            pos = words[i + _S_POSITION]
+            if pos > best:
+                best = pos
+        return Readers(live, best, waiting)
 
-    def set_waiting(self, slot: int, waiting: bool) -> None:
-        self._words[_HEADER_WORDS + slot * SLOT_WORDS + SLOT_WAITING] = int(waiting)
+    def dead_readers(self) -> set[tuple[int, int, int]]:
+        """The active slots whose owner died, as (slot, pid, start) for :meth:`scan`."""
+        words = self._snapshot()
+        dead = set()
+        for i in range(0, len(words), _SLOT_WORDS):
+            if words[i + _S_ACTIVE]:
+                pid, start = words[i + _S_PID], words[i + _S_START]
+                if not is_alive(pid, _seconds(start)):
+                    dead.add((i // _SLOT_WORDS, pid, start))
+        return dead
 
-    def slots(self) -> list[int]:
-        """A snapshot of the used slots' words (SLOT_WORDS per slot), for scanning."""
+    def has_live_reader(self) -> bool:
+        """True if an active slot belongs to a live process."""
+        words = self._snapshot()
+        return any(
+            words[i + _S_ACTIVE] and is_alive(words[i + _S_PID], _seconds(words[i + _S_START]))
+            for i in range(0, len(words), _SLOT_WORDS)
+        )
+
+    def reader_list(self) -> list[ReaderInfo]:
+        """Every active slot (for inspection: ``streamcache stats``)."""
+        words = self._snapshot()
+        return [
+            ReaderInfo(
+                i // _SLOT_WORDS,
+                ProcessId(words[i + _S_PID], _seconds(words[i + _S_START])),
+                words[i + _S_POSITION],
+                bool(words[i + _S_WAITING]),
+            )
+            for i in range(0, len(words), _SLOT_WORDS)
+            if words[i + _S_ACTIVE]
+        ]
+
+    def slot_info(self, slot: int) -> ReaderInfo | None:
+        """The reader holding ``slot``, or None if it is not active."""
+        return next((r for r in self.reader_list() if r.slot == slot), None)
+
+    @property
+    def slots_used(self) -> int:
+        """High-water mark of claimed slots (slots are reused lowest first)."""
+        return min(self._words[_W_USED], self.slot_count)
+
+    def _snapshot(self) -> list[int]:
         used = min(self._words[_W_USED], self.slot_count)
-        return self._words[_HEADER_WORDS : _HEADER_WORDS + used * SLOT_WORDS].tolist()
+        return self._words[_HEADER_WORDS : _HEADER_WORDS + used * _SLOT_WORDS].tolist()
 
-    def reader_id(self, slot: int) -> ProcessId:
-        base = _HEADER_WORDS + slot * SLOT_WORDS
-        return ProcessId(self._words[base + SLOT_PID], self._words[base + SLOT_START] / 1_000_000)
+
+class ReaderSlot:
+    """A reader's claim on one slot: the only way its words are written.
+
+    ``release`` may come from another thread of the reader (an ``astream`` cancelled
+    mid-wait closes from a second thread) while the reading thread is about to publish
+    its position or clear its "waiting" flag. Each write happens under the handle's
+    lock and only while the slot is held, so after ``release`` nothing of this reader
+    lands in the slot, which may already belong to another reader.
+    """
+
+    __slots__ = ("_base", "_held", "_lock", "_words", "index")
+
+    def __init__(self, words: memoryview, index: int) -> None:
+        self._words = words
+        self.index = index
+        self._base = _HEADER_WORDS + index * _SLOT_WORDS
+        self._lock = threading.Lock()
+        self._held = True
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def set_position(self, position: int) -> None:
+        with self._lock:
+            if self._held:
+                self._words[self._base + _S_POSITION] = position
+
+    def set_waiting(self, waiting: bool) -> None:
+        with self._lock:
+            if self._held:
+                self._words[self._base + _S_WAITING] = int(waiting)
+
+    def release(self) -> bool:
+        """Give the slot up (once); True if this call released it."""
+        with self._lock:
+            if not self._held:
+                return False
+            self._held = False
+            self._words[self._base + _S_ACTIVE] = 0
+            return True
 
 
 def _address_of(mm: mmap.mmap, offset: int) -> int:

@@ -15,13 +15,13 @@ import time
 from typing import Any
 
 import ipc
+from ipc.channel import SEGMENT
 from ipc.naming import object_name
-from ipc.segment import SLOT_ACTIVE, SLOT_WORDS
 
 from .cache import LAYOUT, StreamCache
 from .filestore import TRAILER, Filestore
 from .index import Index
-from .pipe import SEGMENT
+from .store import channel_base
 
 MiB = 1 << 20
 
@@ -68,13 +68,13 @@ def collect_stats(cache_dir: str) -> dict[str, Any]:
             "expires_in_s": round(rec.expires - now, 3),
         }
         try:
-            seg = ipc.Segment.open(object_name(cache._ipc_base(rec.file), SEGMENT))
+            base = channel_base(ipc.prefix_for(cache.dir), rec.file)
+            seg = ipc.Segment.open(object_name(base, SEGMENT))
         except ipc.SegmentError:
             pass
         else:
-            words = seg.slots()
             item["written"] = seg.offset
-            item["readers"] = sum(words[i + SLOT_ACTIVE] for i in range(0, len(words), SLOT_WORDS))
+            item["readers"] = len(seg.reader_list())
             seg.close()
         entries.append(item)
     return {

@@ -5,7 +5,8 @@
     Exception
      └── Error                 base of everything streamcache raises on its own
           └── CreateError      the producer of an entry failed; every reader gets it
-               └── ProducerDied  the producing process died or vanished mid-stream
+               ├── ProducerDied  the producing process died or vanished mid-stream
+               └── AllReadersLeft  (internal) every reader left, so the producer stopped
 
 Bad arguments raise the built-in ``TypeError``/``ValueError``; a ``timeout`` that
 passes raises the built-in ``TimeoutError``. A producer whose readers all left gets
@@ -29,6 +30,12 @@ class CreateError(Error):
 
 class ProducerDied(CreateError):
     """The process producing an entry died or vanished before finishing it."""
+
+
+class AllReadersLeft(CreateError):
+    """The producer stopped because every reader had left (its write raised
+    BrokenPipeError). A reader that attached just then, before any byte reached its
+    caller, looks the key up again instead of failing."""
 
 
 def describe(exc: BaseException) -> str:

@@ -1,23 +1,141 @@
-"""The background cleanup loop: one pass every ``interval`` seconds in a daemon thread.
+"""Eviction: the cleanup pass and the loop that runs it, as Gitaly keeps ``clean()``
+and ``cleanWalk`` together.
 
-A pass (``StreamCache.gc``) takes the directory's cleanup lock without waiting,
-so across all processes sharing a directory one runs it at a time. It evicts
-records by their recorded expiry, discards unfinished records of dead
-producers, and walks the filestore and /dev/shm for what no live entry owns.
+A pass (:func:`collect`, run by ``StreamCache.gc`` under the directory's cleanup lock,
+so across all processes sharing a directory one runs it at a time):
+
+1. records: evict those past their recorded expiry, discard those whose producer died
+   and garbage that does not parse;
+2. finished entries: remove those past their expiry (the file's mtime) and files under
+   names that are not key hashes;
+3. the sweep: temp records and data files that no live record owns and that are older
+   than max_age, and channels (segments and bells in /dev/shm) that no live entry owns.
+
+The :class:`Cleaner` runs a pass every ``interval`` seconds in a daemon thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+
+import ipc
+from ipc.channel import SEGMENT, unlink_channel
+from ipc.clock import Clock
+from ipc.naming import list_objects
+from ipc.segment import SegmentError
+
+from .store import Store
 
 log = logging.getLogger("streamcache")
 
+# Seconds a segment without its header yet (its creator may be between shm_open and
+# the header's magic), bells without a segment (a set being made) or a temp record
+# are left alone by cleanup.
+ORPHAN_GRACE = 5.0
+
+
+@dataclass
+class GCReport:
+    """What one cleanup pass did."""
+
+    ran: bool = True
+    expired: int = 0
+    discarded: int = 0
+    files_removed: int = 0
+    ipc_removed: int = 0
+
+
+def collect(store: Store, clock: Clock, max_age: float) -> GCReport:
+    """One cleanup pass (the caller holds the cleanup lock)."""
+    report = GCReport()
+    now = clock.wall()
+    index, files = store.index, store.files
+    live_files: set[str] = set()
+    for h in list(index.keys()):
+        rec = index.read(h)
+        if rec is not None and rec.expires > now and ipc.is_alive(rec.pid, rec.start):
+            live_files.add(rec.file)
+            continue
+        with index.locked(h, None):
+            rec = index.read(h)
+            if rec is None:
+                index.remove(h)
+                report.discarded += 1
+            elif rec.expires <= now:
+                store.evict(rec)
+                report.expired += 1
+            elif not ipc.is_alive(rec.pid, rec.start):
+                store.discard(rec)
+                report.discarded += 1
+            else:
+                live_files.add(rec.file)
+    for h, st in list(files.entries()):
+        if st.st_mtime_ns / 1e9 > now:
+            continue
+        if not _is_key_hash(h):
+            with contextlib.suppress(OSError):
+                os.unlink(files.entry_path(h))  # foreign: never served
+            continue
+        with index.locked(h, None):
+            # Re-checked under the lock: a new entry may have replaced it.
+            fin = files.open_entry(h)
+            if fin is not None:
+                os.close(fin.fd)
+            if fin is None or fin.expires <= now:
+                if files.remove_entry(h):
+                    report.expired += 1
+    for path in index.stray_temp_files():
+        with contextlib.suppress(OSError):
+            if os.lstat(path).st_mtime < now - ORPHAN_GRACE:
+                os.unlink(path)
+    report.files_removed = files.sweep(now - max_age, live_files)
+    live_channels = {store.channel_base(f) for f in live_files}
+    report.ipc_removed = sweep_channels(store.prefix, live_channels, now)
+    return report
+
+
+def sweep_channels(prefix: str, live: set[str], now: float) -> int:
+    """Unlink channels under ``prefix`` that no live entry owns (dead producers,
+    finished entries); returns how many objects went."""
+    by_base: dict[str, list[ipc.ObjectName]] = {}
+    for obj in list_objects(prefix):
+        by_base.setdefault(obj.base, []).append(obj)
+    removed = 0
+    for base, objs in by_base.items():
+        if base in live:
+            continue
+        seg_obj = next((o for o in objs if not o.is_semaphore and o.kind == SEGMENT), None)
+        if seg_obj is None and any(o.mtime > now - ORPHAN_GRACE for o in objs):
+            continue  # bells of a set being made right now (or unmade)
+        if seg_obj is not None:
+            try:
+                seg = ipc.Segment.open(seg_obj.name)
+            except SegmentError:
+                if seg_obj.mtime > now - ORPHAN_GRACE:
+                    continue  # possibly being created right now
+            else:
+                state, alive = seg.state, seg.producer_alive()
+                seg.close()
+                if state == ipc.STATE_WRITING and alive:
+                    continue  # in flight (perhaps expired): its producer unlinks it
+        unlink_channel(base)
+        removed += len(objs)
+    return removed
+
+
+def _is_key_hash(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
 
 class Cleaner:
-    """Starts lazily (on first use, so nothing runs in a process that only forks),
-    stops on :meth:`stop`, and is forgotten in a forked child until used again."""
+    """Runs ``run_pass`` every ``interval`` seconds in a daemon thread. Starts lazily (on
+    first use, so nothing runs in a process that only forks), stops on :meth:`stop`,
+    and is forgotten in a forked child until used again."""
 
     def __init__(self, run_pass: Callable[[], object], interval: float) -> None:
         self._run_pass = run_pass

@@ -37,6 +37,11 @@ OPEN_WRITE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ABSENT = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP}
 
+# A data file's mode while only the entry's bytes are in it, and from just before its
+# trailer is appended (see written_so_far).
+WRITING_MODE = 0o600
+SEALING_MODE = 0o400
+
 # Appended after the entry's bytes: magic, then the entry's size.
 TRAILER = struct.Struct("<8sQ")
 _MAGIC = b"SCdone\x00\x01"
@@ -91,10 +96,10 @@ class Filestore:
         name = f"{secrets.token_hex(8)}-{os.getpid():x}-{next(_counter):x}"
         path = self.path(name)
         try:
-            fd = os.open(path, OPEN_WRITE, 0o600)
+            fd = os.open(path, OPEN_WRITE, WRITING_MODE)
         except FileNotFoundError:
             make_private_dirs(os.path.dirname(path))
-            fd = os.open(path, OPEN_WRITE, 0o600)
+            fd = os.open(path, OPEN_WRITE, WRITING_MODE)
         return name, fd
 
     def open(self, name: str) -> int:
@@ -114,7 +119,9 @@ class Filestore:
         return f"{self.entries_dir}/{key[:2]}/{key}"
 
     def seal(self, fd: int, size: int, expires: float) -> None:
-        """Append the trailer and set the expiry (the writer's last act on the file)."""
+        """Append the trailer and set the expiry (the writer's last act on the file).
+        The mode changes first: see :func:`written_so_far`."""
+        os.fchmod(fd, SEALING_MODE)
         trailer = TRAILER.pack(_MAGIC, size)
         done = 0
         while done < len(trailer):
@@ -211,14 +218,24 @@ class Filestore:
         return removed
 
 
-def entry_bytes(fd: int) -> int:
-    """How many of an entry's bytes the data file ``fd`` holds: its size, less the
-    trailer if the producer has sealed it already."""
-    size = os.fstat(fd).st_size
-    at = size - TRAILER.size
+def written_so_far(fd: int) -> int:
+    """How many of an entry's bytes the data file ``fd`` surely holds, for a reader that
+    looks past the offset the producer published (an inline producer publishes only
+    once it has found the entry's channel).
+
+    While the file is in :data:`WRITING_MODE` it holds nothing but the entry's bytes.
+    The producer switches it to :data:`SEALING_MODE` before it appends the trailer, so
+    once the mode has changed only an intact trailer tells the size; a torn one (a
+    crash, a full disk) tells nothing and 0 is returned: the caller then trusts only
+    what the producer publishes. No trailer byte is ever taken for data.
+    """
+    st = os.fstat(fd)
+    if st.st_mode & stat.S_IWUSR:  # WRITING_MODE (a umask may have taken the bit: safe)
+        return st.st_size
+    at = st.st_size - TRAILER.size
     if at >= 0 and _intact(os.pread(fd, TRAILER.size, at), 0, at):
         return at
-    return size
+    return 0
 
 
 def _intact(buf: bytes, at: int, size: int) -> bool:

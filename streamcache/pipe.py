@@ -1,190 +1,70 @@
 """The pipe: one producer writing a data file, many readers in any process.
 
-The producer appends to the entry's data file and publishes its offset in the
-entry's shared-memory segment; readers read the file up to that offset, each
-publishing its position in its own slot. Two doorbells connect them: readers
-sleep on ``r`` (the producer rings it after a write for as many readers as are
-waiting), the producer sleeps on ``w`` (a reader rings it after advancing while
-the producer waits).
+The producer appends to the entry's data file and publishes its offset on the
+entry's channel (:mod:`ipc.channel`: a shared-memory segment and two bells); readers
+read the file up to that offset, each publishing its position in its own slot.
 
 Back pressure: after each write the producer blocks while
-``offset - max(positions of live readers) > window``; ``window=0`` is Gitaly's
-rule (wait until one reader has everything). When no live reader is left the
-producer's write raises ``BrokenPipeError``: nothing more is produced, the entry
-fails. The producer checks its readers' liveness at least every ``liveness``
-seconds (on a timed-out wait, or after a write once that long has passed) and
-drops dead ones; a waiting reader checks the producer's on each timed-out wait
-and raises ``ProducerDied``.
+``offset - max(positions of live readers) > window``; ``window=0`` is Gitaly's rule
+(wait until one reader has everything). When no live reader is left the producer's
+write raises ``BrokenPipeError``: nothing more is produced, the entry fails. Both
+sides wait through :class:`ipc.wait.Waiter`, which checks the other side's liveness
+on its own absolute deadline however often the wait is woken: readers raise
+``ProducerDied`` for a dead producer, the producer stops counting dead readers.
+
+Invariants kept here:
+
+- A reader never returns a byte at or past the entry's final size: beyond the
+  published offset it trusts only :func:`filestore.written_so_far` (which never
+  counts a trailer byte), and at "done" its position must equal the final size.
+- This module calls nothing above it: what a reader needs from the cache (the store,
+  to settle an entry whose producer died; the producer's own exception, when it ran
+  in this process) is handed to it as objects.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable
-from typing import Any, NoReturn
-
-import posix_ipc
+from typing import NoReturn, Protocol
 
 import ipc
-from ipc import futex
-from ipc.doorbell import unlink_semaphore
-from ipc.naming import object_name
-from ipc.segment import (
-    SLOT_ACTIVE,
-    SLOT_PID,
-    SLOT_POSITION,
-    SLOT_START,
-    SLOT_WAITING,
-    SLOT_WORDS,
-    unlink_segment,
-)
+from ipc.channel import Channel
+from ipc.clock import SYSTEM, Clock
+from ipc.segment import FAILED_ABANDONED, ReaderSlot, SegmentError
+from ipc.wait import Waiter, Wake
 
-from .errors import CreateError, ProducerDied
-from .filestore import entry_bytes
-from .sink import usable_fd, write_all
+from .errors import AllReadersLeft, CreateError, ProducerDied
+from .filestore import written_so_far
+from .index import Record
+from .store import Store
 
 CHUNK = 1 << 20  # a reader reads ahead at most this much
 CREATOR_SLOT = 0  # the creating process's reader slot in its entry's segment
-# Once others read too, an inline creator whose client took longer than this for
-# one write hands its copy to a thread, so that client paces nobody else.
-_SLOW_CLIENT = 0.01
-# How often an inline producer looks for IPC objects that an attaching reader made.
+# How often an inline producer looks for the channel that an attaching reader made.
 _DISCOVERY_INTERVAL = 0.001
-SEGMENT, READERS_BELL, WRITER_BELL = "s", "r", "w"
 
 
-_fence_lock = threading.Lock()
+class Outcome:
+    """How the producer of an entry ended, as the process that ran it knows it: the
+    producer sets ``error`` before it publishes the failure, so a reader in the same
+    process can attach the original exception as the CreateError's ``__cause__``."""
+
+    __slots__ = ("error",)
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
 
 
-def full_fence() -> None:
-    """A full memory barrier between a store to shared memory and the next load.
+class CreatorCopy(Protocol):
+    """The inline creator's own copy of each write to its ``dst`` (see producer.Tee)."""
 
-    The wake-up protocol is Dekker-style: one side stores a flag then loads the
-    other's progress, the other stores progress then loads the flag. x86 may let
-    a load pass an earlier store, and then both sides miss each other and a
-    sleeper waits for its timeout. Taking an uncontended lock executes a locked
-    instruction, a full fence on x86 (about 50 ns). Correctness never depends on
-    it: every wait is timed.
-    """
-    _fence_lock.acquire()
-    _fence_lock.release()
+    alive: bool
 
+    def copy(self, data: bytes) -> None: ...
 
-class ReadersBell:
-    """What readers sleep on and the producer rings after publishing progress.
-
-    On Linux a futex on the segment's sequence word: one ring wakes every sleeper
-    and a sleeper never misses a change made after it looked (see ``ipc.futex``).
-    Elsewhere the ``r`` semaphore, rung once per sleeping reader.
-    """
-
-    def __init__(self, bell: ipc.Doorbell, seg: ipc.Segment) -> None:
-        self._bell = bell
-        self._seg = seg
-
-    def ring(self, times: int = 1) -> None:
-        """Wake the ``times`` readers that sleep (all of them, with a futex)."""
-        if futex.SUPPORTED:
-            futex.wake(self._seg.seq_address)
-        else:
-            self._bell.ring(times)
-
-    def wait(self, seen: int, timeout: float) -> bool:
-        """Sleep until rung or ``timeout`` passes (False); ``seen`` is the segment's
-        ``seq`` read before the caller last checked the progress."""
-        if futex.SUPPORTED:
-            return futex.wait(self._seg.seq_address, seen, timeout)
-        return self._bell.wait(timeout)
-
-    def close(self) -> None:
-        self._bell.close()
-
-
-class EntryIPC:
-    """The shared-memory segment and two doorbells of one entry being written."""
-
-    def __init__(self, base: str, seg: ipc.Segment, readers: ipc.Doorbell, writer: ipc.Doorbell):
-        self.base = base
-        self.seg = seg
-        self.readers_bell = ReadersBell(readers, seg)
-        self.writer_bell = writer
-
-    @classmethod
-    def create(
-        cls,
-        prefix: str,
-        producer: ipc.ProcessId,
-        slots: int,
-        base: str | None = None,
-        *,
-        offset: int = 0,
-        producer_reads: bool = False,
-    ) -> EntryIPC:
-        """Create fresh objects (under ``base``, or a new random one; a name that exists
-        is an error, never opened). ``offset`` and ``producer_reads`` as for
-        :meth:`ipc.Segment.create`.
-
-        Invariant: the doorbells come first and the segment, its magic written last,
-        after them (and :func:`unlink_entry_ipc` removes the segment first), so a
-        segment that opens always has its own doorbells beside it: :meth:`open`
-        never pairs a segment with doorbells of another set. Doorbells without a
-        segment are a set being made or unmade; cleanup leaves young ones alone.
-        """
-        base = base or ipc.new_base(prefix)
-        rb = ipc.Doorbell.create(object_name(base, READERS_BELL))
-        try:
-            wb = ipc.Doorbell.create(object_name(base, WRITER_BELL))
-            try:
-                seg = ipc.Segment.create(
-                    object_name(base, SEGMENT),
-                    producer,
-                    slots,
-                    offset=offset,
-                    producer_reads=producer_reads,
-                )
-            except BaseException:
-                wb.close()
-                wb.unlink()
-                raise
-        except BaseException:
-            rb.close()
-            rb.unlink()
-            raise
-        return cls(base, seg, rb, wb)
-
-    @classmethod
-    def open(cls, base: str) -> EntryIPC:
-        """Attach to an entry's objects (``ipc.SegmentError`` if they are gone)."""
-        seg = ipc.Segment.open(object_name(base, SEGMENT))
-        bells: list[ipc.Doorbell] = []
-        try:
-            for kind in (READERS_BELL, WRITER_BELL):
-                bells.append(ipc.Doorbell.open(object_name(base, kind)))
-        except posix_ipc.Error as exc:
-            for bell in bells:
-                bell.close()
-            seg.close()
-            raise ipc.SegmentError(f"doorbells of {base} are gone") from exc
-        return cls(base, seg, bells[0], bells[1])
-
-    def close(self) -> None:
-        self.readers_bell.close()
-        self.writer_bell.close()
-        self.seg.close()  # last: a futex wait or wake may use its mapping until then
-
-
-def unlink_entry_ipc(base: str) -> None:
-    """Remove an entry's IPC names: the segment first, then the doorbells (see
-    :meth:`EntryIPC.create`)."""
-    unlink_segment(object_name(base, SEGMENT))
-    unlink_semaphore(object_name(base, READERS_BELL))
-    unlink_semaphore(object_name(base, WRITER_BELL))
-
-
-def _micros(seconds: float) -> int:
-    return round(seconds * 1_000_000)
+    def attach(self, channel: Channel) -> None: ...
 
 
 class Writer:
@@ -192,63 +72,65 @@ class Writer:
 
     Runs in the producer's thread only; its fields need no lock.
 
-    An inline creator's entry starts without IPC objects (``entry`` None): while
-    nobody else reads, the creator's ``tee`` is its only reader and there is
-    nothing to publish. The first process that attaches creates them (under a
-    name derived from the data file's); ``discover`` (called before writes, at
-    most every millisecond, and whenever the readers are counted, until it
-    returns them) finds them, and from then on every write is published there.
+    An inline creator's entry starts without a channel (``channel`` None): while
+    nobody else reads, the creator's ``tee`` is its only reader and there is nothing
+    to publish. The first process that attaches creates the channel under
+    ``channel_base``; the writer looks for it before writes (at most every
+    millisecond) and whenever it counts its readers, and from then on publishes every
+    write there.
     """
 
     def __init__(
         self,
         fd: int,
-        entry: EntryIPC | None,
+        channel: Channel | None,
         window: int,
         liveness: float,
-        tee: Tee | None = None,
-        discover: Callable[[], EntryIPC | None] = lambda: None,
+        tee: CreatorCopy | None = None,
+        channel_base: str | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         self._fd = fd
         self._tee = tee
-        self._discover = discover
+        self._channel_base = channel_base
+        self._clock = clock
         self._next_discovery = 0.0
-        self.entry: EntryIPC | None = None
+        self.channel: Channel | None = None
         self._window = window
-        self._liveness = liveness
+        self._waiter = Waiter(liveness, clock)
         self.offset = 0
         self.broken = False
         self._closed = False
-        # Slots whose owner was found dead: (slot, pid, start in microseconds).
-        self._dead: set[tuple[int, int, int]] = set()
-        # Readers' liveness is checked at least every ``liveness`` seconds, blocked
-        # or not, so a producer whose readers all died stops within that bound.
-        self._next_liveness_check = time.monotonic() + liveness
-        if entry is not None:
-            self._attach(entry)
+        if channel is not None:
+            self._attach(channel)
 
-    def _attach(self, entry: EntryIPC) -> None:
-        """Publish from now on to ``entry`` (all bytes written so far at once)."""
-        self.entry = entry
-        self._seg = entry.seg
+    def _attach(self, channel: Channel) -> None:
+        """Publish from now on to ``channel`` (all bytes written so far at once)."""
+        self.channel = channel
         if self._tee is not None:
-            self._tee.attach(entry.seg)
+            self._tee.attach(channel)
         if self.offset:
-            self._seg.publish_offset(self.offset)
-            full_fence()
-            waiting = self._scan()[2]
-            if waiting:
-                entry.readers_bell.ring(waiting)
+            channel.publish(self.offset, self._waiter)
+
+    def _discover(self) -> None:
+        """Take the channel an attaching reader made, if there is one by now."""
+        self._next_discovery = self._clock.monotonic() + _DISCOVERY_INTERVAL
+        if self._channel_base is None:
+            return
+        try:
+            channel = Channel.open(self._channel_base)
+        except SegmentError:
+            return
+        self._attach(channel)
 
     def _live_readers(self) -> int:
-        if self.entry is None:
-            self._next_discovery = time.monotonic() + _DISCOVERY_INTERVAL
-            entry = self._discover()
-            if entry is not None:
-                self._attach(entry)
-            else:
+        if self.channel is None:
+            self._discover()
+            if self.channel is None:
                 return int(self._tee is not None and self._tee.alive)
-        return self._scan()[0]
+        if self._waiter.check_due():
+            self.channel.drop_dead_readers()
+        return self.channel.readers().live
 
     # io-like surface
     def writable(self) -> bool:
@@ -301,153 +183,37 @@ class Writer:
         if tee is None or not tee.alive:
             if self._live_readers() == 0:
                 self._broken()  # checked before writing: nothing lands that nobody reads
-        elif self.entry is None and time.monotonic() >= self._next_discovery:
-            self._live_readers()  # has another reader attached meanwhile?
+        elif self.channel is None and self._clock.monotonic() >= self._next_discovery:
+            self._discover()  # has another reader attached meanwhile?
         done = os.write(self._fd, view)
         while done < total:
             done += os.write(self._fd, view[done:])
         self.offset += total
-        if self.entry is None:  # only the creator reads, straight from this write
+        channel = self.channel
+        if channel is None:  # only the creator reads, straight from this write
             assert tee is not None
             tee.copy(_as_bytes(data, view))
             if not tee.alive and self._live_readers() == 0:
                 self._broken()
             return total
-        self._seg.publish_offset(self.offset)
-        full_fence()  # the offset is visible before we look at the waiting flags
-        if time.monotonic() >= self._next_liveness_check:
-            self._drop_dead_readers()
-        live, best, waiting = self._scan()
-        if waiting:
-            self.entry.readers_bell.ring(waiting)
+        readers = channel.publish(self.offset, self._waiter)
         if tee is not None and tee.alive:
             tee.copy(_as_bytes(data, view))
             if tee.alive:
                 return total  # the creator has everything: nobody is behind the window
-            live, best, waiting = self._scan()
-        self._hold_back(live, best)
+            readers = None
+        if channel.hold_back(self.offset, self._window, self._waiter, readers) == 0:
+            self._broken()
         return total
 
     def _broken(self) -> NoReturn:
         self.broken = True
         raise BrokenPipeError("all readers closed")
 
-    def _scan(self) -> tuple[int, int, int]:
-        """(live readers, their largest position, how many wait) from one snapshot."""
-        words = self._seg.slots()
-        live = waiting = 0
-        best = -1
-        dead = self._dead
-        for i in range(0, len(words), SLOT_WORDS):
-            if not words[i + SLOT_ACTIVE]:
-                continue
-            if dead and (i // SLOT_WORDS, words[i + SLOT_PID], words[i + SLOT_START]) in dead:
-                continue
-            live += 1
-            waiting += words[i + SLOT_WAITING]
-            pos = words[i + SLOT_POSITION]
-            if pos > best:
-                best = pos
-        return live, best, waiting
-
-    def _hold_back(self, live: int, best: int) -> None:
-        """Back pressure: wait while no live reader is within ``window`` of the offset."""
-        while True:
-            if live == 0:
-                self._broken()
-            if self.offset - best <= self._window:
-                return
-            # Invariant: set "waiting", then re-check; a reader advancing after our
-            # check sees the flag and rings.
-            self._seg.set_producer_waiting(True)
-            full_fence()
-            live, best, _ = self._scan()
-            if live and self.offset - best <= self._window:
-                self._seg.set_producer_waiting(False)
-                return
-            assert self.entry is not None
-            rang = self.entry.writer_bell.wait(self._liveness)
-            self._seg.set_producer_waiting(False)
-            if not rang:
-                self._drop_dead_readers()
-            live, best, _ = self._scan()
-
-    def _drop_dead_readers(self) -> None:
-        self._next_liveness_check = time.monotonic() + self._liveness
-        words = self._seg.slots()
-        for i in range(0, len(words), SLOT_WORDS):
-            if words[i + SLOT_ACTIVE]:
-                pid, start = words[i + SLOT_PID], words[i + SLOT_START]
-                if not ipc.is_alive(pid, start / 1_000_000):
-                    self._dead.add((i // SLOT_WORDS, pid, start))
-
-
-def ring_all(entry: EntryIPC) -> None:
-    """Wake every reader waiting on ``entry`` (at least one ring: a reader may be about
-    to wait)."""
-    words = entry.seg.slots()
-    waiting = sum(words[SLOT_WAITING::SLOT_WORDS])
-    entry.readers_bell.ring(max(waiting, 1))
-
 
 def _as_bytes(data: bytes | bytearray | memoryview, view: memoryview) -> bytes:
     """What a dst gets: the caller's bytes as they are, a copy of anything mutable."""
     return data if type(data) is bytes else view.tobytes()
-
-
-class Tee:
-    """The inline creator's own copy of the entry: each write goes straight to ``dst``,
-    so the creator is a reader that always has everything.
-
-    While nobody else reads that is all. Once another reader has attached (the entry
-    has its segment, slot 0 the creator's), the creator's client must not pace the
-    others, so the copy is handed over (``handoff(bytes delivered)``) to a reader of
-    the file in a thread of this process: at once when ``dst`` has a descriptor (a
-    socket or pipe: the thread copies with sendfile), else once a write to ``dst``
-    took longer than :data:`_SLOW_CLIENT`. The producer then goes on at the pace of
-    the fastest reader, as in Gitaly. If ``dst`` fails, the creator leaves and the
-    error is kept for the caller. Used only by the producer's thread.
-    """
-
-    def __init__(self, dst: Any, handoff: Callable[[int], None]) -> None:
-        self._dst = dst
-        self._fd = usable_fd(dst)
-        self._handoff = handoff
-        self._seg: ipc.Segment | None = None
-        self.delivered = 0
-        self.alive = True
-        self.error: Exception | None = None
-
-    def attach(self, seg: ipc.Segment) -> None:
-        """The entry's segment exists now, with slot 0 the creator's."""
-        if not self.alive:
-            seg.release_slot(CREATOR_SLOT)
-        elif self._fd is not None:
-            self._hand_over()
-        else:
-            self._seg = seg
-            seg.set_position(CREATOR_SLOT, self.delivered)
-
-    def copy(self, data: bytes) -> None:
-        seg = self._seg
-        started = time.monotonic()
-        try:
-            write_all(self._dst, data)
-        except Exception as exc:
-            self.error = exc
-            self.alive = False
-            if seg is not None:
-                seg.release_slot(CREATOR_SLOT)
-            return
-        self.delivered += len(data)
-        if seg is not None:
-            seg.set_position(CREATOR_SLOT, self.delivered)
-            if time.monotonic() - started > _SLOW_CLIENT:
-                self._hand_over()
-
-    def _hand_over(self) -> None:
-        self.alive = False
-        self._handoff(self.delivered)
 
 
 class _Reader:
@@ -554,34 +320,34 @@ class _Reader:
 class PipeReader(_Reader):
     """Reads an entry that is still being written, from offset 0.
 
-    ``slot`` is None for a reader beyond the segment's slot capacity: it still
-    reads everything, but does not count for back pressure, and re-checks with a
-    backoff from 1 to 50 ms instead of sleeping on the doorbell (whose rings are
-    counted for slotted readers only).
+    ``slot`` is None for a reader beyond the segment's slot capacity: it still reads
+    everything, but does not count for back pressure, and re-checks every few
+    milliseconds instead of sleeping on the bell. ``store`` and ``rec`` settle the
+    entry if its producer dies; ``outcome`` is the producer's, when it runs in this
+    process.
     """
 
     def __init__(
         self,
         fd: int,
-        entry: EntryIPC,
-        slot: int | None,
+        channel: Channel,
+        slot: ReaderSlot | None,
         liveness: float,
-        on_producer_died: Callable[[], int | None],
-        local_cause: Callable[[], BaseException | None] = lambda: None,
+        store: Store | None,
+        rec: Record | None,
+        outcome: Outcome | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         super().__init__(fd)
-        self._entry = entry
-        self._seg = entry.seg
+        self._channel = channel
+        self._seg = channel.seg
         self._slot = slot
-        self._liveness = liveness
-        # Called when the producer is found dead: the entry's recorded final size if
-        # it finished after all (killed between its record and its segment), else None.
-        self._on_producer_died = on_producer_died
-        self._local_cause = local_cause  # the producer's exception, when it ran here
-        self._final: int | None = None
-        self._in_file = 0  # bytes found in the data file beyond the published offset
-        self._poll = 0.001
-        self._next_check = time.monotonic() + liveness
+        self._waiter = Waiter(liveness, clock)
+        self._store = store
+        self._rec = rec
+        self._outcome = outcome
+        self._final: int | None = None  # the recorded size, once found after a death
+        self._in_file = 0  # bytes surely in the data file beyond the published offset
 
     def _available(self, deadline: float | None) -> int:
         while True:
@@ -596,89 +362,63 @@ class PipeReader(_Reader):
             if offset > self.position:
                 return offset - self.position
             if state == ipc.STATE_DONE:
+                if offset != self.position:
+                    raise CreateError(
+                        f"the entry ended at {offset} bytes, but this reader is at "
+                        f"{self.position}: its data file does not match its record"
+                    )
                 return 0
             if state == ipc.STATE_FAILED:
-                raise self._failure(self._seg.error)
-            self._wait(deadline)
+                raise self._failure()
+            wake = self._channel.wait_for_progress(
+                self._slot, self.position, self._waiter, deadline
+            )
+            if wake is Wake.DEADLINE:
+                raise TimeoutError("timed out waiting for the producer")
+            if wake is Wake.CHECK:
+                self._check_producer()
+
+    def _check_producer(self) -> None:
+        """The liveness check, due every ``liveness`` seconds of waiting."""
+        # Bytes in the file count too: an inline producer publishes only once it has
+        # found the channel (the kernel grows a file only over copied bytes, and the
+        # producer never rewrites).
+        self._in_file = max(self._in_file, written_so_far(self._fd))
+        if self._in_file > self.position:
+            return
+        if self._seg.producer_alive():
+            return
+        if self._store is not None and self._rec is not None:
+            self._final = self._store.producer_died(self._rec, self._fd)
+        if self._final is None:
+            pid = self._seg.producer.pid
+            raise ProducerDied(f"the producing process (pid {pid}) died before finishing the entry")
 
     def _advance(self, n: int) -> None:
         self.position += n
-        self._poll = 0.001
         if self._slot is not None:
-            with self._guard:
-                if self._closed:
-                    return  # the slot may already belong to another reader
-                self._seg.set_position(self._slot, self.position)
-            full_fence()
-        if self._seg.producer_waiting:
-            self._entry.writer_bell.ring()
+            self._slot.set_position(self.position)
+            self._channel.advanced()
 
-    def _failure(self, text: str) -> CreateError:
-        err = CreateError(text)
-        err.__cause__ = self._local_cause()
+    def _failure(self) -> CreateError:
+        text = self._seg.error
+        err: CreateError = (
+            AllReadersLeft(text)
+            if self._seg.failure_code == FAILED_ABANDONED
+            else CreateError(text)
+        )
+        err.__cause__ = self._outcome.error if self._outcome is not None else None
         return err
 
-    def _wait(self, deadline: float | None) -> None:
-        seg = self._seg
-        slot = self._slot
-        if slot is not None:
-            timeout = self._liveness
-        else:
-            self._poll = min(self._poll * 2, 0.05)
-            timeout = self._poll
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("timed out waiting for the producer")
-            timeout = min(timeout, remaining)
-        if slot is None:
-            time.sleep(timeout)
-            rang = time.monotonic() < self._next_check
-        else:
-            # Invariant: announce "waiting" before the last check of the offset, so
-            # a producer publishing after that check sees the flag and rings.
-            seg.set_waiting(slot, True)
-            full_fence()
-            try:
-                seen = seg.seq
-                offset, state = seg.progress()
-                if offset > self.position or state != ipc.STATE_WRITING:
-                    return
-                rang = self._entry.readers_bell.wait(seen, timeout)
-            finally:
-                seg.set_waiting(slot, False)
-        if rang:
-            return
-        self._next_check = time.monotonic() + self._liveness
-        offset, state = seg.progress()
-        if state == ipc.STATE_WRITING and offset <= self.position:
-            # Nothing published for a while: bytes in the file count too (an inline
-            # producer publishes only once it has found the IPC objects; the kernel
-            # grows a file only over copied bytes, and the producer never rewrites).
-            self._in_file = entry_bytes(self._fd)
-            if self._in_file > self.position:
-                return
-            producer = seg.producer
-            if not ipc.is_alive(producer.pid, producer.start):
-                self._final = self._on_producer_died()
-                if self._final is None:
-                    raise ProducerDied(
-                        f"the producing process (pid {producer.pid}) died before "
-                        "finishing the entry"
-                    )
-
     def _leave(self) -> None:
-        if self._slot is not None:
-            self._seg.release_slot(self._slot)
-            full_fence()
-            if self._seg.producer_waiting:
-                # The producer may be waiting on us; let it re-count its readers.
-                self._entry.writer_bell.ring()
+        if self._slot is not None and self._slot.release():
+            # The producer may be waiting on us; let it re-count its readers.
+            self._channel.advanced()
         # Wake our own thread if it sleeps in read() (a spurious wake-up for others).
-        self._entry.readers_bell.ring()
+        self._channel.readers_bell.ring()
 
     def _release(self) -> None:
-        self._entry.close()
+        self._channel.close()
         os.close(self._fd)
 
 

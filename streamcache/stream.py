@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol
 
-from .errors import CreateError
+from .errors import AllReadersLeft, CreateError
 from .pipe import CHUNK
 from .sink import NO_SENDFILE, usable_fd, wait_writable, write_all
 
@@ -83,7 +83,7 @@ class Stream:
         """After ``exc`` from the source: reopen (once) if nothing was delivered yet and
         the producer failed only because its readers left."""
         reopen, self._reopen = self._reopen, None
-        if reopen is None or self._delivered or not str(exc).startswith("BrokenPipeError"):
+        if reopen is None or self._delivered or not isinstance(exc, AllReadersLeft):
             return False
         old = self._source
         self._source, self.created = reopen()

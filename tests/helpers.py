@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import ipc
-from streamcache.cache import LAYOUT, key_hash
+from ipc.channel import SEGMENT
+from ipc.naming import object_name
+from streamcache.cache import LAYOUT, channel_base, key_hash
 from streamcache.filestore import Filestore
+from streamcache.index import Record
 
 WAIT = 20.0  # bound for every wait in the tests that use these helpers
 
@@ -88,3 +91,9 @@ class FailingDst:
         self.ok -= 1
         self.got += b
         return len(b)
+
+
+def open_segment(cache_dir: str | os.PathLike[str], rec: Record) -> ipc.Segment:
+    """The shared-memory segment of the entry in flight that ``rec`` records."""
+    base = channel_base(ipc.prefix_for(cache_dir), rec.file)
+    return ipc.Segment.open(object_name(base, SEGMENT))

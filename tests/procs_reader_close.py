@@ -67,7 +67,8 @@ def cancelled_astream_reader(dir: str, key: str, first: int, *, out: Any) -> Non
                     raise TimeoutError("the read never went to sleep on the doorbell")
                 await asyncio.sleep(0.002)
                 threads = list(loop._default_executor._threads)  # type: ignore[union-attr]
-                waiting = seg._words[64 + slot * 8 + 2]
+                info = seg.slot_info(slot.index)
+                waiting = info is not None and info.waiting
                 # The executor may hold an idle thread too (also in futex): look for the
                 # one whose Python stack is inside the doorbell's wait.
                 frames = sys._current_frames()

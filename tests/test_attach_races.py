@@ -18,10 +18,10 @@ from helpers import finished_size
 from procs_inline import get_report, read_exactly, start_child, wait_event
 
 import ipc
+from ipc.channel import unlink_channel
 from streamcache import StreamCache
-from streamcache.cache import LAYOUT, ipc_base, key_hash
+from streamcache.cache import LAYOUT, channel_base, key_hash
 from streamcache.index import Index
-from streamcache.pipe import unlink_entry_ipc
 
 WAIT = 20.0
 HOUR = 3600.0
@@ -31,7 +31,7 @@ KEY = "attach-race"
 def _base(cache_dir: Path, key: str) -> str:
     rec = Index(str(cache_dir / LAYOUT)).read(key_hash(key))
     assert rec is not None, "the entry has a record while in flight"
-    return ipc_base(ipc.prefix_for(cache_dir), rec.file)
+    return channel_base(ipc.prefix_for(cache_dir), rec.file)
 
 
 def _objects_of(cache_dir: Path, base: str) -> list[str]:
@@ -80,7 +80,7 @@ def test_objects_of_an_attacher_killed_halfway_do_not_outlive_the_entry(
         go.set()
         producer.join(WAIT)
         if base:
-            unlink_entry_ipc(base)
+            unlink_channel(base)
 
 
 def test_reader_after_an_attacher_killed_halfway_reads_the_entry(

@@ -21,10 +21,11 @@ from procs_inline import get_report, start_child
 
 import ipc
 import streamcache
+from ipc.channel import unlink_channel
 from streamcache import StreamCache
-from streamcache.cache import LAYOUT, Producer, ipc_base, key_hash
+from streamcache.cache import LAYOUT, channel_base, key_hash
 from streamcache.index import Index
-from streamcache.pipe import unlink_entry_ipc
+from streamcache.producer import Producer
 
 WAIT = 20.0
 HOUR = 3600.0
@@ -104,9 +105,7 @@ def test_exception_before_producer_start_leaves_nothing_behind(cache_dir: Path) 
         # Remove what the orphan leaves behind: its producer is this live process, so
         # neither gc nor the leak check would.
         if orphan is not None:
-            unlink_entry_ipc(ipc_base(ipc.prefix_for(cache_dir), orphan.file))
-        with cache._mutex:
-            cache._producers = {p for p in cache._producers if p.thread is not None}
+            unlink_channel(channel_base(ipc.prefix_for(cache_dir), orphan.file))
 
 
 # -- the inline creator interrupted before its create started ----------------------------------

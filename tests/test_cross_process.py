@@ -25,16 +25,15 @@ from typing import Any
 
 import pytest
 import xproc
-from helpers import finished_size
+from helpers import finished_size, open_segment
 from xproc import HashSink, expect, payload, payload_bytes, payload_chunk, payload_sha
 
 import ipc
 import streamcache
-from ipc.naming import object_name
-from streamcache.cache import LAYOUT, ipc_base, key_hash
+from ipc.channel import Channel, unlink_channel
+from streamcache.cache import LAYOUT, channel_base, key_hash
 from streamcache.filestore import Filestore
 from streamcache.index import Index, Record
-from streamcache.pipe import SEGMENT, EntryIPC, unlink_entry_ipc
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -132,11 +131,7 @@ def test_reader_gets_bytes_before_slow_producer_finishes(cache_dir: Path, spawn:
 
 
 def _reader_slot_position(seg: ipc.Segment, pid: int) -> int | None:
-    words = seg.slots()
-    for i in range(0, len(words), 8):
-        if words[i + 1] and words[i + 3] == pid:
-            return words[i]
-    return None
+    return next((r.position for r in seg.reader_list() if r.reader.pid == pid), None)
 
 
 def _start_bp_pair(
@@ -158,7 +153,7 @@ def _start_bp_pair(
     assert expect(pq, "created") == (True,)
     rec = _index(cache_dir).read(key_hash(key))
     assert rec is not None and rec.pid == producer.pid
-    seg = ipc.Segment.open(object_name(ipc_base(ipc.prefix_for(cache_dir), rec.file), SEGMENT))
+    seg = open_segment(cache_dir, rec)
     reader = spawn.Process(
         target=xproc.commanded_reader,
         args=(str(cache_dir), key, attached, commands),
@@ -607,7 +602,12 @@ def test_fork_after_construction(cache_dir: Path, tmp_path: Path, no_fork_warnin
 def test_pid_reuse_is_not_life(cache_dir: Path, spawn: Any, who: str) -> None:
     """A producer identity whose pid is alive but whose start time differs is dead: the
     liveness check says so, and a fetch on a key whose in-flight record (and segment)
-    names it creates afresh instead of waiting for a producer that will never write."""
+    names it creates afresh instead of waiting for a producer that will never write.
+
+    Independent of uptime: start times count from boot, so the dead process's start is
+    taken between boot and the live one's (the pid's earlier owner started earlier),
+    never below 0. tests/test_uptime_independence.py runs this test a few seconds
+    after (a time namespace's) boot."""
     stop = spawn.Event()
     idler = None
     if who == "self":
@@ -619,7 +619,9 @@ def test_pid_reuse_is_not_life(cache_dir: Path, spawn: Any, who: str) -> None:
         pid, start = expect(out, "started")
         assert ipc.start_time(pid) == start
     try:
-        wrong = start - 1000.0
+        # Only a process started at boot (tick 0) has no earlier start to take.
+        wrong = start / 2 if start >= 0.1 else start + 1000.0
+        assert wrong >= 0 and abs(wrong - start) >= 0.05
         assert ipc.is_alive(pid, start)
         assert not ipc.is_alive(pid, wrong)
         assert not ipc.is_alive(pid, start + 1000.0)
@@ -637,10 +639,11 @@ def test_pid_reuse_is_not_life(cache_dir: Path, spawn: Any, who: str) -> None:
         os.write(fd, stale)
         os.close(fd)
         prefix = ipc.prefix_for(cache_dir)
-        entry = EntryIPC.create(prefix, ipc.ProcessId(pid, wrong), 64, ipc_base(prefix, name))
+        entry = Channel.create(prefix, ipc.ProcessId(pid, wrong), 64, channel_base(prefix, name))
         try:
             entry.seg.publish_offset(len(stale))
-            assert entry.seg.claim_slot(ipc.current_process(), lambda p, s: False) == 0
+            claimed = entry.seg.claim_slot(ipc.current_process())
+            assert claimed is not None and claimed.index == 0
             now = time.time()
             rec = Record(h, name, pid, wrong, now + 300)
             index = Index(root)
@@ -658,7 +661,7 @@ def test_pid_reuse_is_not_life(cache_dir: Path, spawn: Any, who: str) -> None:
             assert entry.base not in {o.base for o in ipc.list_objects(ipc.prefix_for(cache_dir))}
         finally:
             entry.close()
-            unlink_entry_ipc(entry.base)
+            unlink_channel(entry.base)
             cache.stop()
     finally:
         stop.set()

@@ -13,16 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import WAIT
+from helpers import WAIT, open_segment
 
 import ipc
 import streamcache
 from ipc import doorbell, futex
 from ipc.naming import new_base, object_name
-from ipc.segment import SLOT_WAITING, SLOT_WORDS
-from streamcache.cache import LAYOUT, ipc_base, key_hash
+from streamcache.cache import LAYOUT, key_hash
 from streamcache.index import Index
-from streamcache.pipe import SEGMENT
 
 
 def test_polling_wait_times_out_and_wakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,11 +68,11 @@ def test_readers_sleep_on_the_semaphore_without_futex(
         assert q.get(timeout=WAIT) == ("attached", False)
         rec = Index(str(cache_dir / LAYOUT)).read(key_hash("k"))
         assert rec is not None
-        seg = ipc.Segment.open(object_name(ipc_base(ipc.prefix_for(cache_dir), rec.file), SEGMENT))
+        seg = open_segment(cache_dir, rec)
         try:
             for chunk in (b"second ", b"third"):
                 deadline = time.monotonic() + WAIT
-                while not any(seg.slots()[SLOT_WAITING::SLOT_WORDS]):
+                while not any(r.waiting for r in seg.reader_list()):
                     assert time.monotonic() < deadline, "the reader never went to sleep"
                     time.sleep(0.001)
                 w.write(chunk)

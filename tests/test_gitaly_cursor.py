@@ -34,18 +34,17 @@ from typing import Any
 import psutil
 import pytest
 from helpers import ask as _ask
-from helpers import is_dead as _is_dead
 from helpers import join_ok as _join
+from helpers import open_segment
 from helpers import recv as _recv
 from helpers import wait_until as _wait_until
 
 import ipc
 import streamcache
-from ipc.naming import object_name
-from ipc.segment import SLOT_WORDS
-from streamcache.cache import ipc_base, key_hash
+from ipc.channel import Channel, unlink_channel
+from streamcache.cache import key_hash
 from streamcache.errors import describe
-from streamcache.pipe import CHUNK, SEGMENT, EntryIPC, PipeReader, Writer, unlink_entry_ipc
+from streamcache.pipe import CHUNK, PipeReader, Writer
 
 LIVENESS = 0.2
 WAIT = 20.0  # bound for every wait in these tests
@@ -69,8 +68,12 @@ def _notices(bell: Any) -> int:
 
 
 def _slot(seg: ipc.Segment, slot: int, field: int) -> int:
-    words = seg.slots()
-    return words[slot * SLOT_WORDS + field] if slot * SLOT_WORDS < len(words) else 0
+    info = seg.slot_info(slot)
+    if field == _ACTIVE:
+        return int(info is not None)
+    if info is None:
+        return 0
+    return info.position if field == _POS else int(info.waiting)
 
 
 class RingCounter:
@@ -99,7 +102,7 @@ class MechPipe:
         cache_dir.mkdir(mode=0o700, exist_ok=True)
         self.path = str(tmp_path / "pipe-data")
         self.wfd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self.entry = EntryIPC.create(ipc.prefix_for(cache_dir), ipc.current_process(), 64)
+        self.entry = Channel.create(ipc.prefix_for(cache_dir), ipc.current_process(), 64)
         self.entry.readers_bell = RingCounter(self.entry.readers_bell)  # type: ignore[assignment]
         self.seg = self.entry.seg
         self.writer = Writer(self.wfd, self.entry, window, liveness)
@@ -107,9 +110,9 @@ class MechPipe:
 
     def local_reader(self) -> PipeReader:
         """A reader in this process, with its own mapping and slot."""
-        entry = EntryIPC.open(self.entry.base)
-        slot = entry.seg.claim_slot(ipc.current_process(), _is_dead)
-        r = PipeReader(os.open(self.path, os.O_RDONLY), entry, slot, LIVENESS, lambda: None)
+        entry = Channel.open(self.entry.base)
+        slot = entry.seg.claim_slot(ipc.current_process())
+        r = PipeReader(os.open(self.path, os.O_RDONLY), entry, slot, LIVENESS, None, None)
         self._readers.append(r)
         return r
 
@@ -119,7 +122,7 @@ class MechPipe:
         if self.seg.state == ipc.STATE_WRITING:
             self.seg.fail("test ended")
             self.entry.readers_bell.ring(8)
-        unlink_entry_ipc(self.entry.base)
+        unlink_channel(self.entry.base)
         self.entry.close()
         os.close(self.wfd)
 
@@ -130,16 +133,16 @@ class MechPipe:
 def _pipe_reader_proc(base: str, path: str, liveness: float, conn: Connection) -> None:
     """A bare PipeReader in its own process, driven by commands:
     ("attach",) claims a slot, ("read", n) reads up to n bytes, ("close",) leaves."""
-    entry = EntryIPC.open(base)
+    entry = Channel.open(base)
     fd = os.open(path, os.O_RDONLY)
     reader: PipeReader | None = None
     while True:
         cmd = conn.recv()
         try:
             if cmd[0] == "attach":
-                slot = entry.seg.claim_slot(ipc.current_process(), _is_dead)
-                reader = PipeReader(fd, entry, slot, liveness, lambda: None)
-                conn.send(("attached", slot))
+                slot = entry.seg.claim_slot(ipc.current_process())
+                reader = PipeReader(fd, entry, slot, liveness, None, None)
+                conn.send(("attached", None if slot is None else slot.index))
             elif cmd[0] == "read":
                 assert reader is not None
                 conn.send(("data", reader.read(cmd[1], time.monotonic() + WAIT)))
@@ -232,45 +235,45 @@ def test_cursor_notify(cache_dir: Path, tmp_path: Path) -> None:
     try:
         seg, w = pipe.seg, pipe.writer
         r1 = pipe.local_reader()
-        slot1 = r1._slot
-        assert slot1 is not None
+        assert r1._slot is not None
+        slot1 = r1._slot.index
         assert seg.offset == 0
         assert _notices(pipe.entry.readers_bell) == 0
 
         # A sleeping subscriber is notified when the offset goes up.
-        seg.set_waiting(slot1, True)
+        r1._slot.set_waiting(True)
         assert w.write(b"x") == 1
         assert seg.offset == 1
         assert _notices(pipe.entry.readers_bell) == 1
-        seg.set_waiting(slot1, False)
+        r1._slot.set_waiting(False)
         # One that is not asleep gets no ring (it re-checks the offset before sleeping).
         assert w.write(b"yz") == 2
         assert seg.offset == 3
         assert _notices(pipe.entry.readers_bell) == 0
 
         # rcursor: positions only rise; the producer sees the fastest reader.
-        assert w._scan()[:2] == (1, 0)
+        assert w.channel.readers()[:2] == (1, 0)
         assert r1.read(3, None) == b"xyz"
         assert r1.position == 3 and _slot(seg, slot1, _POS) == 3
-        assert w._scan()[:2] == (1, 3)
+        assert w.channel.readers()[:2] == (1, 3)
         r2 = pipe.local_reader()
-        assert w._scan()[:2] == (2, 3), "a new reader at 0 does not lower the position"
+        assert w.channel.readers()[:2] == (2, 3), "a new reader at 0 does not lower the position"
         assert r2.read(1, None) == b"x"
-        assert w._scan()[:2] == (2, 3), "a slower reader does not lower the position"
+        assert w.channel.readers()[:2] == (2, 3), "a slower reader does not lower the position"
         assert r2.read(2, None) == b"yz"
-        assert w._scan()[:2] == (2, 3), "an equal position changes nothing"
+        assert w.channel.readers()[:2] == (2, 3), "an equal position changes nothing"
 
         # An advance while the producer waits notifies it; none while it does not.
         assert w.write(b"w") == 1
         assert r2.read(1, None) == b"w"
         assert _notices(pipe.entry.writer_bell) == 0
-        assert w._scan()[:2] == (2, 4)
+        assert w.channel.readers()[:2] == (2, 4)
         assert w.write(b"v") == 1
         seg.set_producer_waiting(True)
         assert r1.read(2, None) == b"wv"
         seg.set_producer_waiting(False)
         assert _notices(pipe.entry.writer_bell) == 1
-        assert w._scan()[:2] == (2, 5)
+        assert w.channel.readers()[:2] == (2, 5)
     finally:
         pipe.close()
 
@@ -282,7 +285,7 @@ def test_cursor_notify_no_notice_without_rise(cache_dir: Path, tmp_path: Path) -
     try:
         r = pipe.local_reader()
         assert r._slot is not None
-        pipe.seg.set_waiting(r._slot, True)
+        r._slot.set_waiting(True)
         assert pipe.writer.write(b"") == 0
         assert pipe.seg.offset == 0
         assert _notices(pipe.entry.readers_bell) == 0, "notice without a rise"
@@ -338,7 +341,7 @@ def test_cursor_unsubscribe(cache_dir: Path, tmp_path: Path, spawn: Any) -> None
         (c1, c2), (p1, p2) = conns, procs
         n1 = _ask(c1, "attach")[1]
         n2 = _ask(c2, "attach")[1]
-        assert pipe.writer._scan()[0] == 2, "not done"
+        assert pipe.writer.channel.readers().live == 2, "not done"
 
         # Both sleep; a write notifies both.
         c1.send(("read", CHUNK))
@@ -353,7 +356,7 @@ def test_cursor_unsubscribe(cache_dir: Path, tmp_path: Path, spawn: Any) -> None
         # n2 leaves: not done, and the next rise notifies n1 only.
         assert _ask(c2, "close") == ("closed",)
         _join(p2)
-        assert pipe.writer._scan()[0] == 1, "not done while n1 is left"
+        assert pipe.writer.channel.readers().live == 1, "not done while n1 is left"
         c1.send(("read", CHUNK))
         _wait_asleep(pipe.seg, n1, p1.pid)
         assert pipe.writer.write(b"2") == 1
@@ -364,7 +367,7 @@ def test_cursor_unsubscribe(cache_dir: Path, tmp_path: Path, spawn: Any) -> None
         # n1 leaves: done. The next write fails and notifies nobody.
         assert _ask(c1, "close") == ("closed",)
         _join(p1)
-        assert pipe.writer._scan()[0] == 0
+        assert pipe.writer.channel.readers().live == 0
         with pytest.raises(BrokenPipeError):
             pipe.writer.write(b"3")
         assert bell.rings == 3
@@ -397,7 +400,7 @@ def test_cursor_concurrency(cache_dir: Path, spawn: Any) -> None:
         assert s0.created
         rec = cache._index.read(key_hash(key))
         assert rec is not None
-        seg = ipc.Segment.open(object_name(ipc_base(ipc.prefix_for(cache_dir), rec.file), SEGMENT))
+        seg = open_segment(cache_dir, rec)
         q = spawn.Queue()
         procs = [
             spawn.Process(
@@ -429,10 +432,9 @@ def test_cursor_concurrency(cache_dir: Path, spawn: Any) -> None:
 
         # Every storm reader left its slot; only s0's is active, and slots were reused.
         assert seg.state == ipc.STATE_WRITING, "nobody read to the end yet"
-        words = seg.slots()
-        active = [i // SLOT_WORDS for i in range(0, len(words), SLOT_WORDS) if words[i + _ACTIVE]]
+        active = [r.slot for r in seg.reader_list()]
         assert len(active) == 1
-        used = len(words) // SLOT_WORDS
+        used = seg.slots_used
         assert used <= 1 + nprocs * nthreads, f"{used} slots used: released slots not reused"
         assert seg.offset <= size
         seg.close()

@@ -6,7 +6,7 @@ publishing its offset in a shared-memory :class:`ipc.Segment`, and
 :class:`PipeReader` objects, one slot each, in any process. The tests go through
 the public API (``StreamCache.stream`` / ``fetch`` with ``window=0``, Gitaly's
 back-pressure rule) where that is the natural reading, and through
-Writer/PipeReader/EntryIPC directly, with real shared memory and readers in other
+Writer/PipeReader/Channel directly, with real shared memory and readers in other
 processes, where the Go test is about the pipe mechanics.
 
 Child-process functions live at module level (spawn context).
@@ -26,15 +26,15 @@ from typing import Any
 
 import pytest
 from helpers import ask as _ask
-from helpers import is_dead as _is_dead
 from helpers import join_ok as _join
 from helpers import recv as _recv
 from helpers import wait_until as _wait_until
 
 import ipc
 import streamcache
+from ipc.channel import Channel, unlink_channel
 from streamcache.errors import describe
-from streamcache.pipe import CHUNK, EntryIPC, PipeReader, Writer, ring_all, unlink_entry_ipc
+from streamcache.pipe import CHUNK, PipeReader, Writer
 
 LIVENESS = 0.2
 WAIT = 20.0  # bound for every wait in these tests
@@ -107,7 +107,7 @@ class MechPipe:
         cache_dir.mkdir(mode=0o700, exist_ok=True)
         self.path = str(tmp_path / "pipe-data")
         self.wfd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self.entry = EntryIPC.create(ipc.prefix_for(cache_dir), ipc.current_process(), 64)
+        self.entry = Channel.create(ipc.prefix_for(cache_dir), ipc.current_process(), 64)
         self.seg = self.entry.seg
         self.writer = Writer(self.wfd, self.entry, window, liveness)
         self._closed = False
@@ -116,7 +116,7 @@ class MechPipe:
         """What the producer does after create returned: check, publish done, wake readers."""
         self.writer.close()
         self.seg.finish(self.writer.offset)
-        ring_all(self.entry)
+        self.entry.ring_all()
 
     def close(self) -> None:
         if self._closed:
@@ -124,8 +124,8 @@ class MechPipe:
         self._closed = True
         if self.seg.state == ipc.STATE_WRITING:
             self.seg.fail("test ended")
-            ring_all(self.entry)
-        unlink_entry_ipc(self.entry.base)
+            self.entry.ring_all()
+        unlink_channel(self.entry.base)
         self.entry.close()
         os.close(self.wfd)
 
@@ -188,7 +188,7 @@ def _pipe_reader_proc(base: str, path: str, liveness: float, conn: Connection) -
     the end; ("close",) leaves. Each read also reports the producer's lead over this
     reader (segment offset minus position) as observed just before reading.
     """
-    entry = EntryIPC.open(base)
+    entry = Channel.open(base)
     fd = os.open(path, os.O_RDONLY)
     seg = entry.seg
     reader: PipeReader | None = None
@@ -196,9 +196,9 @@ def _pipe_reader_proc(base: str, path: str, liveness: float, conn: Connection) -
         cmd = conn.recv()
         try:
             if cmd[0] == "attach":
-                slot = seg.claim_slot(ipc.current_process(), _is_dead)
-                reader = PipeReader(fd, entry, slot, liveness, lambda: None)
-                conn.send(("attached", slot))
+                slot = seg.claim_slot(ipc.current_process())
+                reader = PipeReader(fd, entry, slot, liveness, None, None)
+                conn.send(("attached", None if slot is None else slot.index))
             elif cmd[0] == "read":
                 assert reader is not None
                 lead = seg.offset - reader.position
@@ -432,7 +432,8 @@ def test_pipe_backpressure(cache_dir: Path, tmp_path: Path, spawn: Any) -> None:
         writer_thread.start()
 
         def position() -> int:
-            return pipe.seg.slots()[slot * 8]
+            info = pipe.seg.slot_info(slot)
+            return info.position if info is not None else 0
 
         output = b""
         for step in (1, 2):
@@ -583,9 +584,9 @@ def test_pipe_close_wrong_order_writes_nothing(cache_dir: Path, tmp_path: Path) 
     pipe = MechPipe(cache_dir, tmp_path, window=1 << 20, liveness=LIVENESS)
     try:
         rfd = os.open(pipe.path, os.O_RDONLY)
-        reader_entry = EntryIPC.open(pipe.entry.base)
-        slot = reader_entry.seg.claim_slot(ipc.current_process(), _is_dead)
-        reader = PipeReader(rfd, reader_entry, slot, LIVENESS, lambda: None)
+        reader_entry = Channel.open(pipe.entry.base)
+        slot = reader_entry.seg.claim_slot(ipc.current_process())
+        reader = PipeReader(rfd, reader_entry, slot, LIVENESS, None, None)
         assert pipe.writer.write(b"hello") == 5
         reader.close()
         with pytest.raises(BrokenPipeError):

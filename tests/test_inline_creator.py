@@ -22,11 +22,11 @@ from test_gitaly_cache import child_produce_gated, child_wait, result_of, start,
 
 import ipc
 import streamcache
+from ipc.channel import SEGMENT
 from ipc.naming import object_name
 from streamcache import StreamCache
-from streamcache.cache import LAYOUT, ipc_base, key_hash
+from streamcache.cache import LAYOUT, channel_base, key_hash
 from streamcache.index import Index
-from streamcache.pipe import SEGMENT
 
 HOUR = 3600.0
 KEY = "inline"
@@ -215,7 +215,7 @@ def test_leftovers_of_a_dead_attacher_are_replaced(cache_dir: Path, spawn: Any) 
         wait_event(produced, "the producer's first write")
         rec = Index(str(cache_dir / LAYOUT)).read(key_hash(KEY))
         assert rec is not None
-        base = ipc_base(ipc.prefix_for(cache_dir), rec.file)
+        base = channel_base(ipc.prefix_for(cache_dir), rec.file)
         stale = ipc.Segment.create(object_name(base, SEGMENT), ipc.ProcessId(1, 0.0), 4)
         stale.close()
         with cache.stream(KEY, _forbidden, timeout=WAIT) as s:

@@ -27,7 +27,7 @@ from ipc.naming import BASE_HEX, PREFIX_LEN, object_name
 from ipc.segment import (
     HEADER_BYTES,
     MAGIC,
-    SLOT_WORDS,
+    SLOT_BYTES,
     VERSION,
     unlink_segment,
 )
@@ -86,10 +86,12 @@ def test_segment_fields_across_processes(cache_dir: Path, spawn: Any, names: lis
         assert slot == 0 and cpid == child.pid
         commands.put(("position", 777))
         expect(out, "positioned")
-        words = seg.slots()
-        assert len(words) == SLOT_WORDS  # one slot in use
-        assert words[:5] == [777, 1, 1, child.pid, round(cstart * 1_000_000)]
-        rid = seg.reader_id(0)
+        assert seg.slots_used == 1
+        info = seg.slot_info(0)
+        assert info is not None
+        assert (info.position, info.waiting, info.reader.pid) == (777, True, child.pid)
+        assert info.reader.start == pytest.approx(cstart, abs=1e-6)
+        rid = info.reader
         assert rid.pid == child.pid and rid.start == pytest.approx(cstart, abs=1e-6)
 
         seg.publish_offset(99999)
@@ -100,7 +102,7 @@ def test_segment_fields_across_processes(cache_dir: Path, spawn: Any, names: lis
 
         commands.put(("release",))
         expect(out, "released")
-        assert seg.slots()[1] == 0  # inactive, as the child left it
+        assert seg.slot_info(0) is None  # inactive, as the child left it
         commands.put(("quit",))
         child.join(10)
         assert child.exitcode == 0
@@ -150,13 +152,13 @@ def test_segment_open_validates(cache_dir: Path, names: list[str], what: str) ->
     elif what == "truncated":
         _raw_shm(name, _words(MAGIC, VERSION, 0), size=HEADER_BYTES - 8)
     elif what == "foreign":
-        _raw_shm(name, os.urandom(HEADER_BYTES + 4 * SLOT_WORDS * 8))
+        _raw_shm(name, os.urandom(HEADER_BYTES + 4 * SLOT_BYTES))
     elif what == "zeroes":
-        _raw_shm(name, b"\0" * (HEADER_BYTES + 4 * SLOT_WORDS * 8))
+        _raw_shm(name, b"\0" * (HEADER_BYTES + 4 * SLOT_BYTES))
     elif what == "wrong version":
-        _raw_shm(name, _words(MAGIC, VERSION + 1, 4), size=HEADER_BYTES + 4 * SLOT_WORDS * 8)
+        _raw_shm(name, _words(MAGIC, VERSION + 1, 4), size=HEADER_BYTES + 4 * SLOT_BYTES)
     elif what == "too many slots":
-        _raw_shm(name, _words(MAGIC, VERSION, 128), size=HEADER_BYTES + 4 * SLOT_WORDS * 8)
+        _raw_shm(name, _words(MAGIC, VERSION, 128), size=HEADER_BYTES + 4 * SLOT_BYTES)
     with pytest.raises(ipc.SegmentError):
         ipc.Segment.open(name)
 
@@ -168,7 +170,7 @@ def test_segment_truncated_after_creation(cache_dir: Path, names: list[str]) -> 
     seg.close()
     shm = posix_ipc.SharedMemory(name, 0)
     try:
-        os.ftruncate(shm.fd, HEADER_BYTES + 2 * SLOT_WORDS * 8)
+        os.ftruncate(shm.fd, HEADER_BYTES + 2 * SLOT_BYTES)
     finally:
         os.close(shm.fd)
     with pytest.raises(ipc.SegmentError):
@@ -181,9 +183,6 @@ def test_claim_slot_reuses_a_dead_owners_slot(
     """A slot whose owner died (SIGKILL) is claimed again; a live owner's never is; with
     every slot held by live readers there is none to claim."""
     me = ipc.current_process()
-
-    def is_dead(pid: int, start: float) -> bool:
-        return not ipc.is_alive(pid, start)
 
     name = _name(cache_dir, "s", names)
     seg = ipc.Segment.create(name, me, slots=4)
@@ -204,18 +203,18 @@ def test_claim_slot_reuses_a_dead_owners_slot(
         dead, live = peers
         os.kill(dead.pid, signal.SIGKILL)
         dead.join(10)
-        assert seg.reader_id(0).pid == dead.pid
+        assert (info := seg.slot_info(0)) is not None and info.reader.pid == dead.pid
 
         # Unused slots come first; then, with every slot taken, the dead owner's is reclaimed.
-        assert seg.claim_slot(me, is_dead) == 2
-        assert seg.claim_slot(me, is_dead) == 3
-        assert seg.claim_slot(me, is_dead) == 0  # the dead peer's slot, reset for its new owner
-        assert seg.slots()[:5] == [0, 1, 0, me.pid, round(me.start * 1_000_000)]
-        assert seg.reader_id(1).pid == live.pid
-        assert seg.claim_slot(me, is_dead) is None  # all four held by live readers
-        assert len(seg.slots()) == 4 * SLOT_WORDS
-        seg.release_slot(2)
-        assert seg.claim_slot(me, is_dead) == 2  # a released slot is free again
+        claimed = [seg.claim_slot(me) for _ in range(3)]
+        assert [c.index if c else None for c in claimed] == [2, 3, 0]  # then the dead peer's
+        assert seg.slot_info(0) == ipc.ReaderInfo(0, ipc.ProcessId(me.pid, me.start), 0, False)
+        assert (info := seg.slot_info(1)) is not None and info.reader.pid == live.pid
+        assert seg.claim_slot(me) is None  # all four held by live readers
+        assert seg.slots_used == 4
+        assert claimed[0] is not None and claimed[0].release()
+        again = seg.claim_slot(me)
+        assert again is not None and again.index == 2  # a released slot is free again
         live.kill()
         live.join(10)
     finally:

@@ -180,7 +180,7 @@ def test_attach_racing_the_last_reader_leaving_creates_afresh(cache_dir: Path) -
     assert not late.created
     source = late._source
     assert isinstance(source, PipeReader) and source._slot is not None
-    source._seg.release_slot(source._slot)  # as if it had not claimed its slot yet
+    source._slot.release()  # as if it had not claimed its slot yet
     first_stream.close()  # the last counted reader leaves
     go.set()  # the producer writes, finds no reader: BrokenPipeError
     assert cache.wait_producers(10)

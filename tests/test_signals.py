@@ -23,13 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import ipc
+from helpers import open_segment
+
 import streamcache
-from ipc.naming import object_name
-from ipc.segment import SLOT_WAITING, SLOT_WORDS, Segment
-from streamcache.cache import LAYOUT, ipc_base, key_hash
+from ipc.segment import Segment
+from streamcache.cache import LAYOUT, key_hash
 from streamcache.index import Index
-from streamcache.pipe import SEGMENT
 
 KEY = "signal-during-wait"
 
@@ -39,7 +38,7 @@ def _segment_of(cache_dir: str, deadline: float) -> Segment:
     while True:
         rec = index.read(key_hash(KEY))
         if rec is not None:
-            return Segment.open(object_name(ipc_base(ipc.prefix_for(cache_dir), rec.file), SEGMENT))
+            return open_segment(cache_dir, rec)
         if time.monotonic() > deadline:
             raise TimeoutError("no record of the entry")
         time.sleep(0.001)
@@ -79,11 +78,8 @@ def reader_interrupted(cache_dir: str, out: Any) -> None:
             wrote_first.wait(20)
             seg = _segment_of(cache_dir, deadline)
             try:
-                words = seg.slots
                 sent = _signal_while(
-                    lambda: any(
-                        words()[i + SLOT_WAITING] for i in range(0, len(words()), SLOT_WORDS)
-                    ),
+                    lambda: any(r.waiting for r in seg.reader_list()),
                     main,
                     deadline,
                 )

@@ -418,22 +418,22 @@ def segment_peer(name: str, commands: Any, *, out: Any) -> None:
         me = ipc.current_process()
         prod = seg.producer
         out.put(("opened", prod.pid, prod.start, seg.slot_count, seg.offset, seg.state))
-        slot: int | None = None
+        slot: ipc.ReaderSlot | None = None
         while True:
             cmd, *args = commands.get(timeout=WAIT)
             if cmd == "claim":
-                slot = seg.claim_slot(me, lambda pid, start: not ipc.is_alive(pid, start))
-                out.put(("claimed", slot, me.pid, me.start))
+                slot = seg.claim_slot(me)
+                out.put(("claimed", None if slot is None else slot.index, me.pid, me.start))
             elif cmd == "position":
                 assert slot is not None
-                seg.set_position(slot, args[0])
-                seg.set_waiting(slot, True)
+                slot.set_position(args[0])
+                slot.set_waiting(True)
                 out.put(("positioned",))
             elif cmd == "look":
                 out.put(("looked", seg.offset, seg.state, seg.error, seg.producer_waiting))
             elif cmd == "release":
                 assert slot is not None
-                seg.release_slot(slot)
+                slot.release()
                 out.put(("released",))
             elif cmd == "stay":
                 out.put(("staying",))

@@ -21,10 +21,10 @@ from typing import Any
 
 import ipc
 import streamcache
+from ipc.channel import SEGMENT
 from ipc.naming import object_name
-from streamcache.cache import LAYOUT, ipc_base, key_hash
+from streamcache.cache import LAYOUT, channel_base, key_hash
 from streamcache.index import Index
-from streamcache.pipe import SEGMENT
 
 MiB = 1 << 20
 
@@ -142,7 +142,7 @@ def lead(window: int, write: int) -> int:
             rec = Index(os.path.join(cache_dir, LAYOUT)).read(key_hash("lead"))
             assert rec is not None
             seg = ipc.Segment.open(
-                object_name(ipc_base(ipc.prefix_for(cache_dir), rec.file), SEGMENT)
+                object_name(channel_base(ipc.prefix_for(cache_dir), rec.file), SEGMENT)
             )
             # The producer blocks once it is more than window ahead: it announces that
             # in the segment before sleeping.

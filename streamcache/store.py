@@ -1,0 +1,123 @@
+"""The index and the filestore of one cache directory, and the changes that touch both.
+
+The producer (publishing or failing its entry), a reader that finds its producer dead,
+the lookup and the cleanup pass all change a record and a file together; the order of
+those changes is kept here, once, below all of them.
+
+Invariants:
+
+- Every change of a key's record or finished file happens under the key's stripe lock
+  (``index.locked``), so the lookup, create and reader registration of one key form
+  one critical section host-wide.
+- A finished entry is in place (its file renamed to the entry's name) before its
+  record goes, so a fetch never finds neither for an entry that finished.
+- A failed or evicted entry's record goes first; its data file after, and its channel
+  (segment and bells) after that, so no fetch attaches to what is being torn down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from ipc.channel import unlink_channel
+from ipc.naming import BASE_HEX
+
+from .filestore import Filestore
+from .index import Index, Record
+
+LAYOUT = "v2"
+
+_hashes: dict[str, str] = {}
+
+
+def key_hash(key: str) -> str:
+    """The key's sha256 in hex (remembered for the last few thousand keys: a hit costs
+    about as much as hashing a key)."""
+    h = _hashes.get(key)
+    if h is None:
+        h = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+        if len(_hashes) >= 4096:
+            _hashes.clear()
+        if len(key) <= 1024:
+            _hashes[key] = h
+    return h
+
+
+def channel_base(prefix: str, file: str) -> str:
+    """The base name of the channel of the entry whose data file is ``file``: the file
+    name's random part, so the producer finds a channel that an attaching reader made
+    even after the entry's record is gone."""
+    return prefix + file[:BASE_HEX]
+
+
+class Store:
+    """Records and files of the cache under ``root``; ``prefix`` names its IPC objects."""
+
+    def __init__(self, root: str, prefix: str) -> None:
+        self.index = Index(root)
+        self.files = Filestore(root)
+        self.prefix = prefix
+
+    def channel_base(self, file: str) -> str:
+        return channel_base(self.prefix, file)
+
+    def current(self, rec: Record) -> Record | None:
+        """The key's record if it is still that of ``rec``'s entry."""
+        cur = self.index.read(rec.key)
+        return cur if cur is not None and cur.file == rec.file else None
+
+    def publish(self, rec: Record) -> Record | None:
+        """Make the sealed data file of ``rec`` its key's finished entry; returns the
+        record it replaced (None if the entry was evicted meanwhile)."""
+        with self.index.locked(rec.key, None):
+            cur = self.current(rec)
+            if cur is not None:
+                self.files.publish(rec.file, rec.key)
+                self.index.remove(rec.key)
+                return cur
+        # Evicted (or replaced) while in flight: nobody will find this file again.
+        self.files.remove(rec.file)
+        return None
+
+    def drop(self, rec: Record) -> Record | None:
+        """Drop the failed entry of ``rec``; returns its last record, if still there."""
+        try:
+            with self.index.locked(rec.key, None):
+                cur = self.current(rec)
+                if cur is not None:
+                    self.index.remove(rec.key)
+                return cur
+        finally:
+            self.files.remove(rec.file)
+
+    def producer_died(self, rec: Record, fd: int) -> int | None:
+        """A reader (reading ``fd``) found the producer of ``rec`` dead: drop the entry,
+        unless it was published just before the producer died (its data file is the
+        finished entry, even if the record is still there). Returns its size, if so."""
+        unlink_channel(self.channel_base(rec.file))
+        with self.index.locked(rec.key, None):
+            is_current = self.current(rec) is not None
+            st = os.fstat(fd)
+            if self.files.entry_identity(rec.key) == (st.st_dev, st.st_ino):
+                if is_current:
+                    self.index.remove(rec.key)  # killed between publish and this
+                fin = self.files.open_entry(rec.key)
+                if fin is not None:
+                    os.close(fin.fd)
+                    return fin.size
+            elif is_current:
+                self.index.remove(rec.key)
+        self.files.remove(rec.file)
+        return None
+
+    def evict(self, rec: Record) -> None:
+        """Drop an expired or broken entry in flight (lock held). Its producer and
+        readers keep their descriptors; the producer will find it gone when it ends."""
+        self.index.remove(rec.key)
+        self.files.remove(rec.file)
+
+    def discard(self, rec: Record) -> None:
+        """Drop an entry whose producer is dead (lock held)."""
+        self.evict(rec)
+        unlink_channel(self.channel_base(rec.file))
