@@ -133,3 +133,33 @@ def test_inline_creator_interrupted_before_create_leaves_no_entry(
     finally:
         stop.set()
         proc.join(WAIT)
+
+
+# -- a producer thread that cannot start --------------------------------------------------------
+
+
+class _NoThreads(threading.Thread):
+    """A thread that cannot start, as when the process is out of threads."""
+
+    def start(self) -> None:
+        raise RuntimeError("can't start new thread")
+
+
+def test_a_producer_thread_that_cannot_start_fails_the_entry_at_once(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entry must not stay "writing" under this live process: its record, data file
+    and channel go at once, and the next fetch creates afresh."""
+    import streamcache.producer
+
+    cache = streamcache.StreamCache(cache_dir, cleanup_interval=0)
+    monkeypatch.setattr(streamcache.producer.threading, "Thread", _NoThreads)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        cache.stream("k", xproc.writer_of("x", 1000, 100), timeout=WAIT)
+    monkeypatch.undo()
+    assert _index(cache_dir).read(key_hash("k")) is None
+    assert ipc_objects(cache_dir) == [], "the channel of the failed entry is gone at once"
+    assert xproc.data_files(cache_dir) == []
+    sink = io.BytesIO()
+    assert cache.fetch("k", sink, xproc.writer_of("x", 1000, 100), timeout=WAIT) == (1000, True)
+    assert cache.wait_producers(WAIT)
