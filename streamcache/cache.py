@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import os
 import stat
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -107,7 +106,7 @@ class StreamCache(CacheBase):
         self.root = os.path.join(self.dir, LAYOUT)
         make_private_dirs(self.root)
         self._clock = clock if isinstance(clock, Clock) else Clock(wall=clock)
-        self._store = Store(self.root, ipc.prefix_for(self.dir))
+        self._store = Store(self.root, ipc.prefix_for(self.dir), self._clock)
         self._index = self._store.index
         self._files = self._store.files
         if cleanup_interval is None:
@@ -169,7 +168,7 @@ class StreamCache(CacheBase):
             if not threads:
                 return True
             for t in threads:
-                left = None if deadline is None else deadline - time.monotonic()
+                left = None if deadline is None else deadline - self._clock.monotonic()
                 if left is not None and left <= 0:
                     return False
                 t.join(left)

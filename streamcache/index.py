@@ -29,11 +29,12 @@ import fcntl
 import os
 import secrets
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import filelock
+
+from ipc.clock import SYSTEM, Clock
 
 from .filestore import make_private_dirs, producer_pid, shard_entries
 
@@ -109,8 +110,8 @@ class _Stripe:
         return self.fd
 
     @contextlib.contextmanager
-    def hold(self, timeout: float | None) -> Iterator[None]:
-        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+    def hold(self, timeout: float | None, clock: Clock) -> Iterator[None]:
+        deadline = None if timeout is None else clock.monotonic() + max(timeout, 0.0)
         if not self.gate.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
             raise TimeoutError(f"timed out waiting for the index lock {self.path}")
         try:
@@ -118,7 +119,7 @@ class _Stripe:
             if deadline is None:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # sleeps in the kernel, wakes on release
             else:
-                self._poll(fd, deadline)
+                self._poll(fd, deadline, clock)
             try:
                 yield
             finally:
@@ -126,17 +127,17 @@ class _Stripe:
         finally:
             self.gate.release()
 
-    def _poll(self, fd: int, deadline: float) -> None:
+    def _poll(self, fd: int, deadline: float, clock: Clock) -> None:
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
-                if time.monotonic() >= deadline:
+                if clock.monotonic() >= deadline:
                     raise TimeoutError(
                         f"timed out waiting for the index lock {self.path}"
                     ) from None
-                time.sleep(_LOCK_POLL)
+                clock.sleep(_LOCK_POLL)
 
     def after_fork_in_child(self) -> None:
         # A gate held by another thread at fork time would never be released here.
@@ -169,10 +170,11 @@ os.register_at_fork(after_in_child=_reset_stripes_in_child)
 
 
 class Index:
-    """Reads and writes records under ``root``."""
+    """Reads and writes records under ``root``; ``clock`` times the lock waits."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, clock: Clock = SYSTEM) -> None:
         self.root = root
+        self._clock = clock
         self.records_dir = os.path.join(root, "index")
         self.locks_dir = os.path.join(root, "locks")
 
@@ -181,7 +183,7 @@ class Index:
 
     def locked(self, key: str, timeout: float | None) -> contextlib.AbstractContextManager[None]:
         """Hold the lock stripe of ``key`` (``TimeoutError`` after ``timeout`` seconds)."""
-        return _stripe(f"{self.locks_dir}/{key[:2]}.lock").hold(timeout)
+        return _stripe(f"{self.locks_dir}/{key[:2]}.lock").hold(timeout, self._clock)
 
     @contextlib.contextmanager
     def cleanup_lock(self) -> Iterator[bool]:

@@ -21,6 +21,7 @@ import hashlib
 import os
 
 from ipc.channel import unlink_channel
+from ipc.clock import SYSTEM, Clock
 from ipc.naming import BASE_HEX
 
 from .filestore import Filestore
@@ -54,8 +55,8 @@ def channel_base(prefix: str, file: str) -> str:
 class Store:
     """Records and files of the cache under ``root``; ``prefix`` names its IPC objects."""
 
-    def __init__(self, root: str, prefix: str) -> None:
-        self.index = Index(root)
+    def __init__(self, root: str, prefix: str, clock: Clock = SYSTEM) -> None:
+        self.index = Index(root, clock)
         self.files = Filestore(root)
         self.prefix = prefix
 
