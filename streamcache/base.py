@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from .deadline import deadline_for
 from .errors import CreateError, describe
-from .sink import write_all
+from .sink import is_writable_dst, write_all
 from .stream import AsyncStream, FetchResult, Stream
 
 Create = Callable[[Any], object]
@@ -32,8 +32,10 @@ def check_create(create: object) -> None:
 
 
 def check_dst(dst: object) -> None:
-    if not callable(getattr(dst, "write", None)):
-        raise TypeError(f"dst must have a write(bytes) method, not {type(dst).__name__}")
+    if not is_writable_dst(dst):
+        raise TypeError(
+            f"dst must have a write(bytes) method or be a socket, not {type(dst).__name__}"
+        )
 
 
 class CacheBase:
@@ -69,9 +71,15 @@ class CacheBase:
 
 
 class _CountingWriter:
-    def __init__(self, dst: Any) -> None:
+    """NullCache's ``w``: hands each write to ``dst`` and counts it. The first error of
+    ``dst`` (a client gone, the deadline passed) is kept: it, not ``create``'s reaction
+    to it, is what the fetch raises."""
+
+    def __init__(self, dst: Any, deadline: float | None) -> None:
         self._dst = dst
+        self._deadline = deadline
         self.written = 0
+        self.error: BaseException | None = None
 
     def writable(self) -> bool:
         return True
@@ -85,7 +93,13 @@ class _CountingWriter:
         if isinstance(data, str):
             raise TypeError("write() needs bytes, not str")
         n = len(memoryview(data).cast("B"))
-        write_all(self._dst, bytes(data))
+        if self.error is not None:
+            raise self.error
+        try:
+            write_all(self._dst, bytes(data), self._deadline)
+        except Exception as exc:
+            self.error = exc
+            raise
         self.written += n
         return n
 
@@ -187,10 +201,16 @@ class NullCache(CacheBase):
         check_key(key)
         check_dst(dst)
         check_create(create)
-        deadline_for(timeout)
-        w = _CountingWriter(dst)
-        run_create(create, w)
-        w.flush()
+        w = _CountingWriter(dst, deadline_for(timeout))
+        try:
+            run_create(create, w)
+            w.flush()
+        except CreateError:
+            if w.error is not None:
+                raise w.error from None
+            raise
+        if w.error is not None:  # create swallowed it: the copy is still incomplete
+            raise w.error
         return FetchResult(w.written, True)
 
     def stream(self, key: str, create: Create, timeout: float | None = None) -> Stream:

@@ -1,14 +1,32 @@
-"""Writing to a caller's ``dst``: any object with ``write(bytes)``, blocking or not."""
+"""Writing to a caller's ``dst``: any object with ``write(bytes)``, or a ``socket.socket``.
+
+``dst.write`` may return the number of bytes it took, or None. None from an
+``io.RawIOBase`` (in non-blocking mode) means "took nothing, would block"; from
+anything else (Django's ``HttpResponse.write``, hand-written sinks) it means "took
+everything". A ``dst`` that takes nothing never makes a call spin: it waits on the
+descriptor where there is one, else sleeps with a growing back-off, and every wait
+ends at the deadline.
+"""
 
 from __future__ import annotations
 
 import errno
+import io
 import select
+import socket
+import time
 from typing import Any
 
 from .deadline import remaining
 
 NO_SENDFILE = {errno.EINVAL, errno.ENOSYS, errno.ENOTSOCK, errno.EOPNOTSUPP, errno.ESPIPE}
+
+# Back-off of a dst that takes nothing and has no descriptor to wait on: from
+# _FIRST_PAUSE doubling to _LAST_PAUSE seconds between attempts.
+_FIRST_PAUSE = 0.0001
+_LAST_PAUSE = 0.05
+# poll() takes a C int of milliseconds: longer waits are taken in steps of this many.
+_MAX_POLL_MS = 24 * 3600 * 1000
 
 
 def usable_fd(dst: Any) -> int | None:
@@ -22,26 +40,64 @@ def usable_fd(dst: Any) -> int | None:
     return fd if isinstance(fd, int) and fd >= 0 else None
 
 
-def write_all(dst: Any, data: bytes, deadline: float | None = None) -> None:
-    """``dst.write`` until every byte is taken.
+def is_writable_dst(dst: object) -> bool:
+    """What ``fetch`` accepts as ``dst``: an object with ``write``, or a socket."""
+    return isinstance(dst, socket.socket) or callable(getattr(dst, "write", None))
 
-    A raw writer may take fewer bytes; a non-blocking one may take none (returning
-    None, or raising BlockingIOError): then wait until its descriptor is writable.
+
+def _offer(dst: Any, data: bytes | memoryview) -> int:
+    """Hand ``data`` to ``dst`` once; the number of bytes it took (0: none, would block)."""
+    try:
+        if isinstance(dst, socket.socket):
+            return dst.send(data)
+        n = dst.write(data)
+    except BlockingIOError as exc:
+        # A buffered writer says how much it took; a socket's or raw EAGAIN does not.
+        return getattr(exc, "characters_written", 0)
+    if n is None:
+        return 0 if isinstance(dst, io.RawIOBase) else len(data)
+    if isinstance(n, bool) or not isinstance(n, int):
+        return len(data)  # not a count: it says nothing about a short write
+    if n < 0:
+        raise OSError(errno.EIO, f"{type(dst).__name__}.write returned {n}")
+    return min(n, len(data))
+
+
+def write_all(dst: Any, data: bytes, deadline: float | None = None) -> None:
+    """Give ``data`` to ``dst`` until every byte is taken (TimeoutError past ``deadline``).
+
+    A raw writer may take fewer bytes; a non-blocking one may take none: then wait
+    until its descriptor is writable, or, without one, back off (see the module
+    docstring), never past ``deadline``.
     """
-    view = memoryview(data)
+    view = memoryview(data).cast("B")
     done = 0
+    stalls = 0  # attempts in a row that took nothing
     while done < len(view):
-        try:
-            n = dst.write(view[done:] if done else data)
-        except BlockingIOError as exc:
-            n = exc.characters_written
-            if not n:
-                wait_writable(dst, deadline)
-                continue
-        if n is None:
-            wait_writable(dst, deadline)
+        n = _offer(dst, view[done:] if done else data)
+        if n:
+            done += n
+            stalls = 0
             continue
-        done += n
+        _wait_to_retry(dst, deadline, stalls)
+        stalls += 1
+
+
+def _wait_to_retry(dst: Any, deadline: float | None, stalls: int) -> None:
+    """Wait before offering bytes again to a ``dst`` that took none ``stalls`` + 1 times
+    in a row: on its descriptor, if it has one; without one, or when the descriptor
+    said writable last time and the dst still took nothing, also a back-off pause."""
+    fd = usable_fd(dst)
+    if fd is not None:
+        wait_writable(dst, deadline)
+        if stalls == 0:
+            return
+    pause = min(_FIRST_PAUSE * 2 ** min(stalls, 30), _LAST_PAUSE)
+    left = remaining(deadline)  # TimeoutError once it passed
+    if left is not None and left <= pause:
+        time.sleep(left)
+        raise TimeoutError("streamcache: timed out writing to dst")
+    time.sleep(pause)
 
 
 def wait_writable(dst: Any, deadline: float | None) -> None:
@@ -49,8 +105,12 @@ def wait_writable(dst: Any, deadline: float | None) -> None:
     fd = usable_fd(dst)
     if fd is None:
         raise BlockingIOError(f"{type(dst).__name__} would block and has no descriptor to wait on")
-    left = remaining(deadline)
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
-    if not poller.poll(None if left is None else left * 1000):
-        raise TimeoutError("streamcache: timed out writing to dst")
+    while True:
+        left = remaining(deadline)
+        wait_ms = _MAX_POLL_MS if left is None else min(_MAX_POLL_MS, max(1, int(left * 1000)))
+        if poller.poll(wait_ms):
+            return
+        if left is not None and left * 1000 <= _MAX_POLL_MS:
+            raise TimeoutError("streamcache: timed out writing to dst")
