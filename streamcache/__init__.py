@@ -108,6 +108,7 @@ def new(cfg: Config) -> CacheBase:
     ``MinOccurrences(StreamCache(...), cfg.min_occurrences, cfg.max_age)`` as Gitaly's New."""
     if not isinstance(cfg, Config):
         raise TypeError(f"new() needs a streamcache.Config, not {type(cfg).__name__}")
+    cfg.validate()
     if not cfg.enabled:
         return NullCache()
     inner = StreamCache(cfg.dir, max_age=cfg.max_age, window=cfg.window, max_bytes=cfg.max_bytes)

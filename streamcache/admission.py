@@ -27,8 +27,9 @@ from collections.abc import Callable
 from typing import Any
 
 from . import config
-from .base import CacheBase, Create, NullCache, check_key
+from .base import CacheBase, Create, NullCache, check_create, check_dst, check_key
 from .cache import StreamCache, key_hash
+from .deadline import check_timeout
 from .filestore import make_private_dirs
 from .stream import FetchResult, Stream
 
@@ -153,9 +154,16 @@ class MinOccurrences(CacheBase):
     def fetch(
         self, key: str, dst: Any, create: Create, timeout: float | None = None
     ) -> FetchResult:
+        # Arguments are checked before the request is counted: a call that fails on
+        # them is no occurrence of its key.
+        check_dst(dst)
+        check_create(create)
+        check_timeout(timeout)
         return self._target(key).fetch(key, dst, create, timeout)
 
     def stream(self, key: str, create: Create, timeout: float | None = None) -> Stream:
+        check_create(create)
+        check_timeout(timeout)
         return self._target(key).stream(key, create, timeout)
 
     def stop(self) -> None:

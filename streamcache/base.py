@@ -13,7 +13,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, NamedTuple
 
-from .deadline import deadline_for
+from .deadline import check_timeout, deadline_for
 from .errors import CreateError, describe
 from .sink import is_writable_dst, write_all
 from .stream import AsyncStream, FetchResult, Stream
@@ -56,6 +56,7 @@ class CacheBase:
         """``async with cache.astream(key, create) as s: async for chunk in s: ...``"""
         check_key(key)
         check_create(create)
+        check_timeout(timeout)
         return AsyncStream(lambda: self.stream(key, create, timeout))
 
     def stop(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 import os
 from dataclasses import dataclass
 
@@ -14,7 +15,8 @@ DEFAULT_LIVENESS = 1.0
 
 
 def seconds(value: object, name: str, *, allow_zero: bool = True) -> float:
-    """A duration in seconds from a number or a timedelta; TypeError/ValueError otherwise."""
+    """A duration in seconds from a number or a timedelta; TypeError/ValueError otherwise
+    (negative, NaN or infinite)."""
     if isinstance(value, datetime.timedelta):
         result = value.total_seconds()
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -23,8 +25,9 @@ def seconds(value: object, name: str, *, allow_zero: bool = True) -> float:
         raise TypeError(
             f"{name} must be seconds (float) or a timedelta, not {type(value).__name__}"
         )
-    if result != result or result < 0 or (result == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    if not math.isfinite(result) or result < 0 or (result == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite seconds {bound}, got {value!r}")
     return result
 
 
@@ -45,12 +48,21 @@ def optional_budget(value: object, name: str) -> int | None:
     return budget
 
 
-def directory(value: object) -> str:
+def directory_name(value: object) -> str:
+    """The cache dir as given, checked: a non-empty text path (never a silent ".")."""
     if not isinstance(value, (str, os.PathLike)):
         raise TypeError(f"dir must be a str or os.PathLike, not {type(value).__name__}")
-    path = os.path.abspath(os.fspath(value))
+    path = os.fspath(value)
     if not isinstance(path, str):
         raise TypeError("dir must be a text path")
+    if not path:
+        raise ValueError("dir must name the cache directory; it has no default")
+    return path
+
+
+def directory(value: object) -> str:
+    """The absolute cache dir, whose parent must exist."""
+    path = os.path.abspath(directory_name(value))
     parent = os.path.dirname(path)
     if not os.path.isdir(parent):
         raise ValueError(f"the parent of the cache dir does not exist: {parent}")
@@ -68,9 +80,24 @@ class Config:
             cache.fetch("report-2026", sys.stdout.buffer, make_report)
     """
 
-    dir: str | os.PathLike[str] = ""
+    dir: str | os.PathLike[str]  # required: a cache never lands silently in the cwd
     enabled: bool = True
     max_age: Duration = DEFAULT_MAX_AGE
     min_occurrences: int = 1
     window: int = DEFAULT_WINDOW
     max_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """TypeError/ValueError naming the first bad field. Run at construction, so a
+        bad value fails where it was written, not in a later fetch; and by
+        :func:`streamcache.new`, as fields may be assigned after construction."""
+        directory_name(self.dir)
+        if not isinstance(self.enabled, bool):
+            raise TypeError(f"enabled must be a bool, not {type(self.enabled).__name__}")
+        seconds(self.max_age, "max_age")
+        nonnegative_int(self.min_occurrences, "min_occurrences")
+        nonnegative_int(self.window, "window")
+        optional_budget(self.max_bytes, "max_bytes")
