@@ -231,8 +231,29 @@ class LogEntry(NamedTuple):
     error: BaseException | None
 
 
+class _Tracked:
+    """A call's ``create``, noting whether it ran: a call that raised returns no
+    result, yet it created if its ``create`` ran (Gitaly's Fetch returns created=true
+    together with the error). Pass on ``self.create``: the wrapper, or a non-callable
+    as it is, for the wrapped cache to refuse."""
+
+    def __init__(self, create: Create) -> None:
+        self._create = create
+        self.ran = False
+        self.create: Create = self._run if callable(create) else create
+
+    def _run(self, w: Any) -> object:
+        self.ran = True
+        return self._create(w)
+
+
 class LoggingCache(CacheBase):
-    """Wraps a cache and records every fetch/stream as a :class:`LogEntry` in ``entries``."""
+    """Wraps a cache and records every fetch/stream as a :class:`LogEntry` in ``entries``.
+
+    A call that raised is logged with created=True if it ran its ``create`` (say the
+    CreateError of its own ``create``). A stream is logged when it is opened: errors
+    met while reading it later are the reader's, not in the log.
+    """
 
     def __init__(self, cache: CacheBase) -> None:
         self.cache = cache
@@ -251,19 +272,21 @@ class LoggingCache(CacheBase):
     def fetch(
         self, key: str, dst: Any, create: Create, timeout: float | None = None
     ) -> FetchResult:
+        tracked = _Tracked(create)
         try:
-            result = self.cache.fetch(key, dst, create, timeout)
+            result = self.cache.fetch(key, dst, tracked.create, timeout)
         except BaseException as exc:
-            self._log(LogEntry(key, False, exc))
+            self._log(LogEntry(key, tracked.ran, exc))
             raise
         self._log(LogEntry(key, result.created, None))
         return result
 
     def stream(self, key: str, create: Create, timeout: float | None = None) -> Stream:
+        tracked = _Tracked(create)
         try:
-            s = self.cache.stream(key, create, timeout)
+            s = self.cache.stream(key, tracked.create, timeout)
         except BaseException as exc:
-            self._log(LogEntry(key, False, exc))
+            self._log(LogEntry(key, tracked.ran, exc))
             raise
         self._log(LogEntry(key, s.created, None))
         return s

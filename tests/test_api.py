@@ -257,7 +257,8 @@ def test_logging_cache(cache_dir: Path) -> None:
     with pytest.raises(streamcache.CreateError):
         cache.fetch("b", io.BytesIO(), bad)
     entries = cache.entries
-    assert [(e.key, e.created) for e in entries] == [("a", True), ("a", False), ("b", False)]
+    # "b" ran its own create, which failed: created, with the error (as Gitaly's Fetch).
+    assert [(e.key, e.created) for e in entries] == [("a", True), ("a", False), ("b", True)]
     assert entries[0].error is None and isinstance(entries[2].error, streamcache.CreateError)
     assert isinstance(entries[0], streamcache.LogEntry)
     cache.stop()
