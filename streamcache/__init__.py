@@ -17,43 +17,50 @@ complete (a trailer with its size closes it), immutable, its mtime its expiry.
 A hit is one ``open`` by name with no record and no lock. Open descriptors
 outlive unlinking, so eviction never cuts off a reader.
 
-**Pipe** (``pipe.py`` over ``ipc``). While an entry is written, a shared-memory
-segment carries the producer's offset and state and one slot per reader with
-its position. Readers sleep on a futex on the segment's sequence word, which
-the producer bumps and wakes after each write (a named semaphore where there is
-no futex); the producer sleeps on a named semaphore ("doorbell") that a reader
-rings after advancing. After each write the producer blocks while it
-is more than ``window`` bytes ahead of the fastest live reader (0: Gitaly's
-rule), so the disk fills no faster than readers read. When no live reader is
-left, its next write raises BrokenPipeError and the entry fails. Every wait is
-timed (``liveness``), and each timeout checks the other side: readers raise
-ProducerDied for a dead producer, the producer drops dead readers. A process is
-identified by its pid and start time (ticks since boot on Linux), so a reused pid
-never passes for the dead process. Once the entry is finished or failed its IPC
-objects are unlinked.
+**Pipe** (``pipe.py`` over ``ipc.channel``). While an entry is written, its
+channel (a shared-memory segment and two bells) carries the producer's offset,
+state and announced failure, and one slot per reader with its position, written
+only through that reader's ``ReaderSlot`` while it holds it. Readers sleep on a
+futex on the segment's sequence word, which the producer bumps and wakes after
+each write (a named semaphore where there is no futex); the producer sleeps on a
+named semaphore that a reader rings after advancing. After each write the
+producer blocks while it is more than ``window`` bytes ahead of the fastest live
+reader (0: Gitaly's rule), so the disk fills no faster than readers read. When no
+live reader is left, its next write raises BrokenPipeError and the entry fails
+("abandoned", a code in the segment). Both waits run on an ``ipc.Waiter``: the
+check of the other side falls due on an absolute deadline every ``liveness``
+seconds of waiting, however often the waiter is woken (signals, rings, readers
+leaving), so readers raise ProducerDied for a dead producer and the producer
+stops counting dead readers within that bound. A process is identified by its
+pid and start time, so a reused pid never passes for the dead process. A reader
+never returns a byte past the entry's final size. Once the entry is finished or
+failed its channel is unlinked.
 
-**Creator.** The fetch that misses creates the entry. Without a timeout it runs
-``create`` in its own thread and hands each write straight to its ``dst``; such
-an entry gets its segment and doorbells only when another reader attaches (that
-reader makes them, named after the data file, and the producer finds them before
-a later write or when it ends). From then on the creator's copy moves to a
-thread that reads the file (at once for a ``dst`` with a descriptor, else after
-one slow write), so a slow client paces only itself. ``stream()``,
-and a fetch with a timeout, run ``create`` in a producer thread and read the
-file like every other reader. The entry is
-published as finished (the data file renamed to its entry name, the record
-removed, under the key's lock) before the segment says "done", so once any
-reader has seen the end, the next fetch anywhere is a hit. A producer failure
-removes the record first and then publishes the error, so the next fetch
-creates afresh.
+**Producer** (``producer.py``). The fetch that misses creates the entry. Without
+a timeout it runs ``create`` in its own thread and hands each write straight to
+its ``dst``; such an entry gets its channel only when another reader attaches
+(that reader makes it, named after the data file, and the producer finds it
+before a later write or when it ends). From then on the creator's copy moves to
+a thread that reads the file (at once for a ``dst`` with a descriptor, else
+after one slow write), so a slow client paces only itself. ``stream()``, and a
+fetch with a timeout, run ``create`` in a producer thread and read the file like
+every other reader. The entry is published as finished (the data file sealed and
+renamed to its entry name, the record removed, under the key's lock) before the
+segment says "done", so once any reader has seen the end, the next fetch
+anywhere is a hit. A producer failure removes the record first and then
+publishes the error, so the next fetch creates afresh. ``store.py`` holds the
+record-and-file changes that the producer, readers and cleanup share.
 
-**Eviction** (``eviction.py``). A loop in each process runs every
-``min(max_age, 60 s)``; a cleanup lock makes one process at a time do the pass:
+**Eviction** (``eviction.py``). A loop in each process runs the pass every
+``min(max_age, 60 s)``; a cleanup lock makes one process at a time do it:
 evict entries past their expiry (recorded, or the finished file's mtime), discard
 records of dead producers, delete data files no live record owns that are older
-than max_age
-(repairing unreadable shard dirs), and unlink IPC objects no live entry owns.
-``streamcache gc`` runs the same pass once.
+than max_age (repairing unreadable shard dirs), and unlink channels no live
+entry owns. ``streamcache gc`` runs the same pass once.
+
+Calls go one way: ``cache`` -> ``producer`` -> ``pipe`` -> ``store`` ->
+``index``/``filestore``, and everything -> ``ipc``, which knows nothing of caches.
+Time comes from one injected ``ipc.Clock``.
 
 **Admission** (``admission.py``). MinOccurrences sends a key to the cache only
 once it was asked more than n times, counting in two generations of min_age

@@ -95,7 +95,8 @@ class StreamCache(CacheBase):
         cleanup_interval: float | None = None,
         reader_slots: int = DEFAULT_SLOTS,
     ) -> None:
-        self.dir = prepare_dir(config.directory(dir))
+        # Every argument is checked before anything touches the disk.
+        path = config.directory(dir)
         self.max_age = config.seconds(max_age, "max_age")
         self.window = config.nonnegative_int(window, "window")
         self.max_bytes = config.optional_budget(max_bytes, "max_bytes")
@@ -103,6 +104,9 @@ class StreamCache(CacheBase):
         self.reader_slots = config.nonnegative_int(reader_slots, "reader_slots")
         if not 1 <= self.reader_slots <= MAX_SLOTS:
             raise ValueError(f"reader_slots must be in 1..{MAX_SLOTS}")
+        if cleanup_interval is not None:
+            cleanup_interval = config.seconds(cleanup_interval, "cleanup_interval")
+        self.dir = prepare_dir(path)
         self.root = os.path.join(self.dir, LAYOUT)
         make_private_dirs(self.root)
         self._clock = clock if isinstance(clock, Clock) else Clock(wall=clock)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import math
 import os
 import secrets
 import threading
@@ -73,9 +74,12 @@ class Record:
         if pid is None:
             return None
         try:
-            return cls(key, file, pid, float(start), float(expires))
+            start_s, expires_s = float(start), float(expires)
         except ValueError:
             return None
+        if not (0 <= start_s < math.inf and 0 <= expires_s < math.inf):
+            return None  # NaN, infinite or negative: garbage, never trusted
+        return cls(key, file, pid, start_s, expires_s)
 
 
 def _short(x: float) -> str:

@@ -115,3 +115,19 @@ def test_record_round_trip_stays_a_fast_symlink(cache_dir: Path) -> None:
     mine = Record(key_hash(KEY), f"{'b' * 16}-{me.pid:x}-0", me.pid, me.start, 1.0)
     parsed = Record.from_text(mine.key, mine.to_text())
     assert parsed is not None and ipc.is_alive(parsed.pid, parsed.start)
+
+
+@pytest.mark.parametrize("start, expires", [("nan", "1"), ("1", "inf"), ("-5", "1"), ("1", "-inf")])
+def test_a_record_with_a_non_finite_or_negative_time_is_garbage(start: str, expires: str) -> None:
+    from streamcache.index import RECORD_VERSION, Record
+
+    text = f"{RECORD_VERSION} {'ab' * 8}-{os.getpid():x}-0 {start} {expires}"
+    assert Record.from_text("k" * 64, text) is None
+    assert Record.from_text("k" * 64, text.replace(f"{start} {expires}", "1 2")) is not None
+
+
+def test_bad_arguments_leave_no_directory(tmp_path: Path) -> None:
+    for kwargs in ({"max_age": -1}, {"window": -1}, {"liveness": 0}, {"cleanup_interval": -1}):
+        with pytest.raises(ValueError):
+            StreamCache(tmp_path / "never", **kwargs)  # type: ignore[arg-type]
+    assert not (tmp_path / "never").exists()
