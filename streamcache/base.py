@@ -1,7 +1,10 @@
 """The surface every cache shares, and the caches that store nothing.
 
-Every cache has ``stream`` (the one method a cache implements), plus ``fetch``,
-``astream``, ``stop`` and the context manager built on it here.
+Every cache has ``fetch``, ``stream``, ``astream``, ``stop`` and the context manager.
+A subclass implements ``stream``; :class:`CacheBase` builds ``fetch`` (a copy of the
+stream to dst), ``astream`` and the context manager on it. StreamCache and NullCache
+also implement ``fetch`` themselves (a creating fetch hands each write straight to
+dst; a hit is read whole), LoggingCache and MinOccurrences wrap another cache.
 """
 
 from __future__ import annotations
