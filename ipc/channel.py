@@ -230,9 +230,11 @@ class Channel:
                 return Wake.PROGRESS  # closed by another thread: the caller sees it
             if waiter.check_due():
                 return Wake.CHECK
+            if deadline is not None and clock.monotonic() >= deadline:
+                return Wake.DEADLINE
             timeout = waiter.sleep_limit(deadline)
             if timeout <= 0:
-                return Wake.DEADLINE
+                continue  # the check fell due since check_due looked: the next turn runs it
             if slot is None:
                 clock.sleep(min(timeout, _UNSLOTTED_POLL))
                 return Wake.PROGRESS  # the caller re-checks (and may have been closed)

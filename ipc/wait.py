@@ -53,7 +53,9 @@ class Waiter:
 
     def sleep_limit(self, deadline: float | None) -> float:
         """How long the next sleep may last: until the next check or ``deadline``,
-        whichever comes first (<= 0: the deadline has passed)."""
+        whichever comes first. <= 0 means one of them has come, not which: time
+        passes between calls, so the caller asks :meth:`check_due` and compares the
+        deadline itself."""
         now = self.clock.monotonic()
         end = self.next_check if deadline is None else min(self.next_check, deadline)
         return end - now
