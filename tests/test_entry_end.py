@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from xproc import WAIT, expect, forbidden_create, payload_bytes
+from xproc import WAIT, expect, forbidden_create, payload_bytes, read_head
 
 import streamcache
 from streamcache.cache import LAYOUT, key_hash
@@ -82,9 +82,7 @@ def test_a_torn_trailer_is_not_served_while_the_producer_lives(cache_dir: Path, 
         assert wrote.wait(WAIT)
         cache = streamcache.StreamCache(cache_dir, liveness=LIVENESS, cleanup_interval=0)
         with cache.stream("k", forbidden_create, timeout=WAIT) as s:
-            head = s.read(SIZE)
-            while len(head) < SIZE:
-                head += s.read(SIZE - len(head))
+            head = read_head(s, SIZE)
             assert head == payload_bytes("k", SIZE, SIZE)
             _tear_a_trailer(_data_path(cache_dir, "k"))
             reader = _Reader(s)
@@ -112,9 +110,7 @@ def test_a_torn_trailer_of_a_killed_producer_is_not_served(cache_dir: Path, spaw
     assert wrote.wait(WAIT)
     cache = streamcache.StreamCache(cache_dir, liveness=LIVENESS, cleanup_interval=0)
     with cache.stream("k", forbidden_create, timeout=WAIT) as s:
-        head = s.read(SIZE)
-        while len(head) < SIZE:
-            head += s.read(SIZE - len(head))
+        assert len(read_head(s, SIZE)) == SIZE
         _tear_a_trailer(_data_path(cache_dir, "k"))
         p.kill()
         p.join(WAIT)
