@@ -2,6 +2,7 @@
 served wrong bytes, nobody hangs, and nothing is left behind (DESIGN.md sections 4, 6).
 
     python tools/chaos.py --seconds 30 --workers 4 [--seed S] [--dir D] [--kill-interval 0.4]
+                          [--signal-storm HZ]
 
 W worker processes (multiprocessing spawn) loop over a small key set. Every key has
 fixed content, ``content(key)``: its size and bytes follow from sha256(key), and every
@@ -18,6 +19,24 @@ waits until it catches a worker with a producer running and kills it then. Worke
 report their state through shared arrays (no locks: a killed process must not hold
 one): a heartbeat, the phase of the current operation, how many producers run in them.
 
+Signal storm (``--signal-storm HZ``, off by default): servers install Python handlers
+for signals (gunicorn's SIGUSR1 reopens its logs), and a handled signal ends a blocking
+system call with EINTR in whichever thread the kernel delivers it to. Every wait of the
+library (a reader's futex or doorbell, the producer's back-pressure wait, a lock, a
+sleep) must then re-check and carry on, within its deadline, without failing. So each
+worker installs a no-op SIGUSR1 handler and the parent sends SIGUSR1 to every live
+worker HZ times a second for the whole run (through a pidfd: never to a reused pid).
+A process-directed signal goes to the main thread unless that thread blocks it, so each
+worker incarnation picks where the signals land:
+- ``process``: nothing blocked; they interrupt the main thread, i.e. the readers' waits;
+- ``producers``: the main thread (and so every thread it starts) blocks SIGUSR1 and each
+  ``create`` unblocks it in its producer thread, so the kernel must deliver the parent's
+  signals there: the producer's writes and back-pressure waits are interrupted;
+- ``relay``: as ``process``, and a helper thread also sends SIGUSR1 with
+  ``signal.pthread_kill`` to every thread running a ``create``, HZ times a second, so
+  readers and the producer of one process are interrupted together.
+Stack dumps (below) use SIGUSR2, so they do not mix with the storm.
+
 Checked:
 - every completed read returned exactly ``content(key)``; every failed or abandoned
   read returned a prefix of it; ``created`` is true exactly when this call's create ran;
@@ -25,13 +44,15 @@ Checked:
   an injected failure or "BrokenPipeError" (a producer whose readers all left);
 - no worker hangs: a heartbeat older than --hang seconds (main loop or a producer), or a
   worker that does not exit within that bound after being told to stop, is a violation;
-  the worker's last reported state and a faulthandler dump of its threads are printed;
+  the worker's last reported state and a faulthandler dump of its threads (SIGUSR2) are
+  printed; the longest silence seen, and how late after its deadline a TimeoutError
+  came at worst, are in the summary (a TimeoutError over LATE seconds late is a note);
 - at the end, after every worker exited and one ``StreamCache(dir).gc()`` pass: nothing
   of the directory in /dev/shm, no record of an entry in flight, and every finished
   entry is intact (its trailer matches) and holds exactly ``content(key)``.
 
-The summary counts operations by outcome, kills, creates and violations; the exit
-status is 1 on any violation.
+The summary counts operations by outcome, kills, creates, signals and violations; the
+exit status is 1 on any violation.
 """
 
 from __future__ import annotations
@@ -73,6 +94,10 @@ TIMEOUTS = (0.05, 0.3, 1.0, 3.0, 5.0, 5.0)
 LIVENESS = 0.2
 MAX_SHOWN = 20  # violations printed in the summary
 SLOW_EXIT = 6.0  # seconds after the stop flag; slower exits are noted with a stack dump
+LATE = 1.0  # seconds past its deadline; a later TimeoutError is noted
+STORM_SIGNAL = signal.SIGUSR1  # the storm's signal; workers handle it with a no-op
+DUMP_SIGNAL = signal.SIGUSR2  # faulthandler's stack dump
+STORM_MODES = ("process", "producers", "relay")  # where a worker's storm lands (docstring)
 
 # Counters, one row per worker slot (int64, written only by the slot's current process).
 OUTCOMES = (
@@ -95,14 +120,19 @@ OTHER = (
     "creates_broken_pipe",
     "bytes_verified",
     "violations",
+    "signals_handled",
+    "signals_relayed",
+    *(f"storm_{m}" for m in STORM_MODES),
 )
-COUNTERS = OUTCOMES + tuple(f"op_{o}" for o in OPS) + OTHER
+# Maxima, not sums: each slot keeps its largest value, the summary takes the largest.
+MAXIMA = ("timeout_late_us",)
+COUNTERS = OUTCOMES + tuple(f"op_{o}" for o in OPS) + OTHER + MAXIMA
 _CI = {name: i for i, name in enumerate(COUNTERS)}
 
 # State, one row per slot (doubles): written by the worker, read by the parent.
 S_HEARTBEAT, S_PHASE, S_KEY, S_PRODUCERS, S_PPROGRESS, S_OPSEQ, S_PID, S_TIMEOUT = range(8)
-S_OP = 8
-S_WORDS = 9
+S_OP, S_STORM = 8, 9  # S_PID is set once the worker handles the storm's signal
+S_WORDS = 10
 PHASES = ("starting", "idle", "opening", "reading", "closing", "verifying", "exiting", "done")
 _PH = {name: i for i, name in enumerate(PHASES)}
 
@@ -165,6 +195,7 @@ class WorkerArgs:
     counters: Any  # RawArray('q')
     state: Any  # RawArray('d')
     stop: Any  # RawValue('b')
+    storm_hz: float = 0.0  # > 0: handle STORM_SIGNAL, and pick a storm mode
 
 
 class Worker:
@@ -176,6 +207,9 @@ class Worker:
         self.row = args.slot * len(COUNTERS)
         self.srow = args.slot * S_WORDS
         self._plock = threading.Lock()
+        self._producer_threads: set[int] = set()  # idents of threads in a create (_plock)
+        self.storm_mode = ""  # one of STORM_MODES once the storm is set up
+        self._storm_stop = threading.Event()
         self.log = open(  # noqa: SIM115 - kept open for the process's life
             os.path.join(args.logdir, f"w{args.slot}-{os.getpid()}.jsonl"), "a", buffering=1
         )
@@ -185,6 +219,11 @@ class Worker:
     # shared-memory reporting (no locks: single writer per field, except S_PRODUCERS)
     def count(self, name: str, n: int = 1) -> None:
         self.a.counters[self.row + _CI[name]] += n
+
+    def count_max(self, name: str, value: int) -> None:
+        i = self.row + _CI[name]
+        if value > self.a.counters[i]:
+            self.a.counters[i] = value
 
     def set(self, field_: int, value: float) -> None:
         self.a.state[self.srow + field_] = value
@@ -199,6 +238,11 @@ class Worker:
     def violation(self, what: str, **details: Any) -> None:
         self.count("violations")
         rec = {"slot": self.a.slot, "pid": os.getpid(), "what": what, **details}
+        self.log.write(json.dumps(rec, default=repr) + "\n")
+
+    def note(self, what: str, **details: Any) -> None:
+        """Something worth a look that is not a violation (printed under notes)."""
+        rec = {"slot": self.a.slot, "pid": os.getpid(), "note": what, **details}
         self.log.write(json.dumps(rec, default=repr) + "\n")
 
     def cache(self) -> streamcache.StreamCache:
@@ -235,8 +279,15 @@ class Worker:
         def create(w: Any) -> None:
             called[0] = True
             self.count("creates_started")
+            if self.storm_mode == "producers" and (
+                threading.current_thread() is not threading.main_thread()
+            ):
+                # The main thread blocks the storm's signal, and this thread inherited
+                # that: take it here, so the kernel delivers the parent's signals to us.
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {STORM_SIGNAL})
             with self._plock:
                 self.a.state[self.srow + S_PRODUCERS] += 1
+                self._producer_threads.add(threading.get_ident())
             self.a.state[self.srow + S_PPROGRESS] = time.monotonic()
             try:
                 pos = 0
@@ -276,11 +327,53 @@ class Worker:
             finally:
                 with self._plock:
                     self.a.state[self.srow + S_PRODUCERS] -= 1
+                    self._producer_threads.discard(threading.get_ident())
 
         return create
 
+    def setup_storm(self) -> None:
+        """Handle the storm's signal with a no-op (as gunicorn handles SIGUSR1), and
+        pick where this process lets it land (STORM_MODES, see the module docstring)."""
+        self.storm_mode = self.rng.choice(STORM_MODES)
+        self.set(S_STORM, STORM_MODES.index(self.storm_mode))
+        self.count("storm_" + self.storm_mode)
+        signal.signal(STORM_SIGNAL, self._on_storm_signal)
+        if self.storm_mode == "producers":
+            signal.pthread_sigmask(signal.SIG_BLOCK, {STORM_SIGNAL})
+        elif self.storm_mode == "relay":
+            threading.Thread(target=self._relay, name="chaos-relay", daemon=True).start()
+
+    def _on_storm_signal(self, signum: int, frame: Any) -> None:
+        self.count("signals_handled")  # only this handler writes that counter
+
+    def _relay(self) -> None:
+        """Send the storm's signal to every thread running a create, storm_hz times a
+        second (registered under _plock, so each target is alive when signalled)."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, {STORM_SIGNAL})
+        period = 1.0 / self.a.storm_hz
+        tick = time.monotonic()
+        while not self._storm_stop.is_set():
+            with self._plock:
+                for ident in self._producer_threads:
+                    signal.pthread_kill(ident, STORM_SIGNAL)
+                    self.count("signals_relayed")  # only this thread writes that counter
+            tick += period
+            delay = tick - time.monotonic()
+            if delay > 0:
+                self._storm_stop.wait(delay)
+            else:
+                tick = time.monotonic()  # fell behind: skip ticks rather than burst
+
+    def end_storm(self) -> None:
+        """Ignore the storm's signal from now on: at exit the interpreter resets a
+        Python-handled signal to its default action, which would kill the process."""
+        self._storm_stop.set()
+        signal.signal(STORM_SIGNAL, signal.SIG_IGN)
+
     def run(self) -> None:
-        self.set(S_PID, os.getpid())
+        if self.a.storm_hz > 0:
+            self.setup_storm()
+        self.set(S_PID, os.getpid())  # from here on, the parent may send the storm
         self.phase("idle")
         while not self.a.stop.value:
             self.set(S_OPSEQ, self.a.state[self.srow + S_OPSEQ] + 1)
@@ -316,6 +409,7 @@ class Worker:
         complete = False
         file_dst = None
         self.phase("opening")
+        started = time.monotonic()
         try:
             if op == "fetch_sink":
                 sink = _Sink(got, self.beat)
@@ -371,6 +465,17 @@ class Worker:
             outcome = "ok" if complete else "partial"
         except TimeoutError:
             outcome = "timeout"
+            late = time.monotonic() - started - timeout
+            self.count_max("timeout_late_us", int(late * 1e6))
+            if late > LATE:
+                self.note(
+                    f"TimeoutError {late:.2f}s after its deadline",
+                    key=key,
+                    op=op,
+                    timeout=timeout,
+                    received=len(got),
+                    tb=traceback.format_exc(),
+                )
         except streamcache.ProducerDied:
             outcome = "producer_died"
         except streamcache.CreateError as exc:
@@ -486,17 +591,24 @@ def worker_main(args: WorkerArgs) -> None:
     stack = open(  # noqa: SIM115 - kept open for faulthandler
         os.path.join(args.logdir, f"w{args.slot}-{os.getpid()}.stack"), "w"
     )
-    faulthandler.register(signal.SIGUSR1, file=stack, all_threads=True)
-    # Only a dedicated idle thread takes SIGUSR1: a signal landing in another thread's
-    # blocking call (a doorbell's sem_timedwait) would interrupt it (EINTR), so the
-    # stack dump would disturb what it looks at. Threads inherit the blocked mask.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    faulthandler.register(DUMP_SIGNAL, file=stack, all_threads=True)
+    # Only a dedicated idle thread takes DUMP_SIGNAL: a signal landing in another
+    # thread's blocking call (a doorbell's sem_timedwait) would interrupt it (EINTR), so
+    # the stack dump would disturb what it looks at. Threads inherit the blocked mask.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {DUMP_SIGNAL})
     threading.Thread(target=_take_dump_signals, name="chaos-dump", daemon=True).start()
-    Worker(args).run()
+    worker = Worker(args)
+    try:
+        worker.run()
+    finally:
+        if args.storm_hz > 0:
+            worker.end_storm()
 
 
 def _take_dump_signals() -> None:
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+    # This thread takes stack dumps, not the storm (it would only soak signals up).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {STORM_SIGNAL})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {DUMP_SIGNAL})
     while True:
         time.sleep(3600)  # PEP 475: the sleep resumes after the handler ran
 
@@ -514,6 +626,11 @@ class Summary:
     kills_in_producer: int = 0
     restarts: int = 0
     final_kills: int = 0
+    storm_hz: float = 0.0
+    signals_sent: int = 0  # by the parent (the storm)
+    hang: float = 0.0
+    longest_silence: float = 0.0  # seen by the parent, of a worker's main loop
+    longest_producer_silence: float = 0.0
     violations: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
@@ -538,6 +655,10 @@ class Summary:
             f"broken pipe={c.get('creates_broken_pipe', 0)}",
             f"  kills: {self.kills} (in a producer: {self.kills_in_producer}), "
             f"restarts: {self.restarts}, killed at the end: {self.final_kills}",
+            self._signals_line(),
+            f"  longest wait: heartbeat silence {self.longest_silence:.2f}s (main loop), "
+            f"{self.longest_producer_silence:.2f}s (producer), hang bound {self.hang:g}s; "
+            f"latest TimeoutError {c.get('timeout_late_us', 0) / 1e6:.3f}s after its deadline",
             "  end state: " + ", ".join(f"{k}={v}" for k, v in self.info.items()),
             f"  violations: {len(self.violations)}",
         ]
@@ -546,8 +667,23 @@ class Summary:
             lines.append(f"    ... and {len(self.violations) - MAX_SHOWN} more")
         if self.notes:
             lines.append(f"  notes: {len(self.notes)}")
-            lines += [f"    - {n}" for n in self.notes]
+            lines += [f"    - {n}" for n in self.notes[:MAX_SHOWN]]
+            if len(self.notes) > MAX_SHOWN:
+                lines.append(f"    ... and {len(self.notes) - MAX_SHOWN} more")
         return "\n".join(lines)
+
+    def _signals_line(self) -> str:
+        if self.storm_hz <= 0:
+            return "  signals: no storm"
+        c = self.counters
+        modes = " ".join(f"{m}={c.get('storm_' + m, 0)}" for m in STORM_MODES)
+        return (
+            f"  signals: {self.signals_sent} SIGUSR1 sent by the driver "
+            f"({self.storm_hz:g} Hz to each live worker), "
+            f"{c.get('signals_relayed', 0)} relayed to producer threads, "
+            f"handler ran {c.get('signals_handled', 0)} times; "
+            f"worker storm modes: {modes}"
+        )
 
 
 class Driver:
@@ -559,7 +695,10 @@ class Driver:
         seed: int,
         kill_interval: float,
         hang: float,
+        storm_hz: float = 0.0,
     ) -> None:
+        if storm_hz > 0 and not hasattr(os, "pidfd_open"):
+            raise RuntimeError("the signal storm needs os.pidfd_open (Linux, Python 3.9+)")
         self.dir = dir
         self.logdir = logdir
         self.n = workers
@@ -574,7 +713,13 @@ class Driver:
         self.procs: list[Any] = [None] * workers
         self.incarnation = 0
         self.final_killed: set[int] = set()
-        self.summary = Summary(workers=workers, seed=seed)
+        self.summary = Summary(workers=workers, seed=seed, storm_hz=storm_hz, hang=hang)
+        self.storm_hz = storm_hz
+        # The storm's targets: a pidfd and pid per slot (replaced under _storm_lock).
+        self._storm_lock = threading.Lock()
+        self._pidfds: list[int | None] = [None] * workers
+        self._pids: list[int] = [0] * workers
+        self._storm_done = threading.Event()
 
     def st(self, slot: int, f: int) -> float:
         return float(self.state[slot * S_WORDS + f])
@@ -593,16 +738,51 @@ class Driver:
             self.counters,
             self.state,
             self.stop,
+            self.storm_hz,
         )
         p = self.ctx.Process(target=worker_main, args=(args,), name=f"chaos-w{slot}")
         p.start()
         self.procs[slot] = p
+        if self.storm_hz > 0:
+            # Opened before anyone can reap the child: the pidfd names this process
+            # and no other, even once its pid is reused.
+            pid = p.pid
+            assert pid is not None
+            pidfd = os.pidfd_open(pid)
+            with self._storm_lock:
+                old, self._pidfds[slot], self._pids[slot] = self._pidfds[slot], pidfd, pid
+            if old is not None:
+                os.close(old)
+
+    def storm(self) -> None:
+        """The signal storm: STORM_SIGNAL to every live worker, storm_hz times a second,
+        once the worker handles it (S_PID set: before that, it would kill the worker)."""
+        period = 1.0 / self.storm_hz
+        tick = time.monotonic()
+        while not self._storm_done.is_set():
+            with self._storm_lock:
+                for slot in range(self.n):
+                    pidfd = self._pidfds[slot]
+                    if pidfd is None or self.st(slot, S_PID) != self._pids[slot]:
+                        continue
+                    try:
+                        signal.pidfd_send_signal(pidfd, STORM_SIGNAL)
+                        self.summary.signals_sent += 1
+                    except ProcessLookupError:
+                        pass  # exited (killed, or stopped)
+            tick += period
+            delay = tick - time.monotonic()
+            if delay > 0:
+                self._storm_done.wait(delay)
+            else:
+                tick = time.monotonic()  # fell behind: skip ticks rather than burst
 
     def describe(self, slot: int) -> str:
         ph = int(self.st(slot, S_PHASE))
         op = OPS[int(self.st(slot, S_OP))]
+        storm = f"storm={STORM_MODES[int(self.st(slot, S_STORM))]} " if self.storm_hz > 0 else ""
         return (
-            f"slot {slot} pid {self.procs[slot].pid}: phase={PHASES[ph]} op={op} "
+            f"slot {slot} pid {self.procs[slot].pid}: phase={PHASES[ph]} op={op} {storm}"
             f"key={KEYS[int(self.st(slot, S_KEY))]} timeout={self.st(slot, S_TIMEOUT)} "
             f"op#={int(self.st(slot, S_OPSEQ))} producers={int(self.st(slot, S_PRODUCERS))} "
             f"heartbeat {time.monotonic() - self.st(slot, S_HEARTBEAT):.1f}s ago, "
@@ -613,7 +793,7 @@ class Driver:
         p = self.procs[slot]
         path = os.path.join(self.logdir, f"w{slot}-{p.pid}.stack")
         try:
-            os.kill(p.pid, signal.SIGUSR1)
+            os.kill(p.pid, DUMP_SIGNAL)
         except ProcessLookupError:
             return "(process gone)"
         time.sleep(1.0)  # faulthandler writes from the signal handler, promptly
@@ -653,7 +833,13 @@ class Driver:
             )
             self.restart(slot)
             return
-        if now - self.st(slot, S_HEARTBEAT) > self.hang:
+        silence = now - self.st(slot, S_HEARTBEAT)
+        self.summary.longest_silence = max(self.summary.longest_silence, silence)
+        if self.st(slot, S_PRODUCERS) > 0:
+            self.summary.longest_producer_silence = max(
+                self.summary.longest_producer_silence, now - self.st(slot, S_PPROGRESS)
+            )
+        if silence > self.hang:
             self.hung(slot, "main loop made no progress")
             self.restart(slot)
         elif self.st(slot, S_PRODUCERS) > 0 and now - self.st(slot, S_PPROGRESS) > self.hang:
@@ -691,6 +877,10 @@ class Driver:
         for slot in range(self.n):
             self.start(slot)
         next_kill = t0 + 1.0 + self.rng.expovariate(1 / max(self.kill_interval, 1e-3))
+        stormer = None
+        if self.storm_hz > 0:
+            stormer = threading.Thread(target=self.storm, name="chaos-storm", daemon=True)
+            stormer.start()
         try:
             while time.monotonic() < end:
                 time.sleep(min(0.02, max(end - time.monotonic(), 0)))
@@ -720,10 +910,17 @@ class Driver:
             self.stop.value = 1
             self.finish_workers()
         finally:
+            self._storm_done.set()
+            if stormer is not None:
+                stormer.join()
             for p in self.procs:
                 if p is not None and p.is_alive():
                     p.kill()
                     p.join(10)
+            for i, pidfd in enumerate(self._pidfds):
+                if pidfd is not None:
+                    os.close(pidfd)
+                    self._pidfds[i] = None
         self.summary.seconds = time.monotonic() - t0
         self.collect()
         self.final_checks()
@@ -771,10 +968,9 @@ class Driver:
 
     def collect(self) -> None:
         k = len(COUNTERS)
-        self.summary.counters = {
-            name: sum(self.counters[s * k + i] for s in range(self.n))
-            for i, name in enumerate(COUNTERS)
-        }
+        for i, name in enumerate(COUNTERS):
+            values = [int(self.counters[s * k + i]) for s in range(self.n)]
+            self.summary.counters[name] = max(values) if name in MAXIMA else sum(values)
         for name in sorted(os.listdir(self.logdir)):
             if not name.endswith(".jsonl"):
                 continue
@@ -785,9 +981,11 @@ class Driver:
                     except ValueError:
                         continue  # a line cut short by kill -9
                     tb = rec.pop("tb", "")
-                    self.summary.violations.append(
-                        json.dumps(rec) + ("\n" + _indent(tb) if tb else "")
-                    )
+                    text = json.dumps(rec) + ("\n" + _indent(tb) if tb else "")
+                    if "note" in rec:
+                        self.summary.notes.append(text)
+                    else:
+                        self.summary.violations.append(text)
 
     def final_checks(self) -> None:
         v = self.summary.violations
@@ -875,13 +1073,15 @@ def run(
     logdir: str | None = None,
     kill_interval: float = 0.4,
     hang: float = 10.0,
+    signal_storm: float = 0.0,
 ) -> Summary:
-    """Run the chaos loop on ``dir`` and return its summary (violations in ``.violations``)."""
+    """Run the chaos loop on ``dir`` and return its summary (violations in ``.violations``).
+    ``signal_storm`` > 0: SIGUSR1 (handled) to every worker that many times a second."""
     own_logdir = logdir is None
     logdir = logdir or tempfile.mkdtemp(prefix="chaos-logs-")
     os.makedirs(logdir, exist_ok=True)
     try:
-        return Driver(dir, logdir, workers, seed, kill_interval, hang).run(seconds)
+        return Driver(dir, logdir, workers, seed, kill_interval, hang, signal_storm).run(seconds)
     finally:
         if own_logdir:
             shutil.rmtree(logdir, ignore_errors=True)
@@ -900,6 +1100,13 @@ def main(argv: list[str] | None = None) -> int:
         "--hang", type=float, default=10.0, help="seconds without progress that count as a hang"
     )
     ap.add_argument(
+        "--signal-storm",
+        type=float,
+        default=0.0,
+        metavar="HZ",
+        help="send a handled SIGUSR1 to every worker HZ times a second (0: off)",
+    )
+    ap.add_argument(
         "--keep",
         action="store_true",
         help="keep the temporary dir and logs (kept anyway on a violation)",
@@ -914,7 +1121,14 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir, logdir = opts.dir, tempfile.mkdtemp(prefix="chaos-logs-")
     try:
         summary = run(
-            cache_dir, opts.seconds, opts.workers, seed, logdir, opts.kill_interval, opts.hang
+            cache_dir,
+            opts.seconds,
+            opts.workers,
+            seed,
+            logdir,
+            opts.kill_interval,
+            opts.hang,
+            opts.signal_storm,
         )
     except BaseException:
         print(f"kept: {work or logdir}", file=sys.stderr)
