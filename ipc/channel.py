@@ -203,7 +203,8 @@ class Channel:
             full_fence()
             live, best, _ = self.readers()
             if live and offset - best > window:
-                self.writer_bell.wait(max(waiter.sleep_limit(None), 0.0))
+                now = waiter.clock.monotonic()
+                self.writer_bell.wait(max(waiter.sleep_limit(now, None), 0.0))
             seg.set_producer_waiting(False)
 
     def ring_all(self) -> None:
@@ -228,13 +229,12 @@ class Channel:
                 return Wake.PROGRESS
             if slot is not None and not slot.held:
                 return Wake.PROGRESS  # closed by another thread: the caller sees it
-            if waiter.check_due():
+            now = clock.monotonic()  # one reading for all three decisions below
+            if waiter.check_due(now):
                 return Wake.CHECK
-            if deadline is not None and clock.monotonic() >= deadline:
+            if deadline is not None and now >= deadline:
                 return Wake.DEADLINE
-            timeout = waiter.sleep_limit(deadline)
-            if timeout <= 0:
-                continue  # the check fell due since check_due looked: the next turn runs it
+            timeout = waiter.sleep_limit(now, deadline)  # > 0: neither has come
             if slot is None:
                 clock.sleep(min(timeout, _UNSLOTTED_POLL))
                 return Wake.PROGRESS  # the caller re-checks (and may have been closed)

@@ -43,19 +43,20 @@ class Waiter:
         self.clock = clock
         self.next_check = clock.monotonic() + period
 
-    def check_due(self) -> bool:
-        """True (and the next check scheduled) once ``next_check`` has passed."""
-        now = self.clock.monotonic()
+    def check_due(self, now: float | None = None) -> bool:
+        """True (and the next check scheduled) once ``next_check`` has passed; ``now``
+        is a reading of ``clock.monotonic`` the caller already took, if any."""
+        if now is None:
+            now = self.clock.monotonic()
         if now < self.next_check:
             return False
         self.next_check = now + self.period
         return True
 
-    def sleep_limit(self, deadline: float | None) -> float:
-        """How long the next sleep may last: until the next check or ``deadline``,
-        whichever comes first. <= 0 means one of them has come, not which: time
-        passes between calls, so the caller asks :meth:`check_due` and compares the
-        deadline itself."""
-        now = self.clock.monotonic()
+    def sleep_limit(self, now: float, deadline: float | None) -> float:
+        """How long a sleep starting at ``now`` may last: until the next check or
+        ``deadline``, whichever comes first. Callers take ``now`` once and ask
+        :meth:`check_due` with it first, so a positive limit is never mistaken for a
+        passed deadline (time moves between two readings of the clock)."""
         end = self.next_check if deadline is None else min(self.next_check, deadline)
         return end - now
