@@ -167,16 +167,18 @@ def write_file(path: str, data: bytes, n: int) -> None:
 
 
 def precondition(directory: str, nbytes: int, data: bytes) -> None:
-    """Write ``nbytes`` to a scratch file in ``directory`` and delete it, just before a timed
-    section that writes as much to that filesystem.
+    """Write more than ``nbytes`` (a quarter more, at least 4 chunks) to a scratch file in
+    ``directory`` and delete it, just before a timed section that writes ``nbytes`` to that
+    filesystem (the warm-up: a file bigger than the data).
 
     On this kind of VM the first large write after about a second without one runs up to
     10x slower (memory freed earlier has gone back to the host, and ext4 pays more than
-    tmpfs); a write right after another of the same size does not. Ours and the baseline
-    are conditioned alike, so their ratio measures the code, not the VM."""
+    tmpfs); a write right after a bigger one does not. Ours and the baseline are
+    conditioned alike, so their ratio measures the code, not the VM."""
+    chunks = nbytes // len(data)
     fd, path = tempfile.mkstemp(prefix=".precondition-", dir=directory)
     try:
-        for _ in range(nbytes // len(data)):
+        for _ in range(chunks + max(chunks // 4, 4)):
             _write_all(fd, data)
     finally:
         os.close(fd)
@@ -751,8 +753,15 @@ def throughput_row(
 
 
 def latency_row(
-    name: str, ours: list[float], base: list[float], target: float, note: str = ""
+    name: str,
+    ours: list[float],
+    base: list[float],
+    target: float,
+    note: str = "",
+    paired: bool = False,
 ) -> Row:
+    """``paired``: sample i of ours ran right next to sample i of the baseline (reps or
+    batches, not single calls), so their ratios' spread means something."""
     mo, mb = statistics.median(ours), statistics.median(base)
     ratio = mo / mb
     return Row(
@@ -769,6 +778,7 @@ def latency_row(
         ours,
         base,
         note,
+        {"paired": paired},
     )
 
 
@@ -1223,7 +1233,7 @@ def bench_small_hit(cfg: Config, data: bytes) -> list[Row]:
             cache.stop()
     note = f"median of per-batch means ({batches} batches of {batch} calls, interleaved) "
     note += "of fetch(K, sink) vs diskcache.Cache.get(K)"
-    return [latency_row(name, ours, base, 1.0, note)]
+    return [latency_row(name, ours, base, 1.0, note, paired=True)]
 
 
 def bench_small_miss(cfg: Config, data: bytes) -> list[Row]:
@@ -1606,13 +1616,57 @@ def code_version() -> str:
     return head + ("+dirty" if dirty else "")
 
 
+def spread(samples: Sequence[float], unit: str) -> str:
+    """``min..max`` of ``samples`` (seconds or bytes), "-" when there are none."""
+    if not samples:
+        return "-"
+    fmt = fmt_size if unit == "bytes" else fmt_time
+    return f"{fmt(min(samples))}..{fmt(max(samples))}"
+
+
+def ratio_spread(r: Row) -> str:
+    """min..max of the per-rep ratios (rep i of ours against rep i of the baseline, run
+    back to back), where both sides have one sample per rep."""
+    o, b = r.ours_samples, r.baseline_samples
+    paired = r.kind == "throughput" or r.extra.get("paired", False)
+    if not paired or not o or len(o) != len(b):
+        return "-"
+    if r.kind == "throughput":
+        ratios = [y / x for x, y in zip(o, b, strict=True) if x > 0]
+    else:
+        ratios = [x / y for x, y in zip(o, b, strict=True) if y > 0]
+    return f"{min(ratios):.2f}..{max(ratios):.2f}" if ratios else "-"
+
+
 def print_table(rows: list[Row], cfg: Config, info: dict[str, Any], wall: float) -> None:
-    head = ("name", "ours (median)", "baseline (median)", "ratio", "target", "met")
+    head = (
+        "name",
+        "ours (median)",
+        "ours min..max",
+        "baseline (median)",
+        "baseline min..max",
+        "ratio",
+        "ratio min..max",
+        "target",
+        "met",
+    )
     cells = []
     for r in rows:
         ratio = "-" if r.ratio is None or not math.isfinite(r.ratio) else f"{r.ratio:.2f}"
         met = {True: "yes", False: "NO", None: "-"}[r.met]
-        cells.append((r.name, r.ours, r.baseline, ratio, r.target, met))
+        cells.append(
+            (
+                r.name,
+                r.ours,
+                r.extra.get("ours_spread") or spread(r.ours_samples, r.unit),
+                r.baseline,
+                r.extra.get("baseline_spread") or spread(r.baseline_samples, r.unit),
+                ratio,
+                r.extra.get("ratio_spread") or ratio_spread(r),
+                r.target,
+                met,
+            )
+        )
     widths = [max(len(c[i]) for c in [head, *cells]) for i in range(len(head))]
 
     def line(c: Sequence[str]) -> str:
@@ -1635,7 +1689,9 @@ def print_table(rows: list[Row], cfg: Config, info: dict[str, Any], wall: float)
         print(line(c))
     print()
     print("ratio: throughput rows base/ours (higher is better), latency rows ours/base (lower is")
-    print("better); medians of interleaved reps. Notes:")
+    print("better); medians of interleaved reps (ours and baseline alternate, each after a")
+    print("warm-up write bigger than its data); min..max show the spread of the samples and of")
+    print("the per-rep ratios. Notes:")
     for r in rows:
         if r.note:
             print(f"- {r.name}: {r.note}")
