@@ -12,6 +12,9 @@ Rows (DESIGN.md section 7; data: one 1 MiB buffer of random bytes, written repea
                  (DESIGN.md's baseline)
     fanout       producer + N reader processes attached before the first byte, vs one
                  process writing a file then N processes reading it at once
+    stream-api   the path web apps take: the creator's stream() (create in a producer
+                 thread, the creator reading its own copy) + 1, then N reader processes on
+                 stream(); vs the stream and fan-out baselines
     hit          fetch of a finished entry into a Python sink, vs reading a plain copy
     socket       fetch of a finished entry into an AF_UNIX socket (sendfile), vs a
                  read + sendall loop, and vs an os.sendfile loop (the kernel's limit)
@@ -268,9 +271,14 @@ def _producer(
     attached: Event | None,
     barrier: Barrier | None,
     out: Queue[Msg],
+    via_stream: bool = False,
 ) -> None:
     """Fetch ``key`` into a null sink, creating it: create announces ``started``, waits for
-    the reader(s) (``attached`` or ``barrier``), then writes ``n`` times ``data``."""
+    the reader(s) (``attached`` or ``barrier``), then writes ``n`` times ``data``.
+
+    ``via_stream``: the path web apps take instead: ``stream()`` runs create in a producer
+    thread, and this process reads its own copy (``copy_to`` a counting sink, the chunk
+    loop a WSGI iterator runs) in its main thread."""
     with _reporting(out, "producer"):
         cache = StreamCache(cache_dir, cleanup_interval=0)
         first: list[float] = []
@@ -287,8 +295,12 @@ def _producer(
                 for _ in range(n):
                     w.write(data)
 
-            # No timeout: the creating fetch runs create itself (the default path).
-            written, created = cache.fetch(key, NullSink(), create)
+            if via_stream:
+                with cache.stream(key, create, timeout=WAIT) as s:
+                    written, created = s.copy_to(CountingSink()), s.created
+            else:
+                # No timeout: the creating fetch runs create itself (the default path).
+                written, created = cache.fetch(key, NullSink(), create)
             end = time.perf_counter()
             if not cache.wait_producers(WAIT):
                 raise RuntimeError("the producer thread did not finish")
@@ -792,6 +804,7 @@ class Config:
     stream_bytes: int
     fanout_bytes: int
     fanout_readers: int
+    stream_api_bytes: int
     hit_bytes: int
     small_bytes: int
     small_hit_calls: int
@@ -817,6 +830,7 @@ def make_config(quick: bool, reps: int | None) -> Config:
             stream_bytes=128 * MiB,
             fanout_bytes=32 * MiB,
             fanout_readers=4,
+            stream_api_bytes=64 * MiB,
             hit_bytes=128 * MiB,
             small_bytes=4 * KiB,
             small_hit_calls=4_000,
@@ -838,6 +852,7 @@ def make_config(quick: bool, reps: int | None) -> Config:
         stream_bytes=GiB,
         fanout_bytes=256 * MiB,
         fanout_readers=16,
+        stream_api_bytes=GiB,
         hit_bytes=GiB,
         small_bytes=4 * KiB,
         small_hit_calls=20_000,
@@ -859,7 +874,12 @@ def make_config(quick: bool, reps: int | None) -> Config:
 
 
 def producer_and_readers(
-    data: bytes, size: int, cache_dir: str, readers: int, use_barrier: bool
+    data: bytes,
+    size: int,
+    cache_dir: str,
+    readers: int,
+    use_barrier: bool,
+    via_stream: bool = False,
 ) -> tuple[float, list[dict[str, Any]]]:
     """One producer process creates ``key`` while ``readers`` reader processes attach
     (one: via an attached event; several: all attach, then a barrier with the producer's
@@ -872,7 +892,7 @@ def producer_and_readers(
         for i in range(readers):
             ch.start(_attach_reader, cache_dir, KEY, started, attached, barrier, ch.out, f"r{i}")
         ch.collect("ready", readers, READY_WAIT, "readers to start")
-        ch.start(_producer, cache_dir, KEY, data, n, started, attached, barrier, ch.out)
+        ch.start(_producer, cache_dir, KEY, data, n, started, attached, barrier, ch.out, via_stream)
         done = ch.collect("done", readers + 1, WAIT, "the transfer")
     prod = [d for d in done if d["role"] == "producer"]
     rdrs = [d for d in done if d["role"] != "producer"]
@@ -884,6 +904,54 @@ def producer_and_readers(
         expect(r["n"] == size == r["sink"], f"reader {r['role']} got {r['n']} of {size}")
     end = max(d["end"] for d in done)
     return end - prod[0]["first"], rdrs
+
+
+def baseline_write(data: bytes, size: int) -> float:
+    """Seconds for one process to os.write ``size`` bytes to a new plain file."""
+    with scratch("stream-base") as d:
+        path = os.path.join(d, "plain")
+        with Children() as ch:
+            ch.start(_file_writer, path, data, size // MiB, None, None, None, ch.out)
+            ch.collect("ready", 1, READY_WAIT, "the writer to start")
+            (w,) = ch.collect("done", 1, WAIT, "the writer")
+        expect(os.path.getsize(path) == size, "baseline file size")
+        return float(w["end"] - w["start"])
+
+
+def baseline_follow(data: bytes, size: int) -> float:
+    """Seconds for one process to write a plain file while another reads it as it grows."""
+    with scratch("stream-follow") as d:
+        path = os.path.join(d, "plain")
+        with Children() as ch:
+            begin, opened = ch.ctx.Event(), ch.ctx.Event()
+            ch.start(_file_writer, path, data, size // MiB, begin, opened, None, ch.out)
+            ch.start(_follow_reader, path, size, opened, ch.out, "follower")
+            ch.collect("ready", 2, READY_WAIT, "the writer and reader to start")
+            begin.set()
+            done = {r["role"]: r for r in ch.collect("done", 2, WAIT, "writer and reader")}
+        expect(done["follower"]["n"] == size, "the following reader got every byte")
+        end = max(done["follower"]["end"], done["writer"]["end"])
+        return float(end - done["writer"]["start"])
+
+
+def baseline_fanout(data: bytes, size: int, readers: int) -> float:
+    """Seconds for one process to write a plain file, then ``readers`` processes to read
+    it at once (the first write to the last reader done)."""
+    with scratch("fanout-base") as d:
+        path = os.path.join(d, "plain")
+        with Children() as ch:
+            begin, go = ch.ctx.Event(), ch.ctx.Event()
+            ch.start(_file_writer, path, data, size // MiB, begin, None, go, ch.out)
+            for i in range(readers):
+                ch.start(_file_reader, path, go, False, ch.out, f"r{i}")
+            ch.collect("ready", readers + 1, READY_WAIT, "baseline children to start")
+            begin.set()
+            done = ch.collect("done", readers + 1, WAIT, "the baseline transfer")
+        (w,) = [d for d in done if d["role"] == "writer"]
+        rs = [d for d in done if d["role"] != "writer"]
+        for r in rs:
+            expect(r["n"] == size, f"baseline reader got {r['n']} of {size}")
+        return float(max(r["end"] for r in rs) - w["start"])
 
 
 def bench_stream(cfg: Config, data: bytes) -> list[Row]:
@@ -899,27 +967,9 @@ def bench_stream(cfg: Config, data: bytes) -> list[Row]:
             ours.append(producer_and_readers(data, size, cache_dir, 1, False)[0])
             gc_removed += leak_check_dir(cache_dir)
         log(f"stream rep {rep + 1}/{cfg.reps} baseline")
-        with scratch("stream-base") as d:
-            path = os.path.join(d, "plain")
-            with Children() as ch:
-                ch.start(_file_writer, path, data, size // MiB, None, None, None, ch.out)
-                ch.collect("ready", 1, READY_WAIT, "the writer to start")
-                (w,) = ch.collect("done", 1, WAIT, "the writer")
-            expect(os.path.getsize(path) == size, "baseline file size")
-            base.append(w["end"] - w["start"])
+        base.append(baseline_write(data, size))
         log(f"stream rep {rep + 1}/{cfg.reps} baseline with a concurrent reader")
-        with scratch("stream-follow") as d:
-            path = os.path.join(d, "plain")
-            with Children() as ch:
-                begin, opened = ch.ctx.Event(), ch.ctx.Event()
-                ch.start(_file_writer, path, data, size // MiB, begin, opened, None, ch.out)
-                ch.start(_follow_reader, path, size, opened, ch.out, "follower")
-                ch.collect("ready", 2, READY_WAIT, "the writer and reader to start")
-                begin.set()
-                done = {r["role"]: r for r in ch.collect("done", 2, WAIT, "writer and reader")}
-            expect(done["follower"]["n"] == size, "the following reader got every byte")
-            end = max(done["follower"]["end"], done["writer"]["end"])
-            follow.append(end - done["writer"]["start"])
+        follow.append(baseline_follow(data, size))
     note = "ours: a producer process fetch(K, null sink) running create, 1 reader process "
     note += "attached; baseline (the brief's): 1 process os.write to a plain file, no reader"
     row = throughput_row(f"stream {fmt_size(size)}", ours, base, size, 0.8, note)
@@ -931,7 +981,7 @@ def bench_stream(cfg: Config, data: bytes) -> list[Row]:
 
 
 def bench_fanout(cfg: Config, data: bytes) -> list[Row]:
-    size, readers, n = cfg.fanout_bytes, cfg.fanout_readers, cfg.fanout_bytes // MiB
+    size, readers = cfg.fanout_bytes, cfg.fanout_readers
     ours: list[float] = []
     base: list[float] = []
     for rep in range(cfg.reps):
@@ -941,27 +991,71 @@ def bench_fanout(cfg: Config, data: bytes) -> list[Row]:
             ours.append(producer_and_readers(data, size, cache_dir, readers, True)[0])
             leak_check_dir(cache_dir)
         log(f"fanout rep {rep + 1}/{cfg.reps} baseline")
-        with scratch("fanout-base") as d:
-            path = os.path.join(d, "plain")
-            with Children() as ch:
-                begin, go = ch.ctx.Event(), ch.ctx.Event()
-                ch.start(_file_writer, path, data, n, begin, None, go, ch.out)
-                for i in range(readers):
-                    ch.start(_file_reader, path, go, False, ch.out, f"r{i}")
-                ch.collect("ready", readers + 1, READY_WAIT, "baseline children to start")
-                begin.set()
-                done = ch.collect("done", readers + 1, WAIT, "the baseline transfer")
-            (w,) = [d for d in done if d["role"] == "writer"]
-            rs = [d for d in done if d["role"] != "writer"]
-            for r in rs:
-                expect(r["n"] == size, f"baseline reader got {r['n']} of {size}")
-            base.append(max(r["end"] for r in rs) - w["start"])
+        base.append(baseline_fanout(data, size, readers))
     note = f"{readers} reader processes + the producer's fetch; create ran once each rep; "
     note += "baseline: write the file, then the readers read it at once"
     total = size * readers
     row = throughput_row(f"fan-out {readers}x {fmt_size(size)}", ours, base, total, 0.8, note)
     row.extra["readers"] = readers
     return [row]
+
+
+def bench_stream_api(cfg: Config, data: bytes) -> list[Row]:
+    """The path web apps take: the creator's ``stream()`` (create in a producer thread,
+    the creator reading its own copy) plus 1, then N reader processes on ``stream()``."""
+    size, many = cfg.stream_api_bytes, cfg.fanout_readers
+    one: list[float] = []
+    one_base: list[float] = []
+    one_follow: list[float] = []
+    fan: list[float] = []
+    fan_base: list[float] = []
+    for rep in range(cfg.reps):
+        tag = f"stream() rep {rep + 1}/{cfg.reps}"
+        log(f"{tag} ours, creator + 1 reader ({fmt_size(size)})")
+        with scratch("stream-api") as d:
+            cache_dir = os.path.join(d, "cache")
+            one.append(producer_and_readers(data, size, cache_dir, 1, False, True)[0])
+            leak_check_dir(cache_dir)
+        log(f"{tag} baseline write")
+        one_base.append(baseline_write(data, size))
+        log(f"{tag} baseline write+read")
+        one_follow.append(baseline_follow(data, size))
+        log(f"{tag} ours, creator + {many} readers")
+        with scratch("stream-api-fan") as d:
+            cache_dir = os.path.join(d, "cache")
+            fan.append(producer_and_readers(data, size, cache_dir, many, True, True)[0])
+            leak_check_dir(cache_dir)
+        log(f"{tag} baseline write, then {many} readers")
+        fan_base.append(baseline_fanout(data, size, many))
+    how = "the creator's stream() (create in a producer thread, the creator copy_to a "
+    how += "counting sink in its main thread)"
+    return [
+        throughput_row(
+            f"stream() {fmt_size(size)} + 1 reader",
+            one,
+            one_base,
+            size,
+            0.8,
+            f"{how} + 1 reader process on stream(); baseline: 1 process os.write to a file",
+        ),
+        throughput_row(
+            "stream() + 1 vs write+read",
+            one,
+            one_follow,
+            size,
+            0.8,
+            "same ours; baseline: 1 process writes a plain file while another reads it",
+        ),
+        throughput_row(
+            f"stream() {fmt_size(size)} + {many} readers",
+            fan,
+            fan_base,
+            size * many,
+            0.8,
+            f"{how} + {many} reader processes on stream(), attached before the first byte; "
+            f"baseline: write the file, then {many} processes read it at once",
+        ),
+    ]
 
 
 def bench_memory(cfg: Config, data: bytes) -> list[Row]:
@@ -1565,6 +1659,7 @@ def bench_storm(cfg: Config, data: bytes) -> list[Row]:
 BENCHES: dict[str, Callable[[Config, bytes], list[Row]]] = {
     "stream": bench_stream,
     "fanout": bench_fanout,
+    "stream-api": bench_stream_api,
     "hit": bench_hit,
     "socket": bench_socket,
     "small-hit": bench_small_hit,
