@@ -18,6 +18,7 @@ Python version and every process::
     word  9   error text length                            (producer only)
     word 10   sequence: changed after every change of progress; readers sleep on its
               low 32 bits with a futex (Linux)              (producer only)
+    word 11   announced final size + 1; 0 while unknown     (producer only)
     bytes 128..511  error text, UTF-8                      (producer only)
     from byte 512: slots of 8 words (one cache line each, so readers never share one):
       word 0  position: bytes this reader has consumed     (its reader only)
@@ -92,6 +93,7 @@ _W_PWAIT, _W_PPID, _W_PSTART, _W_USED, _W_ERRLEN = 5, 6, 7, 8, 9
 # Changed by the producer after every change of progress (a futex word: its low 32
 # bits, at the word's first bytes on little-endian machines, its last on big-endian).
 _W_SEQ = 10
+_W_SIZE = 11  # the size create announced, plus one (0: none announced)
 _SEQ_BYTE = _W_SEQ * 8 + (4 if sys.byteorder == "big" else 0)
 _HEADER_WORDS = HEADER_BYTES // 8
 # Words of a slot (private to this module).
@@ -248,6 +250,15 @@ class Segment:
     def _bump(self) -> None:
         w = self._words
         w[_W_SEQ] = (w[_W_SEQ] + 1) & 0xFFFFFFFF
+
+    @property
+    def announced_size(self) -> int | None:
+        """The final size the producer announced, or None."""
+        word = self._words[_W_SIZE]
+        return word - 1 if word else None
+
+    def announce_size(self, size: int) -> None:
+        self._words[_W_SIZE] = size + 1
 
     def publish_offset(self, offset: int) -> None:
         self._words[_W_PROGRESS] = offset  # state "writing" is 0

@@ -69,7 +69,8 @@ shared through the directory; other requests run create straight into dst.
 Public names: :class:`Config`, :func:`new`, :class:`StreamCache`,
 :class:`MinOccurrences`, :class:`NullCache`, :class:`LoggingCache`,
 :class:`LogEntry`, :class:`FetchResult`, :class:`Error`, :class:`CreateError`,
-:class:`ProducerDied`.
+:class:`ProducerDied`; :class:`Stream` (``s.size``, ``s.produced``, ``s.position``,
+``s.finished_file()``), :class:`EntryInfo` (``cache.peek(key)``).
 
 Example::
 
@@ -90,15 +91,17 @@ from .base import CacheBase, LogEntry, LoggingCache, NullCache
 from .cache import StreamCache
 from .config import Config
 from .errors import CreateError, Error, ProducerDied
-from .stream import AsyncStream, FetchResult, Stream
+from .stream import AsyncStream, EntryInfo, FetchResult, FinishedFile, Stream
 
 __all__ = [
     "AsyncStream",
     "CacheBase",
     "Config",
     "CreateError",
+    "EntryInfo",
     "Error",
     "FetchResult",
+    "FinishedFile",
     "LogEntry",
     "LoggingCache",
     "MinOccurrences",

@@ -27,11 +27,20 @@ from collections.abc import Callable
 from typing import Any
 
 from . import config
-from .base import CacheBase, Create, NullCache, check_create, check_dst, check_key
+from .base import (
+    CacheBase,
+    Create,
+    NullCache,
+    _start_kw,
+    check_create,
+    check_dst,
+    check_key,
+    check_start,
+)
 from .cache import StreamCache, key_hash
 from .deadline import check_timeout
 from .filestore import make_private_dirs
-from .stream import FetchResult, Stream
+from .stream import EntryInfo, FetchResult, Stream
 
 _APPEND = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -161,10 +170,17 @@ class MinOccurrences(CacheBase):
         check_timeout(timeout)
         return self._target(key).fetch(key, dst, create, timeout)
 
-    def stream(self, key: str, create: Create, timeout: float | None = None) -> Stream:
+    def stream(
+        self, key: str, create: Create, timeout: float | None = None, *, start: int = 0
+    ) -> Stream:
         check_create(create)
         check_timeout(timeout)
-        return self._target(key).stream(key, create, timeout)
+        check_start(start)
+        return self._target(key).stream(key, create, timeout, **_start_kw(start))
+
+    def peek(self, key: str) -> EntryInfo | None:
+        """The wrapped cache's entry of ``key``; not an occurrence."""
+        return self.cache.peek(key)
 
     def stop(self) -> None:
         self.cache.stop()

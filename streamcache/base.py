@@ -19,7 +19,8 @@ from typing import Any, NamedTuple
 from .deadline import check_timeout, deadline_for
 from .errors import CreateError, describe
 from .sink import is_writable_dst, write_all
-from .stream import AsyncStream, FetchResult, Stream
+from .sizes import AnnouncedSize
+from .stream import AsyncStream, EntryInfo, FetchResult, Stream
 
 Create = Callable[[Any], object]
 
@@ -34,6 +35,19 @@ def check_create(create: object) -> None:
         raise TypeError(f"create must be callable, not {type(create).__name__}")
 
 
+def check_start(start: object) -> None:
+    if isinstance(start, bool) or not isinstance(start, int):
+        raise TypeError(f"start must be an int, not {type(start).__name__}")
+    if start < 0:
+        raise ValueError(f"start must be >= 0, not {start}")
+
+
+def _start_kw(start: int) -> dict[str, int]:
+    """``start`` for a wrapped cache's stream, passed only when set: a wrapper must keep
+    working around caches written before ``start`` existed."""
+    return {"start": start} if start else {}
+
+
 def check_dst(dst: object) -> None:
     if not is_writable_dst(dst):
         raise TypeError(
@@ -44,8 +58,16 @@ def check_dst(dst: object) -> None:
 class CacheBase:
     """fetch, astream, stop and the context manager, on top of a subclass's ``stream``."""
 
-    def stream(self, key: str, create: Create, timeout: float | None = None) -> Stream:
+    def stream(
+        self, key: str, create: Create, timeout: float | None = None, *, start: int = 0
+    ) -> Stream:
         raise NotImplementedError
+
+    def peek(self, key: str) -> EntryInfo | None:
+        """The state of ``key``'s entry without creating, waiting or counting it as a
+        request (for HTTP HEAD); None when there is none."""
+        check_key(key)
+        return None
 
     def fetch(
         self, key: str, dst: Any, create: Create, timeout: float | None = None
@@ -55,12 +77,15 @@ class CacheBase:
         with self.stream(key, create, timeout) as s:
             return FetchResult(s.copy_to(dst), s.created)
 
-    def astream(self, key: str, create: Create, timeout: float | None = None) -> AsyncStream:
+    def astream(
+        self, key: str, create: Create, timeout: float | None = None, *, start: int = 0
+    ) -> AsyncStream:
         """``async with cache.astream(key, create) as s: async for chunk in s: ...``"""
         check_key(key)
         check_create(create)
         check_timeout(timeout)
-        return AsyncStream(lambda: self.stream(key, create, timeout))
+        check_start(start)
+        return AsyncStream(lambda: self.stream(key, create, timeout, start=start))
 
     def stop(self) -> None:
         """End background work. fetch keeps working."""
@@ -84,9 +109,13 @@ class _CountingWriter:
         self._deadline = deadline
         self.written = 0
         self.error: BaseException | None = None
+        self.announced = AnnouncedSize()
 
     def writable(self) -> bool:
         return True
+
+    def set_size(self, size: int) -> int:
+        return self.announced.announce(size, self.written)
 
     def flush(self) -> None:
         flush = getattr(self._dst, "flush", None)
@@ -99,6 +128,7 @@ class _CountingWriter:
         n = len(memoryview(data).cast("B"))
         if self.error is not None:
             raise self.error
+        self.announced.check_write(self.written, n)
         try:
             write_all(self._dst, bytes(data), self._deadline)
         except Exception as exc:
@@ -124,11 +154,33 @@ _END = object()
 class _QueueSource:
     """An in-process pipe: ``create`` runs in a thread and hands chunks over a bounded queue."""
 
-    def __init__(self) -> None:
+    def __init__(self, start: int = 0) -> None:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=4)
         self._closed = threading.Event()
         self._rest = b""
         self._done = False
+        self._announced = AnnouncedSize()
+        self._written = 0  # by create (its thread)
+        self._skip = start  # bytes before ``start``: dropped, never delivered
+        self.position = start
+
+    @property
+    def size(self) -> int | None:
+        return self._written if self._done else self._announced.size
+
+    @property
+    def produced(self) -> int:
+        return self._written
+
+    def finished_size(self) -> int | None:
+        return None  # no data file to hand out
+
+    @property
+    def fd(self) -> int:
+        raise OSError(22, "no descriptor to send from")
+
+    def set_size(self, size: int) -> int:
+        return self._announced.announce(size, self._written)
 
     # writer side (the create thread)
     def writable(self) -> bool:
@@ -141,7 +193,9 @@ class _QueueSource:
         if isinstance(data, str):
             raise TypeError("write() needs bytes, not str")
         chunk = bytes(data)
+        self._announced.check_write(self._written, len(chunk))
         self._put(chunk)
+        self._written += len(chunk)
         return len(chunk)
 
     def _put(self, item: object) -> None:
@@ -156,7 +210,7 @@ class _QueueSource:
 
     def run(self, create: Create) -> None:
         try:
-            run_create(create, self)
+            run_create(self._whole(create), self)
             self._put(_END)
         except BrokenPipeError:
             pass
@@ -166,8 +220,27 @@ class _QueueSource:
             except BrokenPipeError:
                 pass
 
+    def _whole(self, create: Create) -> Create:
+        """``create``, then the check that it wrote the size it announced."""
+
+        def run(w: Any) -> None:
+            create(w)
+            self._announced.check_end(self._written)
+
+        return run
+
     # reader side
     def read(self, n: int, deadline: float | None) -> bytes:
+        while True:
+            data = self._next(n, deadline)
+            if not self._skip or not data:
+                self.position += len(data)
+                return data
+            dropped = min(self._skip, len(data))
+            self._skip -= dropped
+            self._rest = data[dropped:] + self._rest
+
+    def _next(self, n: int, deadline: float | None) -> bytes:
         if not self._rest:
             if self._done:
                 return b""
@@ -208,6 +281,10 @@ class NullCache(CacheBase):
         w = _CountingWriter(dst, deadline_for(timeout))
         try:
             run_create(create, w)
+            try:
+                w.announced.check_end(w.written)
+            except ValueError as exc:
+                raise CreateError(describe(exc)) from exc
             w.flush()
         except CreateError:
             if w.error is not None:
@@ -217,11 +294,14 @@ class NullCache(CacheBase):
             raise w.error
         return FetchResult(w.written, True)
 
-    def stream(self, key: str, create: Create, timeout: float | None = None) -> Stream:
+    def stream(
+        self, key: str, create: Create, timeout: float | None = None, *, start: int = 0
+    ) -> Stream:
         check_key(key)
         check_create(create)
+        check_start(start)
         deadline = deadline_for(timeout)
-        source = _QueueSource()
+        source = _QueueSource(start)
         threading.Thread(target=source.run, args=(create,), daemon=True).start()
         return Stream(source, True, deadline)
 
@@ -284,15 +364,21 @@ class LoggingCache(CacheBase):
         self._log(LogEntry(key, result.created, None))
         return result
 
-    def stream(self, key: str, create: Create, timeout: float | None = None) -> Stream:
+    def stream(
+        self, key: str, create: Create, timeout: float | None = None, *, start: int = 0
+    ) -> Stream:
+        check_start(start)
         tracked = _Tracked(create)
         try:
-            s = self.cache.stream(key, tracked.create, timeout)
+            s = self.cache.stream(key, tracked.create, timeout, **_start_kw(start))
         except BaseException as exc:
             self._log(LogEntry(key, tracked.ran, exc))
             raise
         self._log(LogEntry(key, s.created, None))
         return s
+
+    def peek(self, key: str) -> EntryInfo | None:
+        return self.cache.peek(key)
 
     def stop(self) -> None:
         self.cache.stop()

@@ -23,7 +23,7 @@ from ipc.clock import SYSTEM, Clock
 from ipc.segment import DEFAULT_SLOTS, MAX_SLOTS, SegmentError
 
 from . import config
-from .base import CacheBase, check_create, check_dst, check_key
+from .base import CacheBase, check_create, check_dst, check_key, check_start
 from .deadline import deadline_for, remaining
 from .eviction import Cleaner, GCReport, collect
 from .filestore import Finished, make_private_dirs, written_so_far
@@ -32,7 +32,7 @@ from .pipe import CREATOR_SLOT, FileReader, PipeReader
 from .producer import Producer, Producers, check_not_creating
 from .sink import write_all
 from .store import LAYOUT, Store, channel_base, key_hash
-from .stream import FetchResult, Stream
+from .stream import EntryInfo, FetchResult, Stream
 
 __all__ = ["LAYOUT", "GCReport", "StreamCache", "channel_base", "key_hash", "prepare_dir"]
 
@@ -124,10 +124,48 @@ class StreamCache(CacheBase):
 
     # -- public API -----------------------------------------------------------------
 
-    def stream(self, key: str, create: Create, timeout: float | None = None) -> Stream:
+    def stream(
+        self, key: str, create: Create, timeout: float | None = None, *, start: int = 0
+    ) -> Stream:
+        check_start(start)
         h, deadline = self._begin(key, create, timeout)
-        source, created = self._open(h, create, deadline)
-        return self._stream(h, source, created, create, deadline)
+        source, created = self._open(h, create, deadline, start)
+        return self._stream(h, source, created, create, deadline, start)
+
+    def peek(self, key: str) -> EntryInfo | None:
+        """The state of ``key``'s entry, or None: never creates, waits or counts."""
+        check_key(key)
+        h = key_hash(key)
+        fin = self._finished(h)
+        if fin is not None:
+            os.close(fin.fd)
+            return EntryInfo(fin.size, fin.size, True)
+        text = self._index.read_text(h)
+        rec = None if text is None else Record.from_text(h, text)
+        if rec is None or rec.expires <= self._clock.wall():
+            return None
+        if not ipc.is_alive(rec.pid, rec.start):
+            return None
+        try:
+            channel = Channel.open(self._store.channel_base(rec.file))
+        except SegmentError:  # an inline creator's entry nobody else reads yet
+            try:
+                fd = self._files.open(rec.file)
+            except OSError:
+                return None
+            try:
+                return EntryInfo(None, written_so_far(fd), False)
+            finally:
+                os.close(fd)
+        try:
+            offset, state = channel.seg.progress()
+            if state == ipc.STATE_FAILED:
+                return None
+            if state == ipc.STATE_DONE:
+                return EntryInfo(offset, offset, True)
+            return EntryInfo(channel.seg.announced_size, offset, False)
+        finally:
+            channel.close()
 
     def fetch(
         self, key: str, dst: Any, create: Create, timeout: float | None = None
@@ -147,10 +185,11 @@ class StreamCache(CacheBase):
         if fin is not None:
             found = Found(FileReader(fin.fd, fin.size), False)
         else:
-            found = self._find_or_claim(h, create, deadline, dst if deadline is None else None)
+            inline_dst = dst if deadline is None else None
+            found = self._find_or_claim(h, create, deadline, inline_dst, 0)
         if found.reader is None:
             return FetchResult(found.written, True)
-        with self._stream(h, found.reader, found.created, create, deadline) as s:
+        with self._stream(h, found.reader, found.created, create, deadline, 0) as s:
             return FetchResult(s.copy_to(dst), found.created)
 
     def stop(self) -> None:
@@ -196,38 +235,42 @@ class StreamCache(CacheBase):
         created: bool,
         create: Create,
         deadline: float | None,
+        start: int,
     ) -> Stream:
         """A Stream on ``source``; one that attached to an entry in flight may reopen."""
         reopen = None
         if isinstance(source, PipeReader) and not created:
-            reopen = functools.partial(self._open, h, create, deadline)
+            reopen = functools.partial(self._open, h, create, deadline, start)
         return Stream(source, created, deadline, reopen)
 
     def _open(
-        self, h: str, create: Create, deadline: float | None
+        self, h: str, create: Create, deadline: float | None, start: int
     ) -> tuple[FileReader | PipeReader, bool]:
-        """A reader on the entry of ``h``, and whether this call created it (then its
-        producer runs in a thread)."""
-        hit = self._open_finished(h)
+        """A reader on the entry of ``h`` from byte ``start``, and whether this call
+        created it (then its producer runs in a thread)."""
+        hit = self._open_finished(h, start)
         if hit is not None:
             return hit, False
-        found = self._find_or_claim(h, create, deadline, None)
+        found = self._find_or_claim(h, create, deadline, None, start)
         assert found.reader is not None
         return found.reader, found.created
 
-    def _find_or_claim(self, h: str, create: Create, deadline: float | None, dst: Any) -> Found:
-        """Under the key's lock: a reader on the entry, or a new entry of ours, whose
-        producer runs in a thread (``dst`` None) or here, copying to ``dst``."""
+    def _find_or_claim(
+        self, h: str, create: Create, deadline: float | None, dst: Any, start: int
+    ) -> Found:
+        """Under the key's lock: a reader on the entry (from byte ``start``), or a new
+        entry of ours, whose producer runs in a thread (``dst`` None) or here, copying
+        to ``dst``."""
         # A created entry is put here before its record is written, so that an
         # exception anywhere up to the producer's start (a signal handler's, say)
         # fails it instead of leaving a record that nobody will ever finish.
         pending: list[tuple[Producer, PipeReader | None]] = []
         try:
             with self._index.locked(h, remaining(deadline)):
-                reader = self._lookup_locked(h)
+                reader = self._lookup_locked(h, start)
                 if reader is not None:
                     return Found(reader, False)
-                self._create_locked(h, pending, with_reader=dst is None)
+                self._create_locked(h, pending, with_reader=dst is None, start=start)
             producer, reader = pending[0]
             if dst is not None:
                 return Found(None, True, producer.run_inline(create, dst))
@@ -253,13 +296,14 @@ class StreamCache(CacheBase):
             return None
         return fin
 
-    def _open_finished(self, h: str) -> FileReader | None:
+    def _open_finished(self, h: str, start: int = 0) -> FileReader | None:
         fin = self._finished(h)
-        return None if fin is None else FileReader(fin.fd, fin.size)
+        return None if fin is None else FileReader(fin.fd, fin.size, start)
 
-    def _lookup_locked(self, h: str) -> FileReader | PipeReader | None:
-        """A reader on the entry of ``h``, or None if there is none to read (lock held)."""
-        hit = self._open_finished(h)
+    def _lookup_locked(self, h: str, start: int) -> FileReader | PipeReader | None:
+        """A reader on the entry of ``h`` from byte ``start``, or None if there is none
+        to read (lock held)."""
+        hit = self._open_finished(h, start)
         if hit is not None:
             return hit
         self._files.remove_entry(h)  # expired or not intact (if any): never served
@@ -295,7 +339,9 @@ class StreamCache(CacheBase):
             self._index.remove(h)
             return None
         slot = seg.claim_slot(ipc.current_process())
-        return PipeReader(fd, channel, slot, self.liveness, self._store, rec, clock=self._clock)
+        return PipeReader(
+            fd, channel, slot, self.liveness, self._store, rec, clock=self._clock, start=start
+        )
 
     def _channel_locked(self, rec: Record, fd: int) -> Channel:
         """The channel of ``rec``'s entry (data file open as ``fd``), made now if nobody
@@ -333,7 +379,12 @@ class StreamCache(CacheBase):
             return Channel.create(*args, offset=offset, producer_reads=True)
 
     def _create_locked(
-        self, h: str, pending: list[tuple[Producer, PipeReader | None]], *, with_reader: bool
+        self,
+        h: str,
+        pending: list[tuple[Producer, PipeReader | None]],
+        *,
+        with_reader: bool,
+        start: int = 0,
     ) -> None:
         """Create the entry of ``h`` and append its producer (and, ``with_reader``, the
         creator's reader) to ``pending``; the caller runs the producer."""
@@ -375,7 +426,7 @@ class StreamCache(CacheBase):
         assert slot is not None and slot.index == CREATOR_SLOT
         producer = Producer(self._store, rec, channel, wfd, **options)
         reader = PipeReader(
-            rfd, mine, slot, self.liveness, self._store, rec, producer.outcome, self._clock
+            rfd, mine, slot, self.liveness, self._store, rec, producer.outcome, self._clock, start
         )
         pending.append((producer, reader))  # from here on, failures go through abort()
         self._index.write(rec)

@@ -38,6 +38,7 @@ from ipc.wait import Waiter, Wake
 from .errors import AllReadersLeft, CreateError, ProducerDied
 from .filestore import written_so_far
 from .index import Record
+from .sizes import AnnouncedSize
 from .store import Store
 
 CHUNK = 1 << 20  # a reader reads ahead at most this much
@@ -99,6 +100,7 @@ class Writer:
         self._window = window
         self._waiter = Waiter(liveness, clock)
         self.offset = 0
+        self._size = AnnouncedSize()
         self.broken = False
         self._closed = False
         if channel is not None:
@@ -107,6 +109,8 @@ class Writer:
     def _attach(self, channel: Channel) -> None:
         """Publish from now on to ``channel`` (all bytes written so far at once)."""
         self.channel = channel
+        if self._size.size is not None:
+            channel.seg.announce_size(self._size.size)
         if self._tee is not None:
             self._tee.attach(channel)
         if self.offset:
@@ -143,6 +147,16 @@ class Writer:
     def closed(self) -> bool:
         return self._closed
 
+    def set_size(self, size: int) -> int:
+        """Announce the entry's final size: readers in every process see it at once.
+        Writing past it, or ending at any other size, fails the entry."""
+        if self._closed:
+            raise ValueError("set_size on a closed streamcache writer")
+        size = self._size.announce(size, self.offset)
+        if self.channel is not None:
+            self.channel.seg.announce_size(size)
+        return size
+
     def close(self) -> None:
         """End the entry's bytes (``create`` may call it; it need not). As Gitaly's
         Close: a producer whose readers all left fails with BrokenPipeError, and a
@@ -152,6 +166,7 @@ class Writer:
         self._closed = True
         if self.broken:
             raise BrokenPipeError("all readers closed")
+        self._size.check_end(self.offset)
         if self._live_readers() == 0:
             self._broken()
 
@@ -179,6 +194,7 @@ class Writer:
         total = len(view)
         if total == 0:
             return 0  # the offset does not rise: nobody to wake
+        self._size.check_write(self.offset, total)
         tee = self._tee
         if tee is None or not tee.alive:
             if self._live_readers() == 0:
@@ -229,13 +245,33 @@ class _Reader:
 
     _SHORT = "the entry's data file is shorter than published"
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, start: int = 0) -> None:
         self._fd = fd
-        self.position = 0
+        self.start = start
+        self.position = start
         self._guard = threading.Lock()  # protects _busy, _closed and _released
         self._busy = 0
         self._closed = False
         self._released = False
+
+    @property
+    def fd(self) -> int:
+        """The data file's descriptor (valid until the reader is released)."""
+        return self._fd
+
+    @property
+    def size(self) -> int | None:
+        """The entry's final size: once finished, or as its create announced it."""
+        raise NotImplementedError
+
+    @property
+    def produced(self) -> int:
+        """Bytes of the entry written so far."""
+        raise NotImplementedError
+
+    def finished_size(self) -> int | None:
+        """The entry's size if it is finished now (its data file complete), else None."""
+        raise NotImplementedError
 
     def _available(self, deadline: float | None) -> int:
         """Bytes readable now (waiting for some if needed); 0 at the end."""
@@ -318,7 +354,7 @@ class _Reader:
 
 
 class PipeReader(_Reader):
-    """Reads an entry that is still being written, from offset 0.
+    """Reads an entry that is still being written, from byte ``start``.
 
     ``slot`` is None for a reader beyond the segment's slot capacity: it still reads
     everything, but does not count for back pressure, and re-checks every few
@@ -337,8 +373,11 @@ class PipeReader(_Reader):
         rec: Record | None,
         outcome: Outcome | None = None,
         clock: Clock = SYSTEM,
+        start: int = 0,
     ) -> None:
-        super().__init__(fd)
+        super().__init__(fd, start)
+        if slot is not None and start:
+            slot.set_position(start)  # back pressure counts it from there
         self._channel = channel
         self._seg = channel.seg
         self._slot = slot
@@ -348,6 +387,28 @@ class PipeReader(_Reader):
         self._outcome = outcome
         self._final: int | None = None  # the recorded size, once found after a death
         self._in_file = 0  # bytes surely in the data file beyond the published offset
+
+    @property
+    def size(self) -> int | None:
+        if self._final is not None:
+            return self._final
+        offset, state = self._seg.progress()
+        if state == ipc.STATE_DONE:
+            return offset
+        return self._seg.announced_size
+
+    @property
+    def produced(self) -> int:
+        if self._final is not None:
+            return self._final
+        offset, state = self._seg.progress()
+        return offset if state == ipc.STATE_DONE else max(offset, self._in_file)
+
+    def finished_size(self) -> int | None:
+        if self._final is not None:
+            return self._final
+        offset, state = self._seg.progress()
+        return offset if state == ipc.STATE_DONE else None
 
     def _available(self, deadline: float | None) -> int:
         while True:
@@ -362,6 +423,8 @@ class PipeReader(_Reader):
             if offset > self.position:
                 return offset - self.position
             if state == ipc.STATE_DONE:
+                if offset < self.position == self.start:
+                    return 0  # started past the end: nothing to read
                 if offset != self.position:
                     raise CreateError(
                         f"the entry ended at {offset} bytes, but this reader is at "
@@ -427,9 +490,20 @@ class FileReader(_Reader):
 
     _SHORT = "the entry's data file is shorter than its recorded size"
 
-    def __init__(self, fd: int, size: int) -> None:
-        super().__init__(fd)
-        self.size = size
+    def __init__(self, fd: int, size: int, start: int = 0) -> None:
+        super().__init__(fd, start)
+        self._size = size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def produced(self) -> int:
+        return self._size
+
+    def finished_size(self) -> int:
+        return self._size
 
     def _available(self, deadline: float | None) -> int:
-        return self.size - self.position
+        return max(self._size - self.position, 0)

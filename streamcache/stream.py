@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol
@@ -22,6 +23,19 @@ class FetchResult(NamedTuple):
 class Source(Protocol):
     """Where a stream's bytes come from (a finished file, a pipe, an in-process queue)."""
 
+    position: int
+
+    @property
+    def size(self) -> int | None: ...
+
+    @property
+    def produced(self) -> int: ...
+
+    def finished_size(self) -> int | None: ...
+
+    @property
+    def fd(self) -> int: ...
+
     def read(self, n: int, deadline: float | None) -> bytes: ...
 
     def sendfile(
@@ -32,6 +46,60 @@ class Source(Protocol):
 
 
 Reopen = Callable[[], "tuple[Source, bool]"]
+
+
+class EntryInfo(NamedTuple):
+    """``cache.peek(key)``: an entry's state, seen without creating or waiting."""
+
+    size: int | None  # the final size: once finished, or as create announced it
+    produced: int  # bytes written so far
+    finished: bool
+
+
+class FinishedFile:
+    """A finished entry's bytes as a binary file, for zero-copy servers
+    (``wsgi.file_wrapper``, ASGI ``http.response.zerocopy``).
+
+    Its descriptor is positioned at the stream's position, and ``read`` stops at the
+    entry's end: the data file holds a trailer after the data, so whoever sends from
+    ``fileno()`` must send exactly ``size - position`` bytes (a Content-Length does
+    that for gunicorn's sendfile). Closing it closes the stream.
+    """
+
+    def __init__(self, stream: Stream, fd: int, position: int, end: int) -> None:
+        self._stream = stream
+        self._fd = fd
+        self._pos = position
+        self.end = end
+        os.lseek(fd, position, os.SEEK_SET)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def readable(self) -> bool:
+        return True
+
+    @property
+    def closed(self) -> bool:
+        return self._stream.closed
+
+    def read(self, n: int = -1) -> bytes:
+        left = self.end - self._pos
+        if n < 0 or n > left:
+            n = left
+        data = os.pread(self._fd, n, self._pos) if n > 0 else b""
+        self._pos += len(data)
+        os.lseek(self._fd, self._pos, os.SEEK_SET)
+        return data
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def __enter__(self) -> FinishedFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Stream:
@@ -74,6 +142,34 @@ class Stream:
             return
         self._closed = True
         self._source.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def size(self) -> int | None:
+        """The entry's final size once known (finished, or announced by create)."""
+        return self._source.size
+
+    @property
+    def produced(self) -> int:
+        """Bytes of the entry written so far (the size, once finished)."""
+        return self._source.produced
+
+    @property
+    def position(self) -> int:
+        """Bytes of the entry consumed by this stream, counted from byte 0."""
+        return self._source.position
+
+    def finished_file(self) -> FinishedFile | None:
+        """The rest of a finished entry as a file (see :class:`FinishedFile`); None
+        while the entry is being written or has no data file."""
+        self._check_open()
+        end = self._source.finished_size()
+        if end is None:
+            return None
+        return FinishedFile(self, self._source.fd, min(self._source.position, end), end)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -175,6 +271,21 @@ class AsyncStream:
     @property
     def created(self) -> bool:
         return self._require().created
+
+    @property
+    def size(self) -> int | None:
+        return self._require().size
+
+    @property
+    def produced(self) -> int:
+        return self._require().produced
+
+    @property
+    def position(self) -> int:
+        return self._require().position
+
+    def finished_file(self) -> FinishedFile | None:
+        return self._require().finished_file()
 
     def _require(self) -> Stream:
         if self._stream is None:
