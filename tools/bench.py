@@ -1816,6 +1816,48 @@ def print_table(rows: list[Row], cfg: Config, info: dict[str, Any], wall: float)
     print(f"wall time {wall:.1f} s")
 
 
+def run_peers(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import peers  # tools/peers.py: imports this module, so only now
+
+    kinds = list(peers.CONTENDERS)
+    if args.peers_only:
+        kinds = [x.strip() for x in args.peers_only.split(",") if x.strip()]
+        unknown = [x for x in kinds if x not in peers.CONTENDERS]
+        if unknown:
+            parser.error(f"unknown contender(s) {unknown}; choose from {peers.CONTENDERS}")
+    try:
+        rates = [float(x) * MiB for x in args.peers_rates.split(",") if x.strip()]
+    except ValueError:
+        parser.error("--peers-rates takes numbers (MiB/s), 0 for unlimited")
+    if not rates or any(r < 0 for r in rates):
+        parser.error("--peers-rates needs at least one rate >= 0")
+    if args.peers_size < 1 or args.peers_procs < 1:
+        parser.error("--peers-size and --peers-procs must be at least 1")
+    if args.reps is not None and args.reps < 1:
+        parser.error("--reps must be at least 1")
+    info = machine_info()
+    info["code_at_start"] = code_version()
+    t0 = time.perf_counter()
+    try:
+        text, raw = peers.main(
+            args.peers_procs, args.peers_size * MiB, rates, args.reps or 3, kinds
+        )
+    except BenchError as exc:
+        log(f"peers: FAILED: {exc}")
+        return 1
+    wall = time.perf_counter() - t0
+    if args.json:
+        print(json.dumps({"machine": info, "wall_seconds": wall, **raw}, indent=2))
+    else:
+        print(
+            f"streamcache peers of {info['code_at_start']}: {info['cpu_count']} cpus, "
+            f"{info['cpu_model']}, Python {info['python']}, reps {args.reps or 3}"
+        )
+        print(text)
+        print(f"\n{peers.LEGEND}\nwall time {wall:.0f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=(__doc__ or "").split("\n", 1)[0],
@@ -1825,7 +1867,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     parser.add_argument("--only", help="comma-separated benchmark names")
     parser.add_argument("--reps", type=int, help="repetitions (default 5; 3 with --quick)")
+    peers = parser.add_argument_group("peers (the headline job against the alternatives)")
+    peers.add_argument(
+        "--peers", action="store_true", help="run the peers table instead (tools/peers.py)"
+    )
+    peers.add_argument("--peers-size", type=int, default=1024, help="blob MiB (default 1024)")
+    peers.add_argument("--peers-procs", type=int, default=16, help="processes (default 16)")
+    peers.add_argument(
+        "--peers-rates",
+        default="200,0",
+        help="generator rates in MiB/s, comma-separated; 0 is unlimited (default 200,0)",
+    )
+    peers.add_argument(
+        "--peers-only", help="comma-separated contenders (fetch,stream,nocache,filelock,...)"
+    )
     args = parser.parse_args(argv)
+    if args.peers:
+        return run_peers(args, parser)
     names = list(BENCHES)
     if args.only:
         names = [x.strip() for x in args.only.split(",") if x.strip()]
