@@ -91,7 +91,8 @@ class Channel:
     """The segment and bells of one producer, as one process sees them.
 
     The producer's instance also remembers which readers it found dead (a dead
-    reader's slot stays active until someone re-claims it).
+    reader's slot stays active until someone re-claims it), and how long
+    :meth:`hold_back` has blocked in all (``held_back``, seconds).
     """
 
     def __init__(self, base: str, seg: Segment, readers: Doorbell, writer: Doorbell) -> None:
@@ -100,6 +101,7 @@ class Channel:
         self.readers_bell = ReadersBell(readers, seg)
         self.writer_bell = writer
         self._dead: set[tuple[int, int, int]] = set()
+        self.held_back = 0.0
 
     @classmethod
     def create(
@@ -205,6 +207,7 @@ class Channel:
             if live and offset - best > window:
                 now = waiter.clock.monotonic()
                 self.writer_bell.wait(max(waiter.sleep_limit(now, None), 0.0))
+                self.held_back += waiter.clock.monotonic() - now
             seg.set_producer_waiting(False)
 
     def ring_all(self) -> None:

@@ -86,6 +86,11 @@ Example::
 
 from __future__ import annotations
 
+import os
+
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from . import config, metrics
 from .admission import MinOccurrences
 from .base import CacheBase, LogEntry, LoggingCache, NullCache
 from .cache import StreamCache
@@ -113,13 +118,23 @@ __all__ = [
 ]
 
 
-def new(cfg: Config) -> CacheBase:
+def new(cfg: Config, *, registry: CollectorRegistry | None = REGISTRY) -> CacheBase:
     """The cache ``cfg`` describes: NullCache if disabled, else
-    ``MinOccurrences(StreamCache(...), cfg.min_occurrences, cfg.max_age)`` as Gitaly's New."""
+    ``MinOccurrences(StreamCache(...), cfg.min_occurrences, cfg.max_age)`` as Gitaly's New.
+    Its metrics go to ``registry`` (None: no metrics); a disabled one sets
+    ``streamcache_enabled`` to 0."""
     if not isinstance(cfg, Config):
         raise TypeError(f"new() needs a streamcache.Config, not {type(cfg).__name__}")
     cfg.validate()
     if not cfg.enabled:
+        path = os.path.abspath(config.directory_name(cfg.dir))
+        metrics.for_dir(path, registry).set_enabled(config.seconds(cfg.max_age, "max_age"), False)
         return NullCache()
-    inner = StreamCache(cfg.dir, max_age=cfg.max_age, window=cfg.window, max_bytes=cfg.max_bytes)
+    inner = StreamCache(
+        cfg.dir,
+        max_age=cfg.max_age,
+        window=cfg.window,
+        max_bytes=cfg.max_bytes,
+        registry=registry,
+    )
     return MinOccurrences(inner, cfg.min_occurrences, cfg.max_age)

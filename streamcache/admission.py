@@ -40,6 +40,7 @@ from .base import (
 from .cache import StreamCache, key_hash
 from .deadline import check_timeout
 from .filestore import make_private_dirs
+from .metrics import BYPASS, ERROR, NULL, Metrics
 from .stream import EntryInfo, FetchResult, Stream
 
 _APPEND = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -149,8 +150,11 @@ class MinOccurrences(CacheBase):
         self.min_age = config.seconds(min_age, "min_age")
         self._null = NullCache()
         self.counter: MemoryCounter | FileCounter
+        # Requests not yet admitted count as bypasses of the wrapped cache's directory.
+        self._metrics: Metrics = NULL
         if isinstance(cache, StreamCache):
             self.counter = FileCounter(os.path.join(cache.root, "counts"), self.min_age, clock)
+            self._metrics = cache.metrics
         else:
             self.counter = MemoryCounter(self.min_age, clock)
 
@@ -168,7 +172,16 @@ class MinOccurrences(CacheBase):
         check_dst(dst)
         check_create(create)
         check_timeout(timeout)
-        return self._target(key).fetch(key, dst, create, timeout)
+        target = self._target(key)
+        if target is self.cache:
+            return target.fetch(key, dst, create, timeout)
+        try:
+            result = target.fetch(key, dst, create, timeout)
+        except Exception:
+            self._metrics.count_fetch(ERROR)
+            raise
+        self._metrics.count_fetch(BYPASS)
+        return result
 
     def stream(
         self, key: str, create: Create, timeout: float | None = None, *, start: int = 0
@@ -176,7 +189,10 @@ class MinOccurrences(CacheBase):
         check_create(create)
         check_timeout(timeout)
         check_start(start)
-        return self._target(key).stream(key, create, timeout, **_start_kw(start))
+        target = self._target(key)
+        if target is not self.cache:
+            self._metrics.count_fetch(BYPASS)
+        return target.stream(key, create, timeout, **_start_kw(start))
 
     def peek(self, key: str) -> EntryInfo | None:
         """The wrapped cache's entry of ``key``; not an occurrence."""

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import posix_ipc
+from prometheus_client import REGISTRY, CollectorRegistry
 
 import ipc
 from ipc.channel import Channel, unlink_channel
@@ -28,6 +29,7 @@ from .deadline import deadline_for, remaining
 from .eviction import Cleaner, GCReport, collect
 from .filestore import Finished, make_private_dirs, written_so_far
 from .index import Record
+from .metrics import ERROR, HIT, MISS, for_dir
 from .pipe import CREATOR_SLOT, FileReader, PipeReader
 from .producer import Producer, Producers, check_not_creating
 from .sink import write_all
@@ -80,7 +82,9 @@ class StreamCache(CacheBase):
     seconds (default ``min(max_age, 60)``, at least 1 s); 0 runs no loop (call
     :meth:`gc` yourself). ``reader_slots`` is how many readers of one entry in flight
     publish their position (default 16384); readers beyond that still read
-    everything but neither hold back nor keep alive the producer.
+    everything but neither hold back nor keep alive the producer. ``registry`` is the
+    prometheus_client registry its metrics go to (see :mod:`streamcache.metrics`;
+    None: no metrics).
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class StreamCache(CacheBase):
         clock: Clock | Callable[[], float] = SYSTEM,
         cleanup_interval: float | None = None,
         reader_slots: int = DEFAULT_SLOTS,
+        registry: CollectorRegistry | None = REGISTRY,
     ) -> None:
         # Every argument is checked before anything touches the disk.
         path = config.directory(dir)
@@ -106,11 +111,12 @@ class StreamCache(CacheBase):
             raise ValueError(f"reader_slots must be in 1..{MAX_SLOTS}")
         if cleanup_interval is not None:
             cleanup_interval = config.seconds(cleanup_interval, "cleanup_interval")
+        self.metrics = for_dir(path, registry)
         self.dir = prepare_dir(path)
         self.root = os.path.join(self.dir, LAYOUT)
         make_private_dirs(self.root)
         self._clock = clock if isinstance(clock, Clock) else Clock(wall=clock)
-        self._store = Store(self.root, ipc.prefix_for(self.dir), self._clock)
+        self._store = Store(self.root, ipc.prefix_for(self.dir), self._clock, self.metrics)
         self._index = self._store.index
         self._files = self._store.files
         if cleanup_interval is None:
@@ -118,6 +124,7 @@ class StreamCache(CacheBase):
         self._cleaner = Cleaner(self.gc, cleanup_interval)
         self._running = Producers()
         _live_caches.add(self)
+        self.metrics.set_enabled(self.max_age)
 
     def __repr__(self) -> str:
         return f"StreamCache({self.dir!r}, max_age={self.max_age})"
@@ -127,10 +134,14 @@ class StreamCache(CacheBase):
     def stream(
         self, key: str, create: Create, timeout: float | None = None, *, start: int = 0
     ) -> Stream:
-        check_start(start)
-        h, deadline = self._begin(key, create, timeout)
-        source, created = self._open(h, create, deadline, start)
-        return self._stream(h, source, created, create, deadline, start)
+        try:
+            check_start(start)
+            h, deadline = self._begin(key, create, timeout)
+            source, created = self._open(h, create, deadline, start)
+        except Exception:
+            self.metrics.count_fetch(ERROR)
+            raise
+        return self._stream(h, source, created, create, deadline, start, outcome=True)
 
     def peek(self, key: str) -> EntryInfo | None:
         """The state of ``key``'s entry, or None: never creates, waits or counts."""
@@ -176,18 +187,33 @@ class StreamCache(CacheBase):
         hands each write straight to ``dst``; with one, ``create`` runs in a producer
         thread so that the call can return when the timeout passes.
         """
-        check_dst(dst)
-        h, deadline = self._begin(key, create, timeout)
-        fin = self._finished(h, _READ_WHOLE)
-        if fin is not None and fin.data is not None:  # small: one write, no reader
-            write_all(dst, fin.data, deadline)
-            return FetchResult(fin.size, False)
+        try:
+            check_dst(dst)
+            h, deadline = self._begin(key, create, timeout)
+            fin = self._finished(h, _READ_WHOLE)
+            if fin is not None and fin.data is not None:  # small: one write, no reader
+                write_all(dst, fin.data, deadline)
+                self.metrics.count_hit(fin.size)
+                return FetchResult(fin.size, False)
+            result = self._fetch(h, dst, create, deadline, fin)
+        except Exception:
+            self.metrics.count_fetch(ERROR)
+            raise
+        self.metrics.count_fetch(MISS if result.created else HIT)
+        return result
+
+    def _fetch(
+        self, h: str, dst: Any, create: Create, deadline: float | None, fin: Finished | None
+    ) -> FetchResult:
+        """fetch beyond a small hit: a reader on ``fin``, the finished entry if there is
+        one, or on the entry found or created under the key's lock."""
         if fin is not None:
             found = Found(FileReader(fin.fd, fin.size), False)
         else:
             inline_dst = dst if deadline is None else None
             found = self._find_or_claim(h, create, deadline, inline_dst, 0)
         if found.reader is None:
+            self.metrics.count_served(found.written)
             return FetchResult(found.written, True)
         with self._stream(h, found.reader, found.created, create, deadline, 0) as s:
             return FetchResult(s.copy_to(dst), found.created)
@@ -195,13 +221,17 @@ class StreamCache(CacheBase):
     def stop(self) -> None:
         """End this process's background cleanup. fetch still works afterwards."""
         self._cleaner.stop()
+        self.metrics.flush()
 
     def gc(self) -> GCReport:
         """One cleanup pass (skipped if another process is running one)."""
         with self._index.cleanup_lock() as mine:
             if not mine:
                 return GCReport(ran=False)
-            return collect(self._store, self._clock, self.max_age)
+            report = collect(self._store, self._clock, self.max_age)
+        self.metrics.set_usage(report.entries, report.disk_bytes)
+        self.metrics.flush()
+        return report
 
     def wait_producers(self, timeout: float | None = None) -> bool:
         """Wait for this process's in-flight producers; True if none is left."""
@@ -236,12 +266,15 @@ class StreamCache(CacheBase):
         create: Create,
         deadline: float | None,
         start: int,
+        *,
+        outcome: bool = False,
     ) -> Stream:
-        """A Stream on ``source``; one that attached to an entry in flight may reopen."""
+        """A Stream on ``source`` (with ``outcome``, counting the call's outcome when
+        it is closed); one that attached to an entry in flight may reopen."""
         reopen = None
         if isinstance(source, PipeReader) and not created:
             reopen = functools.partial(self._open, h, create, deadline, start)
-        return Stream(source, created, deadline, reopen)
+        return Stream(source, created, deadline, reopen, self.metrics, outcome)
 
     def _open(
         self, h: str, create: Create, deadline: float | None, start: int
@@ -306,7 +339,7 @@ class StreamCache(CacheBase):
         hit = self._open_finished(h, start)
         if hit is not None:
             return hit
-        self._files.remove_entry(h)  # expired or not intact (if any): never served
+        self._store.expire_finished(h)  # expired or not intact (if any): never served
         text = self._index.read_text(h)
         if text is None:
             return None  # (a non-record in its place is replaced when one is written)

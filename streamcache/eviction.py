@@ -48,6 +48,8 @@ class GCReport:
     discarded: int = 0
     files_removed: int = 0
     ipc_removed: int = 0
+    entries: int = 0  # left after the pass: finished and in flight
+    disk_bytes: int = 0  # of their files
 
 
 def collect(store: Store, clock: Clock, max_age: float) -> GCReport:
@@ -76,6 +78,8 @@ def collect(store: Store, clock: Clock, max_age: float) -> GCReport:
                 live_files.add(rec.file)
     for h, st in list(files.entries()):
         if st.st_mtime_ns / 1e9 > now:
+            report.entries += 1
+            report.disk_bytes += st.st_size
             continue
         if not _is_key_hash(h):
             with contextlib.suppress(OSError):
@@ -87,13 +91,20 @@ def collect(store: Store, clock: Clock, max_age: float) -> GCReport:
             if fin is not None:
                 os.close(fin.fd)
             if fin is None or fin.expires <= now:
-                if files.remove_entry(h):
+                if store.expire_finished(h):
                     report.expired += 1
+            else:
+                report.entries += 1
+                report.disk_bytes += st.st_size
     for path in index.stray_temp_files():
         with contextlib.suppress(OSError):
             if os.lstat(path).st_mtime < now - ORPHAN_GRACE:
                 os.unlink(path)
     report.files_removed = files.sweep(now - max_age, live_files)
+    for name in live_files:
+        with contextlib.suppress(OSError):
+            report.disk_bytes += os.stat(files.path(name)).st_size
+            report.entries += 1
     live_channels = {store.channel_base(f) for f in live_files}
     report.ipc_removed = sweep_channels(store.prefix, live_channels, now)
     return report

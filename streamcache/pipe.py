@@ -38,6 +38,7 @@ from ipc.wait import Waiter, Wake
 from .errors import AllReadersLeft, CreateError, ProducerDied
 from .filestore import written_so_far
 from .index import Record
+from .metrics import NULL, Metrics
 from .sizes import AnnouncedSize
 from .store import Store
 
@@ -45,6 +46,9 @@ CHUNK = 1 << 20  # a reader reads ahead at most this much
 CREATOR_SLOT = 0  # the creating process's reader slot in its entry's segment
 # How often an inline producer looks for the channel that an attaching reader made.
 _DISCOVERY_INTERVAL = 0.001
+# A producer counts its bytes and back pressure into the metrics every this many bytes
+# (and when it ends), not on every write.
+_COUNT_EVERY = 1 << 20
 
 
 class Outcome:
@@ -90,8 +94,12 @@ class Writer:
         tee: CreatorCopy | None = None,
         channel_base: str | None = None,
         clock: Clock = SYSTEM,
+        metrics: Metrics = NULL,
     ) -> None:
         self._fd = fd
+        self._metrics = metrics
+        self._counted = 0  # bytes of offset counted as generated
+        self._held = 0.0  # seconds of the channel's back pressure counted
         self._tee = tee
         self._channel_base = channel_base
         self._clock = clock
@@ -181,6 +189,15 @@ class Writer:
         """The producer is done with it: refuse any later write (from a thread ``create``
         left behind, say) instead of writing to a closed descriptor."""
         self._closed = True
+        self._count()
+
+    def _count(self) -> None:
+        """Count the bytes written and the back pressure felt since the last count."""
+        self._metrics.count_generated(self.offset - self._counted)
+        self._counted = self.offset
+        if self.channel is not None and self.channel.held_back > self._held:
+            self._metrics.count_backpressure(self.channel.held_back - self._held)
+            self._held = self.channel.held_back
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Append ``data``; blocks under back pressure; BrokenPipeError once all readers left."""
@@ -205,6 +222,8 @@ class Writer:
         while done < total:
             done += os.write(self._fd, view[done:])
         self.offset += total
+        if self.offset - self._counted >= _COUNT_EVERY:
+            self._count()
         channel = self.channel
         if channel is None:  # only the creator reads, straight from this write
             assert tee is not None

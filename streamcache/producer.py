@@ -143,6 +143,7 @@ class Producer:
             tee,
             self._store.channel_base(self.rec.file),
             self._clock,
+            self._store.metrics,
         )
 
     def start(self, create: Create) -> None:

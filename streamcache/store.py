@@ -26,6 +26,7 @@ from ipc.naming import BASE_HEX
 
 from .filestore import Filestore
 from .index import Index, Record
+from .metrics import DEAD_PRODUCER, EXPIRED, NULL, Metrics
 
 LAYOUT = "v2"
 
@@ -55,10 +56,13 @@ def channel_base(prefix: str, file: str) -> str:
 class Store:
     """Records and files of the cache under ``root``; ``prefix`` names its IPC objects."""
 
-    def __init__(self, root: str, prefix: str, clock: Clock = SYSTEM) -> None:
+    def __init__(
+        self, root: str, prefix: str, clock: Clock = SYSTEM, metrics: Metrics = NULL
+    ) -> None:
         self.index = Index(root, clock)
         self.files = Filestore(root)
         self.prefix = prefix
+        self.metrics = metrics  # evictions are counted here; the producer's writes too
 
     def channel_base(self, file: str) -> str:
         return channel_base(self.prefix, file)
@@ -109,6 +113,7 @@ class Store:
                     return fin.size
             elif is_current:
                 self.index.remove(rec.key)
+                self.metrics.count_eviction(DEAD_PRODUCER)
         self.files.remove(rec.file)
         return None
 
@@ -117,8 +122,19 @@ class Store:
         readers keep their descriptors; the producer will find it gone when it ends."""
         self.index.remove(rec.key)
         self.files.remove(rec.file)
+        self.metrics.count_eviction(EXPIRED)
 
     def discard(self, rec: Record) -> None:
         """Drop an entry whose producer is dead (lock held)."""
-        self.evict(rec)
+        self.index.remove(rec.key)
+        self.files.remove(rec.file)
         unlink_channel(self.channel_base(rec.file))
+        self.metrics.count_eviction(DEAD_PRODUCER)
+
+    def expire_finished(self, key: str) -> bool:
+        """Remove the finished entry of ``key`` (lock held; the caller found it expired
+        or not intact); whether there was one."""
+        removed = self.files.remove_entry(key)
+        if removed:
+            self.metrics.count_eviction(EXPIRED)
+        return removed

@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, Protocol
 
 from .errors import AllReadersLeft, CreateError
+from .metrics import ERROR, HIT, MISS, NULL, Metrics
 from .pipe import CHUNK
 from .sink import NO_SENDFILE, usable_fd, wait_writable, write_all
 
@@ -113,6 +114,9 @@ class Stream:
     failed with "all readers closed". Before any byte was delivered, the stream
     then looks the key up again (creating afresh, so ``created`` may turn True),
     as a fetch that came a moment later would have.
+
+    ``metrics`` counts the bytes it serves as they go out and, with ``outcome``, the
+    call's outcome when it is closed: ``error`` if reading raised, else hit or miss.
     """
 
     def __init__(
@@ -121,7 +125,12 @@ class Stream:
         created: bool,
         deadline: float | None,
         reopen: Reopen | None = None,
+        metrics: Metrics = NULL,
+        outcome: bool = False,
     ) -> None:
+        self._metrics = metrics
+        self._outcome = outcome
+        self._failed = False
         self._source = source
         self.created = created
         self._deadline = deadline
@@ -141,7 +150,12 @@ class Stream:
         if self._closed:
             return
         self._closed = True
-        self._source.close()
+        try:
+            self._source.close()
+        finally:
+            if self._outcome:
+                hit_or_miss = MISS if self.created else HIT
+                self._metrics.count_fetch(ERROR if self._failed else hit_or_miss)
 
     @property
     def closed(self) -> bool:
@@ -169,6 +183,7 @@ class Stream:
         end = self._source.finished_size()
         if end is None:
             return None
+        self._metrics.count_served(max(end - self._source.position, 0))  # handed out now
         return FinishedFile(self, self._source.fd, min(self._source.position, end), end)
 
     def _check_open(self) -> None:
@@ -190,11 +205,14 @@ class Stream:
         while True:
             try:
                 data = self._source.read(n, self._deadline)
-            except CreateError as exc:
-                if self._retry(exc):
+            except Exception as exc:
+                if isinstance(exc, CreateError) and self._retry(exc):
                     continue
+                self._failed = True
                 raise
-            self._delivered = self._delivered or bool(data)
+            if data:
+                self._delivered = True
+                self._metrics.count_served(len(data))
             return data
 
     def read(self, n: int = -1) -> bytes:
@@ -230,11 +248,15 @@ class Stream:
                 n = self._source.sendfile(
                     out_fd, self._deadline, lambda: wait_writable(dst, self._deadline)
                 )
-            except CreateError as exc:
-                if self._retry(exc):
+            except Exception as exc:
+                if isinstance(exc, CreateError) and self._retry(exc):
                     continue
+                # (an error sendfile gives for this dst is no failure: copy_to copies)
+                self._failed = not (isinstance(exc, OSError) and exc.errno in NO_SENDFILE)
                 raise
-            self._delivered = self._delivered or bool(n)
+            if n:
+                self._delivered = True
+                self._metrics.count_served(n)
             return n
 
     def copy_to(self, dst: Any) -> int:
