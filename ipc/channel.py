@@ -227,16 +227,10 @@ class Channel:
         seg = self.seg
         clock = waiter.clock
         while True:
-            offset, state = seg.progress()
-            if offset > position or state != STATE_WRITING:
-                return Wake.PROGRESS
-            if slot is not None and not slot.held:
-                return Wake.PROGRESS  # closed by another thread: the caller sees it
-            now = clock.monotonic()  # one reading for all three decisions below
-            if waiter.check_due(now):
-                return Wake.CHECK
-            if deadline is not None and now >= deadline:
-                return Wake.DEADLINE
+            now = clock.monotonic()  # one reading for all decisions below
+            wake = self.wake_for(slot, position, waiter, now, deadline)
+            if wake is not None:
+                return wake
             timeout = waiter.sleep_limit(now, deadline)  # > 0: neither has come
             if slot is None:
                 clock.sleep(min(timeout, _UNSLOTTED_POLL))
@@ -250,6 +244,27 @@ class Channel:
             if offset <= position and state == STATE_WRITING:
                 self.readers_bell.wait(seen, timeout)
             slot.set_waiting(False)
+
+    def wake_for(
+        self,
+        slot: ReaderSlot | None,
+        position: int,
+        waiter: Waiter,
+        now: float,
+        deadline: float | None,
+    ) -> Wake | None:
+        """Why a reader at ``position`` waiting on this channel should wake now (see
+        :meth:`wait_for_progress`), or None if it should sleep on."""
+        offset, state = self.seg.progress()
+        if offset > position or state != STATE_WRITING:
+            return Wake.PROGRESS
+        if slot is not None and not slot.held:
+            return Wake.PROGRESS  # closed by another thread: the caller sees it
+        if waiter.check_due(now):
+            return Wake.CHECK
+        if deadline is not None and now >= deadline:
+            return Wake.DEADLINE
+        return None
 
     def advanced(self) -> None:
         """A reader moved on (or left): wake the producer if it waits for readers."""

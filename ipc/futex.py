@@ -10,7 +10,9 @@ the sleeper's check and its sleep is never lost.
 
 Where the futex system call is not available (not Linux, or an architecture
 whose system call number is not listed) :data:`SUPPORTED` is False and callers
-use semaphores instead.
+use semaphores instead. :func:`wait_any` sleeps on many words at once with
+``futex_waitv`` (Linux 5.16 and newer); where that is missing,
+:data:`WAITV_SUPPORTED` is False.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ if SUPPORTED:
     _libc = ctypes.CDLL(None, use_errno=True)
     _syscall = _libc.syscall
     _syscall.restype = ctypes.c_long
+# futex_waitv: the same number on every architecture (the generic table).
+_NR_WAITV = 449
+_FUTEX2_SIZE_U32 = 0x02  # shared (not FUTEX2_PRIVATE)
+_CLOCK_MONOTONIC = 1
+WAITV_MAX = 128  # the kernel's limit of words in one futex_waitv
 
 
 class _Timespec(ctypes.Structure):
@@ -65,3 +72,59 @@ def wake(address: int) -> None:
         ctypes.c_void_p(0),
         ctypes.c_long(0),
     )
+
+
+class _WaitV(ctypes.Structure):
+    _fields_ = [
+        ("val", ctypes.c_uint64),
+        ("uaddr", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+    ]
+
+
+def wait_any(words: list[tuple[int, int]], deadline: float) -> int | None:
+    """Sleep while every word (address, expected value) holds its value, until the
+    ``time.monotonic()`` ``deadline`` (at most :data:`WAITV_MAX` words). Returns the
+    index of the word that was woken, or None: the timeout passed, a word already
+    differed, a signal arrived, or a word's memory is gone. The caller re-checks."""
+    waiters = (_WaitV * len(words))()
+    for w, (address, expected) in zip(waiters, words, strict=True):
+        w.val = expected & 0xFFFFFFFF
+        w.uaddr = address
+        w.flags = _FUTEX2_SIZE_U32
+    deadline = max(deadline, 0.0)
+    ts = _Timespec(int(deadline), int((deadline % 1.0) * 1e9))
+    r = _syscall(
+        ctypes.c_long(_NR_WAITV),
+        ctypes.byref(waiters),
+        ctypes.c_uint(len(words)),
+        ctypes.c_uint(0),
+        ctypes.byref(ts),
+        ctypes.c_int(_CLOCK_MONOTONIC),
+    )
+    return r if r >= 0 else None
+
+
+def _probe_waitv() -> bool:
+    """Whether this kernel has futex_waitv: a wait on a word that differs from the
+    expected value fails at once with EAGAIN where it exists, ENOSYS where not."""
+    if not SUPPORTED:
+        return False
+    word = ctypes.c_uint32(1)
+    waiters = (_WaitV * 1)()
+    waiters[0].val, waiters[0].uaddr = 0, ctypes.addressof(word)
+    waiters[0].flags = _FUTEX2_SIZE_U32
+    ts = _Timespec(0, 0)
+    r = _syscall(
+        ctypes.c_long(_NR_WAITV),
+        ctypes.byref(waiters),
+        ctypes.c_uint(1),
+        ctypes.c_uint(0),
+        ctypes.byref(ts),
+        ctypes.c_int(_CLOCK_MONOTONIC),
+    )
+    return r >= 0 or ctypes.get_errno() in (errno.EAGAIN, errno.ETIMEDOUT)
+
+
+WAITV_SUPPORTED = _probe_waitv()

@@ -9,12 +9,15 @@ dst; a hit is read whole), LoggingCache and MinOccurrences wrap another cache.
 
 from __future__ import annotations
 
+import concurrent.futures
 import queue
 import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, NamedTuple
+
+from ipc.wait import Wake
 
 from .deadline import check_timeout, deadline_for
 from .errors import CreateError, describe
@@ -163,6 +166,9 @@ class _QueueSource:
         self._written = 0  # by create (its thread)
         self._skip = start  # bytes before ``start``: dropped, never delivered
         self.position = start
+        # Asynchronous readers' waits, completed by the create thread's next put.
+        self._watchers: list[concurrent.futures.Future[Wake]] = []
+        self._watchers_lock = threading.Lock()
 
     @property
     def size(self) -> int | None:
@@ -204,9 +210,13 @@ class _QueueSource:
                 raise BrokenPipeError("all readers closed")
             try:
                 self._queue.put(item, timeout=0.1)
-                return
+                break
             except queue.Full:
                 continue
+        with self._watchers_lock:
+            watchers, self._watchers = self._watchers, []
+        for future in watchers:
+            future.set_result(Wake.PROGRESS)
 
     def run(self, create: Create) -> None:
         try:
@@ -231,23 +241,48 @@ class _QueueSource:
 
     # reader side
     def read(self, n: int, deadline: float | None) -> bytes:
+        data = self._read(n, deadline, block=True)
+        assert data is not None
+        return data
+
+    def read_nowait(self, n: int) -> bytes | None:
+        return self._read(n, None, block=False)
+
+    def watch(self, deadline: float | None) -> concurrent.futures.Future[Wake]:
+        future: concurrent.futures.Future[Wake] = concurrent.futures.Future()
+        with self._watchers_lock:
+            if self._queue.empty():
+                self._watchers.append(future)
+                return future
+        future.set_result(Wake.PROGRESS)  # something came meanwhile
+        return future
+
+    def end_watch(self) -> None:
+        pass
+
+    def after_wake(self, wake: Wake) -> None:
+        pass
+
+    def _read(self, n: int, deadline: float | None, *, block: bool) -> bytes | None:
         while True:
-            data = self._next(n, deadline)
-            if not self._skip or not data:
-                self.position += len(data)
+            data = self._next(n, deadline, block)
+            if data is None or not self._skip or not data:
+                self.position += len(data or b"")
                 return data
             dropped = min(self._skip, len(data))
             self._skip -= dropped
             self._rest = data[dropped:] + self._rest
 
-    def _next(self, n: int, deadline: float | None) -> bytes:
+    def _next(self, n: int, deadline: float | None, block: bool) -> bytes | None:
         if not self._rest:
             if self._done:
                 return b""
             timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
-                item = self._queue.get(timeout=timeout)
+                item = self._queue.get(block=block, timeout=timeout if block else None)
             except queue.Empty:
+                if not block:
+                    return None
                 raise TimeoutError("streamcache: timed out waiting for create") from None
             if item is _END:
                 self._done = True

@@ -24,6 +24,7 @@ Invariants kept here:
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import threading
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from typing import NoReturn, Protocol
 import ipc
 from ipc.channel import Channel
 from ipc.clock import SYSTEM, Clock
+from ipc.hub import Watch, hub
 from ipc.segment import FAILED_ABANDONED, ReaderSlot, SegmentError
 from ipc.wait import Waiter, Wake
 
@@ -296,22 +298,55 @@ class _Reader:
         """Bytes readable now (waiting for some if needed); 0 at the end."""
         raise NotImplementedError
 
+    def _ready(self) -> int | None:
+        """Bytes readable now (0 at the end), or None: the reader must wait."""
+        raise NotImplementedError
+
     def read(self, n: int, deadline: float | None) -> bytes:
         """Up to ``n`` (at most CHUNK) bytes; b"" at the end of a finished entry."""
         if n <= 0:
             return b""
         self._enter()
         try:
-            avail = self._available(deadline)
-            if not avail:
-                return b""
-            data = os.pread(self._fd, min(avail, n, CHUNK), self.position)
-            if not data:
-                raise CreateError(self._SHORT)
-            self._advance(len(data))
-            return data
+            return self._take(n, self._available(deadline))
         finally:
             self._exit()
+
+    def read_nowait(self, n: int) -> bytes | None:
+        """As :meth:`read`, but None instead of waiting (then :meth:`watch`)."""
+        if n <= 0:
+            return b""
+        self._enter()
+        try:
+            avail = self._ready()
+            return None if avail is None else self._take(n, avail)
+        finally:
+            self._exit()
+
+    def _take(self, n: int, avail: int) -> bytes:
+        if not avail:
+            return b""
+        data = os.pread(self._fd, min(avail, n, CHUNK), self.position)
+        if not data:
+            raise CreateError(self._SHORT)
+        self._advance(len(data))
+        return data
+
+    def watch(self, deadline: float | None) -> concurrent.futures.Future[Wake]:
+        """After :meth:`read_nowait` gave None: a future completed (by the process's
+        one waiting thread) with the reason to try again; then :meth:`end_watch`
+        and :meth:`after_wake`."""
+        done: concurrent.futures.Future[Wake] = concurrent.futures.Future()
+        done.set_result(Wake.PROGRESS)
+        return done
+
+    def end_watch(self) -> None:
+        """End the wait :meth:`watch` began (idempotent)."""
+
+    def after_wake(self, wake: Wake) -> None:
+        """Act on the reason a wait ended: the deadline, or a liveness check."""
+        if wake is Wake.DEADLINE:
+            raise TimeoutError("timed out waiting for the producer")
 
     def sendfile(
         self, out_fd: int, deadline: float | None, wait_writable: Callable[[], None]
@@ -406,6 +441,7 @@ class PipeReader(_Reader):
         self._outcome = outcome
         self._final: int | None = None  # the recorded size, once found after a death
         self._in_file = 0  # bytes surely in the data file beyond the published offset
+        self._watch: Watch | None = None  # an asynchronous wait in progress
 
     @property
     def size(self) -> int | None:
@@ -431,34 +467,52 @@ class PipeReader(_Reader):
 
     def _available(self, deadline: float | None) -> int:
         while True:
-            if self._closed:
-                raise ValueError("I/O operation on a closed stream")
-            if self._final is not None:
-                offset, state = self._final, ipc.STATE_DONE
-            else:
-                offset, state = self._seg.progress()
-                if state == ipc.STATE_WRITING:
-                    offset = max(offset, self._in_file)
-            if offset > self.position:
-                return offset - self.position
-            if state == ipc.STATE_DONE:
-                if offset < self.position == self.start:
-                    return 0  # started past the end: nothing to read
-                if offset != self.position:
-                    raise CreateError(
-                        f"the entry ended at {offset} bytes, but this reader is at "
-                        f"{self.position}: its data file does not match its record"
-                    )
-                return 0
-            if state == ipc.STATE_FAILED:
-                raise self._failure()
+            avail = self._ready()
+            if avail is not None:
+                return avail
             wake = self._channel.wait_for_progress(
                 self._slot, self.position, self._waiter, deadline
             )
-            if wake is Wake.DEADLINE:
-                raise TimeoutError("timed out waiting for the producer")
-            if wake is Wake.CHECK:
-                self._check_producer()
+            self.after_wake(wake)
+
+    def _ready(self) -> int | None:
+        if self._closed:
+            raise ValueError("I/O operation on a closed stream")
+        if self._final is not None:
+            offset, state = self._final, ipc.STATE_DONE
+        else:
+            offset, state = self._seg.progress()
+            if state == ipc.STATE_WRITING:
+                offset = max(offset, self._in_file)
+        if offset > self.position:
+            return offset - self.position
+        if state == ipc.STATE_DONE:
+            if offset < self.position == self.start:
+                return 0  # started past the end: nothing to read
+            if offset != self.position:
+                raise CreateError(
+                    f"the entry ended at {offset} bytes, but this reader is at "
+                    f"{self.position}: its data file does not match its record"
+                )
+            return 0
+        if state == ipc.STATE_FAILED:
+            raise self._failure()
+        return None
+
+    def watch(self, deadline: float | None) -> concurrent.futures.Future[Wake]:
+        self.end_watch()
+        self._watch = hub().watch(self._channel, self._slot, self.position, self._waiter, deadline)
+        return self._watch.future
+
+    def end_watch(self) -> None:
+        w, self._watch = self._watch, None
+        if w is not None:
+            hub().forget(w)
+
+    def after_wake(self, wake: Wake) -> None:
+        super().after_wake(wake)
+        if wake is Wake.CHECK:
+            self._check_producer()
 
     def _check_producer(self) -> None:
         """The liveness check, due every ``liveness`` seconds of waiting."""
@@ -493,6 +547,7 @@ class PipeReader(_Reader):
         return err
 
     def _leave(self) -> None:
+        self.end_watch()  # the hub lets go of the channel before it is unmapped
         if self._slot is not None and self._slot.release():
             # The producer may be waiting on us; let it re-count its readers.
             self._channel.advanced()
@@ -525,4 +580,7 @@ class FileReader(_Reader):
         return self._size
 
     def _available(self, deadline: float | None) -> int:
+        return max(self._size - self.position, 0)
+
+    def _ready(self) -> int:
         return max(self._size - self.position, 0)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol
+
+from ipc.wait import Wake
 
 from .errors import AllReadersLeft, CreateError
 from .metrics import ERROR, HIT, MISS, NULL, Metrics
@@ -39,6 +43,14 @@ class Source(Protocol):
 
     def read(self, n: int, deadline: float | None) -> bytes: ...
 
+    def read_nowait(self, n: int) -> bytes | None: ...
+
+    def watch(self, deadline: float | None) -> concurrent.futures.Future[Wake]: ...
+
+    def end_watch(self) -> None: ...
+
+    def after_wake(self, wake: Wake) -> None: ...
+
     def sendfile(
         self, out_fd: int, deadline: float | None, wait_writable: Callable[[], None]
     ) -> int: ...
@@ -47,6 +59,9 @@ class Source(Protocol):
 
 
 Reopen = Callable[[], "tuple[Source, bool]"]
+# A source that times out by itself (the pipe's) wakes at its deadline; this margin
+# lets it, so the TimeoutError comes with its own text.
+_DEADLINE_GRACE = 0.05
 
 
 class EntryInfo(NamedTuple):
@@ -215,6 +230,38 @@ class Stream:
                 self._metrics.count_served(len(data))
             return data
 
+    def read_nowait(self, n: int) -> bytes | None:
+        """Up to ``n`` bytes if some are there (b"" at the end), None if a read would
+        wait: then ``await s.wait_async()`` and try again."""
+        self._check_open()
+        while True:
+            try:
+                data = self._source.read_nowait(min(n, CHUNK))
+            except CreateError as exc:
+                if self._retry(exc):
+                    continue
+                raise
+            if data is not None:
+                self._delivered = self._delivered or bool(data)
+            return data
+
+    async def wait_async(self) -> None:
+        """Wait on the event loop until a read may give something new, without
+        occupying a thread: the process's one waiting thread watches every such wait."""
+        source = self._source
+        future = asyncio.wrap_future(source.watch(self._deadline))
+        try:
+            if self._deadline is None:
+                wake = await future
+            else:
+                left = max(self._deadline - time.monotonic(), 0.0)
+                wake = await asyncio.wait_for(future, left + _DEADLINE_GRACE)
+        except asyncio.TimeoutError:
+            raise TimeoutError("timed out waiting for the producer") from None
+        finally:
+            source.end_watch()
+        source.after_wake(wake)
+
     def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (all remaining if n < 0); b"" at the end."""
         self._check_open()
@@ -283,8 +330,13 @@ class Stream:
 
 
 class AsyncStream:
-    """``astream()``: the blocking work of a :class:`Stream` runs in worker threads,
-    so waits never block the event loop."""
+    """``astream()``: a :class:`Stream` read on an event loop.
+
+    Opening it (the key's lookup, under the key's lock for a moment) and each read
+    run on the loop's thread; every wait for the producer goes to the process's one
+    waiting thread (:mod:`ipc.hub`), so any number of waiting astreams leave the
+    loop's default executor free.
+    """
 
     def __init__(self, opener: Callable[[], Stream]) -> None:
         self._opener = opener
@@ -315,23 +367,41 @@ class AsyncStream:
         return self._stream
 
     async def __aenter__(self) -> AsyncStream:
-        self._stream = await asyncio.to_thread(self._opener)
+        self._stream = self._opener()
         return self
 
     async def __aexit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Give up this reader's place at once (a waiting read ends with ValueError)."""
         if self._stream is not None:
-            await asyncio.to_thread(self._stream.close)
+            self._stream.close()
+
+    async def _chunk(self, n: int) -> bytes:
+        stream = self._require()
+        while True:
+            data = stream.read_nowait(n)
+            if data is not None:
+                return data
+            await stream.wait_async()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
 
     async def __anext__(self) -> bytes:
-        chunk = await asyncio.to_thread(self._require().read, CHUNK)
+        chunk = await self._chunk(CHUNK)
         if not chunk:
             raise StopAsyncIteration
         return chunk
 
     async def read(self, n: int = -1) -> bytes:
-        return await asyncio.to_thread(self._require().read, n)
+        """Up to ``n`` bytes (all remaining if n < 0); b"" at the end."""
+        if n >= 0:
+            return await self._chunk(min(n, CHUNK)) if n else b""
+        parts = []
+        while chunk := await self._chunk(CHUNK):
+            parts.append(chunk)
+        return b"".join(parts)

@@ -1,0 +1,158 @@
+"""astream waits never occupy threads: however many astreams wait in one process,
+they use one helper thread in total (ipc.hub), so the loop's default executor and
+other streams stay free."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import WAIT
+from procs_astream import gated_producer
+from xproc import forbidden_create
+
+import streamcache
+from ipc.hub import hub
+
+PARKED = 1000
+HEAD, TAIL = b"h" * 4096, b"t" * 65536
+# The issue's bound for an unrelated call on the loop while PARKED astreams wait.
+# The median of several tries is checked: one try can meet a shared machine's
+# scheduling hiccup that has nothing to do with the waits.
+LATENCY_BOUND = 0.050
+
+
+@pytest.mark.timeout(120)
+def test_a_thousand_parked_astreams_leave_the_loop_and_its_executor_free(
+    cache_dir: Path, spawn: Any
+) -> None:
+    cache = streamcache.StreamCache(cache_dir, liveness=1.0, cleanup_interval=0)
+    hit = b"x" * 4096
+    cache.stream("hit", lambda w: w.write(hit)).read()
+    wrote, go = spawn.Event(), spawn.Event()
+    producer = spawn.Process(
+        target=gated_producer, args=(str(cache_dir), "slow", HEAD, TAIL, wrote, go)
+    )
+    producer.start()
+    assert wrote.wait(WAIT)
+    threads_before = threading.active_count()
+
+    async def reader(s: streamcache.AsyncStream, started: asyncio.Event) -> bytes:
+        got = await s.read(len(HEAD))
+        started.set()
+        return got + await s.read()  # parks until the producer goes on
+
+    async def main() -> tuple[list[float], list[float], int, list[bytes]]:
+        loop = asyncio.get_running_loop()
+        async with contextlib.AsyncExitStack() as stack:
+            tasks = []
+            for _ in range(PARKED):
+                s = await stack.enter_async_context(cache.astream("slow", forbidden_create))
+                started = asyncio.Event()
+                tasks.append((asyncio.create_task(reader(s, started)), started))
+            for _, started in tasks:
+                await asyncio.wait_for(started.wait(), WAIT)
+            deadline = time.monotonic() + WAIT
+            while hub().watching < PARKED:
+                assert time.monotonic() < deadline, f"only {hub().watching} parked"
+                await asyncio.sleep(0.01)
+            extra_threads = threading.active_count() - threads_before
+            hits, executor = [], []
+            for _ in range(7):
+                t0 = time.perf_counter()
+                async with cache.astream("hit", forbidden_create) as s:
+                    assert await s.read() == hit
+                hits.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                assert await loop.run_in_executor(None, sum, [1, 2]) == 3
+                executor.append(time.perf_counter() - t0)
+                await asyncio.sleep(0.01)
+            go.set()
+            bodies = await asyncio.wait_for(asyncio.gather(*(t for t, _ in tasks)), WAIT)
+            return hits, executor, extra_threads, bodies
+
+    hits, executor, extra_threads, bodies = asyncio.run(main())
+    producer.join(WAIT)
+    assert extra_threads <= 1, f"{extra_threads} threads started for {PARKED} waits"
+    assert all(b == HEAD + TAIL for b in bodies)
+    assert statistics.median(hits) < LATENCY_BOUND, f"astream hit took {hits}"
+    assert statistics.median(executor) < LATENCY_BOUND, f"run_in_executor took {executor}"
+    assert hub().watching == 0
+    cache.stop()
+
+
+def test_a_parked_astream_notices_its_killed_producer(cache_dir: Path, spawn: Any) -> None:
+    cache = streamcache.StreamCache(cache_dir, liveness=0.3, cleanup_interval=0)
+    wrote, go = spawn.Event(), spawn.Event()
+    producer = spawn.Process(
+        target=gated_producer, args=(str(cache_dir), "k", HEAD, TAIL, wrote, go)
+    )
+    producer.start()
+    assert wrote.wait(WAIT)
+
+    async def main() -> float:
+        async with cache.astream("k", forbidden_create) as s:
+            assert await s.read(len(HEAD)) == HEAD
+            task = asyncio.create_task(s.read(1))
+            deadline = time.monotonic() + WAIT
+            while hub().watching < 1:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.005)
+            producer.kill()
+            killed = time.monotonic()
+            with pytest.raises(streamcache.ProducerDied):
+                await asyncio.wait_for(task, WAIT)
+            return time.monotonic() - killed
+
+    noticed = asyncio.run(main())
+    producer.join(WAIT)
+    assert noticed < 0.3 + 0.5, f"noticed after {noticed:.2f} s"  # liveness + 0.5 s
+
+
+def test_astream_timeout_is_a_timeout_error(cache_dir: Path) -> None:
+    cache = streamcache.StreamCache(cache_dir, liveness=0.5, cleanup_interval=0)
+    release = threading.Event()
+
+    def create(w: Any) -> None:
+        w.write(b"a")
+        release.wait(WAIT)
+
+    async def main() -> None:
+        async with cache.astream("k", create, timeout=0.2) as s:
+            assert await s.read(1) == b"a"
+            with pytest.raises(TimeoutError):
+                await s.read(1)
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+        cache.wait_producers(WAIT)
+        cache.stop()
+
+
+def test_null_cache_astream_waits_without_threads() -> None:
+    release = threading.Event()
+
+    def create(w: Any) -> None:
+        w.write(b"a")
+        release.wait(WAIT)
+        w.write(b"b")
+
+    async def main() -> bytes:
+        async with streamcache.NullCache().astream("k", create) as s:
+            first = await s.read(1)
+            task = asyncio.create_task(s.read())
+            await asyncio.sleep(0.05)
+            assert not task.done()
+            loop = asyncio.get_running_loop()
+            loop.call_soon(release.set)
+            return first + await asyncio.wait_for(task, WAIT)
+
+    assert asyncio.run(main()) == b"ab"
