@@ -19,6 +19,7 @@ The order of publishing, kept in :meth:`Producer._finalize`:
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -42,6 +43,7 @@ Create = Callable[[Any], object]
 _SLOW_CLIENT = 0.01
 
 _creating = threading.local()
+log = logging.getLogger("streamcache")
 
 
 def check_not_creating(root: str, key: str) -> None:
@@ -239,6 +241,7 @@ class Producer:
             if error is not None:
                 self.outcome.error = error  # before the segment says so: see Outcome
                 store.drop(self.rec)
+                _log_failure(self.rec, writer, error)
         finally:
             # Once the record is gone no reader attaches any more; one may have made
             # the channel since this producer last looked (its name derives from the
@@ -396,3 +399,16 @@ class Follower:
     def join(self) -> None:
         if self._thread is not None:
             self._thread.join()
+
+
+def _log_failure(rec: Record, writer: Writer, error: BaseException) -> None:
+    """The one log line of a failed entry (its readers log nothing: each gets the
+    CreateError). A producer whose readers all left is routine (clients went away)."""
+    abandoned = isinstance(error, BrokenPipeError) and writer.broken
+    log.log(
+        logging.DEBUG if abandoned else logging.WARNING,
+        "streamcache: entry %s failed after %d bytes: %s",
+        rec.key[:16],
+        writer.offset,
+        "every reader left" if abandoned else describe(error),
+    )

@@ -18,6 +18,7 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 
 from ipc.channel import unlink_channel
@@ -27,6 +28,8 @@ from ipc.naming import BASE_HEX
 from .filestore import Filestore
 from .index import Index, Record
 from .metrics import DEAD_PRODUCER, EXPIRED, NULL, Metrics
+
+log = logging.getLogger("streamcache")
 
 LAYOUT = "v2"
 
@@ -114,6 +117,12 @@ class Store:
             elif is_current:
                 self.index.remove(rec.key)
                 self.metrics.count_eviction(DEAD_PRODUCER)
+                # Once per entry: only the reader that removes its record logs it.
+                log.warning(
+                    "streamcache: entry %s failed: its producer (pid %d) died",
+                    rec.key[:16],
+                    rec.pid,
+                )
         self.files.remove(rec.file)
         return None
 
