@@ -273,9 +273,13 @@ class Channel:
             self.writer_bell.ring()
 
 
-def unlink_channel(base: str) -> None:
+def unlink_channel(base: str) -> int:
     """Remove a channel's names: the segment first, then the bells (see the module
-    docstring). Mappings and bells already open keep working."""
-    unlink_segment(object_name(base, SEGMENT))
-    unlink_semaphore(object_name(base, READERS_BELL))
-    unlink_semaphore(object_name(base, WRITER_BELL))
+    docstring). Mappings and bells already open keep working. Returns how many of the
+    names existed."""
+    removed = [
+        unlink_segment(object_name(base, SEGMENT)),
+        unlink_semaphore(object_name(base, READERS_BELL)),
+        unlink_semaphore(object_name(base, WRITER_BELL)),
+    ]
+    return sum(removed)

@@ -79,9 +79,11 @@ class Doorbell:
         unlink_semaphore(self.name)
 
 
-def unlink_semaphore(name: str) -> None:
-    """Remove a semaphore's name; sleepers already attached keep working."""
+def unlink_semaphore(name: str) -> bool:
+    """Remove a semaphore's name (True if it existed); sleepers already attached keep
+    working."""
     try:
         posix_ipc.unlink_semaphore(name)
     except posix_ipc.ExistentialError:
-        pass
+        return False
+    return True

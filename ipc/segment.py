@@ -454,9 +454,10 @@ def _address_of(mm: mmap.mmap, offset: int) -> int:
         del view
 
 
-def unlink_segment(name: str) -> None:
-    """Remove a segment's name; mappings already open keep working."""
+def unlink_segment(name: str) -> bool:
+    """Remove a segment's name (True if it existed); mappings already open keep working."""
     try:
         posix_ipc.unlink_shared_memory(name)
     except posix_ipc.ExistentialError:
-        pass
+        return False
+    return True

@@ -72,7 +72,8 @@ def collect(store: Store, clock: Clock, max_age: float) -> GCReport:
                 store.evict(rec)
                 report.expired += 1
             elif not ipc.is_alive(rec.pid, rec.start):
-                store.discard(rec)
+                # Its channel goes with it, so the sweep below never sees it: count here.
+                report.ipc_removed += store.discard(rec)
                 report.discarded += 1
             else:
                 live_files.add(rec.file)
@@ -106,7 +107,7 @@ def collect(store: Store, clock: Clock, max_age: float) -> GCReport:
             report.disk_bytes += os.stat(files.path(name)).st_size
             report.entries += 1
     live_channels = {store.channel_base(f) for f in live_files}
-    report.ipc_removed = sweep_channels(store.prefix, live_channels, now)
+    report.ipc_removed += sweep_channels(store.prefix, live_channels, now)
     return report
 
 
@@ -134,8 +135,7 @@ def sweep_channels(prefix: str, live: set[str], now: float) -> int:
                 seg.close()
                 if state == ipc.STATE_WRITING and alive:
                     continue  # in flight (perhaps expired): its producer unlinks it
-        unlink_channel(base)
-        removed += len(objs)
+        removed += unlink_channel(base)
     return removed
 
 

@@ -133,12 +133,14 @@ class Store:
         self.files.remove(rec.file)
         self.metrics.count_eviction(EXPIRED)
 
-    def discard(self, rec: Record) -> None:
-        """Drop an entry whose producer is dead (lock held)."""
+    def discard(self, rec: Record) -> int:
+        """Drop an entry whose producer is dead (lock held); returns how many of its
+        IPC objects were still there (for the cleanup report)."""
         self.index.remove(rec.key)
         self.files.remove(rec.file)
-        unlink_channel(self.channel_base(rec.file))
+        removed = unlink_channel(self.channel_base(rec.file))
         self.metrics.count_eviction(DEAD_PRODUCER)
+        return removed
 
     def expire_finished(self, key: str) -> bool:
         """Remove the finished entry of ``key`` (lock held; the caller found it expired
