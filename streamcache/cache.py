@@ -27,7 +27,13 @@ from . import config
 from .base import CacheBase, check_create, check_dst, check_key, check_start
 from .deadline import deadline_for, remaining
 from .eviction import Cleaner, GCReport, collect
-from .filestore import Finished, make_private_dirs, written_so_far
+from .filestore import (
+    MAX_KEY_PREVIEW,
+    Finished,
+    make_private_dirs,
+    set_entry_info,
+    written_so_far,
+)
 from .index import Record
 from .metrics import ERROR, HIT, MISS, for_dir
 from .pipe import CREATOR_SLOT, FileReader, PipeReader
@@ -84,7 +90,10 @@ class StreamCache(CacheBase):
     publish their position (default 16384); readers beyond that still read
     everything but neither hold back nor keep alive the producer. ``registry`` is the
     prometheus_client registry its metrics go to (see :mod:`streamcache.metrics`;
-    None: no metrics).
+    None: no metrics). ``key_preview``: store the first that many characters of each
+    new entry's key with its data file (with its creation time, in an extended
+    attribute where the file system has them), for ``streamcache stats``; 0 (the
+    default) stores none, as keys may be secret.
     """
 
     def __init__(
@@ -99,6 +108,7 @@ class StreamCache(CacheBase):
         cleanup_interval: float | None = None,
         reader_slots: int = DEFAULT_SLOTS,
         registry: CollectorRegistry | None = REGISTRY,
+        key_preview: int = 0,
     ) -> None:
         # Every argument is checked before anything touches the disk.
         path = config.directory(dir)
@@ -109,6 +119,9 @@ class StreamCache(CacheBase):
         self.reader_slots = config.nonnegative_int(reader_slots, "reader_slots")
         if not 1 <= self.reader_slots <= MAX_SLOTS:
             raise ValueError(f"reader_slots must be in 1..{MAX_SLOTS}")
+        self.key_preview = config.nonnegative_int(key_preview, "key_preview")
+        if self.key_preview > MAX_KEY_PREVIEW:
+            raise ValueError(f"key_preview must be in 0..{MAX_KEY_PREVIEW}")
         if cleanup_interval is not None:
             cleanup_interval = config.seconds(cleanup_interval, "cleanup_interval")
         self.metrics = for_dir(path, registry)
@@ -137,11 +150,11 @@ class StreamCache(CacheBase):
         try:
             check_start(start)
             h, deadline = self._begin(key, create, timeout)
-            source, created = self._open(h, create, deadline, start)
+            source, created = self._open(key, h, create, deadline, start)
         except Exception:
             self.metrics.count_fetch(ERROR)
             raise
-        return self._stream(h, source, created, create, deadline, start, outcome=True)
+        return self._stream(key, h, source, created, create, deadline, start, outcome=True)
 
     def peek(self, key: str) -> EntryInfo | None:
         """The state of ``key``'s entry, or None: never creates, waits or counts."""
@@ -195,7 +208,7 @@ class StreamCache(CacheBase):
                 write_all(dst, fin.data, deadline)
                 self.metrics.count_hit(fin.size)
                 return FetchResult(fin.size, False)
-            result = self._fetch(h, dst, create, deadline, fin)
+            result = self._fetch(key, h, dst, create, deadline, fin)
         except Exception:
             self.metrics.count_fetch(ERROR)
             raise
@@ -203,7 +216,13 @@ class StreamCache(CacheBase):
         return result
 
     def _fetch(
-        self, h: str, dst: Any, create: Create, deadline: float | None, fin: Finished | None
+        self,
+        key: str,
+        h: str,
+        dst: Any,
+        create: Create,
+        deadline: float | None,
+        fin: Finished | None,
     ) -> FetchResult:
         """fetch beyond a small hit: a reader on ``fin``, the finished entry if there is
         one, or on the entry found or created under the key's lock."""
@@ -211,11 +230,11 @@ class StreamCache(CacheBase):
             found = Found(FileReader(fin.fd, fin.size), False)
         else:
             inline_dst = dst if deadline is None else None
-            found = self._find_or_claim(h, create, deadline, inline_dst, 0)
+            found = self._find_or_claim(key, h, create, deadline, inline_dst, 0)
         if found.reader is None:
             self.metrics.count_served(found.written)
             return FetchResult(found.written, True)
-        with self._stream(h, found.reader, found.created, create, deadline, 0) as s:
+        with self._stream(key, h, found.reader, found.created, create, deadline, 0) as s:
             return FetchResult(s.copy_to(dst), found.created)
 
     def stop(self) -> None:
@@ -260,6 +279,7 @@ class StreamCache(CacheBase):
 
     def _stream(
         self,
+        key: str,
         h: str,
         source: FileReader | PipeReader,
         created: bool,
@@ -273,23 +293,23 @@ class StreamCache(CacheBase):
         it is closed); one that attached to an entry in flight may reopen."""
         reopen = None
         if isinstance(source, PipeReader) and not created:
-            reopen = functools.partial(self._open, h, create, deadline, start)
+            reopen = functools.partial(self._open, key, h, create, deadline, start)
         return Stream(source, created, deadline, reopen, self.metrics, outcome)
 
     def _open(
-        self, h: str, create: Create, deadline: float | None, start: int
+        self, key: str, h: str, create: Create, deadline: float | None, start: int
     ) -> tuple[FileReader | PipeReader, bool]:
         """A reader on the entry of ``h`` from byte ``start``, and whether this call
         created it (then its producer runs in a thread)."""
         hit = self._open_finished(h, start)
         if hit is not None:
             return hit, False
-        found = self._find_or_claim(h, create, deadline, None, start)
+        found = self._find_or_claim(key, h, create, deadline, None, start)
         assert found.reader is not None
         return found.reader, found.created
 
     def _find_or_claim(
-        self, h: str, create: Create, deadline: float | None, dst: Any, start: int
+        self, key: str, h: str, create: Create, deadline: float | None, dst: Any, start: int
     ) -> Found:
         """Under the key's lock: a reader on the entry (from byte ``start``), or a new
         entry of ours, whose producer runs in a thread (``dst`` None) or here, copying
@@ -303,7 +323,7 @@ class StreamCache(CacheBase):
                 reader = self._lookup_locked(h, start)
                 if reader is not None:
                     return Found(reader, False)
-                self._create_locked(h, pending, with_reader=dst is None, start=start)
+                self._create_locked(key, h, pending, with_reader=dst is None, start=start)
             producer, reader = pending[0]
             if dst is not None:
                 return Found(None, True, producer.run_inline(create, dst))
@@ -413,17 +433,21 @@ class StreamCache(CacheBase):
 
     def _create_locked(
         self,
+        key: str,
         h: str,
         pending: list[tuple[Producer, PipeReader | None]],
         *,
         with_reader: bool,
         start: int = 0,
     ) -> None:
-        """Create the entry of ``h`` and append its producer (and, ``with_reader``, the
-        creator's reader) to ``pending``; the caller runs the producer."""
+        """Create the entry of ``key`` (hash ``h``) and append its producer (and,
+        ``with_reader``, the creator's reader) to ``pending``; the caller runs the
+        producer."""
         me = ipc.current_process()
         name, wfd = self._files.create()
-        rec = Record(h, name, me.pid, me.start, self._clock.wall() + self.max_age)
+        now = self._clock.wall()
+        set_entry_info(wfd, now, key, self.key_preview)
+        rec = Record(h, name, me.pid, me.start, now + self.max_age)
         options: dict[str, Any] = {
             "window": self.window,
             "liveness": self.liveness,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import json
 import os
 import secrets
 import stat
@@ -45,6 +46,59 @@ SEALING_MODE = 0o400
 # Appended after the entry's bytes: magic, then the entry's size.
 TRAILER = struct.Struct("<8sQ")
 _MAGIC = b"SCdone\x00\x01"
+
+
+# What stats shows of an entry beyond its files' metadata: its creation time and,
+# if the cache stores one (StreamCache(key_preview=N)), a preview of its key. An
+# extended attribute of the data file, so it stays with the entry through its rename
+# and goes with the file; never needed to serve the entry.
+INFO_XATTR = "user.streamcache.info"
+MAX_KEY_PREVIEW = 256
+
+
+class StoredInfo(NamedTuple):
+    """What :func:`set_entry_info` stored with a data file."""
+
+    created: float  # epoch seconds
+    key_preview: str | None  # the key's first characters, if stored
+    key_length: int | None  # the full key's length, if a preview is stored
+
+
+def set_entry_info(fd: int, created: float, key: str, preview_chars: int) -> None:
+    """Store the creation time (and the first ``preview_chars`` characters of ``key``
+    and its length, if any) with the data file ``fd``, as JSON. Best effort: a file
+    system without extended attributes, or a platform without ``os.setxattr``, keeps
+    none."""
+    setxattr = getattr(os, "setxattr", None)
+    if setxattr is None:
+        return
+    info: dict[str, object] = {"created": round(created, 3)}
+    if preview_chars:
+        info.update(key=key[:preview_chars], length=len(key))
+    try:
+        setxattr(fd, INFO_XATTR, json.dumps(info).encode())
+    except OSError:
+        pass
+
+
+def entry_info(path: str) -> StoredInfo | None:
+    """What :func:`set_entry_info` stored with the file at ``path``; None if nothing,
+    or if it is malformed (it is never trusted beyond display)."""
+    getxattr = getattr(os, "getxattr", None)
+    if getxattr is None:
+        return None
+    try:
+        value = json.loads(getxattr(path, INFO_XATTR, follow_symlinks=False))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(value, dict):
+        return None
+    created, key, length = value.get("created"), value.get("key"), value.get("length")
+    if not isinstance(created, (int, float)) or isinstance(created, bool):
+        return None
+    if not isinstance(key, str) or not isinstance(length, int) or isinstance(length, bool):
+        key, length = None, None
+    return StoredInfo(float(created), key, length)
 
 
 def make_private_dirs(path: str) -> None:
