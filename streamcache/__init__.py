@@ -98,6 +98,8 @@ from .config import Config
 from .errors import CreateError, Error, ProducerDied
 from .stream import AsyncStream, EntryInfo, FetchResult, FinishedFile, Stream
 
+__version__ = "0.1.0"
+
 __all__ = [
     "AsyncStream",
     "CacheBase",
