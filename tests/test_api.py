@@ -9,8 +9,6 @@ import itertools
 import json
 import os
 import stat
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -349,26 +347,6 @@ def test_in_flight_entries_expire_too(cache_dir: Path) -> None:
     cache.wait_producers(10)
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    cmd = [sys.executable, "-m", "streamcache", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
-
-
-def test_cli_gc_and_stats(cache_dir: Path) -> None:
-    with streamcache.StreamCache(cache_dir, max_age=0) as cache:
-        cache.fetch("k", io.BytesIO(), writer_of(b"abc"))
-    out = run_cli("stats", "--dir", str(cache_dir), "--json")
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["entries"] == 1
-    out = run_cli("gc", "--dir", str(cache_dir))
-    assert out.returncode == 0, out.stderr
-    assert "expired 1" in out.stdout
-    assert not data_files(cache_dir)
-    bad = run_cli("gc", "--dir", str(cache_dir / "no" / "such"))
-    assert bad.returncode == 2 and "parent" in bad.stderr
-
-
 def test_sendfile_to_a_real_file(cache_dir: Path, tmp_path: Path) -> None:
     data = os.urandom(5 * 2**20 + 3)
     with streamcache.StreamCache(cache_dir) as cache:
@@ -379,13 +357,6 @@ def test_sendfile_to_a_real_file(cache_dir: Path, tmp_path: Path) -> None:
                 assert cache.fetch("k", f, writer_of(data, 2**20)) == (len(data), expect_created)
                 f.write(b":tail")
             assert out.read_bytes() == b"head:" + data + b":tail"
-
-
-def test_cli_demo_runs_clean() -> None:
-    out = run_cli("demo", "--workers", "2", "--keys", "2", "--size", "2", "--rounds", "2")
-    assert out.returncode == 0, out.stderr
-    assert "result: OK" in out.stdout
-    assert out.stdout.count("produced 1 time(s)") == 2
 
 
 def test_record_fits_in_a_fast_symlink() -> None:

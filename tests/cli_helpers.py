@@ -1,0 +1,138 @@
+"""Helpers of the CLI tests: ``python -m streamcache`` as a real subprocess, a gated
+command for ``streamcache run`` to share, and bounded waits on a cache's stats."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from streamcache.cli_stats import cache_root, collect
+
+WAIT = 30.0
+
+# The command that `streamcache run` shares in the tests. It appends its pid to the
+# counter file (one line per run), prints a first line at once, waits (bounded) for the
+# gate file, prints the rest (a token unique to this run, so identical outputs prove one
+# run) and exits with the given status. With a fourth argument it also starts a child
+# that sleeps (its pid after the command's in the counter file): the process group.
+COMMAND = r"""
+import os, subprocess, sys, time, uuid
+counter, gate, status = sys.argv[1:4]
+pids = [os.getpid()]
+if len(sys.argv) > 4:
+    pids.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]).pid)
+with open(counter, "a") as f:
+    f.write(" ".join(map(str, pids)) + "\n")
+token = uuid.uuid4().hex
+sys.stdout.write(f"first {token}\n")
+sys.stdout.flush()
+deadline = time.monotonic() + 40
+while not os.path.exists(gate) and time.monotonic() < deadline:
+    time.sleep(0.005)
+for i in range(5000):
+    sys.stdout.write(f"{token} {i}\n")
+sys.stdout.flush()
+sys.exit(int(status))
+"""
+
+
+class Gated:
+    """One test's gated command: ``argv(status)`` to run it, ``open()`` the gate."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.script = tmp / "command.py"
+        self.script.write_text(COMMAND)
+        self.counter = tmp / "counter"
+        self.gate = tmp / "gate"
+
+    def argv(self, status: int = 0, *, child: bool = False) -> list[str]:
+        argv = [sys.executable, str(self.script), str(self.counter), str(self.gate), str(status)]
+        return [*argv, "child"] if child else argv
+
+    def open(self) -> None:
+        self.gate.touch()
+
+    def runs(self) -> list[list[int]]:
+        """The pids of each run so far (the command's, then its child's)."""
+        if not self.counter.exists():
+            return []
+        return [[int(p) for p in line.split()] for line in self.counter.read_text().splitlines()]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+def cli_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "streamcache", *args]
+
+
+def cli(
+    *args: str, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python -m streamcache ARGS`` run to its end."""
+    return subprocess.run(
+        cli_cmd(*args), capture_output=True, text=True, timeout=timeout, env=env(), cwd=cwd
+    )
+
+
+def start(*args: str, cwd: Path | None = None, **kwargs: Any) -> subprocess.Popen[bytes]:
+    """``python -m streamcache ARGS`` started (stdout and stderr piped)."""
+    return subprocess.Popen(
+        cli_cmd(*args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env(),
+        cwd=cwd,
+        **kwargs,
+    )
+
+
+def wait_until(pred: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        time.sleep(0.01)
+
+
+def stats(cache_dir: Path) -> dict[str, Any]:
+    """The stats document of ``cache_dir`` (what ``stats --json`` prints), in-process."""
+    return collect(*cache_root(str(cache_dir)))
+
+
+def readers_of_entries_in_flight(cache_dir: Path) -> int:
+    if not (cache_dir / "v2").is_dir():
+        return 0
+    return sum(len(e["readers"]) for e in stats(cache_dir)["entries"] if e["state"] == "writing")
+
+
+def finish(
+    procs: list[subprocess.Popen[bytes]], timeout: float = WAIT
+) -> list[tuple[int, bytes, bytes]]:
+    """(exit status, stdout, stderr) of each process, waiting at most ``timeout`` for all."""
+    deadline = time.monotonic() + timeout
+    results = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+            raise AssertionError(f"invocation {p.args} did not end in time: {err!r}") from None
+        results.append((p.returncode, out, err))
+    return results
+
+
+def is_running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, reaped by nobody here, counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,183 @@
+"""streamcache stats and gc: they tell the truth about a cache and never create one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cli_helpers import (
+    WAIT,
+    Gated,
+    cli,
+    env,
+    finish,
+    readers_of_entries_in_flight,
+    start,
+    stats,
+    wait_until,
+)
+
+import ipc
+import streamcache
+from streamcache.cli import build_parser
+
+
+@pytest.mark.parametrize("command", ["stats", "gc"])
+def test_a_path_that_is_not_a_cache_is_status_2_and_is_never_created(
+    tmp_path: Path, command: str
+) -> None:
+    missing = tmp_path / "typo" / "cache"
+    out = cli(command, "--dir", str(missing))
+    assert out.returncode == 2 and "does not exist" in out.stderr
+    assert not (tmp_path / "typo").exists()
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    out = cli(command, "--dir", str(plain))
+    assert out.returncode == 2 and "not a streamcache cache" in out.stderr
+    assert os.listdir(plain) == []
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    out = cli(command, "--dir", str(afile))
+    assert out.returncode == 2 and "not a directory" in out.stderr
+
+
+@pytest.mark.parametrize("command", ["stats", "gc"])
+def test_streamcache_dir_names_the_default(tmp_path: Path, command: str) -> None:
+    missing = tmp_path / "from-env"
+    out = subprocess.run(
+        [sys.executable, "-m", "streamcache", command],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        env={**env(), "STREAMCACHE_DIR": str(missing)},
+    )
+    assert out.returncode == 2 and str(missing) in out.stderr
+    assert not missing.exists()
+
+
+def test_stats_of_an_entry_in_flight(cache_dir: Path, tmp_path: Path) -> None:
+    g = Gated(tmp_path)
+    args = ["run", "--dir", str(cache_dir), "--key", "report-2026", "--key-preview", "40"]
+    args += ["--", *g.argv()]
+    runner = start(*args)
+    wait_until(lambda: len(g.runs()) == 1, "the command to start")
+    follower = start(*args)
+    wait_until(lambda: readers_of_entries_in_flight(cache_dir) == 2, "the follower to attach")
+    try:
+        text = cli("stats", "--dir", str(cache_dir))
+        as_json = cli("stats", "--dir", str(cache_dir), "--json")
+    finally:
+        g.open()
+        results = finish([runner, follower])
+    assert [rc for rc, _, _ in results] == [0, 0]
+    assert text.returncode == 0, text.stderr
+    (row,) = [line for line in text.stdout.splitlines() if "report-2026" in line]
+    assert " writing " in row and f"{runner.pid} alive" in row and "2: " in row
+    assert "total: 1 entries (1 writing)" in text.stdout
+    doc = json.loads(as_json.stdout)
+    assert doc["schema"] == 1 and doc["dir"] == str(cache_dir)
+    (e,) = doc["entries"]
+    assert e["key_preview"] == "report-2026" and e["key_length"] == len("report-2026")
+    assert e["state"] == "writing" and e["size"] is None and e["written"] > 0
+    assert e["producer"] == {"pid": runner.pid, "alive": True}
+    assert e["age"] >= 0 and 0 < e["expires_in"] <= 60
+    assert len(e["readers"]) == 2 and all(r["alive"] for r in e["readers"])
+    assert {r["pid"] for r in e["readers"]} == {runner.pid, follower.pid}
+    assert doc["totals"]["states"]["writing"] == 1 and doc["totals"]["readers"] == 2
+    assert doc["totals"]["ipc_objects"] == 3
+    # Finished: "done", with its size; no producer, no readers.
+    (e,) = stats(cache_dir)["entries"]
+    assert e["state"] == "done" and e["size"] == e["written"] == len(results[0][1])
+    assert e["producer"] is None and e["readers"] == []
+
+
+def test_without_a_preview_an_entry_is_labelled_by_its_hash(cache_dir: Path) -> None:
+    assert cli("run", "--dir", str(cache_dir), "--key", "secret", "--", "echo", "x").stdout
+    out = cli("stats", "--dir", str(cache_dir))
+    assert "secret" not in out.stdout
+    (e,) = stats(cache_dir)["entries"]
+    assert e["key_preview"] is None
+    assert f"sha256:{e['key_sha256'][:16]}" in out.stdout
+
+
+def test_expired_entries_are_shown_expired_and_collected(cache_dir: Path) -> None:
+    run = ["run", "--dir", str(cache_dir), "--max-age", "250ms", "--", "echo", "x"]
+    assert cli(*run).returncode == 0
+
+    def states() -> list[str]:
+        return [e["state"] for e in stats(cache_dir)["entries"]]
+
+    wait_until(lambda: states() == ["expired"], "the entry to expire")
+    assert " expired " in cli("stats", "--dir", str(cache_dir)).stdout
+    out = cli("gc", "--dir", str(cache_dir))
+    assert out.returncode == 0, out.stderr
+    assert "removed 1 expired entry, 0 entries of dead producers" in out.stdout
+    assert states() == []
+
+
+def test_gc_counts_the_ipc_objects_of_a_dead_producer(cache_dir: Path, tmp_path: Path) -> None:
+    """The channel of an entry whose producer died goes with the entry: it is counted
+    (it used to be removed uncounted, "IPC objects removed 0")."""
+    g = Gated(tmp_path)
+    args = ["run", "--dir", str(cache_dir), "--", *g.argv()]
+    runner = start(*args)
+    wait_until(lambda: len(g.runs()) == 1, "the command to start")
+    follower = start(*args)
+    try:
+        wait_until(lambda: readers_of_entries_in_flight(cache_dir) == 2, "the follower")
+        runner.kill()
+        follower.kill()
+        runner.wait(WAIT)
+        follower.wait(WAIT)
+        (e,) = stats(cache_dir)["entries"]
+        assert e["state"] == "failed" and "died" in e["error"]
+        assert len(ipc.list_objects(ipc.prefix_for(cache_dir))) == 3
+        out = cli("gc", "--dir", str(cache_dir))
+    finally:
+        for pid in g.runs()[0]:  # the command, orphaned in its own process group
+            os.killpg(pid, signal.SIGKILL)
+        finish([runner, follower])  # (the command held the runner's stderr open)
+    assert out.returncode == 0, out.stderr
+    assert "1 entry of a dead producer or garbage record" in out.stdout
+    assert "3 IPC objects" in out.stdout
+    assert stats(cache_dir)["entries"] == []
+    assert ipc.list_objects(ipc.prefix_for(cache_dir)) == []
+
+
+def test_watch_refreshes_until_interrupted(cache_dir: Path) -> None:
+    assert cli("run", "--dir", str(cache_dir), "--", "echo", "x").returncode == 0
+    watch = start("stats", "--dir", str(cache_dir), "--json", "--watch", "0.05")
+    assert watch.stdout is not None
+    docs = [json.loads(watch.stdout.readline()) for _ in range(3)]
+    assert [len(d["entries"]) for d in docs] == [1, 1, 1]
+    assert docs[0]["time"] < docs[1]["time"] < docs[2]["time"]
+    watch.send_signal(signal.SIGINT)
+    ((rc, _, err),) = finish([watch])
+    assert rc == 0, err
+
+
+def test_help_has_no_rest_markup_and_every_option_is_explained() -> None:
+    parser = build_parser()
+    subparsers = next(
+        a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices
+    for name, p in [("streamcache", parser), *subparsers.items()]:
+        for action in p._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+    for command in ([], ["run"], ["stats"], ["gc"], ["demo"]):
+        out = cli(*command, "--help")
+        assert out.returncode == 0
+        assert "``" not in out.stdout and ":class:" not in out.stdout and ":func:" not in out.stdout
+    assert "STREAMCACHE_DIR" in cli("--help").stdout
+    assert "STREAMCACHE_DIR" in cli("stats", "--help").stdout
+    version = cli("--version")
+    assert (
+        version.returncode == 0
+        and version.stdout.strip() == f"streamcache {streamcache.__version__}"
+    )
