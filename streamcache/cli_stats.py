@@ -52,7 +52,7 @@ JSON schema (--json; version {SCHEMA_VERSION}; sizes in bytes, times in seconds)
       "key_preview": str or null (the key's first characters, when stored),
       "key_length": int or null (the full key's length, when a preview is stored),
       "state": "writing" | "done" | "expired" | "failed" | "invalid",
-      "size": int or null (final size; null while in flight),
+      "size": int or null (the final size: once finished, or once announced by create),
       "written": int (bytes produced so far; the size once finished),
       "disk_bytes": int (the entry's file on disk),
       "age": seconds or null (since the entry was created, when recorded),
@@ -209,6 +209,7 @@ def _in_flight(
             try:
                 offset, seg_state = seg.progress()
                 item["written"] = max(item["written"], offset)
+                item["size"] = seg.announced_size  # by create's w.set_size, if it did
                 if seg_state == ipc.STATE_FAILED:
                     item["error"] = seg.error
                 item["readers"] = [

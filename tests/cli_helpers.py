@@ -3,7 +3,9 @@ command for ``streamcache run`` to share, and bounded waits on a cache's stats."
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -81,16 +83,38 @@ def cli(
     )
 
 
-def start(*args: str, cwd: Path | None = None, **kwargs: Any) -> subprocess.Popen[bytes]:
-    """``python -m streamcache ARGS`` started (stdout and stderr piped)."""
-    return subprocess.Popen(
-        cli_cmd(*args),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env(),
-        cwd=cwd,
-        **kwargs,
-    )
+class Launcher:
+    """Starts ``python -m streamcache`` processes and gated commands for one test, and
+    at its end (passed or failed) kills whatever is left of them: the invocations and
+    the commands' process groups."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.commands: list[Gated] = []
+
+    def gated(self, tmp: Path) -> Gated:
+        g = Gated(tmp)
+        self.commands.append(g)
+        return g
+
+    def start(self, *args: str, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        """``python -m streamcache ARGS`` started (stdout and stderr piped)."""
+        proc = subprocess.Popen(
+            cli_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(), cwd=cwd
+        )
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+        for g in self.commands:
+            for pids in g.runs():
+                with contextlib.suppress(OSError):
+                    os.killpg(pids[0], signal.SIGKILL)  # its own group: it and its child
+        for p in self.procs:
+            p.communicate(timeout=WAIT)
 
 
 def wait_until(pred: Callable[[], bool], what: str, timeout: float = WAIT) -> None:

@@ -9,22 +9,29 @@ import select
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cli_helpers import (
     WAIT,
-    Gated,
+    Launcher,
     cli,
     finish,
     is_running,
     readers_of_entries_in_flight,
-    start,
     stats,
     wait_until,
 )
 
 from streamcache.cli import duration
+
+
+@pytest.fixture
+def launch() -> Iterator[Launcher]:
+    launcher = Launcher()
+    yield launcher
+    launcher.close()
 
 
 def read_line(proc: subprocess.Popen[bytes], timeout: float = WAIT) -> bytes:
@@ -48,13 +55,15 @@ def run_args(cache_dir: Path, argv: list[str], *options: str) -> list[str]:
     return ["run", "--dir", str(cache_dir), *options, "--", *argv]
 
 
-def test_eight_concurrent_invocations_run_the_command_once(cache_dir: Path, tmp_path: Path) -> None:
-    g = Gated(tmp_path)
+def test_eight_concurrent_invocations_run_the_command_once(
+    launch: Launcher, cache_dir: Path, tmp_path: Path
+) -> None:
+    g = launch.gated(tmp_path)
     args = run_args(cache_dir, g.argv(), "--max-age", "8s")
-    batch = [start(*args, cwd=tmp_path) for _ in range(8)]
+    batch = [launch.start(*args, cwd=tmp_path) for _ in range(8)]
     # All eight read the entry in flight (the command waits for the gate meanwhile).
     wait_until(lambda: readers_of_entries_in_flight(cache_dir) == 8, "8 readers of the entry")
-    assert len(g.runs()) == 1
+    wait_until(lambda: len(g.runs()) == 1, "the command to start")
     g.open()
     results = finish(batch)
     assert [rc for rc, _, _ in results] == [0] * 8, [err for _, _, err in results]
@@ -69,19 +78,21 @@ def test_eight_concurrent_invocations_run_the_command_once(cache_dir: Path, tmp_
         return [e["state"] for e in stats(cache_dir)["entries"]] == ["expired"]
 
     wait_until(expired, "the entry to expire", timeout=20)
-    results = finish([start(*args, cwd=tmp_path) for _ in range(8)])
+    results = finish([launch.start(*args, cwd=tmp_path) for _ in range(8)])
     assert [rc for rc, _, _ in results] == [0] * 8, [err for _, _, err in results]
     outputs = {out for _, out, _ in results}
     assert len(outputs) == 1 and outputs != {first}
     assert len(g.runs()) == 2
 
 
-def test_a_follower_gets_the_output_while_the_command_runs(cache_dir: Path, tmp_path: Path) -> None:
-    g = Gated(tmp_path)
+def test_a_follower_gets_the_output_while_the_command_runs(
+    launch: Launcher, cache_dir: Path, tmp_path: Path
+) -> None:
+    g = launch.gated(tmp_path)
     args = run_args(cache_dir, g.argv())
-    runner = start(*args, cwd=tmp_path)
+    runner = launch.start(*args, cwd=tmp_path)
     wait_until(lambda: len(g.runs()) == 1, "the command to start")
-    follower = start(*args, cwd=tmp_path)
+    follower = launch.start(*args, cwd=tmp_path)
     line = read_line(follower)
     # The command is still waiting for its gate: the line was streamed, not buffered.
     assert line.startswith(b"first ")
@@ -94,13 +105,13 @@ def test_a_follower_gets_the_output_while_the_command_runs(cache_dir: Path, tmp_
 
 
 def test_every_invocation_exits_with_the_command_status_and_a_failure_is_not_cached(
-    cache_dir: Path, tmp_path: Path
+    launch: Launcher, cache_dir: Path, tmp_path: Path
 ) -> None:
-    g = Gated(tmp_path)
+    g = launch.gated(tmp_path)
     args = run_args(cache_dir, g.argv(status=3))
-    runner = start(*args, cwd=tmp_path)
+    runner = launch.start(*args, cwd=tmp_path)
     wait_until(lambda: len(g.runs()) == 1, "the command to start")
-    follower = start(*args, cwd=tmp_path)
+    follower = launch.start(*args, cwd=tmp_path)
     wait_until(lambda: readers_of_entries_in_flight(cache_dir) == 2, "the follower to attach")
     g.open()
     (rc1, out1, err1), (rc2, out2, err2) = finish([runner, follower])
@@ -113,8 +124,10 @@ def test_every_invocation_exits_with_the_command_status_and_a_failure_is_not_cac
     assert len(g.runs()) == 2  # not cached: run again
 
 
-def test_a_successful_run_is_served_without_running_it(cache_dir: Path, tmp_path: Path) -> None:
-    g = Gated(tmp_path)
+def test_a_successful_run_is_served_without_running_it(
+    launch: Launcher, cache_dir: Path, tmp_path: Path
+) -> None:
+    g = launch.gated(tmp_path)
     g.open()
     args = run_args(cache_dir, g.argv())
     first = cli(*args, cwd=tmp_path)
@@ -126,13 +139,13 @@ def test_a_successful_run_is_served_without_running_it(cache_dir: Path, tmp_path
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_the_runner_stops_the_command_and_fails_the_others(
-    cache_dir: Path, tmp_path: Path, signum: signal.Signals
+    launch: Launcher, cache_dir: Path, tmp_path: Path, signum: signal.Signals
 ) -> None:
-    g = Gated(tmp_path)
+    g = launch.gated(tmp_path)
     args = run_args(cache_dir, g.argv(child=True))
-    runner = start(*args, cwd=tmp_path)
+    runner = launch.start(*args, cwd=tmp_path)
     wait_until(lambda: len(g.runs()) == 1, "the command to start")
-    follower = start(*args, cwd=tmp_path)
+    follower = launch.start(*args, cwd=tmp_path)
     wait_until(lambda: readers_of_entries_in_flight(cache_dir) == 2, "the follower to attach")
     runner.send_signal(signum)
     (rc1, _, err1), (rc2, out2, err2) = finish([runner, follower])
@@ -160,8 +173,10 @@ def test_exit_statuses_of_run_itself(cache_dir: Path, tmp_path: Path) -> None:
     assert nothing.returncode == 2 and "needs a command" in nothing.stderr
 
 
-def test_the_key_is_argv_and_cwd_unless_given(cache_dir: Path, tmp_path: Path) -> None:
-    g = Gated(tmp_path)
+def test_the_key_is_argv_and_cwd_unless_given(
+    launch: Launcher, cache_dir: Path, tmp_path: Path
+) -> None:
+    g = launch.gated(tmp_path)
     g.open()
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()

@@ -8,17 +8,17 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cli_helpers import (
     WAIT,
-    Gated,
+    Launcher,
     cli,
     env,
     finish,
     readers_of_entries_in_flight,
-    start,
     stats,
     wait_until,
 )
@@ -61,13 +61,20 @@ def test_streamcache_dir_names_the_default(tmp_path: Path, command: str) -> None
     assert not missing.exists()
 
 
-def test_stats_of_an_entry_in_flight(cache_dir: Path, tmp_path: Path) -> None:
-    g = Gated(tmp_path)
+@pytest.fixture
+def launch() -> Iterator[Launcher]:
+    launcher = Launcher()
+    yield launcher
+    launcher.close()
+
+
+def test_stats_of_an_entry_in_flight(launch: Launcher, cache_dir: Path, tmp_path: Path) -> None:
+    g = launch.gated(tmp_path)
     args = ["run", "--dir", str(cache_dir), "--key", "report-2026", "--key-preview", "40"]
     args += ["--", *g.argv()]
-    runner = start(*args)
+    runner = launch.start(*args)
     wait_until(lambda: len(g.runs()) == 1, "the command to start")
-    follower = start(*args)
+    follower = launch.start(*args)
     wait_until(lambda: readers_of_entries_in_flight(cache_dir) == 2, "the follower to attach")
     try:
         text = cli("stats", "--dir", str(cache_dir))
@@ -121,14 +128,16 @@ def test_expired_entries_are_shown_expired_and_collected(cache_dir: Path) -> Non
     assert states() == []
 
 
-def test_gc_counts_the_ipc_objects_of_a_dead_producer(cache_dir: Path, tmp_path: Path) -> None:
+def test_gc_counts_the_ipc_objects_of_a_dead_producer(
+    launch: Launcher, cache_dir: Path, tmp_path: Path
+) -> None:
     """The channel of an entry whose producer died goes with the entry: it is counted
     (it used to be removed uncounted, "IPC objects removed 0")."""
-    g = Gated(tmp_path)
+    g = launch.gated(tmp_path)
     args = ["run", "--dir", str(cache_dir), "--", *g.argv()]
-    runner = start(*args)
+    runner = launch.start(*args)
     wait_until(lambda: len(g.runs()) == 1, "the command to start")
-    follower = start(*args)
+    follower = launch.start(*args)
     try:
         wait_until(lambda: readers_of_entries_in_flight(cache_dir) == 2, "the follower")
         runner.kill()
@@ -150,9 +159,9 @@ def test_gc_counts_the_ipc_objects_of_a_dead_producer(cache_dir: Path, tmp_path:
     assert ipc.list_objects(ipc.prefix_for(cache_dir)) == []
 
 
-def test_watch_refreshes_until_interrupted(cache_dir: Path) -> None:
+def test_watch_refreshes_until_interrupted(launch: Launcher, cache_dir: Path) -> None:
     assert cli("run", "--dir", str(cache_dir), "--", "echo", "x").returncode == 0
-    watch = start("stats", "--dir", str(cache_dir), "--json", "--watch", "0.05")
+    watch = launch.start("stats", "--dir", str(cache_dir), "--json", "--watch", "0.05")
     assert watch.stdout is not None
     docs = [json.loads(watch.stdout.readline()) for _ in range(3)]
     assert [len(d["entries"]) for d in docs] == [1, 1, 1]
