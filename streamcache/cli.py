@@ -8,6 +8,7 @@ cli_demo). The core never imports any of them.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import re
@@ -170,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
         "none, as a command line may hold secrets)",
     )
     run.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show the cache's own warnings (an entry failed, a producer died); "
+        "without it run reports failures in its own words",
+    )
+    run.add_argument(
         "argv",
         nargs=argparse.REMAINDER,
         metavar="-- CMD ARGS",
@@ -248,9 +256,22 @@ def config_max_preview() -> int:
     return MAX_KEY_PREVIEW
 
 
+def _log_to_stderr() -> None:
+    """The library logs through ``logging.getLogger("streamcache")``; the command line
+    shows its warnings as they are, one line each."""
+    logger = logging.getLogger("streamcache")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _log_to_stderr()
     try:
         result: int = args.func(args)
     except CliError as exc:

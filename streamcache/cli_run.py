@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import re
 import shlex
@@ -226,6 +227,8 @@ def main(args: argparse.Namespace) -> int:
         argv = argv[1:]
     if not argv:
         args.parser.error("run needs a command: streamcache run [OPTIONS] -- CMD [ARGS...]")
+    if not args.verbose:  # a failing command fails its entry: run says so itself
+        logging.getLogger("streamcache").setLevel(logging.ERROR)
     key = args.key if args.key is not None else default_key(argv, os.getcwd())
     cache = StreamCache(
         _cache_dir(args), max_age=args.max_age, cleanup_interval=0, key_preview=args.key_preview

@@ -212,3 +212,25 @@ def test_durations() -> None:
     ]
     with pytest.raises(argparse.ArgumentTypeError):
         duration("1w")
+
+
+def test_min_occurrences_runs_the_first_asks_on_their_own(
+    launch: Launcher, cache_dir: Path, tmp_path: Path
+) -> None:
+    g = launch.gated(tmp_path)
+    g.open()
+    args = run_args(cache_dir, g.argv(), "--min-occurrences", "1")
+    outputs = [cli(*args, cwd=tmp_path) for _ in range(3)]
+    assert [o.returncode for o in outputs] == [0, 0, 0]
+    # The first ask is not cached; the second is, and the third reads it.
+    assert len(g.runs()) == 2
+    assert outputs[0].stdout != outputs[1].stdout == outputs[2].stdout
+
+
+def test_the_cache_warnings_show_with_verbose_only(cache_dir: Path) -> None:
+    failing = ["sh", "-c", "exit 4"]
+    quiet = cli(*run_args(cache_dir, failing))
+    assert quiet.returncode == 4 and quiet.stderr == ""
+    loud = cli(*run_args(cache_dir, failing, "--verbose"))
+    assert loud.returncode == 4 and "failed" in loud.stderr
+    assert "Traceback" not in loud.stderr
