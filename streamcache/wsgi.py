@@ -15,7 +15,10 @@ The rules (DESIGN section 5.1; the I/O-free part is :mod:`streamcache.http`):
   frames the body (chunked on HTTP/1.1; never set here: Transfer-Encoding is
   hop-by-hop). An HTTP/1.0 request for an entry of unknown size waits for the entry
   to finish (another reader drains it meanwhile, so the producer is never held back
-  by this one) and gets a Content-Length.
+  by this one) and gets a Content-Length. So does every request under uWSGI, whose
+  http-socket sends a body of unknown length without chunking, delimited only by
+  closing the connection: announce the size with ``w.set_size`` there to stream
+  entries while they are written.
 - One Range: 206 with Content-Range once the size is known, also mid-write (the
   stream starts at the range, and stops after its last byte); 416 past the end.
 - HEAD never creates: :meth:`peek`.
@@ -36,6 +39,7 @@ The rules (DESIGN section 5.1; the I/O-free part is :mod:`streamcache.http`):
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import tempfile
@@ -96,7 +100,9 @@ def serve(
             create,
             timeout,
             spec,
-            http.is_http10(environ.get("SERVER_PROTOCOL")),
+            # uWSGI frames a body of unknown length by closing the connection (its
+            # http-socket never chunks), so a cut would look complete: it gets lengths.
+            uwsgi or http.is_http10(environ.get("SERVER_PROTOCOL")),
         )
     except (CreateError, TimeoutError) as exc:
         log.warning("streamcache: serving %r failed before the body: %s", key, http.one_line(exc))
@@ -202,7 +208,7 @@ def _prepare(
     create: Create,
     timeout: float | None,
     spec: RangeSpec | None,
-    old_client: bool,
+    needs_length: bool,
 ) -> _Plan | Unsatisfiable:
     """Open the stream and decide the response (raises CreateError/TimeoutError when
     the producer fails before the first byte)."""
@@ -212,7 +218,7 @@ def _prepare(
     while True:
         s = cache.stream(key, create, timeout, start=start)
         try:
-            plan = _settle(cache, key, create, timeout, spec, old_client, s, start)
+            plan = _settle(cache, key, create, timeout, spec, needs_length, s, start)
         except BaseException:
             s.close()
             raise
@@ -227,7 +233,7 @@ def _settle(
     create: Create,
     timeout: float | None,
     spec: RangeSpec | None,
-    old_client: bool,
+    needs_length: bool,
     s: Stream,
     start: int,
 ) -> _Plan | Unsatisfiable | None:
@@ -239,7 +245,7 @@ def _settle(
         if not pending and size is None:
             size = s.position  # the end, already
     plan = _Plan(s, pending, size)
-    if size is None and old_client:
+    if size is None and needs_length:
         _wait_for_end(cache, key, create, timeout, plan)
         size = plan.size
     r = http.resolve(spec, size) if spec is not None and size is not None else None
@@ -336,7 +342,8 @@ class _Body:
             if disconnect is not None:
                 disconnect()
                 raise StopIteration
-        raise ResponseAborted("streamcache: response aborted, the producer failed")
+        # With errno EPIPE: gunicorn decides by errno whether to log a traceback.
+        raise ResponseAborted(errno.EPIPE, "streamcache: response aborted, the producer failed")
 
     def close(self) -> None:
         if not self._closed:

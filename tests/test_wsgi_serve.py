@@ -3,6 +3,7 @@ DESIGN section 5.1, on a real StreamCache, with producers held on events mid-wri
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -167,6 +168,20 @@ def test_http10_waits_without_a_copy_of_a_stored_entry(
     t.join(WAIT)
     call: WsgiCall = out[0]
     assert call.header("Content-Length") == str(len(DATA)) and call.body == DATA
+
+
+def test_under_uwsgi_an_unknown_size_waits_for_the_end(cache: Any) -> None:
+    """uWSGI's http-socket never chunks: without a length a cut body looks complete."""
+    create = Producer([DATA[:1000], DATA[1000:]])
+    create.release(1)
+    env = environ(**{"uwsgi.version": b"2.0.31"})
+    t, out = in_thread(lambda: WsgiCall(app_for(cache, create), env))
+    assert create.wrote[0].wait(WAIT)
+    assert t.is_alive(), "answered before the size was known"
+    create.release()
+    t.join(WAIT)
+    call: WsgiCall = out[0]
+    assert call.header("Content-Length") == str(len(DATA)) and call.rest() == DATA
 
 
 def test_http10_on_a_cache_that_keeps_nothing_gets_a_length(cache_dir: Path) -> None:
@@ -386,7 +401,8 @@ def test_a_failure_after_the_first_byte_aborts_with_one_warning(
         create.release()
         call.rest()
     assert isinstance(call.error, ResponseAborted)
-    assert isinstance(call.error, BrokenPipeError)  # what servers treat as a client gone
+    # what servers treat as a client gone: gunicorn looks at the errno
+    assert isinstance(call.error, BrokenPipeError) and call.error.errno == errno.EPIPE
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert warnings[0].name == "streamcache" and warnings[0].levelno == logging.WARNING
@@ -412,10 +428,11 @@ def test_under_uwsgi_an_abort_is_a_disconnect_and_a_quiet_end(
     disconnects: list[int] = []
     fake = types.SimpleNamespace(disconnect=lambda: disconnects.append(1))
     monkeypatch.setitem(__import__("sys").modules, "uwsgi", fake)
-    create = Producer([DATA[:1000]], fail=ValueError("boom"), free=True)
+    create = Producer([DATA[:1000]], size=len(DATA), fail=ValueError("boom"), free=True)
     with caplog.at_level(logging.WARNING, logger="streamcache"):
         call = wsgi(app_for(cache, create), environ(**{"uwsgi.version": b"2.0.31"}))
     assert call.status == "200 OK" and call.body == DATA[:1000]
+    assert call.header("Content-Length") == str(len(DATA))
     assert call.error is None and disconnects == [1]
     assert len([r for r in caplog.records if r.name == "streamcache"]) == 1
 
