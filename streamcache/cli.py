@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -19,6 +20,7 @@ from . import config
 
 # Exit status of a command-line error (argparse's), and of a path that is not a cache.
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 DIR_HELP = (
     "the cache directory (default: $STREAMCACHE_DIR if set, else "
@@ -101,6 +103,15 @@ class CliError(Exception):
     def __init__(self, message: str, status: int = EXIT_USAGE) -> None:
         super().__init__(message)
         self.status = status
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null (its reader went away)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 def _add_dir(p: argparse.ArgumentParser) -> None:
@@ -232,16 +243,29 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument(
-        "--workers", type=positive_int, default=4, help="worker processes (default: %(default)s)"
+        "--workers",
+        metavar="N",
+        type=positive_int,
+        default=4,
+        help="worker processes (default: %(default)s)",
     )
     demo.add_argument(
-        "--keys", type=positive_int, default=3, help="distinct keys (default: %(default)s)"
+        "--keys",
+        metavar="N",
+        type=positive_int,
+        default=3,
+        help="distinct keys (default: %(default)s)",
     )
     demo.add_argument(
-        "--size", type=positive_int, default=64, help="MiB per key (default: %(default)s)"
+        "--size",
+        metavar="MIB",
+        type=positive_int,
+        default=64,
+        help="MiB per key (default: %(default)s)",
     )
     demo.add_argument(
         "--rounds",
+        metavar="N",
         type=positive_int,
         default=2,
         help="times each worker fetches every key (default: %(default)s)",
@@ -274,6 +298,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _log_to_stderr()
     try:
         result: int = args.func(args)
+    except BrokenPipeError:
+        # Our stdout's reader went away (``| head``): end quietly, as a command killed
+        # by SIGPIPE does, with nothing left to fail when Python flushes it at exit.
+        quiet_stdout()
+        return EXIT_BROKEN_PIPE
     except CliError as exc:
         print(f"streamcache {args.command}: {exc}", file=sys.stderr)
         return exc.status

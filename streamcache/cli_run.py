@@ -30,7 +30,7 @@ from typing import Any
 from .admission import MinOccurrences
 from .base import CacheBase
 from .cache import StreamCache
-from .cli import default_dir
+from .cli import EXIT_BROKEN_PIPE, default_dir, quiet_stdout
 from .errors import CreateError, ProducerDied
 
 DEFAULT_MAX_AGE = 60.0
@@ -39,7 +39,6 @@ DEFAULT_MAX_AGE = 60.0
 EXIT_RUN_FAILED = 125  # the shared run failed for another reason than the command's status
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
-EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 # How long the command may take to end after the signal this invocation forwarded
 # to it, before its process group is killed.
@@ -266,9 +265,7 @@ def _fetch(cache: CacheBase, key: str, out: Any, runner: Runner) -> int:
     except BrokenPipeError:
         # Our stdout's reader went away (``| head``): quiet, as a command killed by
         # SIGPIPE is; stdout is pointed at /dev/null so nothing fails at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        quiet_stdout()
         return EXIT_BROKEN_PIPE
     except CreateError as exc:
         return _failed(exc, runner)

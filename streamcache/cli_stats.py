@@ -88,6 +88,8 @@ def cache_root(path: str | None) -> tuple[str, str]:
     if not stat.S_ISDIR(st.st_mode):
         raise CliError(f"{cache_dir} is not a directory, so not a cache")
     root = os.path.join(cache_dir, LAYOUT)
+    if os.path.isdir(cache_dir) and not os.access(cache_dir, os.R_OK | os.X_OK):
+        raise CliError(f"cannot read {cache_dir}: permission denied")
     if not os.path.isdir(root):
         raise CliError(
             f"{cache_dir} is not a streamcache cache: it has no {LAYOUT}/ directory, which "

@@ -234,3 +234,22 @@ def test_the_cache_warnings_show_with_verbose_only(cache_dir: Path) -> None:
     loud = cli(*run_args(cache_dir, failing, "--verbose"))
     assert loud.returncode == 4 and "failed" in loud.stderr
     assert "Traceback" not in loud.stderr
+
+
+def test_a_killed_runner_fails_the_others_promptly(
+    launch: Launcher, cache_dir: Path, tmp_path: Path
+) -> None:
+    g = launch.gated(tmp_path)
+    args = run_args(cache_dir, g.argv())
+    runner = launch.start(*args, cwd=tmp_path)
+    wait_until(lambda: len(g.runs()) == 1, "the command to start")
+    follower = launch.start(*args, cwd=tmp_path)
+    wait_until(lambda: readers_of_entries_in_flight(cache_dir) == 2, "the follower to attach")
+    runner.kill()
+    # The follower learns within the cache's liveness bound (1 s), not when the
+    # orphaned command would have ended (it waits for a gate that never opens).
+    follower.wait(WAIT)
+    assert follower.stderr is not None
+    err = follower.stderr.read()
+    assert follower.returncode == 125, err
+    assert b"died" in err and b"incomplete" in err
