@@ -86,4 +86,6 @@ def unlink_semaphore(name: str) -> bool:
         posix_ipc.unlink_semaphore(name)
     except posix_ipc.ExistentialError:
         return False
+    except (posix_ipc.Error, OSError):
+        return False  # a name we cannot unlink (another user's, a directory): not ours
     return True

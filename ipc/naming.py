@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import stat
 import sys
 from typing import NamedTuple
 
@@ -62,6 +63,8 @@ def list_objects(prefix: str) -> list[ObjectName]:
     Linux exposes both under /dev/shm (semaphores as ``sem.NAME``). Where there
     is no such directory (macOS) nothing can be enumerated and an empty list is
     returned: cleanup then relies on the records that name their objects.
+    Only regular objects of this user are listed: anything else under such a name
+    (another user's, a directory, FIFO or symlink) was planted and is left alone.
     """
     if not sys.platform.startswith("linux"):
         return []
@@ -77,8 +80,10 @@ def list_objects(prefix: str) -> list[ObjectName]:
         if not bare.startswith(prefix) or len(bare) != PREFIX_LEN + BASE_HEX + 1:
             continue
         try:
-            mtime = entry.stat(follow_symlinks=False).st_mtime
+            st = entry.stat(follow_symlinks=False)
         except OSError:
             continue
-        found.append(ObjectName("/" + bare, is_sem, bare[:-1], bare[-1], mtime))
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            continue
+        found.append(ObjectName("/" + bare, is_sem, bare[:-1], bare[-1], st.st_mtime))
     return found

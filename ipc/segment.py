@@ -56,6 +56,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import stat
 import sys
 import threading
 from collections.abc import Collection
@@ -134,9 +135,10 @@ class ReaderInfo(NamedTuple):
 class Segment:
     """A mapped segment. Create with :meth:`create`, attach with :meth:`open`."""
 
-    def __init__(self, name: str, mm: mmap.mmap) -> None:
+    def __init__(self, name: str, mm: mmap.mmap, inode: tuple[int, int] = (0, 0)) -> None:
         self.name = name
         self._mm = mm
+        self.inode = inode  # (device, inode) of the object mapped, see still_named
         self._words = memoryview(mm).cast("Q")
         self.slot_count = self._words[_W_SLOTS]
         self.seq_address = _address_of(mm, _SEQ_BYTE)
@@ -161,6 +163,7 @@ class Segment:
         size = HEADER_BYTES + slots * _SLOT_WORDS * 8
         shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, 0o600, size)
         try:
+            inode = _inode(os.fstat(shm.fd))
             mm = mmap.mmap(shm.fd, size)
         finally:
             os.close(shm.fd)
@@ -179,17 +182,22 @@ class Segment:
             words[_W_USED] = 1
         words[_W_MAGIC] = MAGIC  # last: a segment without magic is not yet valid
         words.release()
-        return cls(name, mm)
+        return cls(name, mm, inode)
 
     @classmethod
     def open(cls, name: str) -> Segment:
-        """Attach to an existing segment, checking its magic, version and size."""
+        """Attach to an existing segment, checking its owner, mode, magic, version and
+        size: an object planted under the name (by another user, or not a regular
+        object: a symlink or FIFO in /dev/shm) is refused, never mapped."""
         try:
             shm = posix_ipc.SharedMemory(name, 0)
-        except posix_ipc.Error as exc:
+        except (posix_ipc.Error, OSError) as exc:  # OSError: ELOOP for a planted symlink
             raise SegmentError(f"cannot open segment {name}: {exc}") from exc
         try:
-            size = os.fstat(shm.fd).st_size
+            st = os.fstat(shm.fd)
+            if not _ours(st):
+                raise SegmentError(f"segment {name} is not ours (owner, mode or type)")
+            size = st.st_size
             if size < HEADER_BYTES:
                 raise SegmentError(f"segment {name} is truncated ({size} bytes)")
             mm = mmap.mmap(shm.fd, size)
@@ -207,7 +215,20 @@ class Segment:
             mm.close()
             raise SegmentError(f"segment {name} is foreign or of another layout version")
         words.release()
-        return cls(name, mm)
+        return cls(name, mm, _inode(st))
+
+    def still_named(self) -> bool:
+        """Whether this segment's name still refers to this very object: False once it
+        was unlinked (by its producer at the end, or by a /dev/shm wipe: a reboot,
+        systemd's RemoveIPC) or replaced."""
+        try:
+            shm = posix_ipc.SharedMemory(self.name, 0)
+        except (posix_ipc.Error, OSError):
+            return False
+        try:
+            return _inode(os.fstat(shm.fd)) == self.inode
+        finally:
+            os.close(shm.fd)
 
     def close(self) -> None:
         """Unmap. The object must not be used afterwards."""
@@ -444,6 +465,17 @@ class ReaderSlot:
             return True
 
 
+def _inode(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def _ours(st: os.stat_result) -> bool:
+    """A segment this user made: owned by us, private, a regular object (where the
+    platform reports a type at all)."""
+    kind = stat.S_IFMT(st.st_mode)
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o077 and kind in (0, stat.S_IFREG)
+
+
 def _address_of(mm: mmap.mmap, offset: int) -> int:
     """The address of byte ``offset`` of the mapping (valid while it is mapped). The
     ctypes view is dropped at once: a live export would keep the mapping from closing."""
@@ -460,4 +492,6 @@ def unlink_segment(name: str) -> bool:
         posix_ipc.unlink_shared_memory(name)
     except posix_ipc.ExistentialError:
         return False
+    except (posix_ipc.Error, OSError):
+        return False  # a name we cannot unlink (another user's, a directory): not ours
     return True

@@ -48,6 +48,9 @@ Create = Callable[[Any], object]
 
 # fetch reads a finished entry up to this size whole, in one pread with its trailer.
 _READ_WHOLE = 64 * 1024
+# Start times (clock ticks) of one process match within this, as stored in a record
+# (milliseconds) and in a segment (microseconds).
+_SAME_START = 0.005
 
 
 def prepare_dir(path: str) -> str:
@@ -375,14 +378,17 @@ class StreamCache(CacheBase):
             return None
         try:
             fd = self._files.open(rec.file)
-        except FileNotFoundError:
-            self._index.remove(h)
+        except FileNotFoundError:  # gone, or not a file of ours (then it goes too)
+            self._store.evict(rec)
             return None
         try:
             channel = self._channel_locked(rec, fd)
         except BaseException:
             os.close(fd)
             raise
+        if channel is None:  # its names are taken by objects not ours: create afresh
+            os.close(fd)
+            return None
         seg = channel.seg
         if seg.state != ipc.STATE_WRITING or not seg.has_live_reader():
             # Failed, or every reader left so the producer is bound to fail: a
@@ -396,22 +402,29 @@ class StreamCache(CacheBase):
             fd, channel, slot, self.liveness, self._store, rec, clock=self._clock, start=start
         )
 
-    def _channel_locked(self, rec: Record, fd: int) -> Channel:
+    def _channel_locked(self, rec: Record, fd: int) -> Channel | None:
         """The channel of ``rec``'s entry (data file open as ``fd``), made now if nobody
         else has read it yet (an entry created in a producer thread has it before its
-        record exists)."""
+        record exists). None if its names are held by objects that are not ours."""
         try:
-            return Channel.open(self._store.channel_base(rec.file))
+            channel = Channel.open(self._store.channel_base(rec.file))
         except SegmentError as exc:
             cause = exc.__cause__
             if isinstance(cause, posix_ipc.Error) and not isinstance(
-                cause, posix_ipc.ExistentialError
+                cause, (posix_ipc.ExistentialError, posix_ipc.PermissionsError)
             ):
                 raise  # out of descriptors, say: they may well exist; never replace them
-            # An inline creator's entry, or a set an attaching process left half made.
+            # An inline creator's entry, a set an attaching process left half made, or
+            # an object planted under its name (refused by Segment.open).
             return self._make_channel_locked(rec, written_so_far(fd))
+        producer = channel.seg.producer
+        if producer.pid == rec.pid and abs(producer.start - rec.start) < _SAME_START:
+            return channel
+        # A well-formed segment that names another producer: planted, never trusted.
+        channel.close()
+        return self._make_channel_locked(rec, written_so_far(fd))
 
-    def _make_channel_locked(self, rec: Record, offset: int) -> Channel:
+    def _make_channel_locked(self, rec: Record, offset: int) -> Channel | None:
         """The first reader to attach to an inline creator's entry makes its channel,
         under the name derived from the data file's; the producer looks for it before
         its writes (at most every millisecond) and when it ends.
@@ -427,9 +440,13 @@ class StreamCache(CacheBase):
         try:
             return Channel.create(*args, offset=offset, producer_reads=True)
         except posix_ipc.ExistentialError:
-            # Left by an attaching process that died halfway: never trusted, replaced.
+            # Left by an attaching process that died halfway, or planted: never
+            # trusted, replaced if we can unlink it.
             unlink_channel(base)
+        try:
             return Channel.create(*args, offset=offset, producer_reads=True)
+        except posix_ipc.ExistentialError:
+            return None  # another user's objects (or a directory) under its names
 
     def _create_locked(
         self,

@@ -6,8 +6,9 @@ so across all processes sharing a directory one runs it at a time):
 
 1. records: evict those past their recorded expiry, discard those whose producer died
    and garbage that does not parse;
-2. finished entries: remove those past their expiry (the file's mtime) and files under
-   names that are not key hashes;
+2. finished entries: remove those past their expiry (the file's mtime); and garbage
+   (foreign names, directories, FIFOs, symlinks) under entries/ and index/, whatever
+   its age;
 3. the sweep: temp records and data files that no live record owns and that are older
    than max_age, and channels (segments and bells in /dev/shm) that no live entry owns.
 
@@ -29,6 +30,7 @@ from ipc.clock import Clock
 from ipc.naming import list_objects
 from ipc.segment import SegmentError
 
+from .filestore import is_key_hash, remove_path
 from .store import Store
 
 log = logging.getLogger("streamcache")
@@ -77,14 +79,15 @@ def collect(store: Store, clock: Clock, max_age: float) -> GCReport:
                 report.discarded += 1
             else:
                 live_files.add(rec.file)
+    for path in [*files.garbage(), *index.garbage()]:
+        with contextlib.suppress(OSError):
+            remove_path(path)  # never served; under a name no lock guards
     for h, st in list(files.entries()):
+        if not is_key_hash(h):
+            continue  # garbage: removed above
         if st.st_mtime_ns / 1e9 > now:
             report.entries += 1
             report.disk_bytes += st.st_size
-            continue
-        if not _is_key_hash(h):
-            with contextlib.suppress(OSError):
-                os.unlink(files.entry_path(h))  # foreign: never served
             continue
         with index.locked(h, None):
             # Re-checked under the lock: a new entry may have replaced it.
@@ -100,7 +103,7 @@ def collect(store: Store, clock: Clock, max_age: float) -> GCReport:
     for path in index.stray_temp_files():
         with contextlib.suppress(OSError):
             if os.lstat(path).st_mtime < now - ORPHAN_GRACE:
-                os.unlink(path)
+                remove_path(path)
     report.files_removed = files.sweep(now - max_age, live_files)
     for name in live_files:
         with contextlib.suppress(OSError):
@@ -137,10 +140,6 @@ def sweep_channels(prefix: str, live: set[str], now: float) -> int:
                     continue  # in flight (perhaps expired): its producer unlinks it
         removed += unlink_channel(base)
     return removed
-
-
-def _is_key_hash(name: str) -> bool:
-    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
 class Cleaner:

@@ -16,15 +16,22 @@ index record and no lock: one ``open`` by name. Invariants:
 - Its mtime is its expiry time, set before the rename; nothing writes to it after.
 - It is replaced or removed only under the key's index lock; readers that have it
   open keep reading the unlinked inode (Unix semantics).
+- Whatever else is found where a file of ours goes (a directory, FIFO, socket or
+  symlink, a file under a name that is not ours) is garbage: never served, never
+  followed, never waited on (paths are opened with O_NOFOLLOW and O_NONBLOCK and
+  checked to be regular files), and removed by whoever next writes there or by
+  cleanup (:meth:`Filestore.garbage`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import json
 import os
 import secrets
+import shutil
 import stat
 import struct
 from collections.abc import Iterator
@@ -35,8 +42,12 @@ _counter = itertools.count()
 # Read and write: an inline creator's copy may move to a reader of this very
 # descriptor (duplicated), which works even once cleanup has unlinked the file.
 OPEN_WRITE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-_ABSENT = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP}
+# O_NONBLOCK: opening a FIFO planted where a file goes must not block (it changes nothing
+# for a regular file); O_NOFOLLOW: a planted symlink fails with ELOOP.
+OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+# What opening a path for reading says when no file of ours is there: absent, a shard
+# that is not a directory, a symlink (ELOOP), a socket (ENXIO), a mode-000 file (EACCES).
+NOT_OURS = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO, errno.EACCES}
 
 # A data file's mode while only the entry's bytes are in it, and from just before its
 # trailer is appended (see written_so_far).
@@ -102,14 +113,63 @@ def entry_info(path: str) -> StoredInfo | None:
 
 
 def make_private_dirs(path: str) -> None:
-    """``os.makedirs`` with every directory it creates 0700 (makedirs only sets the leaf's)."""
+    """``os.makedirs`` with every directory it creates 0700 (makedirs only sets the leaf's).
+
+    Something other than a directory at the leaf (a file, FIFO or symlink planted where
+    a directory of ours goes) is removed and the directory made."""
     parent = os.path.dirname(path)
     if parent and parent != path and not os.path.isdir(parent):
         make_private_dirs(parent)
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
-        pass
+        try:
+            if stat.S_ISDIR(os.lstat(path).st_mode):
+                return
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+
+
+def remove_path(path: str) -> bool:
+    """Remove whatever is at ``path``: a file, FIFO or symlink, or a directory tree planted
+    where a file of ours goes (symlinks inside are removed, never followed). Returns
+    whether something was there. Errors other than "absent" propagate."""
+    try:
+        os.unlink(path)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return False
+        if exc.errno not in (errno.EISDIR, errno.EPERM):
+            raise
+        try:
+            is_dir = stat.S_ISDIR(os.lstat(path).st_mode)
+        except FileNotFoundError:
+            return False
+        if not is_dir:
+            raise
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)  # a planted mode-000 directory can be emptied then
+    shutil.rmtree(path, ignore_errors=True)
+    return True
+
+
+def clear_non_regular(path: str) -> None:
+    """Remove what is at ``path`` unless it is a regular file (or nothing)."""
+    try:
+        if stat.S_ISREG(os.lstat(path).st_mode):
+            return
+    except FileNotFoundError:
+        return
+    remove_path(path)
+
+
+def is_key_hash(name: str) -> bool:
+    """Whether ``name`` is a key's sha256 in lower-case hex (the name of an entry)."""
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
 def producer_pid(name: str) -> int | None:
@@ -151,21 +211,28 @@ class Filestore:
         path = self.path(name)
         try:
             fd = os.open(path, OPEN_WRITE, WRITING_MODE)
-        except FileNotFoundError:
+        except FileNotFoundError:  # (ENOTDIR reaches the caller, as in Gitaly)
             make_private_dirs(os.path.dirname(path))
             fd = os.open(path, OPEN_WRITE, WRITING_MODE)
         return name, fd
 
     def open(self, name: str) -> int:
-        """A read descriptor on a data file (``FileNotFoundError`` if it is gone)."""
-        return os.open(self.path(name), OPEN_READ)
+        """A read descriptor on a data file (``FileNotFoundError`` if it is gone, or if
+        what is there is not a regular file: a record may name anything)."""
+        path = self.path(name)
+        try:
+            fd = os.open(path, OPEN_READ)
+        except OSError as exc:
+            if exc.errno in NOT_OURS:
+                raise FileNotFoundError(errno.ENOENT, "no data file", path) from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise FileNotFoundError(errno.ENOENT, "not a data file", path)
+        return fd
 
     def remove(self, name: str) -> bool:
-        try:
-            os.unlink(self.path(name))
-        except FileNotFoundError:
-            return False
-        return True
+        return remove_path(self.path(name))
 
     # -- finished entries --------------------------------------------------------------
 
@@ -184,15 +251,21 @@ class Filestore:
         os.utime(fd, ns=(ns, ns))
 
     def publish(self, name: str, key: str) -> None:
-        """Make the sealed data file ``name`` the finished entry of ``key`` (lock held)."""
-        dst = self.entry_path(key)
-        try:
-            os.replace(self.path(name), dst)
-        except FileNotFoundError:
-            if not os.path.exists(self.path(name)):
-                raise
-            make_private_dirs(os.path.dirname(dst))
-            os.replace(self.path(name), dst)
+        """Make the sealed data file ``name`` the finished entry of ``key`` (lock held).
+        A directory planted at the entry's name, or a shard that is not a directory,
+        is removed first."""
+        src, dst = self.path(name), self.entry_path(key)
+        for _ in range(2):
+            try:
+                os.replace(src, dst)
+                return
+            except IsADirectoryError:
+                remove_path(dst)
+            except (FileNotFoundError, NotADirectoryError):
+                if not os.path.lexists(src):
+                    raise
+                make_private_dirs(os.path.dirname(dst))
+        os.replace(src, dst)
 
     def open_entry(self, key: str, read_up_to: int = -1) -> Finished | None:
         """The finished entry of ``key``, or None if there is none or it is not intact.
@@ -204,7 +277,7 @@ class Filestore:
         try:
             fd = os.open(self.entry_path(key), OPEN_READ)
         except OSError as exc:
-            if exc.errno in _ABSENT:  # ELOOP: a symlink planted in its place
+            if exc.errno in NOT_OURS:  # ELOOP: a symlink planted in its place
                 return None
             raise
         handed_over = False
@@ -230,18 +303,14 @@ class Filestore:
         try:
             st = os.lstat(self.entry_path(key))
         except OSError as exc:
-            if exc.errno in _ABSENT:
+            if exc.errno in NOT_OURS:
                 return None
             raise
         return st.st_dev, st.st_ino
 
     def remove_entry(self, key: str) -> bool:
-        """Unlink the finished entry of ``key`` (lock held)."""
-        try:
-            os.unlink(self.entry_path(key))
-        except FileNotFoundError:
-            return False
-        return True
+        """Remove the finished entry of ``key``, or whatever is in its place (lock held)."""
+        return remove_path(self.entry_path(key))
 
     def entries(self) -> Iterator[tuple[str, os.stat_result]]:
         """(key, lstat) of every file under entries/, foreign names included."""
@@ -250,6 +319,21 @@ class Filestore:
                 yield entry.name, entry.stat(follow_symlinks=False)
             except OSError:
                 continue
+
+    def garbage(self) -> Iterator[str]:
+        """Paths under entries/ that hold no entry of ours, whatever their age: foreign
+        names, names in the wrong shard, and anything but a regular file (a directory,
+        FIFO, socket or symlink). Unintact files under a key's name are the lookup's
+        and the expiry pass's to remove (under the key's lock)."""
+        yield from _foreign(self.entries_dir)
+        for entry in shard_entries(self.entries_dir):
+            name = entry.name
+            try:
+                regular = stat.S_ISREG(entry.stat(follow_symlinks=False).st_mode)
+            except OSError:
+                continue
+            if not (regular and is_key_hash(name) and _in_own_shard(entry)):
+                yield entry.path
 
     # -- the sweeper -------------------------------------------------------------------
 
@@ -263,12 +347,15 @@ class Filestore:
             except OSError:
                 continue
             if entry.name in keep or st.st_mtime >= older_than or stat.S_ISDIR(st.st_mode):
-                continue
+                continue  # directories are kept, as Gitaly's cleanWalk keeps them
             try:
                 os.unlink(entry.path)
                 removed += 1
             except OSError:
                 pass
+        for path in _foreign(self.data_dir):
+            with contextlib.suppress(OSError):
+                removed += remove_path(path)
         return removed
 
 
@@ -292,12 +379,34 @@ def written_so_far(fd: int) -> int:
     return 0
 
 
+def trailer_size(tail: bytes) -> int | None:
+    """The entry size that the trailer ``tail`` records, or None if ``tail`` is not a
+    trailer of this layout (another length, another magic: garbage, never trusted)."""
+    if len(tail) != TRAILER.size:
+        return None
+    magic, recorded = TRAILER.unpack(tail)
+    return int(recorded) if magic == _MAGIC else None
+
+
 def _intact(buf: bytes, at: int, size: int) -> bool:
     """Whether ``buf`` holds, at ``at``, the trailer of an entry of ``size`` bytes."""
-    if len(buf) != at + TRAILER.size:
-        return False
-    magic, recorded = TRAILER.unpack_from(buf, at)
-    return bool(magic == _MAGIC and recorded == size)
+    return len(buf) == at + TRAILER.size and trailer_size(buf[at:]) == size
+
+
+def _in_own_shard(entry: os.DirEntry[str]) -> bool:
+    return os.path.basename(os.path.dirname(entry.path)) == entry.name[:2]
+
+
+def _foreign(root: str) -> Iterator[str]:
+    """Paths directly in ``root`` that are not shard directories (files, FIFOs, symlinks
+    planted there): garbage."""
+    try:
+        items = list(os.scandir(root))
+    except OSError:
+        return
+    for item in items:
+        if not item.is_dir(follow_symlinks=False):
+            yield item.path
 
 
 def shard_entries(root: str) -> Iterator[os.DirEntry[str]]:

@@ -18,7 +18,12 @@ filestore.py). Invariants:
 - Lock files are never deleted: a deleted lock file would let two processes lock
   different inodes of one path.
 - Records are plain text (never pickle). A record that does not parse, or has
-  another version, is garbage: ignored, and removed under the lock.
+  another version, is garbage: ignored, and removed under the lock; so is anything
+  else at a record's name (a file, FIFO or directory), and cleanup removes names
+  that are not ours (:meth:`Index.garbage`).
+- A lock file is opened with O_NOFOLLOW and O_NONBLOCK and must be a regular file:
+  a directory, FIFO or symlink planted at its name is removed (it is no lock anyone
+  holds) and the file made.
 """
 
 from __future__ import annotations
@@ -29,15 +34,21 @@ import fcntl
 import math
 import os
 import secrets
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import filelock
-
 from ipc.clock import SYSTEM, Clock
 
-from .filestore import make_private_dirs, producer_pid, shard_entries
+from .filestore import (
+    clear_non_regular,
+    is_key_hash,
+    make_private_dirs,
+    producer_pid,
+    remove_path,
+    shard_entries,
+)
 
 RECORD_VERSION = 3
 _LOCK_POLL = 0.001
@@ -105,12 +116,7 @@ class _Stripe:
 
     def _descriptor(self) -> int:
         if self.fd < 0:
-            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-            try:
-                self.fd = os.open(self.path, flags, 0o600)
-            except FileNotFoundError:
-                make_private_dirs(os.path.dirname(self.path))
-                self.fd = os.open(self.path, flags, 0o600)
+            self.fd = _open_lock_file(self.path)
         return self.fd
 
     @contextlib.contextmanager
@@ -149,6 +155,31 @@ class _Stripe:
         if self.fd >= 0:
             os.close(self.fd)  # the parent's lock (if held) stays the parent's
             self.fd = -1
+
+
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _open_lock_file(path: str) -> int:
+    """A descriptor on the lock file ``path``, made 0600 if missing. What is planted in
+    its place (a directory, FIFO, socket or symlink) is removed first; a regular file
+    is never removed (another process may hold a lock on it)."""
+    for _ in range(3):
+        try:
+            fd = os.open(path, _LOCK_FLAGS, 0o600)
+        except (FileNotFoundError, NotADirectoryError):
+            make_private_dirs(os.path.dirname(path))
+            continue
+        except OSError as exc:
+            if exc.errno not in (errno.EISDIR, errno.ELOOP, errno.ENXIO):
+                raise
+            clear_non_regular(path)
+            continue
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+        os.close(fd)  # a FIFO: opened without blocking, never used as a lock
+        clear_non_regular(path)
+    raise OSError(errno.EEXIST, "cannot make a lock file in place of what is there", path)
 
 
 _stripes: dict[str, _Stripe] = {}
@@ -191,29 +222,16 @@ class Index:
 
     @contextlib.contextmanager
     def cleanup_lock(self) -> Iterator[bool]:
-        """Try to become the one process running cleanup; yields False if another is.
-
-        Taken once per cleanup pass, so filelock's cost (it opens the file each
-        time) does not matter here, and a process keeps no descriptor for it.
-        """
-        if not os.path.isdir(self.locks_dir):
-            make_private_dirs(self.locks_dir)  # filelock would use the umask's mode
-        lock = filelock.UnixFileLock(
-            os.path.join(self.locks_dir, "cleanup.lock"),
-            timeout=0,
-            mode=0o600,
-            thread_local=False,
-            preserve_lock_file=True,
-        )
-        try:
-            lock.acquire()
-        except filelock.Timeout:
-            yield False
-            return
-        try:
+        """Try to become the one process running cleanup; yields False if another is
+        (in this process or another)."""
+        stripe = _stripe(os.path.join(self.locks_dir, "cleanup.lock"))
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(stripe.hold(0.0, self._clock))
+            except TimeoutError:
+                yield False
+                return
             yield True
-        finally:
-            lock.release()
 
     def read(self, key: str) -> Record | None:
         """The record of ``key``, or None if absent or garbage.
@@ -235,7 +253,7 @@ class Index:
         text = rec.to_text()
         try:
             os.symlink(text, path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             make_private_dirs(os.path.dirname(path))
             os.symlink(text, path)
         except FileExistsError:
@@ -243,7 +261,11 @@ class Index:
             tmp = f"{path}.{secrets.token_hex(4)}.tmp"
             os.symlink(text, tmp)
             try:
-                os.replace(tmp, path)
+                try:
+                    os.replace(tmp, path)
+                except IsADirectoryError:  # a directory planted at the record's name
+                    remove_path(path)
+                    os.replace(tmp, path)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
@@ -259,18 +281,48 @@ class Index:
             raise
 
     def remove(self, key: str) -> None:
-        """Drop the record of ``key``. Lock held."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.record_path(key))
+        """Drop the record of ``key``, or whatever is in its place. Lock held."""
+        remove_path(self.record_path(key))
 
     def keys(self) -> Iterator[str]:
         """Every key with a record (valid or not)."""
         for entry in shard_entries(self.records_dir):
-            if entry.name.endswith(".rec") and len(entry.name) == 68:
+            if _is_record_name(entry):
                 yield entry.name[:-4]
 
     def stray_temp_files(self) -> Iterator[str]:
         """Paths of temp records left by a process that died before its rename."""
         for entry in shard_entries(self.records_dir):
-            if entry.name.endswith(".tmp"):
+            if _is_temp_name(entry):
                 yield entry.path
+
+    def garbage(self) -> Iterator[str]:
+        """Paths under index/ that are neither records nor temp records: foreign names,
+        names in the wrong shard, non-directories where shards go."""
+        try:
+            items = list(os.scandir(self.records_dir))
+        except OSError:
+            items = []
+        for item in items:
+            if not item.is_dir(follow_symlinks=False):
+                yield item.path
+        for entry in shard_entries(self.records_dir):
+            if not (_is_record_name(entry) or _is_temp_name(entry)):
+                yield entry.path
+
+
+def _is_record_name(entry: os.DirEntry[str]) -> bool:
+    """``<sha256 hex>.rec`` in the shard of its first two digits."""
+    name = entry.name
+    return (
+        len(name) == 68
+        and name.endswith(".rec")
+        and is_key_hash(name[:64])
+        and os.path.basename(os.path.dirname(entry.path)) == name[:2]
+    )
+
+
+def _is_temp_name(entry: os.DirEntry[str]) -> bool:
+    """``<sha256 hex>.rec.<8 hex>.tmp`` (see :meth:`Index.write`)."""
+    name = entry.name
+    return len(name) == 81 and name.endswith(".tmp") and is_key_hash(name[:64])
