@@ -304,6 +304,15 @@ class _QueueSource:
         self._closed.set()
 
 
+def start_create(create: Create, start: int = 0) -> _QueueSource:
+    """Run ``create`` in a thread of its own, into a source that a Stream reads from byte
+    ``start``: what NullCache's stream, and a StreamCache miss that bypasses the cache,
+    read."""
+    source = _QueueSource(start)
+    threading.Thread(target=source.run, args=(create,), daemon=True).start()
+    return source
+
+
 class NullCache(CacheBase):
     """Caches nothing: every fetch runs ``create(dst)`` itself and reports created=True."""
 
@@ -336,9 +345,7 @@ class NullCache(CacheBase):
         check_create(create)
         check_start(start)
         deadline = deadline_for(timeout)
-        source = _QueueSource(start)
-        threading.Thread(target=source.run, args=(create,), daemon=True).start()
-        return Stream(source, True, deadline)
+        return Stream(start_create(create, start), True, deadline)
 
 
 class LogEntry(NamedTuple):

@@ -9,6 +9,7 @@ producer (``producer``) -> the channel (``ipc``).
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import stat
 import weakref
@@ -24,7 +25,15 @@ from ipc.clock import SYSTEM, Clock
 from ipc.segment import DEFAULT_SLOTS, MAX_SLOTS, SegmentError
 
 from . import config
-from .base import CacheBase, check_create, check_dst, check_key, check_start
+from .base import (
+    CacheBase,
+    NullCache,
+    check_create,
+    check_dst,
+    check_key,
+    check_start,
+    start_create,
+)
 from .deadline import deadline_for, remaining
 from .eviction import Cleaner, GCReport, collect
 from .filestore import (
@@ -35,16 +44,19 @@ from .filestore import (
     written_so_far,
 )
 from .index import Record
-from .metrics import ERROR, HIT, MISS, for_dir
+from .metrics import BYPASS, ERROR, HIT, MISS, for_dir
 from .pipe import CREATOR_SLOT, FileReader, PipeReader
 from .producer import Producer, Producers, check_not_creating
 from .sink import write_all
 from .store import LAYOUT, Store, channel_base, key_hash
-from .stream import EntryInfo, FetchResult, Stream
+from .stream import EntryInfo, FetchResult, Source, Stream
+from .usage import is_disk_full
 
 __all__ = ["LAYOUT", "GCReport", "StreamCache", "channel_base", "key_hash", "prepare_dir"]
 
 Create = Callable[[Any], object]
+
+log = logging.getLogger("streamcache")
 
 # fetch reads a finished entry up to this size whole, in one pread with its trailer.
 _READ_WHOLE = 64 * 1024
@@ -75,11 +87,13 @@ def prepare_dir(path: str) -> str:
 class Found(NamedTuple):
     """What the lookup under the key's lock gave: a reader on the entry (``created``:
     this call made the entry, its producer runs in a thread), or no reader because
-    this call created the entry inline and copied ``written`` bytes to its dst."""
+    this call created the entry inline and copied ``written`` bytes to its dst; or
+    none because the miss must bypass the cache (``bypass``: why)."""
 
     reader: FileReader | PipeReader | None
     created: bool
     written: int = 0
+    bypass: str | None = None
 
 
 class StreamCache(CacheBase):
@@ -132,7 +146,14 @@ class StreamCache(CacheBase):
         self.root = os.path.join(self.dir, LAYOUT)
         make_private_dirs(self.root)
         self._clock = clock if isinstance(clock, Clock) else Clock(wall=clock)
-        self._store = Store(self.root, ipc.prefix_for(self.dir), self._clock, self.metrics)
+        self._store = Store(
+            self.root,
+            ipc.prefix_for(self.dir),
+            self._clock,
+            self.metrics,
+            max_bytes=self.max_bytes,
+            max_age=self.max_age,
+        )
         self._index = self._store.index
         self._files = self._store.files
         if cleanup_interval is None:
@@ -153,11 +174,13 @@ class StreamCache(CacheBase):
         try:
             check_start(start)
             h, deadline = self._begin(key, create, timeout)
-            source, created = self._open(key, h, create, deadline, start)
+            source, created, bypassed = self._open(key, h, create, deadline, start)
         except Exception:
             self.metrics.count_fetch(ERROR)
             raise
-        return self._stream(key, h, source, created, create, deadline, start, outcome=True)
+        if bypassed:
+            self.metrics.count_fetch(BYPASS)
+        return self._stream(key, h, source, created, create, deadline, start, outcome=not bypassed)
 
     def peek(self, key: str) -> EntryInfo | None:
         """The state of ``key``'s entry, or None: never creates, waits or counts."""
@@ -211,11 +234,11 @@ class StreamCache(CacheBase):
                 write_all(dst, fin.data, deadline)
                 self.metrics.count_hit(fin.size)
                 return FetchResult(fin.size, False)
-            result = self._fetch(key, h, dst, create, deadline, fin)
+            result, outcome = self._fetch(key, h, dst, create, deadline, fin)
         except Exception:
             self.metrics.count_fetch(ERROR)
             raise
-        self.metrics.count_fetch(MISS if result.created else HIT)
+        self.metrics.count_fetch(outcome)
         return result
 
     def _fetch(
@@ -226,19 +249,22 @@ class StreamCache(CacheBase):
         create: Create,
         deadline: float | None,
         fin: Finished | None,
-    ) -> FetchResult:
+    ) -> tuple[FetchResult, str]:
         """fetch beyond a small hit: a reader on ``fin``, the finished entry if there is
-        one, or on the entry found or created under the key's lock."""
+        one, or on the entry found or created under the key's lock, or create straight
+        into ``dst`` (bypassing the cache); and the outcome."""
         if fin is not None:
             found = Found(FileReader(fin.fd, fin.size), False)
         else:
             inline_dst = dst if deadline is None else None
             found = self._find_or_claim(key, h, create, deadline, inline_dst, 0)
+        if found.bypass is not None:
+            return _NULL.fetch(key, dst, create, remaining(deadline)), BYPASS
         if found.reader is None:
             self.metrics.count_served(found.written)
-            return FetchResult(found.written, True)
+            return FetchResult(found.written, True), MISS
         with self._stream(key, h, found.reader, found.created, create, deadline, 0) as s:
-            return FetchResult(s.copy_to(dst), found.created)
+            return FetchResult(s.copy_to(dst), found.created), MISS if found.created else HIT
 
     def stop(self) -> None:
         """End this process's background cleanup. fetch still works afterwards."""
@@ -284,7 +310,7 @@ class StreamCache(CacheBase):
         self,
         key: str,
         h: str,
-        source: FileReader | PipeReader,
+        source: Source,
         created: bool,
         create: Create,
         deadline: float | None,
@@ -296,37 +322,59 @@ class StreamCache(CacheBase):
         it is closed); one that attached to an entry in flight may reopen."""
         reopen = None
         if isinstance(source, PipeReader) and not created:
-            reopen = functools.partial(self._open, key, h, create, deadline, start)
+            reopen = functools.partial(self._reopen, key, h, create, deadline, start)
         return Stream(source, created, deadline, reopen, self.metrics, outcome)
+
+    def _reopen(
+        self, key: str, h: str, create: Create, deadline: float | None, start: int
+    ) -> tuple[Source, bool]:
+        source, created, _ = self._open(key, h, create, deadline, start)
+        return source, created
 
     def _open(
         self, key: str, h: str, create: Create, deadline: float | None, start: int
-    ) -> tuple[FileReader | PipeReader, bool]:
-        """A reader on the entry of ``h`` from byte ``start``, and whether this call
-        created it (then its producer runs in a thread)."""
+    ) -> tuple[Source, bool, bool]:
+        """A reader on the entry of ``h`` from byte ``start``, whether this call
+        created it (then its producer runs in a thread, or, bypassing the cache,
+        straight into the reader), and whether it bypassed the cache."""
         hit = self._open_finished(h, start)
         if hit is not None:
-            return hit, False
+            return hit, False, False
         found = self._find_or_claim(key, h, create, deadline, None, start)
+        if found.bypass is not None:
+            return start_create(create, start), True, True
         assert found.reader is not None
-        return found.reader, found.created
+        return found.reader, found.created, False
 
     def _find_or_claim(
         self, key: str, h: str, create: Create, deadline: float | None, dst: Any, start: int
     ) -> Found:
         """Under the key's lock: a reader on the entry (from byte ``start``), or a new
         entry of ours, whose producer runs in a thread (``dst`` None) or here, copying
-        to ``dst``."""
+        to ``dst``; or neither, when the miss must bypass the cache."""
         # A created entry is put here before its record is written, so that an
         # exception anywhere up to the producer's start (a signal handler's, say)
         # fails it instead of leaving a record that nobody will ever finish.
         pending: list[tuple[Producer, PipeReader | None]] = []
+        self._store.usage.make_room()
         try:
-            with self._index.locked(h, remaining(deadline)):
-                reader = self._lookup_locked(h, start)
-                if reader is not None:
-                    return Found(reader, False)
-                self._create_locked(key, h, pending, with_reader=dst is None, start=start)
+            try:
+                with self._index.locked(h, remaining(deadline)):
+                    reader = self._lookup_locked(h, start)
+                    if reader is not None:
+                        return Found(reader, False)
+                    bypass = self._store.usage.admit()
+                    if bypass is not None:
+                        return _bypass(bypass)
+                    self._create_locked(key, h, pending, with_reader=dst is None, start=start)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                # No room for a lock, record or data file: nothing ran create yet.
+                _abort(pending, exc)
+                pending.clear()
+                self._store.usage.mark_full()
+                return _bypass("disk full")
             producer, reader = pending[0]
             if dst is not None:
                 return Found(None, True, producer.run_inline(create, dst))
@@ -334,10 +382,7 @@ class StreamCache(CacheBase):
             assert reader is not None
             return Found(reader, True)
         except BaseException as exc:
-            for producer, reader in pending:
-                if reader is not None:
-                    reader.close()
-                producer.abort(exc)
+            _abort(pending, exc)
             raise
 
     # -- lookup -----------------------------------------------------------------------
@@ -513,6 +558,22 @@ class StreamCache(CacheBase):
         self._cleaner.after_fork()
 
 
+def _bypass(reason: str) -> Found:
+    """A miss that runs create straight into its caller, with no cache entry: the budget
+    is all taken by entries in flight, or the disk is full (outcome "bypass")."""
+    log.debug("streamcache: a miss bypasses the cache (%s)", reason)
+    return Found(None, False, bypass=reason)
+
+
+def _abort(pending: list[tuple[Producer, PipeReader | None]], exc: BaseException) -> None:
+    """Fail the entries created by a lookup that did not get to run them."""
+    for producer, reader in pending:
+        if reader is not None:
+            reader.close()
+        producer.abort(exc)
+
+
+_NULL = NullCache()
 _live_caches: weakref.WeakSet[StreamCache] = weakref.WeakSet()
 
 

@@ -10,7 +10,8 @@ so across all processes sharing a directory one runs it at a time):
    (foreign names, directories, FIFOs, symlinks) under entries/ and index/, whatever
    its age;
 3. the sweep: temp records and data files that no live record owns and that are older
-   than max_age, and channels (segments and bells in /dev/shm) that no live entry owns.
+   than max_age, and channels (segments and bells in /dev/shm) that no live entry owns;
+4. the disk usage total is set to what the directory holds (see usage.py).
 
 The :class:`Cleaner` runs a pass every ``interval`` seconds in a daemon thread.
 """
@@ -111,6 +112,7 @@ def collect(store: Store, clock: Clock, max_age: float) -> GCReport:
             report.entries += 1
     live_channels = {store.channel_base(f) for f in live_files}
     report.ipc_removed += sweep_channels(store.prefix, live_channels, now)
+    store.usage.repair()
     return report
 
 

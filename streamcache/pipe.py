@@ -43,6 +43,7 @@ from .index import Record
 from .metrics import NULL, Metrics
 from .sizes import AnnouncedSize
 from .store import Store
+from .usage import Account, disk_full, is_disk_full
 
 CHUNK = 1 << 20  # a reader reads ahead at most this much
 CREATOR_SLOT = 0  # the creating process's reader slot in its entry's segment
@@ -97,11 +98,14 @@ class Writer:
         channel_base: str | None = None,
         clock: Clock = SYSTEM,
         metrics: Metrics = NULL,
+        account: Account | None = None,
     ) -> None:
         self._fd = fd
         self._metrics = metrics
         self._counted = 0  # bytes of offset counted as generated
         self._held = 0.0  # seconds of the channel's back pressure counted
+        self._account = account
+        self.failure: OSError | None = None  # a write that failed: the entry is incomplete
         self._tee = tee
         self._channel_base = channel_base
         self._clock = clock
@@ -182,6 +186,8 @@ class Writer:
 
     def finish(self) -> None:
         """The producer's close after ``create`` returned (which may have closed already)."""
+        if self.failure is not None:
+            raise self.failure  # create carried on past a failed write
         if not self._closed:
             self.close()
         elif self.broken:
@@ -207,6 +213,8 @@ class Writer:
             raise ValueError("write to a closed streamcache writer")
         if self.broken:
             raise BrokenPipeError("all readers closed")
+        if self.failure is not None:
+            raise self.failure
         if isinstance(data, str):
             raise TypeError("write() needs bytes, not str")
         view = memoryview(data).cast("B")
@@ -220,9 +228,9 @@ class Writer:
                 self._broken()  # checked before writing: nothing lands that nobody reads
         elif self.channel is None and self._clock.monotonic() >= self._next_discovery:
             self._discover()  # has another reader attached meanwhile?
-        done = os.write(self._fd, view)
-        while done < total:
-            done += os.write(self._fd, view[done:])
+        if self._account is not None:
+            self._account.reserve(total)  # before the bytes land (see usage.py)
+        self._append(view)
         self.offset += total
         if self.offset - self._counted >= _COUNT_EVERY:
             self._count()
@@ -242,6 +250,19 @@ class Writer:
         if channel.hold_back(self.offset, self._window, self._waiter, readers) == 0:
             self._broken()
         return total
+
+    def _append(self, view: memoryview) -> None:
+        try:
+            done = os.write(self._fd, view)
+            while done < len(view):
+                done += os.write(self._fd, view[done:])
+        except OSError as exc:
+            # The file may hold part of it: the entry cannot be completed any more.
+            if not is_disk_full(exc):
+                self.failure = exc
+                raise
+            self.failure = disk_full(exc)
+            raise self.failure from exc
 
     def _broken(self) -> NoReturn:
         self.broken = True

@@ -30,13 +30,17 @@ from ipc.clock import SYSTEM, Clock
 from ipc.segment import FAILED_ABANDONED, FAILED_BY_PRODUCER, ReaderSlot, SegmentError
 
 from .errors import CreateError, Error, describe
+from .filestore import TRAILER
 from .index import Record
 from .pipe import CREATOR_SLOT, Outcome, PipeReader, Writer
 from .sink import usable_fd, write_all
 from .store import Store
 from .stream import Stream
+from .usage import Account, disk_full, is_disk_full
 
 Create = Callable[[Any], object]
+
+log = logging.getLogger("streamcache")
 
 # Once others read too, an inline creator whose client took longer than this for one
 # write hands its copy to a thread, so that client paces nobody else.
@@ -124,6 +128,7 @@ class Producer:
         self._running = running
         self._clock = clock
         self.outcome = Outcome()
+        self._account = Account(store.usage, rec.file)
         self.thread: threading.Thread | None = None
         # Whoever claims the producer (run, run_inline or abort) finalizes it: exactly once.
         self._claim_lock = threading.Lock()
@@ -146,6 +151,7 @@ class Producer:
             self._store.channel_base(self.rec.file),
             self._clock,
             self._store.metrics,
+            self._account,
         )
 
     def start(self, create: Create) -> None:
@@ -223,26 +229,33 @@ class Producer:
         """Publish the outcome in the order the module docstring gives."""
         store = self._store
         writer.abandon()
+        if writer.failure is not None and not isinstance(error, (KeyboardInterrupt, SystemExit)):
+            error = writer.failure  # the real cause, whatever create made of it
         try:
             if error is None:
+                self._account.reserve(TRAILER.size, force=True)
                 store.files.seal(self._fd, writer.offset, self.rec.expires)
         except BaseException as exc:
-            error = error or exc
+            error = error or (disk_full(exc) if is_disk_full(exc) else exc)
         try:
             os.close(self._fd)
         except OSError as exc:
             error = error or exc
+        kept = False
         try:
             if error is None:
                 try:
-                    store.publish(self.rec)
+                    kept = store.publish(self.rec) is not None
                 except BaseException as exc:
-                    error = exc
+                    error = disk_full(exc) if is_disk_full(exc) else exc
             if error is not None:
                 self.outcome.error = error  # before the segment says so: see Outcome
                 store.drop(self.rec)
                 _log_failure(self.rec, writer, error)
+                if is_disk_full(error):
+                    store.usage.mark_full()
         finally:
+            self._settle(kept)
             # Once the record is gone no reader attaches any more; one may have made
             # the channel since this producer last looked (its name derives from the
             # data file's, so it is found even if the record was evicted).
@@ -253,6 +266,14 @@ class Producer:
             else:  # none, or a partial set left by an attaching reader that died
                 unlink_channel(store.channel_base(self.rec.file))
             self._running.discard(self)
+
+    def _settle(self, kept: bool) -> None:
+        """Settle the entry's bytes with the usage total (never raises: the channel's
+        end must follow)."""
+        try:
+            self._account.end(kept)
+        except OSError:
+            log.exception("streamcache: could not update the disk usage total")
 
     def _open_channel(self) -> Channel | None:
         try:

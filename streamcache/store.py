@@ -28,6 +28,7 @@ from ipc.naming import BASE_HEX
 from .filestore import Filestore
 from .index import Index, Record
 from .metrics import DEAD_PRODUCER, EXPIRED, NULL, Metrics
+from .usage import MAX_BACKOFF, Usage
 
 log = logging.getLogger("streamcache")
 
@@ -57,15 +58,24 @@ def channel_base(prefix: str, file: str) -> str:
 
 
 class Store:
-    """Records and files of the cache under ``root``; ``prefix`` names its IPC objects."""
+    """Records and files of the cache under ``root``; ``prefix`` names its IPC objects;
+    ``usage`` keeps the running total of their bytes against ``max_bytes``."""
 
     def __init__(
-        self, root: str, prefix: str, clock: Clock = SYSTEM, metrics: Metrics = NULL
+        self,
+        root: str,
+        prefix: str,
+        clock: Clock = SYSTEM,
+        metrics: Metrics = NULL,
+        *,
+        max_bytes: int | None = None,
+        max_age: float = MAX_BACKOFF,
     ) -> None:
         self.index = Index(root, clock)
         self.files = Filestore(root)
         self.prefix = prefix
         self.metrics = metrics  # evictions are counted here; the producer's writes too
+        self.usage = Usage(root, self.index, self.files, clock, max_bytes, max_age, metrics)
 
     def channel_base(self, file: str) -> str:
         return channel_base(self.prefix, file)
@@ -81,7 +91,9 @@ class Store:
         with self.index.locked(rec.key, None):
             cur = self.current(rec)
             if cur is not None:
+                replaced = self.usage.entry_size(rec.key)
                 self.files.publish(rec.file, rec.key)
+                self.usage.forget(replaced)
                 self.index.remove(rec.key)
                 return cur
         # Evicted (or replaced) while in flight: nobody will find this file again.
@@ -145,7 +157,7 @@ class Store:
     def expire_finished(self, key: str) -> bool:
         """Remove the finished entry of ``key`` (lock held; the caller found it expired
         or not intact); whether there was one."""
-        removed = self.files.remove_entry(key)
+        removed = self.usage.remove_entry(key)
         if removed:
             self.metrics.count_eviction(EXPIRED)
         return removed
