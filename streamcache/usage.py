@@ -36,8 +36,10 @@ all use the same budget):
 
 Disk full: ENOSPC, EFBIG or EDQUOT while an entry is set up or written marks the
 directory full until ``now + backoff``; until then misses bypass. The first miss after
-that probes (creates, pushing the mark on by a back-off so the others keep bypassing);
-any entry published clears the mark.
+that probes: if the filesystem reports less than :data:`PROBE_ROOM` free, the mark moves
+on by a back-off and the miss bypasses; else it creates, pushing the mark on by a
+back-off so that the others keep bypassing meanwhile. Any entry published clears the
+mark.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ STALL = 10.0
 _RECHECK = 0.005
 # The longest the disk-full back-off gets.
 MAX_BACKOFF = 10.0
+# Free bytes a probe needs to see before it creates an entry on a disk found full.
+PROBE_ROOM = 1 << 20
 
 # magic, total, published, full_until, holder pid, holder start, holder tag
 _LAYOUT = struct.Struct("<8sqQdqdQ")
@@ -247,6 +251,7 @@ class Usage:
         metrics: Metrics = NULL,
     ) -> None:
         self._metrics = metrics
+        self._root = root
         self._file = _shared(os.path.join(root, "usage"))
         self._index = index
         self._files = files
@@ -292,13 +297,24 @@ class Usage:
                 if self.max_bytes is not None and st.total >= self.max_bytes:
                     return "over budget"
                 if st.full_until:
-                    st.full_until = now + self.backoff  # the others bypass while it probes
+                    # This miss probes; the others bypass meanwhile.
+                    st.full_until = now + self.backoff
+                    if self._free() < PROBE_ROOM:
+                        return "disk full"
         except OSError as exc:
             if not is_disk_full(exc):
                 raise
             self._local_full_until = now + self.backoff
             return "disk full"
         return None
+
+    def _free(self) -> int:
+        """Bytes the filesystem says are free for us (unknown: as if enough)."""
+        try:
+            vfs = os.statvfs(self._root)
+        except OSError:
+            return PROBE_ROOM
+        return vfs.f_bavail * vfs.f_frsize
 
     def mark_full(self) -> None:
         """The disk was found full: misses bypass for a back-off."""
