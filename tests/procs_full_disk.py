@@ -52,9 +52,11 @@ def attached_reader(dir: str, attached: Any, q: Any) -> None:
         cache.stop()
 
 
-def bypassing_fetch(dir: str, q: Any) -> None:
-    """Another process's miss while the disk is full: bypasses at once."""
-    cache = streamcache.StreamCache(dir, max_age=3600, cleanup_interval=0)
+def bypassing_fetch(dir: str, now: float, q: Any) -> None:
+    """Another process's miss while the disk is full (its wall clock stopped at ``now``,
+    however long it took to start): bypasses at once."""
+    clock = Clock(wall=lambda: now)
+    cache = streamcache.StreamCache(dir, max_age=3600, cleanup_interval=0, clock=clock)
     sink = HashSink()
     res = cache.fetch("elsewhere", sink, writer_of("elsewhere", BIG, CHUNK))
     ok = sink.hexdigest() == payload_sha("elsewhere", BIG, CHUNK)
@@ -108,8 +110,9 @@ def is_cached(dir: str, key: str) -> bool:
 
 def main(mode: str, dir: str) -> None:
     spawn = multiprocessing.get_context("spawn")
-    skew = [0.0]
-    clock = Clock(wall=lambda: time.time() + skew[0])
+    # The wall clock stands still but for the test's steps: the back-off is on it.
+    base, skew = time.time(), [0.0]
+    clock = Clock(wall=lambda: base + skew[0])
     cache = streamcache.StreamCache(dir, max_age=3600, cleanup_interval=0, clock=clock)
     backoff = min(3600, MAX_BACKOFF)
     report: dict[str, Any] = {"mode": mode}
@@ -162,7 +165,7 @@ def main(mode: str, dir: str) -> None:
     with cache.stream("miss-2", writer_of("miss-2", BIG, CHUNK)) as s2:
         assert s2.created and s2.read() == payload_bytes("miss-2", BIG, CHUNK)
     assert bypasses(cache) == 2
-    other = spawn.Process(target=bypassing_fetch, args=(dir, q), daemon=True)
+    other = spawn.Process(target=bypassing_fetch, args=(dir, base, q), daemon=True)
     other.start()
     assert q.get(timeout=WAIT) == (True, True, 1)
     other.join(WAIT)
