@@ -59,7 +59,9 @@ def test_eight_concurrent_invocations_run_the_command_once(
     launch: Launcher, cache_dir: Path, tmp_path: Path
 ) -> None:
     g = launch.gated(tmp_path)
-    args = run_args(cache_dir, g.argv(), "--max-age", "8s")
+    # max-age bounds how long all eight may take to start (a late one would find the
+    # entry expired and run the command again), and how long the test waits for expiry.
+    args = run_args(cache_dir, g.argv(), "--max-age", "12s")
     batch = [launch.start(*args, cwd=tmp_path) for _ in range(8)]
     # All eight read the entry in flight (the command waits for the gate meanwhile).
     wait_until(lambda: readers_of_entries_in_flight(cache_dir) == 8, "8 readers of the entry")

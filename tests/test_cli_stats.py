@@ -190,3 +190,22 @@ def test_help_has_no_rest_markup_and_every_option_is_explained() -> None:
         version.returncode == 0
         and version.stdout.strip() == f"streamcache {streamcache.__version__}"
     )
+
+
+def test_stats_shows_garbage_as_invalid_and_never_hangs_on_it(cache_dir: Path) -> None:
+    assert cli("run", "--dir", str(cache_dir), "--", "echo", "x").returncode == 0
+    root = cache_dir / "v2"
+    h = "ab" * 32
+    (root / "entries" / "ab").mkdir(exist_ok=True)
+    os.mkfifo(root / "entries" / "ab" / h)  # a FIFO where a finished entry goes
+    (root / "entries" / "ab" / "foreign").write_bytes(b"not an entry")
+    (root / "index" / "cd").mkdir(parents=True, exist_ok=True)
+    os.symlink("9 garbage", root / "index" / "cd" / f"{'cd' * 32}.rec")
+    out = cli("stats", "--dir", str(cache_dir), "--json", timeout=WAIT)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    states = sorted(e["state"] for e in doc["entries"])
+    assert states == ["done", "invalid", "invalid", "invalid"]
+    assert doc["totals"]["states"]["invalid"] == 3
+    text = cli("stats", "--dir", str(cache_dir), timeout=WAIT)
+    assert text.returncode == 0 and text.stdout.count(" invalid ") == 3
