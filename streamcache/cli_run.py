@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import logging
 import os
 import re
@@ -24,6 +25,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -57,7 +59,8 @@ stored output without running anything.
 - CMD's stderr goes to the invocation that ran it; its stdin is /dev/null.
 - SIGINT or SIGTERM to the invocation running CMD is passed on to CMD's process
   group (SIGKILL after 5 s, or at a second signal); the other invocations then
-  end with a message and the same non-zero status.
+  end with a message and the same non-zero status. If that invocation is killed
+  outright, CMD gets SIGTERM (Linux) and the others end with status 125.
 """
 
 EPILOG = f"""\
@@ -110,10 +113,27 @@ def _signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 
 
-def _own_process_group() -> dict[str, Any]:
-    if sys.version_info >= (3, 11):
-        return {"process_group": 0}
-    return {"preexec_fn": os.setpgrp}  # pragma: no cover (3.10)
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup(runner_pid: int) -> Callable[[], None]:
+    """What the command's process does before exec: a process group of its own (so a
+    signal reaches all of it), and on Linux SIGTERM when the invocation running it dies
+    (killed with SIGKILL, say), so that no orphan goes on working for nobody. Runs
+    between fork and exec; the runner has no other thread then."""
+    prctl = None
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def setup() -> None:
+        os.setpgid(0, 0)
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != runner_pid:  # it died before the line above
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    return setup
 
 
 class Runner:
@@ -134,7 +154,10 @@ class Runner:
         self.started = True
         try:
             proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, **_own_process_group()
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                preexec_fn=_child_setup(os.getpid()),
             )
         except OSError as exc:
             missing = isinstance(exc, FileNotFoundError)

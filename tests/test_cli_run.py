@@ -238,7 +238,7 @@ def test_the_cache_warnings_show_with_verbose_only(cache_dir: Path) -> None:
     assert "Traceback" not in loud.stderr
 
 
-def test_a_killed_runner_fails_the_others_promptly(
+def test_a_killed_runner_fails_the_others_promptly_and_ends_the_command(
     launch: Launcher, cache_dir: Path, tmp_path: Path
 ) -> None:
     g = launch.gated(tmp_path)
@@ -255,3 +255,6 @@ def test_a_killed_runner_fails_the_others_promptly(
     err = follower.stderr.read()
     assert follower.returncode == 125, err
     assert b"died" in err and b"incomplete" in err
+    # The command, orphaned, got SIGTERM when its runner died (Linux).
+    for pid in g.runs()[0]:
+        wait_until(lambda pid=pid: not is_running(pid), f"process {pid} of the command to end")
