@@ -15,8 +15,8 @@ The rules are :mod:`streamcache.wsgi`'s (DESIGN section 5.1; the I/O-free part i
   a disconnect returns quietly), so ``receive()`` is watched for ``http.disconnect``
   while the response is prepared and sent; on it the sending stops and the astream
   is closed at once.
-- A producer failing after the first byte: the helper logs one WARNING and returns
-  without the final body message. uvicorn then closes the connection (logging
+- A producer failing after the first byte: the helper logs its line (as wsgi's) and
+  returns without the final body message. uvicorn then closes the connection (logging
   "ASGI callable returned without completing response." at ERROR, one line, no
   traceback); an exception instead would log a traceback per reader.
 - Zero copy: ``http.response.zerocopysend`` (the ASGI extension), or
@@ -210,8 +210,11 @@ class _Request:
         try:
             plan = await self._prepare()
         except (CreateError, TimeoutError) as exc:
-            log.warning(
-                "streamcache: serving %r failed before the body: %s", self.key, http.one_line(exc)
+            log.log(
+                http.log_level(exc),
+                "streamcache: serving %r failed before the body: %s",
+                self.key,
+                http.one_line(exc),
             )
             status, head, body = http.error_response(exc)
             await _start(send, status, head)
@@ -253,9 +256,10 @@ class _Request:
                 try:
                     chunk = await plan.read(want)
                 except (CreateError, OSError) as exc:  # TimeoutError is an OSError
-                    return self._abort(sent, http.one_line(exc))
+                    return self._abort(sent, http.one_line(exc), http.log_level(exc))
                 if not chunk and plan.remaining is not None:
-                    return self._abort(sent, f"the entry ended {plan.remaining} bytes early")
+                    why = f"the entry ended {plan.remaining} bytes early"
+                    return self._abort(sent, why, http.log_level(None))
             else:
                 chunk = b""
             if plan.remaining is not None:
@@ -268,9 +272,10 @@ class _Request:
             if last:
                 return
 
-    def _abort(self, sent: int, why: str) -> None:
+    def _abort(self, sent: int, why: str, level: int) -> None:
         """Return without the final message: the server drops the connection."""
-        log.warning("streamcache: response for %r aborted after %d bytes: %s", self.key, sent, why)
+        text = "streamcache: response for %r aborted after %d bytes: %s"
+        log.log(level, text, self.key, sent, why)
 
     async def _prepare(self) -> _Plan | Unsatisfiable:
         start = 0

@@ -11,6 +11,7 @@ everything else (chunked on HTTP/1.1). The helpers never set hop-by-hop fields.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -247,6 +248,15 @@ def error_response(exc: BaseException) -> tuple[str, Headers, bytes]:
         ("Cache-Control", "no-store"),
     ]
     return status, headers, body
+
+
+def log_level(exc: BaseException | None) -> int:
+    """The level of the helper's one line about a response cut or refused because of
+    ``exc``. A producer's failure (CreateError) is already logged once per entry, at
+    WARNING, by the core (the producer's process, or the reader that clears a dead
+    producer's entry), so each response it cuts adds an INFO line only. Anything else
+    (this request's timeout, a read error) is logged nowhere else: WARNING."""
+    return logging.INFO if isinstance(exc, CreateError) else logging.WARNING
 
 
 def one_line(exc: BaseException) -> str:

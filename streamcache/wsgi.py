@@ -23,9 +23,11 @@ The rules (DESIGN section 5.1; the I/O-free part is :mod:`streamcache.http`):
   stream starts at the range, and stops after its last byte); 416 past the end.
 - HEAD never creates: :meth:`peek`.
 - A producer that fails before the first byte: 502 (504 for a timeout). After it, the
-  connection is aborted, so the client sees a short body, with one WARNING line on
-  the ``streamcache`` logger. How: under uWSGI ``uwsgi.disconnect()`` and a quiet end
-  of the iterable (uWSGI prints a traceback for any exception from it); elsewhere the
+  connection is aborted, so the client sees a short body. No traceback: the failed
+  entry is the core's one WARNING line, each cut response one INFO line (WARNING
+  when the cause is this request's own, say its timeout). How: under uWSGI
+  ``uwsgi.disconnect()`` and a quiet end of the iterable (uWSGI prints a traceback
+  for any exception from it); elsewhere the
   iterable raises :class:`ResponseAborted`, a BrokenPipeError, which gunicorn (sync
   and gthread) logs at debug only before closing the connection without finishing
   the body, and which wsgiref ignores the same way.
@@ -105,7 +107,12 @@ def serve(
             uwsgi or http.is_http10(environ.get("SERVER_PROTOCOL")),
         )
     except (CreateError, TimeoutError) as exc:
-        log.warning("streamcache: serving %r failed before the body: %s", key, http.one_line(exc))
+        log.log(
+            http.log_level(exc),
+            "streamcache: serving %r failed before the body: %s",
+            key,
+            http.one_line(exc),
+        )
         status, head, body = http.error_response(exc)
         start_response(status, head)
         return [body]
@@ -318,10 +325,11 @@ class _Body:
             try:
                 chunk = plan.read(want)
             except (CreateError, OSError) as exc:  # TimeoutError is an OSError
-                return self._abort(http.one_line(exc))
+                return self._abort(http.one_line(exc), http.log_level(exc))
             if not chunk:
                 if plan.remaining is not None:
-                    return self._abort(f"the entry ended {plan.remaining} bytes early")
+                    why = f"the entry ended {plan.remaining} bytes early"
+                    return self._abort(why, http.log_level(None))
                 self.close()
                 raise StopIteration
         if plan.remaining is not None:
@@ -331,10 +339,14 @@ class _Body:
         self._sent += len(chunk)
         return chunk
 
-    def _abort(self, why: str) -> bytes:
+    def _abort(self, why: str, level: int) -> bytes:
         self.close()
-        log.warning(
-            "streamcache: response for %r aborted after %d bytes: %s", self._key, self._sent, why
+        log.log(
+            level,
+            "streamcache: response for %r aborted after %d bytes: %s",
+            self._key,
+            self._sent,
+            why,
         )
         if self._uwsgi:
             uwsgi = sys.modules.get("uwsgi")

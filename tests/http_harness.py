@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import sys
 import threading
@@ -320,3 +321,17 @@ class Producer:
 
 
 WAIT = 20.0
+
+
+def check_one_warning(records: list[logging.LogRecord], module: str, why: str) -> None:
+    """A producer failed mid-body: exactly one WARNING, the core's line for the failed
+    entry, plus the helper's one INFO line for the cut response; no traceback."""
+    warnings = [r for r in records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert warnings[0].name == "streamcache"
+    assert all(r.exc_info is None for r in records), "a traceback was logged"
+    mine = [r for r in records if r.module == module]
+    assert len(mine) == 1, [r.getMessage() for r in mine]
+    assert mine[0].name == "streamcache" and mine[0].levelno == logging.INFO
+    text = mine[0].getMessage()
+    assert "aborted" in text and why in text and "\n" not in text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -193,6 +195,14 @@ def test_error_statuses() -> None:
     local = streamcache.CreateError("x")
     local.__cause__ = TimeoutError("t")
     assert http.error_response(local)[0] == "504 Gateway Timeout"
+
+
+def test_log_levels() -> None:
+    # a producer's failure is the core's WARNING line; the helper adds an INFO line
+    assert http.log_level(streamcache.CreateError("x")) == logging.INFO
+    assert http.log_level(streamcache.ProducerDied("x")) == logging.INFO
+    assert http.log_level(TimeoutError("mine")) == logging.WARNING
+    assert http.log_level(None) == logging.WARNING
 
 
 def test_one_line() -> None:

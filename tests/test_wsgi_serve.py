@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from http_harness import WAIT, Producer, WsgiCall, environ, recording_file_wrapper, wsgi
+from http_harness import (
+    WAIT,
+    Producer,
+    WsgiCall,
+    check_one_warning,
+    environ,
+    recording_file_wrapper,
+    wsgi,
+)
 
 import streamcache
 from streamcache.wsgi import ResponseAborted, serve
@@ -400,25 +408,39 @@ def test_a_failure_after_the_first_byte_aborts_with_one_warning(
     with caplog.at_level(logging.DEBUG, logger="streamcache"):
         create.release()
         call.rest()
+        assert cache.wait_producers(WAIT)
     assert isinstance(call.error, ResponseAborted)
     # what servers treat as a client gone: gunicorn looks at the errno
     assert isinstance(call.error, BrokenPipeError) and call.error.errno == errno.EPIPE
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1, [r.getMessage() for r in warnings]
-    assert warnings[0].name == "streamcache" and warnings[0].levelno == logging.WARNING
-    assert warnings[0].exc_info is None and "\n" not in warnings[0].getMessage()
-    assert "boom" in warnings[0].getMessage()
+    assert call.body == DATA  # then the cut: no more bytes, the server closes
+    check_one_warning(caplog.records, "wsgi", "boom")
 
 
 def test_a_failure_after_the_first_byte_leaves_the_body_short_of_its_length(
     cache: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     create = Producer([DATA[:1000]], size=len(DATA), free=True)  # ends short: fails
-    with caplog.at_level(logging.WARNING, logger="streamcache"):
+    with caplog.at_level(logging.DEBUG, logger="streamcache"):
         call = wsgi(app_for(cache, create), environ())
+        assert cache.wait_producers(WAIT)
     assert call.header("Content-Length") == str(len(DATA))
     assert len(call.body) < len(DATA) and isinstance(call.error, ResponseAborted)
-    assert len([r for r in caplog.records if r.name == "streamcache"]) == 1
+    check_one_warning(caplog.records, "wsgi", "size")
+
+
+def test_this_requests_own_timeout_mid_body_is_its_one_warning(
+    cache: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing else logs a reader's own timeout: the helper's line is the WARNING."""
+    create = Producer([DATA[:1000], DATA[1000:]])  # the second part held to teardown
+    create.release(1)
+    with caplog.at_level(logging.DEBUG, logger="streamcache"):
+        call = wsgi(app_for(cache, create, timeout=0.5), environ())
+    assert call.status == "200 OK" and call.body == DATA[:1000]
+    assert isinstance(call.error, ResponseAborted)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].module == "wsgi"
+    assert "TimeoutError" in warnings[0].getMessage() and warnings[0].exc_info is None
 
 
 def test_under_uwsgi_an_abort_is_a_disconnect_and_a_quiet_end(
@@ -429,12 +451,13 @@ def test_under_uwsgi_an_abort_is_a_disconnect_and_a_quiet_end(
     fake = types.SimpleNamespace(disconnect=lambda: disconnects.append(1))
     monkeypatch.setitem(__import__("sys").modules, "uwsgi", fake)
     create = Producer([DATA[:1000]], size=len(DATA), fail=ValueError("boom"), free=True)
-    with caplog.at_level(logging.WARNING, logger="streamcache"):
+    with caplog.at_level(logging.DEBUG, logger="streamcache"):
         call = wsgi(app_for(cache, create), environ(**{"uwsgi.version": b"2.0.31"}))
+        assert cache.wait_producers(WAIT)
     assert call.status == "200 OK" and call.body == DATA[:1000]
     assert call.header("Content-Length") == str(len(DATA))
     assert call.error is None and disconnects == [1]
-    assert len([r for r in caplog.records if r.name == "streamcache"]) == 1
+    check_one_warning(caplog.records, "wsgi", "boom")
 
 
 def test_a_client_that_goes_away_releases_its_reader_at_once(cache: Any) -> None:
