@@ -1,0 +1,1 @@
+"""Apps that the serving tests load into real HTTP servers (gunicorn, uvicorn, uWSGI)."""
