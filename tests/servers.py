@@ -97,6 +97,7 @@ class Server:
     port: int
     log: Path
     events: Path  # the apps' events file (apps/blob.py)
+    cache_dir: Path
     other_logs: Sequence[Path] = ()
 
     def log_text(self) -> str:
@@ -170,7 +171,8 @@ def start(
         )
     sock.close()
     events = Path(env.get("STREAMCACHE_APP_EVENTS", os.devnull))
-    server = Server(name, proc, port, log, events, other_logs)
+    cache_dir = Path(env.get("STREAMCACHE_APP_DIR", os.devnull))
+    server = Server(name, proc, port, log, events, cache_dir, other_logs)
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -467,7 +469,9 @@ def uwsgi(
     sock = listener()
     argv = [str(exe), "--http-socket", f"fd://{sock.fileno()}", "--master", "--die-on-term"]
     argv += ["--processes", str(processes), "--threads", str(threads), "--enable-threads"]
-    argv += ["--http-auto-chunked", "--need-app", "--module", app]
+    # A client that hangs up is no error worth a traceback per request.
+    argv += ["--ignore-sigpipe", "--ignore-write-errors", "--disable-write-exception"]
+    argv += ["--need-app", "--module", app]
     if sys.prefix != sys.base_prefix:
         argv += ["--virtualenv", sys.prefix]
     argv += ["--lazy-apps"] if lazy_apps else []

@@ -18,6 +18,8 @@ from typing import Any
 from apps.blob import MiB, pattern
 from servers import Response, Server, get, read_events, together
 
+import streamcache
+
 SIZE = 64 * MiB
 RATE = 50 * MiB
 WAIT = 30.0  # bound for every wait on a server
@@ -93,15 +95,31 @@ def check_one_create(server: Server, clients: int = 16) -> dict[str, Any]:
     }
 
 
-def check_disconnects(server: Server, clients: int = 8, leaving: int = 2) -> dict[str, Any]:
+def check_disconnects(
+    server: Server, clients: int = 8, leaving: int = 2, at_once: int = 8
+) -> dict[str, Any]:
     """Of ``clients`` streaming clients, ``leaving`` hang up at 4 MiB; the others get the
-    whole body from the one create."""
+    whole body from the one create. A leaving client hangs up only once as many of the
+    others stream as the server serves at once (``at_once`` requests): were it the
+    entry's only reader, its leaving would rightly abandon the entry."""
     key = new_key("disconnect")
+    staying = min(clients - leaving, at_once - leaving)
+    lock = threading.Condition()
+    streaming: set[int] = set()
 
     def client(i: int) -> Response:
-        return get(
-            server.port, blob(key), timeout=WAIT, stop_after=4 * MiB if i < leaving else None
-        )
+        def on_body(n: int) -> None:
+            if i >= leaving:
+                with lock:
+                    streaming.add(i)
+                    lock.notify_all()
+            elif n >= 4 * MiB:
+                with lock:
+                    lock.wait_for(lambda: len(streaming) >= staying, WAIT)
+
+        stop = 4 * MiB if i < leaving else None
+        path = blob(key, announce=False)
+        return get(server.port, path, timeout=WAIT, stop_after=stop, on_body=on_body)
 
     rs = together(clients, client)
     for r in rs[:leaving]:
@@ -110,6 +128,15 @@ def check_disconnects(server: Server, clients: int = 8, leaving: int = 2) -> dic
         assert_whole(server, r, key, SIZE)
     assert len(creates(server, key)) == 1, creates(server, key)
     return {"creates": 1, "unharmed": clients - leaving}
+
+
+def wait_finished(server: Server, key: str) -> None:
+    """Until the entry of ``key`` is published as finished (bounded)."""
+    cache = streamcache.StreamCache(server.cache_dir, cleanup_interval=0)
+    deadline = time.monotonic() + WAIT
+    while not ((info := cache.peek(key)) and info.finished):
+        assert time.monotonic() < deadline, f"{key} not finished: {info}"
+        time.sleep(0.005)
 
 
 def check_killed_producer(
@@ -186,7 +213,8 @@ def check_range_in_flight(server: Server) -> dict[str, Any]:
     end = [e.time for e in read_events(server.events, key) if e.kind == "end"]
     assert end and head_wall < end[0], "the entry was finished before the 206 started"
     assert_whole(server, results[0], key, SIZE)
-    # Finished now: served from the file (zero copy where the server offers it).
+    # Finished: served from the file (zero copy where the server offers it).
+    wait_finished(server, key)
     a, b = 1_000_001, 40 * MiB + 7
     r = get(server.port, blob(key), headers=[("Range", f"bytes={a}-{b}")], timeout=WAIT)
     assert r.status == 206 and r.complete and r.extra == 0, describe(r)

@@ -52,7 +52,9 @@ def test_sixteen_clients_one_create(server: Server) -> None:
 
 
 def test_two_of_eight_disconnect(server: Server) -> None:
-    report(server, checks.check_disconnects(server, clients=8, leaving=2))
+    report(
+        server, checks.check_disconnects(server, clients=8, leaving=2, at_once=concurrency(server))
+    )
 
 
 @pytest.mark.parametrize("announce", [True, False], ids=["content-length", "chunked"])
