@@ -16,6 +16,7 @@ connection's close (never provably complete). It hashes bodies as they arrive.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -121,6 +122,14 @@ class Server:
                 except ProcessLookupError:
                     pass
         return pids
+
+    @functools.cached_property
+    def _cache(self) -> streamcache.StreamCache:
+        return streamcache.StreamCache(self.cache_dir, cleanup_interval=0)
+
+    def peek(self, key: str) -> streamcache.EntryInfo | None:
+        """The state of ``key``'s entry in the server's cache (never creates it)."""
+        return self._cache.peek(key)
 
     def kill_worker(self, pid: int) -> None:
         """SIGKILL one of the server's processes (never anything outside its group)."""

@@ -7,18 +7,26 @@ the record). Bodies are the seeded pattern of ``apps/blob.py``, so every byte is
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import statistics
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from apps.blob import MiB, pattern
 from servers import Response, Server, get, read_events, together
 
-import streamcache
+# A core bug found behind these servers (not in the helpers): readers that stop at an
+# announced size (every HTTP client with a Content-Length does) leave before the
+# producer publishes the entry, which is then judged abandoned and dropped.
+DROPPED_AT_SIZE = (
+    "core: an entry whose every reader stopped at its announced size before the "
+    "producer published it is dropped as abandoned (the next request creates afresh)"
+)
 
 SIZE = 64 * MiB
 RATE = 50 * MiB
@@ -80,7 +88,7 @@ def check_one_create(server: Server, clients: int = 16) -> dict[str, Any]:
     for r in rs:
         assert_whole(server, r, key, SIZE)
     assert len(creates(server, key)) == 1, creates(server, key)
-    hits = together(4, lambda i: get(server.port, blob(key, announce=False), timeout=WAIT))
+    hits = together(2, lambda i: get(server.port, blob(key, announce=False), timeout=WAIT))
     for r in hits:
         assert_whole(server, r, key, SIZE)
         assert r.framing == "length" and r.content_length == SIZE, describe(r)
@@ -93,6 +101,26 @@ def check_one_create(server: Server, clients: int = 16) -> dict[str, Any]:
         "ttfb_max_ms": ms(ttfb[-1]),
         "in_flight_framing": sorted({r.framing for r in rs}),
     }
+
+
+@contextlib.contextmanager
+def pinging(server: Server, every: float = 0.02) -> Iterator[list[Response]]:
+    """GET /ping on a new connection every ``every`` s while the block runs; yields the
+    list the responses go to."""
+    done = threading.Event()
+    pings: list[Response] = []
+
+    def pinger() -> None:
+        while not done.wait(every):
+            pings.append(get(server.port, "/ping", timeout=5))
+
+    thread = threading.Thread(target=pinger)
+    thread.start()
+    try:
+        yield pings
+    finally:
+        done.set()
+        thread.join(10)
 
 
 def check_disconnects(
@@ -130,40 +158,52 @@ def check_disconnects(
     return {"creates": 1, "unharmed": clients - leaving}
 
 
-def wait_finished(server: Server, key: str) -> None:
-    """Until the entry of ``key`` is published as finished (bounded)."""
-    cache = streamcache.StreamCache(server.cache_dir, cleanup_interval=0)
-    deadline = time.monotonic() + WAIT
-    while not ((info := cache.peek(key)) and info.finished):
+def wait_finished(server: Server, key: str, timeout: float = 10.0) -> None:
+    """Until the entry of ``key``, whose every byte a client has read, is published as
+    finished (bounded: that takes milliseconds)."""
+    deadline = time.monotonic() + timeout
+    while not ((info := server.peek(key)) and info.finished):
+        assert info is not None, f"{key}: the entry was dropped after it was read whole"
         assert time.monotonic() < deadline, f"{key} not finished: {info}"
         time.sleep(0.005)
 
 
+def produced(server: Server, key: str) -> int:
+    """Bytes of ``key``'s entry written so far (0 when there is none)."""
+    info = server.peek(key)
+    return 0 if info is None else info.produced
+
+
 def check_killed_producer(
-    server: Server, clients: int, liveness: float, announce: bool
+    server: Server, clients: int, liveness: float, announce: bool, streams_unknown: bool = True
 ) -> dict[str, Any]:
     """SIGKILL the worker running create while ``clients`` stream the entry: each client
     sees a body it can tell is incomplete (short of Content-Length, or no chunked
-    terminator) within ``liveness`` + 0.5 s; the next request creates afresh."""
+    terminator) within ``liveness`` + 0.5 s; the next request creates afresh.
+
+    ``streams_unknown`` False: the server cannot frame a body of unknown size (uWSGI's
+    http-socket never chunks), so such clients wait for the end; killed before it,
+    they get 502, or a connection closed before any response for a client of the
+    killed worker itself."""
     key = new_key("killed")
+    streams = announce or streams_unknown
     streaming = [threading.Event() for _ in range(clients)]
-    produced_enough = threading.Event()
 
     def client(i: int) -> Response:
-        def on_body(n: int) -> None:
-            streaming[i].set()
-            if n >= 8 * MiB:
-                produced_enough.set()
-
-        return get(server.port, blob(key, announce=announce), timeout=WAIT, on_body=on_body)
+        path = blob(key, announce=announce)
+        return get(server.port, path, timeout=WAIT, on_body=lambda n: streaming[i].set())
 
     results: list[Response] = []
     runner = threading.Thread(target=lambda: results.extend(together(clients, client)))
     runner.start()
     try:
-        for ev in streaming:
-            assert ev.wait(WAIT), f"a client got no byte:\n{server.tail()}"
-        assert produced_enough.wait(WAIT)
+        if streams:
+            for ev in streaming:
+                assert ev.wait(WAIT), f"a client got no byte:\n{server.tail()}"
+        deadline = time.monotonic() + WAIT
+        while produced(server, key) < 8 * MiB:
+            assert time.monotonic() < deadline, f"nothing produced:\n{server.tail()}"
+            time.sleep(0.005)
         pids = creates(server, key)
         assert len(pids) == 1, pids
         assert not [e for e in read_events(server.events, key) if e.kind == "end"], "too late"
@@ -175,34 +215,42 @@ def check_killed_producer(
     assert len(results) == clients
     notice = sorted(r.t_end - t_kill for r in results)
     for r in results:
-        assert r.status == 200, describe(r)
-        assert not r.complete and r.length < SIZE, f"truncation not detectable: {describe(r)}"
-        assert r.framing == ("length" if announce else "chunked"), describe(r)
+        if streams:
+            assert r.status == 200, describe(r)
+            assert r.framing == ("length" if announce else "chunked"), describe(r)
+            assert not r.complete and r.length < SIZE, f"truncation not detectable: {describe(r)}"
+        else:
+            assert r.status == 502 or (r.status == 0 and r.error), describe(r)
     assert notice[-1] <= liveness + 0.5, f"noticed after {notice} s (liveness {liveness} s)"
     # No traceback per reader in the server's log.
     log = server.log_text()[log_before:]
     assert log.count("Traceback") == 0, log[-4000:]
-    again = get(server.port, blob(key, announce=announce), timeout=WAIT)
-    assert_whole(server, again, key, SIZE)
+    again = get(server.port, blob(key, 8 * MiB, announce=announce), timeout=WAIT)
+    assert_whole(server, again, key, 8 * MiB)
     assert len(creates(server, key)) == 2, creates(server, key)
-    return {"notice_ms": [ms(t) for t in notice], "liveness_s": liveness}
+    return {
+        "notice_ms": [ms(t) for t in notice],
+        "statuses": sorted({r.status for r in results}),
+        "liveness_s": liveness,
+    }
 
 
 def check_range_in_flight(server: Server) -> dict[str, Any]:
     """Range for the last 1 MiB of an entry still being written (size announced): 206 and
-    the right bytes; once finished, a Range in the middle and a whole hit are exact."""
+    the right bytes, its head sent before the entry was finished."""
     key = new_key("range")
+    path = blob(key, rate=RATE / 2)  # 2.6 s: time enough for the 206 to start mid-write
     head = threading.Event()
     results: list[Response] = []
 
     def full() -> None:
-        results.append(get(server.port, blob(key), timeout=WAIT, on_body=lambda n: head.set()))
+        results.append(get(server.port, path, timeout=WAIT, on_body=lambda n: head.set()))
 
     runner = threading.Thread(target=full)
     runner.start()
     try:
         assert head.wait(WAIT), f"no byte of the entry:\n{server.tail()}"
-        r = get(server.port, blob(key), headers=[("Range", "bytes=-1048576")], timeout=WAIT)
+        r = get(server.port, path, headers=[("Range", "bytes=-1048576")], timeout=WAIT)
         head_wall = time.time() - (time.monotonic() - r.t_head)
     finally:
         runner.join(WAIT + 5)
@@ -213,16 +261,28 @@ def check_range_in_flight(server: Server) -> dict[str, Any]:
     end = [e.time for e in read_events(server.events, key) if e.kind == "end"]
     assert end and head_wall < end[0], "the entry was finished before the 206 started"
     assert_whole(server, results[0], key, SIZE)
-    # Finished: served from the file (zero copy where the server offers it).
-    wait_finished(server, key)
-    a, b = 1_000_001, 40 * MiB + 7
-    r = get(server.port, blob(key), headers=[("Range", f"bytes={a}-{b}")], timeout=WAIT)
-    assert r.status == 206 and r.complete and r.extra == 0, describe(r)
-    assert r.headers.get("content-range") == f"bytes {a}-{b}/{SIZE}", describe(r)
-    assert r.sha256 == hashlib.sha256(pattern(key, a, b - a + 1)).hexdigest(), "wrong bytes"
-    assert_whole(server, get(server.port, blob(key), timeout=WAIT), key, SIZE)
     assert len(creates(server, key)) == 1
     return {"range_head_before_end_ms": ms(end[0] - head_wall)}
+
+
+def check_range_finished(server: Server, announce: bool = False) -> dict[str, Any]:
+    """A finished entry (served from its file, zero copy where the server offers it):
+    a Range in the middle gets exactly its bytes, a whole hit exactly the body, nothing
+    past either end, and no second create."""
+    key = new_key("finished")
+    size = 16 * MiB
+    assert_whole(server, get(server.port, blob(key, size, announce=announce)), key, size)
+    wait_finished(server, key)
+    a, b = 1_000_001, 10 * MiB + 7
+    r = get(server.port, blob(key, size), headers=[("Range", f"bytes={a}-{b}")], timeout=WAIT)
+    assert r.status == 206 and r.complete and r.extra == 0, describe(r)
+    assert r.headers.get("content-range") == f"bytes {a}-{b}/{size}", describe(r)
+    assert r.sha256 == hashlib.sha256(pattern(key, a, b - a + 1)).hexdigest(), "wrong bytes"
+    hit = get(server.port, blob(key, size), timeout=WAIT)
+    assert_whole(server, hit, key, size)
+    assert hit.content_length == size, describe(hit)
+    assert len(creates(server, key)) == 1, creates(server, key)
+    return {"creates": 1}
 
 
 def check_http10(server: Server) -> dict[str, Any]:

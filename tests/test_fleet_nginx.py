@@ -124,9 +124,10 @@ def test_each_key_produced_once_across_the_fleet(fleet: Fleet) -> None:
 @pytest.mark.parametrize("announce", [True, False], ids=["content-length", "chunked"])
 def test_killed_producer_behind_nginx(fleet: Fleet, announce: bool) -> None:
     """nginx passes a body cut short upstream on as one the client can tell is cut
-    short (HTTP/1.1 to the upstream keeps the chunked framing)."""
+    short (HTTP/1.1 to the upstream keeps the chunked framing), within liveness + 0.5 s
+    of the producer's death."""
     key = checks.new_key("fleet-killed")
-    path = checks.blob(key, SIZE, RATE, announce=announce)
+    path = checks.blob(key, SIZE, RATE / 4, announce=announce)  # 4 s: killed mid-way
     streaming = threading.Event()
     results: list[Response] = []
 
@@ -140,10 +141,19 @@ def test_killed_producer_behind_nginx(fleet: Fleet, announce: bool) -> None:
         where = fleet.creates(key)
         assert len(where) == 1, where
         host = fleet.hosts[next(iter(where))]
-        pid = next(e.pid for e in read_events(host.events, key) if e.kind == "create")
-        host.kill_worker(pid)
+        deadline = time.monotonic() + checks.WAIT
+        while checks.produced(host, key) < 2 * MiB:
+            assert time.monotonic() < deadline, fleet.tails()
+            time.sleep(0.005)
+        events = read_events(host.events, key)
+        assert not [e for e in events if e.kind == "end"], "finished before the kill"
+        t_kill = time.monotonic()
+        host.kill_worker(next(e.pid for e in events if e.kind == "create"))
     finally:
         runner.join(checks.WAIT + 5)
     assert len(results) == 4
     for r in results:
         assert r.status == 200 and not r.complete and r.length < SIZE, checks.describe(r)
+    notice = sorted(r.t_end - t_kill for r in results)
+    print(f"\n[fleet] killed producer noticed through nginx after {notice} s")
+    assert notice[-1] <= LIVENESS + 0.5, notice

@@ -69,5 +69,14 @@ def test_range_while_written(server: Server) -> None:
     report(server, checks.check_range_in_flight(server))
 
 
+def test_range_and_hit_on_finished_entry(server: Server) -> None:
+    report(server, checks.check_range_finished(server))
+
+
+@pytest.mark.xfail(reason=checks.DROPPED_AT_SIZE, strict=False)
+def test_entry_kept_after_clients_read_its_announced_size(server: Server) -> None:
+    report(server, checks.check_range_finished(server, announce=True))
+
+
 def test_http10_gets_content_length(server: Server) -> None:
     report(server, checks.check_http10(server))
