@@ -16,7 +16,7 @@ from servers import Server, app_env, gunicorn
 
 LIVENESS = 1.0
 
-MODELS = {
+MODELS: dict[str, dict[str, Any]] = {
     "sync-4": {"workers": 4},
     "gthread-2x8": {"workers": 2, "worker_class": "gthread", "threads": 8},
     "sync-4-preload": {"workers": 4, "preload": True},

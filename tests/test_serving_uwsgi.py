@@ -17,7 +17,7 @@ from servers import Server, app_env, uwsgi, uwsgi_binary
 
 LIVENESS = 1.0
 
-MODELS = {
+MODELS: dict[str, dict[str, Any]] = {
     "processes-4": {"processes": 4},
     "processes-4-lazy-apps": {"processes": 4, "lazy_apps": True},
     "threads-2x8": {"processes": 2, "threads": 8},

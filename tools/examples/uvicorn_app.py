@@ -8,7 +8,7 @@ Waits for the producer never block the event loop nor fill its default executor.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from blobs import blob_request, open_cache
@@ -21,7 +21,7 @@ cache = open_cache()
 async def app(
     scope: dict[str, Any],
     receive: Callable[[], Awaitable[dict[str, Any]]],
-    send: Callable[[dict[str, Any]], Awaitable[None]],
+    send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
 ) -> None:
     if scope["type"] != "http":
         return
