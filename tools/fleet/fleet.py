@@ -8,7 +8,7 @@ this file) sends each request URI to one host by consistent hashing. Then try::
 
     curl -s localhost:8080/blob/a?size=100000000 | wc -c   # several at once: one create
 
-Ctrl-C stops everything. :func:`render` fills the template; the tests use it too.
+Ctrl-C (or SIGTERM) stops everything. :func:`render` fills the template; the tests use it too.
 """
 
 from __future__ import annotations
@@ -58,6 +58,10 @@ def control_socket(host_dir: Path) -> list[str]:
     return []
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--port", type=int, default=8080, help="nginx's port on 127.0.0.1")
@@ -70,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("nginx is not installed (Debian: apt-get install nginx)")
     procs: list[subprocess.Popen[bytes]] = []
     upstreams = []
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT may come in ignored
+        signal.signal(sig, _interrupt)
     try:
         for i in range(args.hosts):
             port = args.port + 1 + i
