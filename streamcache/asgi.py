@@ -130,26 +130,15 @@ async def _start(send: Send, status: str, headers: Headers) -> None:
 async def _open(
     cache: CacheBase, key: str, create: Create, timeout: float | None, start: int
 ) -> AsyncStream:
-    """``cache.astream(...)`` entered. Cancelled meanwhile (the client left), it lets
-    the open (a quick lookup) finish and closes what it opened: no reader is left
-    behind holding the producer."""
+    """``cache.astream(...)``, entered. The open is one step on the loop (no wait), so
+    a cancellation (the client left) never strands a reader it opened."""
     s = cache.astream(key, create, timeout, start=start)
-    opening = asyncio.ensure_future(s.__aenter__())
-    try:
-        await asyncio.shield(opening)
-    except asyncio.CancelledError:
-        try:
-            await opening
-        except BaseException:
-            pass
-        else:
-            await _close(s)
-        raise
+    await s.__aenter__()
     return s
 
 
 async def _close(s: AsyncStream) -> None:
-    await s.__aexit__(None, None, None)
+    await s.aclose()
 
 
 class _Plan:
