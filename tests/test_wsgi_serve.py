@@ -529,3 +529,23 @@ def test_bad_arguments_fail_at_the_call(cache: Any, kw: dict[str, Any], exc: typ
             **args,
         )
     assert cache.peek(KEY) is None
+
+
+def test_behind_admission_and_logging_wrappers(cache: Any) -> None:
+    """MinOccurrences (n=1): the first request bypasses the cache (HTTP/1.0: spooled,
+    with a length), the second is cached, the third a zero-copy hit. A LoggingCache
+    around it all sees the streams and nothing else (peek counts no occurrence): the
+    second request's include the reader that drained the entry while it waited."""
+    logged = streamcache.LoggingCache(streamcache.MinOccurrences(cache, 1, 60))
+    create = Producer([DATA[:1000], DATA[1000:]], free=True)
+    fw = recording_file_wrapper()
+    for _ in range(3):
+        head = wsgi(app_for(logged, create), environ("HEAD"))
+        assert head.status == "200 OK" and head.body == b""
+        call = wsgi(
+            app_for(logged, create), environ(protocol="HTTP/1.0", **{"wsgi.file_wrapper": fw})
+        )
+        assert call.header("Content-Length") == str(len(DATA)) and call.body == DATA
+    assert create.calls == 2  # the bypass, then the admitted entry
+    assert [e.created for e in logged.entries] == [True, True, False, False]
+    assert len(fw.given) == 1  # the hit
