@@ -10,11 +10,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import multiprocessing
 import statistics
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 from apps.blob import MiB, pattern
@@ -103,24 +106,42 @@ def check_one_create(server: Server, clients: int = 16) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Ping:
+    ok: bool
+    seconds: float
+    detail: str
+
+
+def _pinger(port: int, every: float, stop: Any, out: Connection) -> None:
+    pings = []
+    while not stop.wait(every):
+        r = get(port, "/ping", timeout=5)
+        pings.append(Ping(r.status == 200 and r.complete, r.t_end - r.t_sent, describe(r)))
+    out.send(pings)
+
+
 @contextlib.contextmanager
-def pinging(server: Server, every: float = 0.02) -> Iterator[list[Response]]:
-    """GET /ping on a new connection every ``every`` s while the block runs; yields the
-    list the responses go to."""
-    done = threading.Event()
-    pings: list[Response] = []
-
-    def pinger() -> None:
-        while not done.wait(every):
-            pings.append(get(server.port, "/ping", timeout=5))
-
-    thread = threading.Thread(target=pinger)
-    thread.start()
+def pinging(server: Server, every: float = 0.02) -> Iterator[list[Ping]]:
+    """GET /ping on a new connection every ``every`` s while the block runs, from a
+    process of its own (the test's client threads would delay a thread of this one);
+    the list it yields gets the pings when the block ends."""
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    theirs, ours = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_pinger, args=(server.port, every, stop, ours))
+    proc.start()
+    pings: list[Ping] = []
     try:
         yield pings
     finally:
-        done.set()
-        thread.join(10)
+        stop.set()
+        if theirs.poll(WAIT):
+            pings.extend(theirs.recv())
+        proc.join(WAIT)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 def check_disconnects(
