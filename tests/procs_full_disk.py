@@ -129,13 +129,19 @@ def main(mode: str, dir: str) -> None:
     # process, both streaming already, get a CreateError saying the disk is full.
     attached, q = spawn.Event(), spawn.Queue()
 
+    seen: list[str] = []
+
     def create_big(w: Any) -> None:
+        """Swallows the write's error and returns: the entry must fail all the same."""
         if not attached.wait(WAIT):
             raise TimeoutError("the other reader never attached")
-        for chunk in (
-            payload_bytes("big", BIG, CHUNK)[i : i + CHUNK] for i in range(0, BIG, CHUNK)
-        ):
-            w.write(chunk)
+        try:
+            for chunk in (
+                payload_bytes("big", BIG, CHUNK)[i : i + CHUNK] for i in range(0, BIG, CHUNK)
+            ):
+                w.write(chunk)
+        except OSError as exc:
+            seen.append(str(exc))
 
     s = cache.stream("big", create_big, timeout=WAIT)
     assert s.created
@@ -153,6 +159,7 @@ def main(mode: str, dir: str) -> None:
     kind, child_got, child_text = q.get(timeout=WAIT)
     child.join(WAIT)
     assert "disk is full" in text, text
+    assert len(seen) == 1 and "disk is full" in seen[0], seen
     assert kind == "CreateError" and "disk is full" in child_text, (kind, child_text)
     assert 0 < got < BIG and 0 < child_got < BIG, (got, child_got)
     assert cache.wait_producers(WAIT)
