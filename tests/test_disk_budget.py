@@ -4,17 +4,19 @@ disk is in flight, and the running total is repaired by gc."""
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import signal
 import struct
 import threading
+import warnings
 from multiprocessing.context import SpawnContext
 from pathlib import Path
 from typing import Any
 
 from procs_budget import CHUNK, budget_worker, bypasses, hold_entry_in_flight
-from xproc import WAIT, expect, payload_bytes, writer_of
+from xproc import WAIT, expect, payload_bytes, wait_pid, writer_of
 
 import streamcache
 from streamcache.cache import LAYOUT
@@ -217,3 +219,36 @@ def test_without_a_budget_nothing_is_reserved(cache_dir: Path) -> None:
     assert bypasses(cache) == 0
     assert counted_total(cache_dir) == 0
     assert cache.gc().disk_bytes == disk_bytes(cache_dir) == 3 * (MiB + TRAILER.size)
+
+
+def test_a_forked_child_does_not_share_the_usage_lock(cache_dir: Path) -> None:
+    """A cache made before fork (gunicorn --preload): the child opens the usage file anew,
+    so its lock excludes the parent's (a flock belongs to the open file description, which
+    an inherited descriptor shares with the parent) and it counts what it writes."""
+    budget = 8 * MiB
+    cache = streamcache.StreamCache(cache_dir, max_bytes=budget, cleanup_interval=0)
+    assert cache.fetch("before", io.BytesIO(), writer_of("before", MiB, CHUNK)).created
+    usage = cache._store.usage
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: on purpose
+        with usage._file.locked():
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child
+                code = 3
+                try:
+                    fd = usage._file._descriptor()
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        code = 1  # taken while the parent holds it: shared
+                    except BlockingIOError:
+                        code = 0
+                finally:
+                    os._exit(code)
+            code = wait_pid(pid, WAIT)
+        assert code == 0
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            ok = cache.fetch("child", io.BytesIO(), writer_of("child", MiB, CHUNK)).created
+            os._exit(0 if ok else 1)
+        assert wait_pid(pid, WAIT) == 0
+    assert counted_total(cache_dir) == disk_bytes(cache_dir) == 2 * (MiB + TRAILER.size)
