@@ -56,10 +56,19 @@ record-and-file changes that the producer, readers and cleanup share.
 evict entries past their expiry (recorded, or the finished file's mtime), discard
 records of dead producers, delete data files no live record owns that are older
 than max_age (repairing unreadable shard dirs), and unlink channels no live
-entry owns. ``streamcache gc`` runs the same pass once.
+entry owns, then set the disk usage total to what the directory holds.
+``streamcache gc`` runs the same pass once.
+
+**Budget and full disk** (``usage.py``). One small file holds the running total
+of the entries' bytes (producers reserve before each write), a "disk full" mark
+and the one producer allowed past ``max_bytes``. A miss first evicts the finished
+entries that expire first; when the budget is still taken (all in flight), or the
+disk was found full within the back-off, it bypasses: create runs straight into
+the caller, as with NullCache. Data on disk stays within max_bytes plus one entry.
 
 Calls go one way: ``cache`` -> ``producer`` -> ``pipe`` -> ``store`` ->
-``index``/``filestore``, and everything -> ``ipc``, which knows nothing of caches.
+``usage`` -> ``index``/``filestore``, and everything -> ``ipc``, which knows
+nothing of caches.
 Time comes from one injected ``ipc.Clock``.
 
 **Admission** (``admission.py``). MinOccurrences sends a key to the cache only
