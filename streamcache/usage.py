@@ -2,8 +2,10 @@
 the ``max_bytes`` budget is enforced against, the eviction of the oldest finished
 entries, and the "disk full" condition.
 
-The shared state is one small file, ``<root>/usage`` (fixed little-endian layout,
-never unpickled), read and rewritten under a flock on it. Invariants:
+The shared state is one small file, ``<root>/locks/usage.lock`` (fixed little-endian
+layout, never unpickled), read and rewritten under a flock on it. Like the other lock
+files it is never deleted; what is planted in its place is removed, and bytes that are
+not a state are taken for a fresh one (the next cleanup pass repairs the total). Invariants:
 
 - ``total`` is the bytes of every file under ``entries/`` plus the bytes that the
   producers in flight have reserved for their data files. A producer reserves before
@@ -59,7 +61,7 @@ import ipc
 from ipc.clock import SYSTEM, Clock
 
 from .filestore import Filestore, shard_entries
-from .index import Index
+from .index import Index, _open_lock_file
 from .metrics import BUDGET, NULL, Metrics
 
 log = logging.getLogger("streamcache")
@@ -161,22 +163,7 @@ class _SharedFile:
 
     def _descriptor(self) -> int:
         if self.fd < 0:
-            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-            for attempt in range(2):
-                try:
-                    fd = os.open(self.path, flags, 0o600)
-                except OSError as exc:
-                    if exc.errno not in (errno.ELOOP, errno.EISDIR) or attempt:
-                        raise
-                    _remove_planted(self.path)
-                    continue
-                if stat.S_ISREG(os.fstat(fd).st_mode):
-                    self.fd = fd
-                    break
-                os.close(fd)  # a FIFO or device planted in its place
-                if attempt:
-                    raise OSError(errno.EINVAL, f"not a regular file: {self.path}")
-                _remove_planted(self.path)
+            self.fd = _open_lock_file(self.path)
         return self.fd
 
     @contextlib.contextmanager
@@ -218,14 +205,6 @@ class _SharedFile:
         if self.fd >= 0:
             os.close(self.fd)  # a flock belongs to the open file description: reopen
             self.fd = -1
-
-
-def _remove_planted(path: str) -> None:
-    with contextlib.suppress(OSError):
-        if os.path.isdir(path) and not os.path.islink(path):
-            os.rmdir(path)  # an empty planted directory; anything else fails loudly
-        else:
-            os.unlink(path)
 
 
 _files: dict[str, _SharedFile] = {}
@@ -272,7 +251,7 @@ class Usage:
     ) -> None:
         self._metrics = metrics
         self._root = root
-        self._file = _shared(os.path.join(root, "usage"))
+        self._file = _shared(os.path.join(index.locks_dir, "usage.lock"))
         self._index = index
         self._files = files
         self._clock = clock

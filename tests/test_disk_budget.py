@@ -51,7 +51,7 @@ def disk_bytes(cache_dir: Path) -> int:
 
 def counted_total(cache_dir: Path) -> int:
     """The running total as the usage file says now (read without its lock)."""
-    with open(cache_dir / LAYOUT / "usage", "rb") as f:
+    with open(cache_dir / LAYOUT / "locks" / "usage.lock", "rb") as f:
         data = f.read(16)
     return int(struct.unpack_from("<q", data, 8)[0])
 

@@ -58,15 +58,14 @@ def _hello_create(w: Any) -> None:
 
 def _fds_into(directory: Path) -> list[str]:
     """Targets of this process's open descriptors that lie under ``directory``, but for
-    the index's lock files and the usage file (a process keeps those open for its whole
-    life)."""
+    the index's lock files (a process keeps those open for its whole life)."""
     found = []
     for fd in os.listdir("/proc/self/fd"):
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
-        if target.startswith(str(directory)) and not target.endswith((".lock", "/usage")):
+        if target.startswith(str(directory)) and not target.endswith(".lock"):
             found.append(target)
     return found
 

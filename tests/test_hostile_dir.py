@@ -83,6 +83,7 @@ class Plant:
         self.record = Path(Index(str(self.root)).record_path(self.h))
         self.lock = self.root / "locks" / f"{self.h[:2]}.lock"
         self.cleanup_lock = self.root / "locks" / "cleanup.lock"
+        self.usage_lock = self.root / "locks" / "usage.lock"
         self.outside = cache_dir.parent / "outside"  # a file a symlink points to
         self.outside_bytes = b""
         self.data_name = f"{'ab' * 8}-{os.getpid():x}-0"
@@ -156,6 +157,10 @@ PLANTS: dict[str, Callable[[Plant], None]] = {
     "cleanup-lock-directory": lambda p: p.directory(p.cleanup_lock),
     "cleanup-lock-fifo": lambda p: p.fifo(p.cleanup_lock),
     "cleanup-lock-symlink": lambda p: p.symlink(p.cleanup_lock, b"precious"),
+    "usage-lock-directory": lambda p: p.directory(p.usage_lock),
+    "usage-lock-fifo": lambda p: p.fifo(p.usage_lock),
+    "usage-lock-symlink": lambda p: p.symlink(p.usage_lock, b"precious"),
+    "usage-lock-random-bytes": lambda p: p.file(p.usage_lock, os.urandom(56)),
 }
 
 
