@@ -72,6 +72,13 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
+def preview_chars(text: str) -> int:
+    value = nonnegative_int(text)
+    if value > config_max_preview():
+        raise argparse.ArgumentTypeError(f"must be at most {config_max_preview()}, got {value}")
+    return value
+
+
 def default_dir() -> str:
     """$STREAMCACHE_DIR, else $XDG_CACHE_HOME/streamcache, else ~/.cache/streamcache.
 
@@ -175,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--key-preview",
         metavar="CHARS",
-        type=nonnegative_int,
+        type=preview_chars,
         default=0,
         help="store the first CHARS characters of the key (the command line, by "
         f"default) for 'streamcache stats' (0 to {config_max_preview()}; default 0: "

@@ -258,3 +258,13 @@ def test_a_killed_runner_fails_the_others_promptly_and_ends_the_command(
     # The command, orphaned, got SIGTERM when its runner died (Linux).
     for pid in g.runs()[0]:
         wait_until(lambda pid=pid: not is_running(pid), f"process {pid} of the command to end")
+
+
+@pytest.mark.parametrize(
+    "option",
+    [["--key-preview", "257"], ["--key-preview", "-1"], ["--min-occurrences", "-1"]],
+)
+def test_bad_numbers_are_usage_errors(cache_dir: Path, option: list[str]) -> None:
+    out = cli("run", "--dir", str(cache_dir), *option, "--", "true")
+    assert out.returncode == 2 and f"argument {option[0]}" in out.stderr
+    assert not cache_dir.exists()
