@@ -19,8 +19,10 @@ are written, and gets the path when the copy is complete. If the building proces
 of them builds afresh; a ``build`` that raises fails every waiting test with its error.
 
 The shared directory is ``STREAMCACHE_DIR`` if set, else the ini option
-``streamcache_dir`` (relative to the ini file), else ``.pytest_cache/d/streamcache``
-under the rootdir, which every tox environment and xdist worker of a project shares.
+``streamcache_dir`` (relative to the ini file), else ``d/streamcache`` in the project's
+pytest cache (``.pytest_cache`` under the rootdir, also under tox, which otherwise
+gives each environment a cache of its own), which every tox environment and xdist
+worker of a project shares.
 An artefact stays shared for ``streamcache_max_age`` seconds (default 3600): put what
 it is built from (a version, a hash of the inputs) in its key.
 """
@@ -65,7 +67,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def shared_dir(config: pytest.Config) -> Path:
-    """Where artefacts are shared: STREAMCACHE_DIR, the ini option, or the pytest cache."""
+    """Where artefacts are shared: STREAMCACHE_DIR, the ini option, or the project's
+    pytest cache."""
     env = os.environ.get("STREAMCACHE_DIR")
     if env:
         return Path(env).absolute()
@@ -73,15 +76,38 @@ def shared_dir(config: pytest.Config) -> Path:
     if ini:
         base = config.inipath.parent if config.inipath is not None else config.rootpath
         return (base / ini).absolute()
-    cache = getattr(config, "cache", None)
-    if cache is None:  # -p no:cacheprovider
-        return config.rootpath / ".pytest_cache" / "d" / "streamcache"
-    # Made by the cache provider (so .pytest_cache gets its .gitignore), private: a
-    # cache dir that others may write to is refused.
-    path = Path(cache.mkdir("streamcache"))
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o700)
-    return path
+    return _pytest_cache_dir(config) / "d" / "streamcache"
+
+
+def _pytest_cache_dir(config: pytest.Config) -> Path:
+    """The project's pytest cache dir, as pytest picks it outside tox: under tox its
+    default moves into each environment's dir, which would share nothing."""
+    value = str(config.getini("cache_dir"))
+    tox_env = os.environ.get("TOX_ENV_DIR")
+    if tox_env and value == os.path.join(tox_env, ".pytest_cache"):
+        value = ".pytest_cache"
+    return config.rootpath / os.path.expanduser(os.path.expandvars(value))
+
+
+def _make_parent(path: Path) -> None:
+    """Create the parents of the shared dir; a pytest cache dir made here gets the
+    files pytest gives it (so that git and backups leave it alone)."""
+    parent = path.parent
+    if parent.is_dir():
+        return
+    parent.mkdir(parents=True, exist_ok=True)
+    if parent.name == "d":
+        cache = parent.parent
+        for name, text in _CACHE_FILES.items():
+            if not (cache / name).exists():
+                (cache / name).write_text(text)
+
+
+_CACHE_FILES = {
+    ".gitignore": "# Created by streamcache's pytest plugin, as pytest does.\n*\n",
+    "CACHEDIR.TAG": "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# A cache directory tag: backup tools may skip this directory.\n",
+}
 
 
 class SharedArtifacts:
@@ -97,7 +123,7 @@ class SharedArtifacts:
 
     def _open(self) -> StreamCache:
         if self._cache is None:
-            self.dir.parent.mkdir(parents=True, exist_ok=True)
+            _make_parent(self.dir)
             self._cache = StreamCache(self.dir, max_age=self._max_age, registry=None)
         return self._cache
 

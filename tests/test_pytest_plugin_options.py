@@ -95,6 +95,22 @@ def test_default_dir_is_the_pytest_cache(tmp_path: Path) -> None:
     assert _shared(root / ".pytest_cache" / "d" / "streamcache")
 
 
+def test_default_dir_under_tox_is_shared_by_its_environments(tmp_path: Path) -> None:
+    """tox moves pytest's cache into each environment's dir (TOX_ENV_DIR): the
+    artefacts stay in the project's, shared by every environment."""
+    root = _project(tmp_path, USES)
+    builds = str(tmp_path / "builds")
+    for env_name in ("py310", "py313"):
+        env_dir = root / ".tox" / env_name
+        env_dir.mkdir(parents=True)
+        r = _pytest(root, env={"BUILDS": builds, "TOX_ENV_DIR": str(env_dir)})
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert (env_dir / ".pytest_cache").is_dir()  # pytest's own cache moved
+    assert (tmp_path / "builds").read_text() == "b"
+    assert _shared(root / ".pytest_cache" / "d" / "streamcache")
+    assert (root / ".pytest_cache" / ".gitignore").exists()
+
+
 def test_ini_option_and_environment(tmp_path: Path) -> None:
     root = _project(tmp_path, USES, ini="streamcache_dir = shared/here\n")
     env = {"BUILDS": str(tmp_path / "builds")}
