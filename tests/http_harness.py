@@ -268,12 +268,16 @@ class Producer:
         size: int | None = None,
         fail: BaseException | None = None,
         free: bool = False,
+        hold_end: bool = False,
     ) -> None:
         self.parts = parts
         self.size = size
         self.fail = fail
         self.go = [threading.Event() for _ in parts]
         self.wrote = [threading.Event() for _ in parts]
+        self.end = threading.Event()  # with hold_end: create returns only once set
+        if not hold_end:
+            self.end.set()
         self.started = threading.Event()
         self.done = threading.Event()
         self.calls = 0
@@ -289,6 +293,7 @@ class Producer:
         """Let every producer of the test run to its end (fixture teardown)."""
         for p in cls._live:
             p.release()
+            p.end.set()
         cls._live.clear()
 
     @property
@@ -314,6 +319,8 @@ class Producer:
                     self.write_error = exc
                     raise
                 wrote.set()
+            if not self.end.wait(WAIT):
+                raise AssertionError("test never let the producer return")
             if self.fail is not None:
                 raise self.fail
         finally:

@@ -274,3 +274,19 @@ def test_a_range_lets_go_of_its_reader_before_the_last_message(cache: Any) -> No
     assert sent[0]["status"] == 206
     assert b"".join(m.get("body", b"") for m in sent[1:]) == DATA[100:200]
     assert isinstance(create.write_error, BrokenPipeError)
+
+
+def test_a_body_read_to_the_end_lets_the_producer_publish_the_entry(cache: Any) -> None:
+    create = Producer([DATA], size=len(DATA), hold_end=True, free=True)
+
+    async def go() -> AsgiCall:
+        call = AsgiCall(app_for(cache, create), scope())
+        await call.wait_for(lambda: call.complete)  # every byte sent, create not returned
+        create.end.set()
+        return await call.finish()
+
+    call = run(go())
+    assert call.body == DATA
+    assert cache.wait_producers(WAIT)
+    info = cache.peek(KEY)
+    assert info is not None and info.finished, "the entry was dropped"

@@ -323,6 +323,24 @@ def test_a_range_reads_exactly_its_bytes_then_lets_go(cache: Any) -> None:
     call.close()
 
 
+def test_a_body_read_to_the_end_lets_the_producer_publish_the_entry(cache: Any) -> None:
+    """The only reader got every byte before create returned: it waits for the end
+    itself before letting go, or the entry would be dropped as abandoned."""
+    create = Producer([DATA], size=len(DATA), hold_end=True, free=True)
+    call = WsgiCall(app_for(cache, create), environ())
+    while len(call.body) < len(DATA):
+        assert call.next() is not None
+    t, out = in_thread(call.next)  # a server iterates to the end: waits for create
+    assert create.wrote[0].wait(WAIT)
+    create.end.set()
+    t.join(WAIT)
+    assert out == [None] and call.error is None and call.body == DATA
+    call.close()
+    assert cache.wait_producers(WAIT)
+    info = cache.peek(KEY)
+    assert info is not None and info.finished, "the entry was dropped"
+
+
 def test_if_range_with_the_same_strong_etag(cache: Any) -> None:
     finished(cache)
     extra = [("ETag", '"v1"')]
