@@ -101,6 +101,8 @@ class Channel:
         self.readers_bell = ReadersBell(readers, seg)
         self.writer_bell = writer
         self._dead: set[tuple[int, int, int]] = set()
+        # The producer's: set once it found the segment's name gone (or another's).
+        self.removed = False
         self.held_back = 0.0
 
     @classmethod
@@ -166,8 +168,11 @@ class Channel:
         return self.seg.scan(self._dead)
 
     def drop_dead_readers(self) -> None:
-        """Stop counting readers whose process died."""
+        """Stop counting readers whose process died; and notice (:attr:`removed`) if the
+        segment's name no longer refers to it (a /dev/shm wipe)."""
         self._dead = self.seg.dead_readers()
+        if not self.removed and not self.seg.still_named():
+            self.removed = True
 
     def publish(self, offset: int, waiter: Waiter) -> Readers:
         """Publish ``offset``, wake the readers waiting for it; the readers after it."""

@@ -76,6 +76,11 @@ def current_process() -> ProcessId:
     return ident
 
 
+def same_process(a: ProcessId, b: ProcessId) -> bool:
+    """Whether two identities (recorded at different precisions) name one process."""
+    return a.pid == b.pid and abs(a.start - b.start) <= _START_TOLERANCE
+
+
 def is_alive(pid: int, start: float) -> bool:
     """True while the process ``pid`` that started at ``start`` is running."""
     if pid <= 0:

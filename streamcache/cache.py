@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 import ipc
 from ipc.channel import Channel, unlink_channel
 from ipc.clock import SYSTEM, Clock
+from ipc.liveness import same_process
 from ipc.segment import DEFAULT_SLOTS, MAX_SLOTS, SegmentError
 
 from . import config
@@ -60,9 +61,8 @@ log = logging.getLogger("streamcache")
 
 # fetch reads a finished entry up to this size whole, in one pread with its trailer.
 _READ_WHOLE = 64 * 1024
-# Start times (clock ticks) of one process match within this, as stored in a record
-# (milliseconds) and in a segment (microseconds).
-_SAME_START = 0.005
+# Fresh random names tried for a new entry whose IPC names are taken (planted).
+_NAME_TRIES = 3
 
 
 def prepare_dir(path: str) -> str:
@@ -462,8 +462,7 @@ class StreamCache(CacheBase):
             # An inline creator's entry, a set an attaching process left half made, or
             # an object planted under its name (refused by Segment.open).
             return self._make_channel_locked(rec, written_so_far(fd))
-        producer = channel.seg.producer
-        if producer.pid == rec.pid and abs(producer.start - rec.start) < _SAME_START:
+        if same_process(channel.seg.producer, ipc.ProcessId(rec.pid, rec.start)):
             return channel
         # A well-formed segment that names another producer: planted, never trusted.
         channel.close()
@@ -506,7 +505,7 @@ class StreamCache(CacheBase):
         ``with_reader``, the creator's reader) to ``pending``; the caller runs the
         producer."""
         me = ipc.current_process()
-        name, wfd = self._files.create()
+        name, wfd, channel = self._new_data_file(me, with_reader)
         now = self._clock.wall()
         set_entry_info(wfd, now, key, self.key_preview)
         rec = Record(h, name, me.pid, me.start, now + self.max_age)
@@ -521,10 +520,8 @@ class StreamCache(CacheBase):
             pending.append((producer, None))  # from here on, failures go through abort()
             self._index.write(rec)
             return
+        assert channel is not None
         try:
-            channel = Channel.create(
-                self._store.prefix, me, self.reader_slots, self._store.channel_base(name)
-            )
             try:
                 mine = Channel.open(channel.base)
                 try:
@@ -549,6 +546,26 @@ class StreamCache(CacheBase):
         )
         pending.append((producer, reader))  # from here on, failures go through abort()
         self._index.write(rec)
+
+    def _new_data_file(
+        self, me: ipc.ProcessId, with_channel: bool
+    ) -> tuple[str, int, Channel | None]:
+        """A new data file (name, write descriptor) and, ``with_channel``, its channel.
+        Names taken in /dev/shm by objects that are not ours (planted: the random part
+        of a name is never predictable) are never opened: the next random name is."""
+        for attempt in range(_NAME_TRIES):
+            name, wfd = self._files.create()
+            if not with_channel:
+                return name, wfd, None
+            base = self._store.channel_base(name)
+            try:
+                return name, wfd, Channel.create(self._store.prefix, me, self.reader_slots, base)
+            except BaseException as exc:
+                os.close(wfd)
+                self._files.remove(name)
+                if not isinstance(exc, posix_ipc.ExistentialError) or attempt + 1 == _NAME_TRIES:
+                    raise
+        raise AssertionError("unreachable")
 
     # -- fork ------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@
           └── CreateError      the producer of an entry failed; every reader gets it
                ├── ProducerDied  the producing process died or vanished mid-stream
                └── AllReadersLeft  (internal) every reader left, so the producer stopped
+          └── SharedMemoryRemoved  an entry's IPC objects were removed from under it
 
 Bad arguments raise the built-in ``TypeError``/``ValueError``; a ``timeout`` that
 passes raises the built-in ``TimeoutError``. A producer whose readers all left gets
@@ -36,6 +37,13 @@ class AllReadersLeft(CreateError):
     """The producer stopped because every reader had left (its write raised
     BrokenPipeError). A reader that attached just then, before any byte reached its
     caller, looks the key up again instead of failing."""
+
+
+class SharedMemoryRemoved(Error):
+    """The shared-memory objects of an entry in flight were removed from under it (a
+    reboot's /dev/shm, systemd's RemoveIPC at logout): nobody can attach to it any
+    more, so it fails (its producer's ``write`` raises this; readers get a
+    CreateError naming it) and the next fetch creates afresh."""
 
 
 def describe(exc: BaseException) -> str:

@@ -34,10 +34,11 @@ import ipc
 from ipc.channel import Channel
 from ipc.clock import SYSTEM, Clock
 from ipc.hub import Watch, hub
+from ipc.liveness import same_process
 from ipc.segment import FAILED_ABANDONED, ReaderSlot, SegmentError
 from ipc.wait import Waiter, Wake
 
-from .errors import AllReadersLeft, CreateError, ProducerDied
+from .errors import AllReadersLeft, CreateError, ProducerDied, SharedMemoryRemoved, describe
 from .filestore import written_so_far
 from .index import Record
 from .metrics import NULL, Metrics
@@ -116,6 +117,7 @@ class Writer:
         self.offset = 0
         self._size = AnnouncedSize()
         self.broken = False
+        self.removed = False  # the channel's names were wiped: see SharedMemoryRemoved
         self._closed = False
         if channel is not None:
             self._attach(channel)
@@ -138,6 +140,9 @@ class Writer:
         try:
             channel = Channel.open(self._channel_base)
         except SegmentError:
+            return
+        if not same_process(channel.seg.producer, ipc.current_process()):
+            channel.close()  # planted under the name: never trusted
             return
         self._attach(channel)
 
@@ -180,6 +185,8 @@ class Writer:
         self._closed = True
         if self.broken:
             raise BrokenPipeError("all readers closed")
+        if self.removed:
+            self._removed()
         self._size.check_end(self.offset)
         if self._live_readers() == 0:
             self._broken()
@@ -192,6 +199,8 @@ class Writer:
             self.close()
         elif self.broken:
             raise BrokenPipeError("all readers closed")
+        elif self.removed:
+            self._removed()
 
     def abandon(self) -> None:
         """The producer is done with it: refuse any later write (from a thread ``create``
@@ -215,6 +224,8 @@ class Writer:
             raise BrokenPipeError("all readers closed")
         if self.failure is not None:
             raise self.failure
+        if self.removed:
+            self._removed()
         if isinstance(data, str):
             raise TypeError("write() needs bytes, not str")
         view = memoryview(data).cast("B")
@@ -242,6 +253,8 @@ class Writer:
                 self._broken()
             return total
         readers = channel.publish(self.offset, self._waiter)
+        if channel.removed:
+            self._removed()
         if tee is not None and tee.alive:
             tee.copy(_as_bytes(data, view))
             if tee.alive:
@@ -249,6 +262,8 @@ class Writer:
             readers = None
         if channel.hold_back(self.offset, self._window, self._waiter, readers) == 0:
             self._broken()
+        if channel.removed:
+            self._removed()
         return total
 
     def _append(self, view: memoryview) -> None:
@@ -267,6 +282,15 @@ class Writer:
     def _broken(self) -> NoReturn:
         self.broken = True
         raise BrokenPipeError("all readers closed")
+
+    def _removed(self) -> NoReturn:
+        """The channel's names are gone while the entry is written (found on a liveness
+        check): no reader can attach any more, so the entry fails."""
+        self.removed = True
+        raise SharedMemoryRemoved(
+            "the entry's shared memory was removed while it was written (a reboot, or "
+            "systemd's RemoveIPC); it can no longer be shared"
+        )
 
 
 def _as_bytes(data: bytes | bytearray | memoryview, view: memoryview) -> bytes:
@@ -544,12 +568,26 @@ class PipeReader(_Reader):
         if self._in_file > self.position:
             return
         if self._seg.producer_alive():
-            return
+            if self._seg.still_named() or self._seg.state != ipc.STATE_WRITING:
+                return  # (the producer says how it ended before it unlinks the names)
+            self._removed()
         if self._store is not None and self._rec is not None:
             self._final = self._store.producer_died(self._rec, self._fd)
         if self._final is None:
             pid = self._seg.producer.pid
             raise ProducerDied(f"the producing process (pid {pid}) died before finishing the entry")
+
+    def _removed(self) -> NoReturn:
+        """The segment's name is gone while its live producer still writes: /dev/shm
+        was wiped. The entry's record goes, so the next fetch creates afresh (the
+        producer fails the entry itself once it notices)."""
+        if self._store is not None and self._rec is not None:
+            self._store.forget(self._rec)
+        raise CreateError(
+            describe(
+                SharedMemoryRemoved("the entry's shared memory was removed while it was written")
+            )
+        )
 
     def _advance(self, n: int) -> None:
         self.position += n

@@ -25,8 +25,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import ipc
 from ipc.channel import Channel, unlink_channel
 from ipc.clock import SYSTEM, Clock
+from ipc.liveness import same_process
 from ipc.segment import FAILED_ABANDONED, FAILED_BY_PRODUCER, ReaderSlot, SegmentError
 
 from .errors import CreateError, Error, describe
@@ -258,12 +260,15 @@ class Producer:
             self._settle(kept)
             # Once the record is gone no reader attaches any more; one may have made
             # the channel since this producer last looked (its name derives from the
-            # data file's, so it is found even if the record was evicted).
-            channel = writer.channel or self._open_channel()
-            if channel is not None:
-                abandoned = isinstance(error, BrokenPipeError) and writer.broken
+            # data file's, so it is found even if the record was evicted), also in
+            # place of ours after a /dev/shm wipe: every one is told the outcome.
+            abandoned = isinstance(error, BrokenPipeError) and writer.broken
+            channels = [c for c in (writer.channel, self._open_channel()) if c is not None]
+            if len(channels) == 2 and channels[0].seg.inode == channels[1].seg.inode:
+                channels.pop().close()
+            for channel in channels:
                 self._end_channel(channel, writer.offset, error, abandoned)
-            else:  # none, or a partial set left by an attaching reader that died
+            if not channels:  # none, or a partial set left by an attaching reader that died
                 unlink_channel(store.channel_base(self.rec.file))
             self._running.discard(self)
 
@@ -277,9 +282,13 @@ class Producer:
 
     def _open_channel(self) -> Channel | None:
         try:
-            return Channel.open(self._store.channel_base(self.rec.file))
+            channel = Channel.open(self._store.channel_base(self.rec.file))
         except SegmentError:
             return None
+        if not same_process(channel.seg.producer, ipc.current_process()):
+            channel.close()  # planted under the name: never trusted
+            return None
+        return channel
 
     @staticmethod
     def _end_channel(

@@ -138,6 +138,13 @@ class Store:
         self.files.remove(rec.file)
         return None
 
+    def forget(self, rec: Record) -> None:
+        """Drop the record of ``rec``'s entry, if it is still that entry's, so that no
+        fetch attaches to it any more (its producer still ends it)."""
+        with self.index.locked(rec.key, None):
+            if self.current(rec) is not None:
+                self.index.remove(rec.key)
+
     def evict(self, rec: Record) -> None:
         """Drop an expired or broken entry in flight (lock held). Its producer and
         readers keep their descriptors; the producer will find it gone when it ends."""

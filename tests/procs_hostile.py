@@ -1,0 +1,116 @@
+"""Child-process functions for the restart, wipe and planted-object tests (spawn context).
+
+Each child reports through a multiprocessing queue ``out`` (``("error", traceback)`` on an
+unexpected exception, via :func:`xproc.reporting`); every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from xproc import WAIT, HashSink, forbidden_create, payload, read_head, reporting
+
+import streamcache
+
+
+@reporting
+def producer(
+    dir: str,
+    key: str,
+    seed: str,
+    total: int,
+    chunk: int,
+    inline: bool,
+    wrote_first: Any,
+    release: Any,
+    *,
+    out: Any,
+    pace: float = 0.0,
+) -> None:
+    """Create ``key``: inline (fetch without a timeout: create runs in this thread) or in
+    a producer thread (fetch with a timeout). Write the first chunk, set ``wrote_first``,
+    wait for ``release`` (unless ``pace`` > 0: then write a chunk every ``pace`` seconds
+    without waiting); report how the fetch ended."""
+    cache = streamcache.StreamCache(dir, liveness=0.2, cleanup_interval=0)
+
+    def create(w: Any) -> None:
+        chunks = payload(seed, total, chunk)
+        w.write(next(chunks))
+        wrote_first.set()
+        if pace <= 0 and not release.wait(WAIT):
+            raise TimeoutError("the test never released the producer")
+        for c in chunks:
+            w.write(c)
+            time.sleep(pace)
+
+    sink = HashSink()
+    try:
+        res = cache.fetch(key, sink, create, timeout=None if inline else WAIT)
+    except streamcache.Error as exc:
+        out.put(("ended", type(exc).__name__, str(exc), time.monotonic()))
+    else:
+        out.put(("ended", "ok", f"{res.written} {res.created}", time.monotonic()))
+    # The producer thread (fetch with a timeout) may outlive the call: let it end.
+    cache.wait_producers(WAIT)
+
+
+@reporting
+def reader(dir: str, key: str, first: int, *, out: Any) -> None:
+    """Attach to ``key`` (never create), read ``first`` bytes, report, then read on;
+    report how it ended (the exception's type and text) and when."""
+    cache = streamcache.StreamCache(dir, liveness=0.2, cleanup_interval=0)
+    try:
+        with cache.stream(key, forbidden_create, timeout=WAIT) as s:
+            head = read_head(s, first)
+            out.put(("first", len(head), os.getpid()))
+            n = len(head)
+            for data in s:
+                n += len(data)
+        out.put(("ended", "ok", str(n), time.monotonic()))
+    except (streamcache.Error, TimeoutError) as exc:
+        out.put(("ended", type(exc).__name__, str(exc), time.monotonic()))
+
+
+@reporting
+def fetch_once(dir: str, key: str, seed: str, total: int, chunk: int, *, out: Any) -> None:
+    """Fetch ``key`` (creating it with the payload if needed); report digest and created."""
+    from xproc import writer_of
+
+    cache = streamcache.StreamCache(dir, liveness=0.2, cleanup_interval=0)
+    sink = HashSink()
+    res = cache.fetch(key, sink, writer_of(seed, total, chunk), timeout=WAIT)
+    out.put(("fetched", sink.hexdigest(), res.written, res.created))
+
+
+@reporting
+def fetch_with_planted_names(
+    dir: str, key: str, token: str, seed: str, total: int, chunk: int, *, out: Any
+) -> None:
+    """Fetch ``key`` while the first random name the cache draws is ``token`` (whose
+    /dev/shm names the test planted); report digest, created and the names drawn."""
+    import secrets
+
+    from xproc import writer_of
+
+    import streamcache.filestore as filestore
+
+    drawn: list[str] = []
+    real = secrets.token_hex
+
+    class Secrets:
+        @staticmethod
+        def token_hex(n: int) -> str:
+            value = token if not drawn else real(n)
+            drawn.append(value)
+            return value
+
+    filestore.secrets = Secrets  # type: ignore[assignment]
+    cache = streamcache.StreamCache(dir, liveness=0.2, cleanup_interval=0)
+    sink = HashSink()
+    with cache.stream(key, writer_of(seed, total, chunk), timeout=WAIT) as s:
+        for data in s:
+            sink.write(data)
+        created = s.created
+    out.put(("fetched", sink.hexdigest(), sink.n, created, drawn))
