@@ -82,6 +82,9 @@ class Generator:
         self.rate = rate
         self.runs_path = runs_path
         self.template = bytearray(pattern())
+        self.write_s = 0.0
+        self.write_max = 0.0
+        self.writes = 0
 
     def chunks(self) -> Iterator[bytes]:
         t0 = now()
@@ -108,8 +111,15 @@ class Generator:
             i += 1
 
     def run(self, write: Callable[[bytes], object]) -> None:
+        """Hand every chunk to ``write``, timing each call (``write_s``, ``write_max``): the
+        consumer's write path, back pressure included."""
         for chunk in self.chunks():
+            t0 = now()
             write(chunk)
+            t = now() - t0
+            self.write_s += t
+            self.write_max = max(self.write_max, t)
+            self.writes += 1
 
 
 class GenFile:
@@ -324,6 +334,8 @@ def _worker(
             "cpu": self_cpu_seconds() - cpu0,
             "write_bytes": proc_io_write_bytes() - wb0,
             "peak_rss": proc_peak_rss(os.getpid()),
+            "write_s": gen.write_s if gen.writes else None,
+            "write_max": gen.write_max if gen.writes else None,
         }
         out.put(("done", role, payload))
 
@@ -476,6 +488,8 @@ class Run:
     cpu: float
     peak_rss: int
     disk_left: int  # bytes in files under the work dir after the run
+    write_s: float | None  # the (first) generator's time inside its consumer's write calls
+    write_max: float | None  # its longest single write call
 
 
 def dir_bytes(path: str) -> int:
@@ -531,6 +545,7 @@ def run_once(kind: str, procs: int, size: int, rate: float, data: bytes) -> Run:
         first_chunks = read_runs(runs)
         gen_first = min(first_chunks) if first_chunks else float("nan")
         released = min(d["released"] for d in done)
+        writers = [d for d in done if d["write_s"] is not None]  # nocache: every process
         cpu = sum(d["cpu"] for d in done)
         cpu += sum(server1[p][0] - server0[p][0] for p in servers)
         wb = sum(d["write_bytes"] for d in done)
@@ -544,6 +559,8 @@ def run_once(kind: str, procs: int, size: int, rate: float, data: bytes) -> Run:
             cpu=cpu,
             peak_rss=max([d["peak_rss"] for d in done] + server_rss),
             disk_left=disk_left,
+            write_s=writers[0]["write_s"] if writers else None,
+            write_max=writers[0]["write_max"] if writers else None,
         )
 
 
@@ -645,6 +662,15 @@ def table(results: list[Result], floors: dict[float, list[float]], size: int, pr
         lines += [md_line(head, widths), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
         lines += [md_line(c, widths) for c in rows if not c[1].startswith("skipped")]
         lines += [f"- {c[0]} {c[1]}" for c in rows if c[1].startswith("skipped")]
+        for r in results:
+            ws = [x.write_s for x in r.runs if x.write_s is not None]
+            wm = [x.write_max for x in r.runs if x.write_max is not None]
+            if r.rate != rate or r.skipped or not ws or r.kind == "nocache":
+                continue
+            lines.append(
+                f"- {r.kind}: the generator spent {span(ws, secs)} s inside its consumer's "
+                f"write calls, longest single call {span(wm, secs)}"
+            )
         for r in results:
             if r.rate != rate or r.skipped or r.kind not in ("fetch", "stream"):
                 continue
