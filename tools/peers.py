@@ -250,7 +250,8 @@ def _filelock(work: str, gen: Generator, sink: CheckingSink) -> None:
 def _diskcache(work: str, gen: Generator, sink: CheckingSink) -> None:
     import diskcache  # type: ignore[import-untyped,unused-ignore]
 
-    with diskcache.Cache(os.path.join(work, "diskcache")) as dc:
+    # size_limit: the default (1 GiB) would cull a 1 GiB value as soon as it is stored.
+    with diskcache.Cache(os.path.join(work, "diskcache"), size_limit=1 << 40) as dc:
         with diskcache.Lock(dc, "lock-" + KEY):
             if KEY not in dc:
                 dc.set(KEY, GenFile(gen), read=True)
