@@ -1,6 +1,6 @@
 """Figures for the core: fan-out time, wake-up latency, producer lead over a stalled reader.
 
-    python tools/measure.py [--quick] [--json]
+    python tools/measure.py [--quick] [--json] [--wake-breakdown]
 
 Absolute times on a shared machine are noisy; every figure is the median of several runs.
 """
@@ -8,6 +8,7 @@ Absolute times on a shared machine are noisy; every figure is the median of seve
 from __future__ import annotations
 
 import argparse
+import bisect
 import hashlib
 import json
 import multiprocessing as mp
@@ -110,7 +111,7 @@ def wakeup(n: int) -> list[float]:
         def create(w: Any) -> None:
             raise RuntimeError("the reader must attach, not create")
 
-        lat = []
+        lat: list[float] = []
         with cache.stream("wake", create, timeout=60) as s:
             attached.set()
             buf = b""
@@ -123,6 +124,113 @@ def wakeup(n: int) -> list[float]:
         p.join(30)
         cache.stop()
         return lat
+
+
+def _stamp() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def _record_futex(which: str, log: list[int]) -> None:
+    """Wrap ``ipc.futex.wake`` (stamp before the call) or ``ipc.futex.wait`` (stamp after
+    it returns) in this process, for :func:`wake_breakdown` only."""
+    from ipc import futex
+
+    if which == "wake":
+        wake = futex.wake
+
+        def timed_wake(address: int) -> None:
+            log.append(_stamp())
+            wake(address)
+
+        futex.wake = timed_wake  # type: ignore[assignment,unused-ignore]
+    else:
+        wait = futex.wait
+
+        def timed_wait(address: int, expected: int, timeout: float) -> bool:
+            r = wait(address, expected, timeout)
+            log.append(_stamp())
+            return r
+
+        futex.wait = timed_wait  # type: ignore[assignment,unused-ignore]
+
+
+def _breakdown_producer(
+    cache_dir: str, n: int, via_fetch: bool, ready: Any, attached: Any, out: Any
+) -> None:
+    wakes: list[int] = []
+    _record_futex("wake", wakes)
+    cache = streamcache.StreamCache(cache_dir, window=0, cleanup_interval=0)
+
+    def create(w: Any) -> None:
+        if via_fetch:
+            ready.set()
+        attached.wait(60)
+        for _ in range(n):
+            time.sleep(0.002)
+            w.write(struct.pack("<q", _stamp()))
+
+    if via_fetch:
+        cache.fetch("wake", Sink(), create)
+    else:
+        with cache.stream("wake", create) as s:
+            ready.set()
+            while s.read(MiB):
+                pass
+    cache.wait_producers(60)
+    cache.stop()
+    out.put(wakes)
+
+
+def wake_breakdown(n: int, via_fetch: bool) -> dict[str, list[float]]:
+    """The wake-up of a reader in another process, in three parts (microseconds):
+    ``write``: the producer's write call up to its futex wake call; ``kernel``: that call
+    to the reader's futex wait returning; ``reader``: from there to the reader having the
+    bytes. Linux only (the futex bell); the stamps wrap ipc.futex in both processes."""
+    from ipc import futex
+
+    if not futex.SUPPORTED:
+        raise RuntimeError("the breakdown needs the futex bell (Linux)")
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        cache_dir = tmp + "/c"
+        ready, attached, out = ctx.Event(), ctx.Event(), ctx.Queue()
+        p = ctx.Process(
+            target=_breakdown_producer, args=(cache_dir, n, via_fetch, ready, attached, out)
+        )
+        p.start()
+        assert ready.wait(60), "producer did not start"
+        waits: list[int] = []
+        _record_futex("wait", waits)
+        cache = streamcache.StreamCache(cache_dir, window=0, cleanup_interval=0)
+
+        def refuse(w: Any) -> None:
+            raise RuntimeError("the reader must attach, not create")
+
+        got: list[tuple[int, int]] = []
+        with cache.stream("wake", refuse, timeout=60) as s:
+            attached.set()
+            buf = b""
+            while len(got) < n:
+                buf += s.read(8 - len(buf))
+                if len(buf) == 8:
+                    got.append((struct.unpack("<q", buf)[0], _stamp()))
+                    buf = b""
+        wakes: list[int] = out.get(timeout=60)
+        p.join(30)
+        cache.stop()
+    parts: dict[str, list[float]] = {"write": [], "kernel": [], "reader": [], "total": []}
+    for s0, s3 in got:
+        i = bisect.bisect_right(wakes, s0)
+        if i == len(wakes) or wakes[i] > s3:
+            continue  # no ring for this stamp (the reader was not asleep)
+        j = bisect.bisect_right(waits, wakes[i])
+        if j == len(waits) or waits[j] > s3:
+            continue
+        s1, s2 = wakes[i], waits[j]
+        for k, v in (("write", s1 - s0), ("kernel", s2 - s1), ("reader", s3 - s2)):
+            parts[k].append(v / 1000)
+        parts["total"].append((s3 - s0) / 1000)
+    return parts
 
 
 def lead(window: int, write: int) -> int:
@@ -159,11 +267,35 @@ def lead(window: int, write: int) -> int:
         return result
 
 
+def print_breakdown(n: int, as_json: bool) -> int:
+    creators = (("fetch", True), ("stream", False))
+    result = {name: wake_breakdown(n, via_fetch) for name, via_fetch in creators}
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for name, parts in result.items():
+        print(f"{name} creator: {len(parts['total'])} of {n} stamps matched to a ring")
+        for k, v in parts.items():
+            v = sorted(v)
+            if v:
+                p99 = v[min(len(v) - 1, int(len(v) * 0.99))]
+                print(f"  {k:7s} median {statistics.median(v):7.1f} us   p99 {p99:8.1f} us")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--wake-breakdown",
+        action="store_true",
+        help="only: the wake-up split into the producer's write path, the kernel's wake-up "
+        "and the reader's path (fetch and stream() creators)",
+    )
     args = parser.parse_args()
+    if args.wake_breakdown:
+        return print_breakdown(50 if args.quick else 300, args.json)
     reps = 1 if args.quick else 3
     size = 16 if args.quick else 64
     fan = [fanout(16, size) for _ in range(reps)]
