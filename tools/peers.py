@@ -635,7 +635,7 @@ def table(results: list[Result], floors: dict[float, list[float]], size: int, pr
             "left MiB",
         )
         rows = []
-        filelock_last = None
+        filelock_last = filelock_cpu = None
         for r in results:
             if r.rate != rate:
                 continue
@@ -645,6 +645,7 @@ def table(results: list[Result], floors: dict[float, list[float]], size: int, pr
             lasts = [x.last for x in r.runs]
             if r.kind == "filelock":
                 filelock_last = med(lasts)
+                filelock_cpu = med([x.cpu for x in r.runs])
             rows.append(
                 (
                     r.kind,
@@ -686,6 +687,11 @@ def table(results: list[Result], floors: dict[float, list[float]], size: int, pr
             if not rate and filelock_last is not None:
                 verdict.append(
                     f"vs filelock {filelock_last / med(lasts):.2f}x (target >= 1: never slower)"
+                )
+            if filelock_cpu is not None:
+                verdict.append(
+                    f"CPU {med([x.cpu for x in r.runs]) / filelock_cpu:.2f}x filelock's "
+                    "for the same bytes delivered"
                 )
             lines.append(f"- streamcache {r.kind}: " + "; ".join(verdict))
     return "\n".join(lines)
