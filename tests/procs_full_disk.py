@@ -95,6 +95,20 @@ class Filler:
         os.unlink(self.path)
 
 
+def fill_inodes(dir: str) -> list[str]:
+    """Create empty files (and directories) until the tmpfs has no inode left."""
+    made: list[str] = []
+    while True:
+        path = os.path.join(dir, f"inode-{len(made)}")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            return made
+        made.append(path)
+
+
 def fetched(cache: streamcache.StreamCache, key: str, size: int) -> bool:
     """Fetch ``key`` (checking every byte); whether this call ran create."""
     out = io.BytesIO()
@@ -202,6 +216,18 @@ def main(mode: str, dir: str) -> None:
     assert not fetched(cache, "miss-2", BIG)
     assert fetched(cache, "miss-1", BIG) and is_cached(dir, "miss-1")
     assert bypasses(cache) == bypassed + 1
+
+    if mode == "tmpfs":
+        # 5. No inode left: the miss cannot even make its lock, record or data file. It
+        # bypasses (and marks the disk full) instead of failing.
+        made = fill_inodes(dir)
+        assert fetched(cache, "no-inode", MiB) and not is_cached(dir, "no-inode")
+        assert bypasses(cache) == bypassed + 2
+        for path in made:
+            os.unlink(path)
+        skew[0] += backoff + 1
+        assert fetched(cache, "no-inode", MiB) and is_cached(dir, "no-inode")
+        report["inodes_filled"] = len(made)
     report["bypassed"] = bypasses(cache)
     cache.stop()
     print(json.dumps(report))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from procs_budget import CHUNK, budget_worker, bypasses, hold_entry_in_flight
+from prometheus_client import REGISTRY
 from xproc import WAIT, expect, payload_bytes, wait_pid, writer_of
 
 import streamcache
@@ -142,6 +143,8 @@ def test_the_oldest_finished_entries_are_evicted_first(cache_dir: Path) -> None:
     assert cache.fetch("a", io.BytesIO(), writer_of("a", size, CHUNK)).created
     assert finished_keys(cache, keys) == ["a", "c"]
     assert counted_total(cache_dir) == disk_bytes(cache_dir) == 2 * (size + TRAILER.size)
+    labels = {"dir": cache.dir, "reason": "budget"}
+    assert REGISTRY.get_sample_value("streamcache_evictions_total", labels) == 2
 
 
 def test_a_miss_bypasses_while_the_budget_is_all_in_flight(cache_dir: Path) -> None:

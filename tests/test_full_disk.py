@@ -19,6 +19,7 @@ import pytest
 
 BODY = str(Path(__file__).with_name("procs_full_disk.py"))
 TMPFS_SIZE = "24m"
+TMPFS_INODES = 2000  # few, so that the test can use them all up
 
 
 def _run(argv: list[str]) -> dict[str, object]:
@@ -46,7 +47,8 @@ def test_full_tmpfs(cache_dir: Path, tmp_path: Path) -> None:
     cache_dir.mkdir(mode=0o700)
     # The tmpfs is mounted on the cache dir itself, so the IPC names (derived from its
     # path) are the ones the cache_dir fixture checks for leaks.
-    script = f'mount -t tmpfs -o size={TMPFS_SIZE},mode=0700 tmpfs "$0" && exec "$@"'
+    options = f"size={TMPFS_SIZE},nr_inodes={TMPFS_INODES},mode=0700"
+    script = f'mount -t tmpfs -o {options} tmpfs "$0" && exec "$@"'
     argv = ["unshare", "-rm", "sh", "-c", script, str(cache_dir)]
     report = _run([*argv, sys.executable, BODY, "tmpfs", str(cache_dir)])
     assert "No space left on device" in str(report["creator_error"])
