@@ -188,8 +188,13 @@ class Writer:
         if self.removed:
             self._removed()
         self._size.check_end(self.offset)
-        if self._live_readers() == 0:
+        if self._live_readers() == 0 and not self._complete():
             self._broken()
+
+    def _complete(self) -> bool:
+        """Every announced byte is written: readers that took them all and left do not
+        make the entry abandoned (it is whole; later readers will hit it)."""
+        return self._size.size == self.offset
 
     def finish(self) -> None:
         """The producer's close after ``create`` returned (which may have closed already)."""
@@ -249,7 +254,7 @@ class Writer:
         if channel is None:  # only the creator reads, straight from this write
             assert tee is not None
             tee.copy(_as_bytes(data, view))
-            if not tee.alive and self._live_readers() == 0:
+            if not tee.alive and not self._complete() and self._live_readers() == 0:
                 self._broken()
             return total
         readers = channel.publish(self.offset, self._waiter)
@@ -260,6 +265,8 @@ class Writer:
             if tee.alive:
                 return total  # the creator has everything: nobody is behind the window
             readers = None
+        if self._complete():
+            return total  # the last byte: nothing comes that a reader could fall behind on
         if channel.hold_back(self.offset, self._window, self._waiter, readers) == 0:
             self._broken()
         if channel.removed:

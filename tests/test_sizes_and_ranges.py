@@ -278,3 +278,58 @@ def test_peek_never_creates_and_tells_the_state(cache_dir: Path) -> None:
 
 def info0() -> streamcache.EntryInfo:
     return streamcache.EntryInfo(None, -1, False)
+
+
+def test_readers_that_took_every_announced_byte_and_left_do_not_abandon_the_entry(
+    cache: streamcache.StreamCache,
+) -> None:
+    returned = threading.Event()
+    readers_gone = threading.Event()
+
+    def create(w: Any) -> None:
+        w.set_size(len(DATA))
+        w.write(DATA)
+        assert readers_gone.wait(WAIT)  # every reader has left before create returns
+        returned.set()
+
+    with cache.stream("k", create) as s:
+        got = b""
+        while len(got) < len(DATA):  # every byte, but not the end (create has not returned)
+            got += s.read(len(DATA) - len(got))
+        assert got == DATA
+    readers_gone.set()
+    assert returned.wait(WAIT)
+    cache.wait_producers(WAIT)
+    assert cache.peek("k") == streamcache.EntryInfo(len(DATA), len(DATA), True)
+    with cache.stream("k", forbidden) as again:
+        assert not again.created and again.read() == DATA
+
+
+def test_readers_that_left_before_the_announced_end_abandon_it(
+    cache: streamcache.StreamCache,
+) -> None:
+    readers_gone = threading.Event()
+    outcome: list[BaseException] = []
+
+    def create(w: Any) -> None:
+        w.set_size(len(DATA) + 1)
+        w.write(DATA)
+        assert readers_gone.wait(WAIT)
+        try:
+            w.write(b"!")
+        except BrokenPipeError as exc:
+            outcome.append(exc)
+            raise
+
+    with cache.stream("k", create) as s:
+        got = b""
+        while len(got) < len(DATA):
+            got += s.read(len(DATA) - len(got))
+    readers_gone.set()
+    cache.wait_producers(WAIT)
+    assert len(outcome) == 1
+    assert cache.peek("k") is None
+
+
+def forbidden(w: Any) -> None:
+    raise AssertionError("a finished entry must be hit, not created again")
