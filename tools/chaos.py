@@ -2,7 +2,14 @@
 served wrong bytes, nobody hangs, and nothing is left behind (DESIGN.md sections 4, 6).
 
     python tools/chaos.py --seconds 30 --workers 4 [--seed S] [--dir D] [--kill-interval 0.4]
-                          [--signal-storm HZ]
+                          [--signal-storm HZ] [--keys N --max-size BYTES --zipf S]
+                          [--max-bytes BYTES] [--stop-interval SECONDS]
+
+The long stress run (32 workers, a Zipf-skewed key set of 0 to 64 MiB, a small budget):
+
+    python tools/chaos.py --seconds 600 --workers 32 --keys 64 --max-size 67108864 \
+        --zipf 1.1 --max-bytes 268435456 --kill-interval 0.5 --stop-interval 1.0 \
+        --signal-storm 20
 
 W worker processes (multiprocessing spawn) loop over a small key set. Every key has
 fixed content, ``content(key)``: its size and bytes follow from sha256(key), and every
@@ -51,18 +58,31 @@ Checked:
   of the directory in /dev/shm, no record of an entry in flight, and every finished
   entry is intact (its trailer matches) and holds exactly ``content(key)``.
 
-The summary counts operations by outcome, kills, creates, signals and violations; the
-exit status is 1 on any violation.
+Key set (``--keys N``, off by default: then 8 fixed keys of 0 bytes to 4 MiB): N keys whose
+sizes are spread log-uniformly from 0 to ``--max-size`` (the size is part of the key's
+name), picked with Zipf-skewed weights 1/(rank+1)**S (``--zipf S``), so a few keys are hot
+and most are cold. ``--max-bytes`` gives every worker's cache that budget, so eviction and
+bypass (a miss served straight from create) run all the time. ``--stop-interval`` SIGSTOPs
+a worker running a producer every so often (mean seconds) and SIGCONTs it 0.05 to 1.5 s
+later: its readers wait (or time out), nobody else fails.
+
+The summary counts operations by outcome (errors by type), hits, creates, bypasses, kills,
+stops, signals and violations, the bytes verified and the longest waits; after the last
+worker exited, one gc pass (whose sweep takes every data file: no entry is in flight any
+more) must leave nothing in /dev/shm, no record and no data file; the finished entries left
+are each checked byte for byte. The exit status is 1 on any violation.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import faulthandler
 import hashlib
 import json
+import logging
 import multiprocessing as mp
 import os
 import random
@@ -77,6 +97,8 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from prometheus_client import REGISTRY
 
 import ipc
 import streamcache
@@ -93,6 +115,7 @@ WINDOWS = (0, 0, 1, 4096, 65536, MiB, 4 * MiB)
 TIMEOUTS = (0.05, 0.3, 1.0, 3.0, 5.0, 5.0)
 LIVENESS = 0.2
 MAX_SHOWN = 20  # violations printed in the summary
+_MEMO_BYTES = 128 * MiB  # a worker keeps at most about this much expected content
 SLOW_EXIT = 6.0  # seconds after the stop flag; slower exits are noted with a stack dump
 LATE = 1.0  # seconds past its deadline; a later TimeoutError is noted
 STORM_SIGNAL = signal.SIGUSR1  # the storm's signal; workers handle it with a no-op
@@ -122,6 +145,7 @@ OTHER = (
     "violations",
     "signals_handled",
     "signals_relayed",
+    "bypasses",
     *(f"storm_{m}" for m in STORM_MODES),
 )
 # Maxima, not sums: each slot keeps its largest value, the summary takes the largest.
@@ -140,7 +164,21 @@ _PH = {name: i for i, name in enumerate(PHASES)}
 # -- content ----------------------------------------------------------------------------
 
 
+def zipf_keys(n: int, max_size: int) -> list[str]:
+    """``n`` keys whose sizes (part of each name, see content_size) spread log-uniformly
+    from 0 to ``max_size``; every 16th is empty."""
+    keys = []
+    top = max(max_size, 1).bit_length()
+    for i in range(n):
+        r = int.from_bytes(hashlib.sha256(f"chaos-z{i}".encode()).digest()[:8], "little")
+        size = 0 if i % 16 == 0 else min(max_size, int(2 ** ((r % 10_000) / 10_000 * top)))
+        keys.append(f"chaos-z{i}-{size}")
+    return keys
+
+
 def content_size(key: str) -> int:
+    if key.startswith("chaos-z"):
+        return int(key.rsplit("-", 1)[1])
     h = hashlib.sha256(key.encode()).digest()
     e = _EXPONENTS[KEYS.index(key)] if key in KEYS else 12
     r = int.from_bytes(h[:4], "little")
@@ -196,13 +234,19 @@ class WorkerArgs:
     state: Any  # RawArray('d')
     stop: Any  # RawValue('b')
     storm_hz: float = 0.0  # > 0: handle STORM_SIGNAL, and pick a storm mode
+    keys: tuple[str, ...] = tuple(KEYS)
+    zipf: float = 0.0  # > 0: key of rank r picked with weight 1/(r+1)**zipf
+    max_bytes: int | None = None  # every cache's budget
 
 
 class Worker:
     def __init__(self, args: WorkerArgs) -> None:
         self.a = args
         self.rng = random.Random(args.seed)
-        self.contents = {k: content(k) for k in KEYS}
+        self.keys = list(args.keys)
+        self.weights = [1 / (r + 1) ** args.zipf for r in range(len(self.keys))]
+        self._contents: dict[str, bytes] = {}  # a bounded memo of content(key)
+        self._bypassed_seen = 0.0
         self.caches: dict[tuple[int, float], streamcache.StreamCache] = {}
         self.row = args.slot * len(COUNTERS)
         self.srow = args.slot * S_WORDS
@@ -245,6 +289,29 @@ class Worker:
         rec = {"slot": self.a.slot, "pid": os.getpid(), "note": what, **details}
         self.log.write(json.dumps(rec, default=repr) + "\n")
 
+    def expected(self, key: str) -> bytes:
+        data = self._contents.get(key)
+        if data is None:
+            if sum(map(len, self._contents.values())) > _MEMO_BYTES:
+                self._contents.clear()
+            data = self._contents[key] = content(key)
+        return data
+
+    def count_bypasses(self) -> None:
+        """Add the bypasses the caches of this process counted since the last call
+        (prometheus's default registry: every cache of one dir shares its counter)."""
+        total = 0.0
+        for metric in REGISTRY.collect():
+            if metric.name == "streamcache_fetches":
+                total += sum(
+                    s.value
+                    for s in metric.samples
+                    if s.name.endswith("_total") and s.labels.get("outcome") == "bypass"
+                )
+        if total > self._bypassed_seen:
+            self.count("bypasses", int(total - self._bypassed_seen))
+            self._bypassed_seen = total
+
     def cache(self) -> streamcache.StreamCache:
         window = self.rng.choice(WINDOWS)
         # Mostly long-lived entries; some expire within seconds, so cleanup passes run
@@ -253,14 +320,18 @@ class Worker:
         c = self.caches.get((window, max_age))
         if c is None:
             c = streamcache.StreamCache(
-                self.a.dir, window=window, liveness=LIVENESS, max_age=max_age
+                self.a.dir,
+                window=window,
+                liveness=LIVENESS,
+                max_age=max_age,
+                max_bytes=self.a.max_bytes,
             )
             self.caches[(window, max_age)] = c
         return c
 
     def make_create(self, key: str, called: list[bool]) -> Callable[[Any], None]:
         rng = random.Random(self.rng.getrandbits(64))
-        data = self.contents[key]
+        data = self.expected(key)
         size = len(data)
         r = rng.random()
         mode = "normal"
@@ -392,9 +463,9 @@ class Worker:
 
     def one_op(self) -> None:
         rng = self.rng
-        key = rng.choice(KEYS)
-        ki = KEYS.index(key)
-        expected = self.contents[key]
+        ki = rng.choices(range(len(self.keys)), weights=self.weights)[0]
+        key = self.keys[ki]
+        expected = self.expected(key)
         cache = self.cache()
         timeout = rng.choice(TIMEOUTS)
         op = rng.choices(OPS, weights=(30, 10, 15, 15, 15, 5))[0]
@@ -537,6 +608,7 @@ class Worker:
             self.violation("created is True but create never ran", key=key, op=op)
         if complete:
             self.count("created" if created else "hits")
+        self.count_bypasses()
 
     def _read_variously(self, s: streamcache.Stream, got: bytearray, size: int) -> bool:
         rng = self.rng
@@ -597,6 +669,8 @@ def worker_main(args: WorkerArgs) -> None:
     # the stack dump would disturb what it looks at. Threads inherit the blocked mask.
     signal.pthread_sigmask(signal.SIG_BLOCK, {DUMP_SIGNAL})
     threading.Thread(target=_take_dump_signals, name="chaos-dump", daemon=True).start()
+    # Every injected failure is a WARNING line of the library: thousands in a long run.
+    logging.getLogger("streamcache").setLevel(logging.ERROR)
     worker = Worker(args)
     try:
         worker.run()
@@ -624,6 +698,7 @@ class Summary:
     counters: dict[str, int] = field(default_factory=dict)
     kills: int = 0
     kills_in_producer: int = 0
+    stops: int = 0  # SIGSTOP/SIGCONT of a worker running a producer
     restarts: int = 0
     final_kills: int = 0
     storm_hz: float = 0.0
@@ -647,14 +722,15 @@ class Summary:
             + ", ".join(f"{o}={c.get(o, 0)}" for o in OUTCOMES)
             + f" (total {self.fetches})",
             "  operations by kind: " + ", ".join(f"{o}={c.get('op_' + o, 0)}" for o in OPS),
-            f"  completed: created={c.get('created', 0)} hits={c.get('hits', 0)}; "
-            f"bytes verified={c.get('bytes_verified', 0)}",
+            f"  completed: created={c.get('created', 0)} hits={c.get('hits', 0)} "
+            f"bypasses={c.get('bypasses', 0)}; bytes verified={c.get('bytes_verified', 0)}",
             f"  creates: started={c.get('creates_started', 0)} "
             f"completed={c.get('creates_completed', 0)} "
             f"injected failures={c.get('creates_injected_failure', 0)} "
             f"broken pipe={c.get('creates_broken_pipe', 0)}",
             f"  kills: {self.kills} (in a producer: {self.kills_in_producer}), "
-            f"restarts: {self.restarts}, killed at the end: {self.final_kills}",
+            f"restarts: {self.restarts}, killed at the end: {self.final_kills}; "
+            f"SIGSTOP/SIGCONT of producers: {self.stops}",
             self._signals_line(),
             f"  longest wait: heartbeat silence {self.longest_silence:.2f}s (main loop), "
             f"{self.longest_producer_silence:.2f}s (producer), hang bound {self.hang:g}s; "
@@ -696,11 +772,20 @@ class Driver:
         kill_interval: float,
         hang: float,
         storm_hz: float = 0.0,
+        keys: list[str] | None = None,
+        zipf: float = 0.0,
+        max_bytes: int | None = None,
+        stop_interval: float = 0.0,
     ) -> None:
         if storm_hz > 0 and not hasattr(os, "pidfd_open"):
             raise RuntimeError("the signal storm needs os.pidfd_open (Linux, Python 3.9+)")
         self.dir = dir
         self.logdir = logdir
+        self.keys = list(keys or KEYS)
+        self.zipf = zipf
+        self.max_bytes = max_bytes
+        self.stop_interval = stop_interval
+        self.stopped: dict[int, float] = {}  # slot -> monotonic time to SIGCONT it
         self.n = workers
         self.seed = seed
         self.rng = random.Random(seed)
@@ -739,7 +824,11 @@ class Driver:
             self.state,
             self.stop,
             self.storm_hz,
+            tuple(self.keys),
+            self.zipf,
+            self.max_bytes,
         )
+        self.stopped.pop(slot, None)
         p = self.ctx.Process(target=worker_main, args=(args,), name=f"chaos-w{slot}")
         p.start()
         self.procs[slot] = p
@@ -783,7 +872,7 @@ class Driver:
         storm = f"storm={STORM_MODES[int(self.st(slot, S_STORM))]} " if self.storm_hz > 0 else ""
         return (
             f"slot {slot} pid {self.procs[slot].pid}: phase={PHASES[ph]} op={op} {storm}"
-            f"key={KEYS[int(self.st(slot, S_KEY))]} timeout={self.st(slot, S_TIMEOUT)} "
+            f"key={self.keys[int(self.st(slot, S_KEY))]} timeout={self.st(slot, S_TIMEOUT)} "
             f"op#={int(self.st(slot, S_OPSEQ))} producers={int(self.st(slot, S_PRODUCERS))} "
             f"heartbeat {time.monotonic() - self.st(slot, S_HEARTBEAT):.1f}s ago, "
             f"producer progress {time.monotonic() - self.st(slot, S_PPROGRESS):.1f}s ago"
@@ -871,12 +960,46 @@ class Driver:
         self.kill(slot)
         self.restart(slot)
 
+    def stop_one(self) -> None:
+        """SIGSTOP a worker that runs a producer (waiting up to 0.5 s for one; none:
+        nothing), SIGCONT it later."""
+        until = time.monotonic() + 0.5
+        while True:
+            busy = [
+                s for s in range(self.n) if self.st(s, S_PRODUCERS) > 0 and s not in self.stopped
+            ]
+            if busy:
+                break
+            if time.monotonic() > until:
+                return
+            time.sleep(0.002)
+        slot = self.rng.choice(busy)
+        try:
+            os.kill(self.procs[slot].pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            return
+        self.stopped[slot] = time.monotonic() + self.rng.uniform(0.05, 1.5)
+        self.summary.stops += 1
+
+    def continue_due(self, everyone: bool = False) -> None:
+        now = time.monotonic()
+        for slot, until in list(self.stopped.items()):
+            if everyone or now >= until:
+                del self.stopped[slot]
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.procs[slot].pid, signal.SIGCONT)
+                # Its silence while stopped is not a hang: restart the clock.
+                self.state[slot * S_WORDS + S_HEARTBEAT] = time.monotonic()
+                if self.st(slot, S_PRODUCERS) > 0:
+                    self.state[slot * S_WORDS + S_PPROGRESS] = time.monotonic()
+
     def run(self, seconds: float) -> Summary:
         t0 = time.monotonic()
         end = t0 + seconds
         for slot in range(self.n):
             self.start(slot)
         next_kill = t0 + 1.0 + self.rng.expovariate(1 / max(self.kill_interval, 1e-3))
+        next_stop = t0 + 1.0 + self.rng.expovariate(1 / max(self.stop_interval, 1e-3))
         stormer = None
         if self.storm_hz > 0:
             stormer = threading.Thread(target=self.storm, name="chaos-storm", daemon=True)
@@ -889,6 +1012,11 @@ class Driver:
                 if self.kill_interval > 0 and time.monotonic() >= next_kill:
                     self.kill_one(end)
                     next_kill = time.monotonic() + self.rng.expovariate(1 / self.kill_interval)
+                if self.stop_interval > 0 and time.monotonic() >= next_stop:
+                    self.stop_one()
+                    next_stop = time.monotonic() + self.rng.expovariate(1 / self.stop_interval)
+                self.continue_due()
+            self.continue_due(everyone=True)
             # The end: some workers are killed where they stand (preferably inside a
             # producer), so the final gc has wreckage to clean; the rest stop gracefully.
             until = time.monotonic() + 1.0
@@ -1000,7 +1128,9 @@ class Driver:
         info["records_before_gc"], info["unfinished_before_gc"] = self.check_records(
             "before gc", unfinished_ok=True
         )
-        report = streamcache.StreamCache(self.dir, cleanup_interval=0).gc()
+        # No entry is in flight any more: a max_age this short lets the sweep take every
+        # data file (a killed producer's), which must leave none.
+        report = streamcache.StreamCache(self.dir, cleanup_interval=0, max_age=0.001).gc()
         if not report.ran:
             v.append("the final gc pass did not run (cleanup lock held by a dead process?)")
         info["gc_discarded"] = report.discarded
@@ -1012,7 +1142,21 @@ class Driver:
         info["records_after_gc"], _ = self.check_records("after gc", unfinished_ok=False)
         root = os.path.join(self.dir, LAYOUT)
         data_files = sum(len(files) for _, _, files in os.walk(os.path.join(root, "data")))
-        info["data_files"] = data_files
+        info["left_in_dev_shm"] = len(left)
+        info["left_data_files"] = data_files
+        if data_files:
+            v.append(f"{data_files} data files left after gc")
+        sizes = [st.st_size for _, st in Filestore(root).entries()]
+        info["finished_entries"] = len(sizes)
+        info["finished_bytes"] = sum(sizes)
+        if self.max_bytes is not None:
+            info["budget"] = self.max_bytes
+            biggest = max((content_size(k) for k in self.keys), default=0)
+            if sum(sizes) > self.max_bytes + biggest + 16:
+                self.summary.notes.append(
+                    f"finished entries hold {sum(sizes)} bytes, over the budget "
+                    f"{self.max_bytes} + the largest entry {biggest}"
+                )
 
     def check_records(self, stage: str, unfinished_ok: bool) -> tuple[int, int]:
         """Check every record and finished entry; returns (entries, unfinished ones)."""
@@ -1020,7 +1164,7 @@ class Driver:
         root = os.path.join(self.dir, LAYOUT)
         index = Index(root)
         files = Filestore(root)
-        by_hash = {key_hash(k): k for k in KEYS}
+        by_hash = {key_hash(k): k for k in self.keys}
         records = unfinished = 0
         for h in list(index.keys()):
             records += 1
@@ -1074,6 +1218,11 @@ def run(
     kill_interval: float = 0.4,
     hang: float = 10.0,
     signal_storm: float = 0.0,
+    keys: int = 0,
+    max_size: int = 64 * MiB,
+    zipf: float = 1.1,
+    max_bytes: int | None = None,
+    stop_interval: float = 0.0,
 ) -> Summary:
     """Run the chaos loop on ``dir`` and return its summary (violations in ``.violations``).
     ``signal_storm`` > 0: SIGUSR1 (handled) to every worker that many times a second."""
@@ -1081,7 +1230,20 @@ def run(
     logdir = logdir or tempfile.mkdtemp(prefix="chaos-logs-")
     os.makedirs(logdir, exist_ok=True)
     try:
-        return Driver(dir, logdir, workers, seed, kill_interval, hang, signal_storm).run(seconds)
+        driver = Driver(
+            dir,
+            logdir,
+            workers,
+            seed,
+            kill_interval,
+            hang,
+            signal_storm,
+            zipf_keys(keys, max_size) if keys else None,
+            zipf if keys else 0.0,
+            max_bytes,
+            stop_interval,
+        )
+        return driver.run(seconds)
     finally:
         if own_logdir:
             shutil.rmtree(logdir, ignore_errors=True)
@@ -1106,6 +1268,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="HZ",
         help="send a handled SIGUSR1 to every worker HZ times a second (0: off)",
     )
+    ap.add_argument("--keys", type=int, default=0, help="N Zipf-skewed keys (0: the 8 fixed keys)")
+    ap.add_argument("--max-size", type=int, default=64 * MiB, help="largest key size, bytes")
+    ap.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of key popularity")
+    ap.add_argument("--max-bytes", type=int, default=None, help="every cache's disk budget")
+    ap.add_argument(
+        "--stop-interval",
+        type=float,
+        default=0.0,
+        help="mean seconds between SIGSTOPs of a worker running a producer (0: none)",
+    )
     ap.add_argument(
         "--keep",
         action="store_true",
@@ -1129,6 +1301,11 @@ def main(argv: list[str] | None = None) -> int:
             opts.kill_interval,
             opts.hang,
             opts.signal_storm,
+            opts.keys,
+            opts.max_size,
+            opts.zipf,
+            opts.max_bytes,
+            opts.stop_interval,
         )
     except BaseException:
         print(f"kept: {work or logdir}", file=sys.stderr)
