@@ -23,14 +23,6 @@ from typing import Any
 from apps.blob import MiB, pattern
 from servers import Response, Server, get, read_events, together
 
-# A core bug found behind these servers (not in the helpers): readers that stop at an
-# announced size (every HTTP client with a Content-Length does) leave before the
-# producer publishes the entry, which is then judged abandoned and dropped.
-DROPPED_AT_SIZE = (
-    "core: an entry whose every reader stopped at its announced size before the "
-    "producer published it is dropped as abandoned (the next request creates afresh)"
-)
-
 SIZE = 64 * MiB
 RATE = 50 * MiB
 WAIT = 30.0  # bound for every wait on a server

@@ -91,9 +91,8 @@ def test_each_key_produced_once_across_the_fleet(fleet: Fleet) -> None:
     keys = [checks.new_key(f"fleet{i}") for i in range(KEYS)]
 
     def client(i: int) -> Response:
-        # Sizes not announced: clients queued behind busy threads would otherwise meet
-        # the core bug of checks.DROPPED_AT_SIZE (Content-Length through nginx: below).
-        path = checks.blob(keys[i % KEYS], SIZE, RATE, announce=False)
+        # Half the keys announce their size (Content-Length), half do not (chunked).
+        path = checks.blob(keys[i % KEYS], SIZE, RATE, announce=i % 2 == 0)
         return get(fleet.nginx.port, path, timeout=checks.WAIT)
 
     t0 = time.time() - time.monotonic()  # monotonic -> wall clock
