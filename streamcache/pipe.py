@@ -494,6 +494,7 @@ class PipeReader(_Reader):
         self._final: int | None = None  # the recorded size, once found after a death
         self._in_file = 0  # bytes surely in the data file beyond the published offset
         self._watch: Watch | None = None  # an asynchronous wait in progress
+        self._producer_gone = False  # found dead by a liveness check
 
     @property
     def size(self) -> int | None:
@@ -549,6 +550,10 @@ class PipeReader(_Reader):
             return 0
         if state == ipc.STATE_FAILED:
             raise self._failure()
+        if self._producer_gone:
+            # Caught up with what a dead producer wrote: settle now, not a period later.
+            self._check_producer()
+            return self._ready()
         return None
 
     def watch(self, deadline: float | None) -> concurrent.futures.Future[Wake]:
@@ -572,12 +577,17 @@ class PipeReader(_Reader):
         # found the channel (the kernel grows a file only over copied bytes, and the
         # producer never rewrites).
         self._in_file = max(self._in_file, written_so_far(self._fd))
-        if self._in_file > self.position:
-            return
-        if self._seg.producer_alive():
+        if not self._producer_gone and self._seg.producer_alive():
+            if self._in_file > self.position:
+                return
             if self._seg.still_named() or self._seg.state != ipc.STATE_WRITING:
                 return  # (the producer says how it ended before it unlinks the names)
             self._removed()
+        # Dead: the bytes it wrote but never published are read first (they are
+        # data: the file is still 0600); once caught up, _ready comes back here.
+        self._producer_gone = True
+        if self._in_file > self.position:
+            return
         if self._store is not None and self._rec is not None:
             self._final = self._store.producer_died(self._rec, self._fd)
         if self._final is None:

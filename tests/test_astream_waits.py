@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import procs_astream
 import pytest
 from helpers import WAIT
 from procs_astream import gated_producer
@@ -156,3 +157,34 @@ def test_null_cache_astream_waits_without_threads() -> None:
             return first + await asyncio.wait_for(task, WAIT)
 
     assert asyncio.run(main()) == b"ab"
+
+
+def test_a_producer_killed_between_writing_and_publishing_is_noticed_within_liveness(
+    cache_dir: Path, spawn: Any
+) -> None:
+    # The reader first takes the bytes the dead producer wrote but never published,
+    # then fails at once: not one liveness period later.
+    liveness = 1.0
+    wrote_head, wrote_tail = spawn.Event(), spawn.Event()
+    producer = spawn.Process(
+        target=procs_astream.producer_killed_before_publishing,
+        args=(str(cache_dir), "k", HEAD, TAIL, wrote_head, wrote_tail),
+    )
+    producer.start()
+    assert wrote_head.wait(WAIT)
+    cache = streamcache.StreamCache(cache_dir, liveness=liveness, cleanup_interval=0)
+    with cache.stream("k", forbidden_create, timeout=WAIT) as s:
+        got = b""
+        while len(got) < len(HEAD):
+            got += s.read(len(HEAD) - len(got))
+        assert wrote_tail.wait(WAIT)
+        producer.kill()
+        producer.join(WAIT)
+        killed = time.monotonic()
+        with pytest.raises(streamcache.ProducerDied):
+            while chunk := s.read(1 << 20):
+                got += chunk
+        noticed = time.monotonic() - killed
+    assert got == HEAD + TAIL
+    assert noticed < liveness + 0.5, f"noticed {noticed:.2f} s after the kill"
+    cache.stop()
