@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -139,16 +140,33 @@ def readers_of_entries_in_flight(cache_dir: Path) -> int:
 def finish(
     procs: list[subprocess.Popen[bytes]], timeout: float = WAIT
 ) -> list[tuple[int, bytes, bytes]]:
-    """(exit status, stdout, stderr) of each process, waiting at most ``timeout`` for all."""
+    """(exit status, stdout, stderr) of each process, waiting at most ``timeout`` for all.
+
+    Every process's output is read at once, as a terminal or a shell pipeline would: read
+    one after another, an unread invocation could block in a write to its full stdout
+    (the inline creator then holds create in that write, a documented limitation) while
+    the one being read waits for the bytes it would produce."""
     deadline = time.monotonic() + timeout
-    results = []
-    for p in procs:
+    outputs: dict[int, tuple[bytes, bytes]] = {}
+
+    def read(i: int, p: subprocess.Popen[bytes]) -> None:
         try:
-            out, err = p.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+            outputs[i] = p.communicate(timeout=max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
+            pass
+
+    readers = [threading.Thread(target=read, args=(i, p)) for i, p in enumerate(procs)]
+    for t in readers:
+        t.start()
+    for t in readers:
+        t.join()
+    results = []
+    for i, p in enumerate(procs):
+        if i not in outputs:
             p.kill()
-            out, err = p.communicate()
-            raise AssertionError(f"invocation {p.args} did not end in time: {err!r}") from None
+            _, err = p.communicate()
+            raise AssertionError(f"invocation {p.args} did not end in time: {err!r}")
+        out, err = outputs[i]
         results.append((p.returncode, out, err))
     return results
 

@@ -3,9 +3,12 @@ pytest runs at once (one per Python version found, at least two), each with ``-n
 on one generated project; the artefact is built once and streamed to every worker, and
 a builder that is SIGKILLed mid-build makes another worker build it afresh.
 
-Other interpreters come from tox's environments (STREAMCACHE_TOX_WORKDIR) or from
-STREAMCACHE_PYTHONS (':'-separated), as in test_cross_version.py; each must have
-pytest-xdist. The source under test goes first on their PYTHONPATH.
+Other interpreters come from STREAMCACHE_PYTHONS (':'-separated) only; each must have
+pytest-xdist. The source under test goes first on their PYTHONPATH. (Not from tox's
+other environments: run from inside one tox environment, another environment's
+interpreter ended up importing this one's compiled packages, hypothesis' native module
+of another Python version, and failed. The run across py310..py313 with tox -p is
+measured by hand; see the README.)
 """
 
 from __future__ import annotations
@@ -133,6 +136,16 @@ def _env(log: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def _for_interpreter(python: str, env: dict[str, str]) -> dict[str, str]:
+    """``env`` for a run of ``python``: under tox this process's environment names its
+    own virtualenv (VIRTUAL_ENV, its bin first on PATH), and processes the other run
+    starts by name (xdist's workers) would otherwise get this interpreter."""
+    env = dict(env)
+    env.pop("VIRTUAL_ENV", None)
+    env["PATH"] = os.pathsep.join([str(Path(python).parent), env.get("PATH", "")])
+    return env
+
+
 def _usable(python: str) -> str | None:
     """The version of ``python`` if it runs this checkout's streamcache with xdist."""
     try:
@@ -153,9 +166,6 @@ def _pythons() -> list[str]:
     entries: with only one version, two runs of it stand for two tox environments."""
     found = {"{}.{}".format(*sys.version_info[:2]): sys.executable}
     candidates: list[str] = []
-    workdir = os.environ.get("STREAMCACHE_TOX_WORKDIR")
-    if workdir:
-        candidates += [str(Path(workdir) / f"py{v.replace('.', '')}/bin/python") for v in VERSIONS]
     candidates += [p for p in os.environ.get("STREAMCACHE_PYTHONS", "").split(":") if p]
     for python in candidates:
         if os.path.exists(python):
@@ -183,7 +193,7 @@ def _run_all(project: Path, log: Path, **extra: str) -> list[subprocess.Complete
         subprocess.Popen(
             [python, "-m", "pytest", "-n", "2", "-q", "-rf"],
             cwd=project,
-            env=_env(log, **extra),
+            env=_for_interpreter(python, _env(log, **extra)),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
