@@ -17,7 +17,8 @@ complete (a trailer with its size closes it), immutable, its mtime its expiry.
 A hit is one ``open`` by name with no record and no lock. Open descriptors
 outlive unlinking, so eviction never cuts off a reader.
 
-**Pipe** (``pipe.py`` over ``ipc.channel``). While an entry is written, its
+**Pipe** (``writer.py`` for the producer's side, ``pipe.py`` for the readers', over
+``ipc.channel``). While an entry is written, its
 channel (a shared-memory segment and two bells) carries the producer's offset,
 state and announced failure, and one slot per reader with its position, written
 only through that reader's ``ReaderSlot`` while it holds it. Readers sleep on a
@@ -66,7 +67,7 @@ entries that expire first; when the budget is still taken (all in flight), or th
 disk was found full within the back-off, it bypasses: create runs straight into
 the caller, as with NullCache. Data on disk stays within max_bytes plus one entry.
 
-Calls go one way: ``cache`` -> ``producer`` -> ``pipe`` -> ``store`` ->
+Calls go one way: ``cache`` -> ``producer`` -> ``pipe``/``writer`` -> ``store`` ->
 ``usage`` -> ``index``/``filestore``, and everything -> ``ipc``, which knows
 nothing of caches.
 Time comes from one injected ``ipc.Clock``.

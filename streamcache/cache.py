@@ -11,18 +11,15 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import stat
 import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import posix_ipc
 from prometheus_client import REGISTRY, CollectorRegistry
 
 import ipc
 from ipc.channel import Channel, unlink_channel
 from ipc.clock import SYSTEM, Clock
-from ipc.liveness import same_process
 from ipc.segment import DEFAULT_SLOTS, MAX_SLOTS, SegmentError
 
 from . import config
@@ -41,6 +38,7 @@ from .filestore import (
     MAX_KEY_PREVIEW,
     Finished,
     make_private_dirs,
+    prepare_dir,
     set_entry_info,
     written_so_far,
 )
@@ -61,27 +59,6 @@ log = logging.getLogger("streamcache")
 
 # fetch reads a finished entry up to this size whole, in one pread with its trailer.
 _READ_WHOLE = 64 * 1024
-# Fresh random names tried for a new entry whose IPC names are taken (planted).
-_NAME_TRIES = 3
-
-
-def prepare_dir(path: str) -> str:
-    """Create the cache dir 0700 if missing; refuse one that others could tamper with."""
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    st = os.stat(path)
-    if not stat.S_ISDIR(st.st_mode):
-        raise ValueError(f"cache dir is not a directory: {path}")
-    if st.st_uid != os.geteuid():
-        raise ValueError(f"cache dir {path} is owned by uid {st.st_uid}, not by this user")
-    if st.st_mode & 0o022:
-        raise ValueError(
-            f"cache dir {path} is writable by others (mode {stat.S_IMODE(st.st_mode):o}); "
-            "make it 0700"
-        )
-    return path
 
 
 class Found(NamedTuple):
@@ -427,7 +404,7 @@ class StreamCache(CacheBase):
             self._store.evict(rec)
             return None
         try:
-            channel = self._channel_locked(rec, fd)
+            channel = self._store.open_channel(rec, fd, self.reader_slots)
         except BaseException:
             os.close(fd)
             raise
@@ -447,51 +424,6 @@ class StreamCache(CacheBase):
             fd, channel, slot, self.liveness, self._store, rec, clock=self._clock, start=start
         )
 
-    def _channel_locked(self, rec: Record, fd: int) -> Channel | None:
-        """The channel of ``rec``'s entry (data file open as ``fd``), made now if nobody
-        else has read it yet (an entry created in a producer thread has it before its
-        record exists). None if its names are held by objects that are not ours."""
-        try:
-            channel = Channel.open(self._store.channel_base(rec.file))
-        except SegmentError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, posix_ipc.Error) and not isinstance(
-                cause, (posix_ipc.ExistentialError, posix_ipc.PermissionsError)
-            ):
-                raise  # out of descriptors, say: they may well exist; never replace them
-            # An inline creator's entry, a set an attaching process left half made, or
-            # an object planted under its name (refused by Segment.open).
-            return self._make_channel_locked(rec, written_so_far(fd))
-        if same_process(channel.seg.producer, ipc.ProcessId(rec.pid, rec.start)):
-            return channel
-        # A well-formed segment that names another producer: planted, never trusted.
-        channel.close()
-        return self._make_channel_locked(rec, written_so_far(fd))
-
-    def _make_channel_locked(self, rec: Record, offset: int) -> Channel | None:
-        """The first reader to attach to an inline creator's entry makes its channel,
-        under the name derived from the data file's; the producer looks for it before
-        its writes (at most every millisecond) and when it ends.
-
-        The segment starts at ``offset``, bytes surely written already, so they are
-        readable at once, and with the creator in slot 0 (:data:`CREATOR_SLOT`); both
-        before the producer can open it (it needs all three objects, the segment's
-        magic written last). From then on the producer is the one writer of the
-        progress word."""
-        producer = ipc.ProcessId(rec.pid, rec.start)
-        base = self._store.channel_base(rec.file)
-        args = (self._store.prefix, producer, self.reader_slots, base)
-        try:
-            return Channel.create(*args, offset=offset, producer_reads=True)
-        except posix_ipc.ExistentialError:
-            # Left by an attaching process that died halfway, or planted: never
-            # trusted, replaced if we can unlink it.
-            unlink_channel(base)
-        try:
-            return Channel.create(*args, offset=offset, producer_reads=True)
-        except posix_ipc.ExistentialError:
-            return None  # another user's objects (or a directory) under its names
-
     def _create_locked(
         self,
         key: str,
@@ -505,7 +437,7 @@ class StreamCache(CacheBase):
         ``with_reader``, the creator's reader) to ``pending``; the caller runs the
         producer."""
         me = ipc.current_process()
-        name, wfd, channel = self._new_data_file(me, with_reader)
+        name, wfd, channel = self._store.new_data_file(me, with_reader, self.reader_slots)
         now = self._clock.wall()
         set_entry_info(wfd, now, key, self.key_preview)
         rec = Record(h, name, me.pid, me.start, now + self.max_age)
@@ -546,26 +478,6 @@ class StreamCache(CacheBase):
         )
         pending.append((producer, reader))  # from here on, failures go through abort()
         self._index.write(rec)
-
-    def _new_data_file(
-        self, me: ipc.ProcessId, with_channel: bool
-    ) -> tuple[str, int, Channel | None]:
-        """A new data file (name, write descriptor) and, ``with_channel``, its channel.
-        Names taken in /dev/shm by objects that are not ours (planted: the random part
-        of a name is never predictable) are never opened: the next random name is."""
-        for attempt in range(_NAME_TRIES):
-            name, wfd = self._files.create()
-            if not with_channel:
-                return name, wfd, None
-            base = self._store.channel_base(name)
-            try:
-                return name, wfd, Channel.create(self._store.prefix, me, self.reader_slots, base)
-            except BaseException as exc:
-                os.close(wfd)
-                self._files.remove(name)
-                if not isinstance(exc, posix_ipc.ExistentialError) or attempt + 1 == _NAME_TRIES:
-                    raise
-        raise AssertionError("unreachable")
 
     # -- fork ------------------------------------------------------------------------
 

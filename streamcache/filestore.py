@@ -112,6 +112,25 @@ def entry_info(path: str) -> StoredInfo | None:
     return StoredInfo(float(created), key, length)
 
 
+def prepare_dir(path: str) -> str:
+    """Create the cache dir 0700 if missing; refuse one that others could tamper with."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.stat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"cache dir is not a directory: {path}")
+    if st.st_uid != os.geteuid():
+        raise ValueError(f"cache dir {path} is owned by uid {st.st_uid}, not by this user")
+    if st.st_mode & 0o022:
+        raise ValueError(
+            f"cache dir {path} is writable by others (mode {stat.S_IMODE(st.st_mode):o}); "
+            "make it 0700"
+        )
+    return path
+
+
 def make_private_dirs(path: str) -> None:
     """``os.makedirs`` with every directory it creates 0700 (makedirs only sets the leaf's).
 

@@ -34,11 +34,12 @@ from ipc.segment import FAILED_ABANDONED, FAILED_BY_PRODUCER, ReaderSlot, Segmen
 from .errors import CreateError, Error, describe
 from .filestore import TRAILER
 from .index import Record
-from .pipe import CREATOR_SLOT, Outcome, PipeReader, Writer
+from .pipe import CREATOR_SLOT, Outcome, PipeReader
 from .sink import usable_fd, write_all
 from .store import Store
 from .stream import Stream
 from .usage import Account, disk_full, is_disk_full
+from .writer import Writer
 
 Create = Callable[[Any], object]
 

@@ -21,11 +21,16 @@ import hashlib
 import logging
 import os
 
-from ipc.channel import unlink_channel
-from ipc.clock import SYSTEM, Clock
-from ipc.naming import BASE_HEX
+import posix_ipc
 
-from .filestore import Filestore
+import ipc
+from ipc.channel import Channel, unlink_channel
+from ipc.clock import SYSTEM, Clock
+from ipc.liveness import same_process
+from ipc.naming import BASE_HEX
+from ipc.segment import SegmentError
+
+from .filestore import Filestore, written_so_far
 from .index import Index, Record
 from .metrics import DEAD_PRODUCER, EXPIRED, NULL, Metrics
 from .usage import MAX_BACKOFF, Usage
@@ -33,6 +38,8 @@ from .usage import MAX_BACKOFF, Usage
 log = logging.getLogger("streamcache")
 
 LAYOUT = "v2"
+# Fresh random names tried for a new entry whose IPC names are taken (planted).
+_NAME_TRIES = 3
 
 _hashes: dict[str, str] = {}
 
@@ -168,3 +175,72 @@ class Store:
         if removed:
             self.metrics.count_eviction(EXPIRED)
         return removed
+
+    # -- an entry's data file and channel ---------------------------------------------
+
+    def new_data_file(
+        self, me: ipc.ProcessId, with_channel: bool, slots: int
+    ) -> tuple[str, int, Channel | None]:
+        """A new data file (name, write descriptor) and, ``with_channel``, its channel
+        with ``slots`` reader slots, owned by producer ``me``.
+        Names taken in /dev/shm by objects that are not ours (planted: the random part
+        of a name is never predictable) are never opened: the next random name is."""
+        for attempt in range(_NAME_TRIES):
+            name, wfd = self.files.create()
+            if not with_channel:
+                return name, wfd, None
+            base = self.channel_base(name)
+            try:
+                return name, wfd, Channel.create(self.prefix, me, slots, base)
+            except BaseException as exc:
+                os.close(wfd)
+                self.files.remove(name)
+                if not isinstance(exc, posix_ipc.ExistentialError) or attempt + 1 == _NAME_TRIES:
+                    raise
+        raise AssertionError("unreachable")
+
+    def open_channel(self, rec: Record, fd: int, slots: int) -> Channel | None:
+        """The channel of ``rec``'s entry (data file open as ``fd``; lock held), made now
+        with ``slots`` reader slots if nobody else has read it yet (an entry created in a
+        producer thread has it before its record exists). None if its names are held by
+        objects that are not ours."""
+        try:
+            channel = Channel.open(self.channel_base(rec.file))
+        except SegmentError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, posix_ipc.Error) and not isinstance(
+                cause, (posix_ipc.ExistentialError, posix_ipc.PermissionsError)
+            ):
+                raise  # out of descriptors, say: they may well exist; never replace them
+            # An inline creator's entry, a set an attaching process left half made, or
+            # an object planted under its name (refused by Segment.open).
+            return self._make_channel(rec, written_so_far(fd), slots)
+        if same_process(channel.seg.producer, ipc.ProcessId(rec.pid, rec.start)):
+            return channel
+        # A well-formed segment that names another producer: planted, never trusted.
+        channel.close()
+        return self._make_channel(rec, written_so_far(fd), slots)
+
+    def _make_channel(self, rec: Record, offset: int, slots: int) -> Channel | None:
+        """The first reader to attach to an inline creator's entry makes its channel,
+        under the name derived from the data file's; the producer looks for it before
+        its writes (at most every millisecond) and when it ends.
+
+        The segment starts at ``offset``, bytes surely written already, so they are
+        readable at once, and with the creator in slot 0 (:data:`pipe.CREATOR_SLOT`); both
+        before the producer can open it (it needs all three objects, the segment's
+        magic written last). From then on the producer is the one writer of the
+        progress word."""
+        producer = ipc.ProcessId(rec.pid, rec.start)
+        base = self.channel_base(rec.file)
+        args = (self.prefix, producer, slots, base)
+        try:
+            return Channel.create(*args, offset=offset, producer_reads=True)
+        except posix_ipc.ExistentialError:
+            # Left by an attaching process that died halfway, or planted: never
+            # trusted, replaced if we can unlink it.
+            unlink_channel(base)
+        try:
+            return Channel.create(*args, offset=offset, producer_reads=True)
+        except posix_ipc.ExistentialError:
+            return None  # another user's objects (or a directory) under its names

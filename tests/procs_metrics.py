@@ -20,7 +20,7 @@ class Boom(Exception):
     pass
 
 
-def fail_after_ten(w: streamcache.pipe.Writer) -> None:
+def fail_after_ten(w: streamcache.writer.Writer) -> None:
     w.write(b"0123456789")
     raise Boom("create failed on purpose")
 

@@ -44,7 +44,8 @@ import streamcache
 from ipc.channel import Channel, unlink_channel
 from streamcache.cache import key_hash
 from streamcache.errors import describe
-from streamcache.pipe import CHUNK, PipeReader, Writer
+from streamcache.pipe import CHUNK, PipeReader
+from streamcache.writer import Writer
 
 LIVENESS = 0.2
 WAIT = 20.0  # bound for every wait in these tests

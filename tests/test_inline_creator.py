@@ -231,9 +231,9 @@ def test_leftovers_of_a_dead_attacher_are_replaced(cache_dir: Path, spawn: Any) 
 def _look_before_each_write() -> None:
     """The producer looks for an attached reader at most every millisecond; before
     every write here, so that the write after an attach sees it, whatever the timing."""
-    import streamcache.pipe
+    import streamcache.writer
 
-    streamcache.pipe._DISCOVERY_INTERVAL = 0.0
+    streamcache.writer._DISCOVERY_INTERVAL = 0.0
 
 
 def child_creator_into_socket(

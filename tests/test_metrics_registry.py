@@ -136,7 +136,7 @@ def test_back_pressure_is_counted(cache_dir: Path) -> None:
     cache = streamcache.StreamCache(cache_dir, window=0, registry=registry, cleanup_interval=0)
     started = threading.Event()
 
-    def create(w: streamcache.pipe.Writer) -> None:
+    def create(w: streamcache.writer.Writer) -> None:
         started.set()
         w.write(b"p" * MiB)
         w.write(b"p" * MiB)
