@@ -97,9 +97,9 @@ def _short(x: float) -> str:
     return f"{x:.3f}".rstrip("0").rstrip(".")
 
 
-class _Stripe:
-    """One lock file of this process: an in-process gate in front of a flock on a
-    descriptor kept open.
+class LockFile:
+    """One lock file of this process (an index stripe, the usage file): an in-process
+    gate in front of a flock on a descriptor kept open.
 
     Threads of one process queue on the gate, so only one of them at a time is in
     flock (and, with a timeout, polls it). The descriptor stays open for the life of
@@ -120,7 +120,8 @@ class _Stripe:
         return self.fd
 
     @contextlib.contextmanager
-    def hold(self, timeout: float | None, clock: Clock) -> Iterator[None]:
+    def hold(self, timeout: float | None, clock: Clock = SYSTEM) -> Iterator[int]:
+        """The lock held (the descriptor, for a caller that keeps state in the file)."""
         deadline = None if timeout is None else clock.monotonic() + max(timeout, 0.0)
         if not self.gate.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
             raise TimeoutError(f"timed out waiting for the index lock {self.path}")
@@ -131,7 +132,7 @@ class _Stripe:
             else:
                 self._poll(fd, deadline, clock)
             try:
-                yield
+                yield fd
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
@@ -182,15 +183,15 @@ def _open_lock_file(path: str) -> int:
     raise OSError(errno.EEXIST, "cannot make a lock file in place of what is there", path)
 
 
-_stripes: dict[str, _Stripe] = {}
+_stripes: dict[str, LockFile] = {}
 _stripes_lock = threading.Lock()
 
 
-def _stripe(path: str) -> _Stripe:
+def _stripe(path: str) -> LockFile:
     stripe = _stripes.get(path)
     if stripe is None:
         with _stripes_lock:
-            stripe = _stripes.setdefault(path, _Stripe(path))
+            stripe = _stripes.setdefault(path, LockFile(path))
     return stripe
 
 
@@ -216,7 +217,7 @@ class Index:
     def record_path(self, key: str) -> str:
         return f"{self.records_dir}/{key[:2]}/{key}.rec"
 
-    def locked(self, key: str, timeout: float | None) -> contextlib.AbstractContextManager[None]:
+    def locked(self, key: str, timeout: float | None) -> contextlib.AbstractContextManager[int]:
         """Hold the lock stripe of ``key`` (``TimeoutError`` after ``timeout`` seconds)."""
         return _stripe(f"{self.locks_dir}/{key[:2]}.lock").hold(timeout, self._clock)
 

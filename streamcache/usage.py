@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import stat
@@ -61,7 +60,7 @@ import ipc
 from ipc.clock import SYSTEM, Clock
 
 from .filestore import Filestore, shard_entries
-from .index import Index, _open_lock_file
+from .index import Index, LockFile
 from .metrics import BUDGET, NULL, Metrics
 
 log = logging.getLogger("streamcache")
@@ -152,59 +151,33 @@ def holder_for(file: str) -> Holder:
     return Holder(me.pid, me.start, tag)
 
 
-class _SharedFile:
-    """This process's descriptor on one usage file, with a gate in front of its flock
-    (threads of one process share the descriptor, and so the flock)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.gate = threading.Lock()
-        self.fd = -1
-
-    def _descriptor(self) -> int:
-        if self.fd < 0:
-            self.fd = _open_lock_file(self.path)
-        return self.fd
+class _SharedFile(LockFile):
+    """The usage file as this process holds it (see :class:`index.LockFile`); its state
+    is read and rewritten while the lock is held."""
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[State]:
-        with self.gate:
-            fd = self._descriptor()
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                before = os.pread(fd, _LAYOUT.size, 0)
-                state = State.unpack(before)
-                yield state
-                after = state.pack()
-                if after != before:
-                    os.pwrite(fd, after, 0)
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+        with self.hold(None) as fd:
+            before = os.pread(fd, _LAYOUT.size, 0)
+            state = State.unpack(before)
+            yield state
+            after = state.pack()
+            if after != before:
+                os.pwrite(fd, after, 0)
 
     def add(self, n: int, limit: int) -> bool:
         """Add ``n`` to the total if it stays within ``limit``; False (nothing changed)
         if it would not, or the file holds no state yet. The path of every write of a
         cache with a budget: one flock, one pread, one pwrite of the total alone."""
-        with self.gate:
-            fd = self._descriptor()
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                data = os.pread(fd, _LAYOUT.size, 0)
-                if len(data) != _LAYOUT.size or data[:8] != _MAGIC:
-                    return False
-                total = _TOTAL.unpack_from(data, 8)[0] + n
-                if total > limit:
-                    return False
-                os.pwrite(fd, _TOTAL.pack(total), 8)
-                return True
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def after_fork_in_child(self) -> None:
-        self.gate = threading.Lock()
-        if self.fd >= 0:
-            os.close(self.fd)  # a flock belongs to the open file description: reopen
-            self.fd = -1
+        with self.hold(None) as fd:
+            data = os.pread(fd, _LAYOUT.size, 0)
+            if len(data) != _LAYOUT.size or data[:8] != _MAGIC:
+                return False
+            total = _TOTAL.unpack_from(data, 8)[0] + n
+            if total > limit:
+                return False
+            os.pwrite(fd, _TOTAL.pack(total), 8)
+            return True
 
 
 _files: dict[str, _SharedFile] = {}
