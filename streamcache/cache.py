@@ -412,7 +412,10 @@ class StreamCache(CacheBase):
             os.close(fd)
             return None
         seg = channel.seg
-        if seg.state != ipc.STATE_WRITING or not seg.has_live_reader():
+        # Every announced byte written: the producer publishes it whole even with no
+        # reader left (pipe.Writer), so a new fetch attaches to it.
+        whole = seg.announced_size == seg.offset
+        if seg.state != ipc.STATE_WRITING or not (whole or seg.has_live_reader()):
             # Failed, or every reader left so the producer is bound to fail: a
             # new fetch creates afresh instead of attaching.
             channel.close()

@@ -333,3 +333,33 @@ def test_readers_that_left_before_the_announced_end_abandon_it(
 
 def forbidden(w: Any) -> None:
     raise AssertionError("a finished entry must be hit, not created again")
+
+
+def test_a_fetch_after_every_reader_took_the_announced_bytes_attaches_not_creates(
+    cache: streamcache.StreamCache,
+) -> None:
+    # The entry is whole though create has not returned and nobody reads it: a new
+    # request joins it instead of creating it again.
+    returned = threading.Event()
+    release = threading.Event()
+
+    def create(w: Any) -> None:
+        w.set_size(len(DATA))
+        w.write(DATA)
+        assert release.wait(WAIT)
+        returned.set()
+
+    with cache.stream("k", create) as s:
+        got = b""
+        while len(got) < len(DATA):
+            got += s.read(len(DATA) - len(got))
+    with cache.stream("k", forbidden) as again:
+        assert not again.created
+        got = b""
+        while len(got) < len(DATA):
+            got += again.read(len(DATA) - len(got))
+        assert got == DATA
+        assert not returned.is_set()
+        release.set()
+        assert again.read() == b""
+    cache.wait_producers(WAIT)
