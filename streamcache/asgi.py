@@ -168,20 +168,6 @@ class _Plan:
                 raise CreateError("streamcache: the entry ended before the range")
             n -= len(chunk)
 
-    def at_end(self) -> bool:
-        """Read up to the entry's end (not just to the end of a range)."""
-        return self.spool is None and self.size is not None and self.stream.position >= self.size
-
-    async def see_end(self) -> None:
-        """As wsgi's: a stream read up to the entry's end waits for the end itself (the
-        core drops an entry as abandoned when every reader left before its producer
-        returned, even after its last byte)."""
-        if self.at_end():
-            try:
-                await self.stream.read(1)
-            except (CreateError, OSError, ValueError):
-                pass
-
     async def close(self) -> None:
         try:
             await _close(self.stream)
@@ -268,12 +254,11 @@ class _Request:
             if plan.remaining is not None:
                 plan.remaining -= len(chunk)
             last = not chunk or plan.remaining == 0
-            if last and not plan.at_end():
-                await plan.close()  # the range is read: release the reader now
+            if last:
+                await plan.close()  # all of it is read: release the reader now
             await send({"type": "http.response.body", "body": chunk, "more_body": not last})
             sent += len(chunk)
             if last:
-                await plan.see_end()
                 return
 
     def _abort(self, sent: int, why: str, level: int) -> None:

@@ -170,20 +170,6 @@ class _Plan:
             return _Bounded(ff, self.remaining)
         return ff
 
-    def at_end(self) -> bool:
-        """Read up to the entry's end (not just to the end of a range)."""
-        return self.spool is None and self.size is not None and self.stream.position >= self.size
-
-    def see_end(self) -> None:
-        """A stream read up to the entry's end waits for the end itself before closing:
-        the core drops an entry as abandoned when every reader left before its
-        producer returned, even after its last byte."""
-        if self.at_end():
-            try:
-                self.stream.read(1)  # b"" once the producer has published the entry
-            except (CreateError, OSError, ValueError):
-                pass  # the body was complete; the entry's fate is the producer's
-
     def close(self) -> None:
         self.stream.close()
         if self.spool is not None:
@@ -330,7 +316,6 @@ class _Body:
     def __next__(self) -> bytes:
         plan = self._plan
         if self._closed or plan.remaining == 0:
-            plan.see_end()
             self.close()
             raise StopIteration
         want = BLOCK if plan.remaining is None else min(BLOCK, plan.remaining)
@@ -349,8 +334,8 @@ class _Body:
                 raise StopIteration
         if plan.remaining is not None:
             plan.remaining -= len(chunk)
-            if plan.remaining == 0 and not plan.at_end():
-                self.close()  # the range is out: release the reader now
+            if plan.remaining == 0:
+                self.close()  # all of it is out: release the reader now
         self._sent += len(chunk)
         return chunk
 
