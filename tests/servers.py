@@ -535,6 +535,10 @@ def nginx(tmp: Path, upstreams: Sequence[int]) -> Server:
     prefix = tmp / "nginx"
     prefix.mkdir()
     sock = listener()
+    # nginx takes an inherited listening socket as it is: with a blocking one, a worker
+    # that loses the race for a connection (both workers are woken) sleeps in accept()
+    # while its other connections wait, and their clients hang.
+    sock.setblocking(False)
     conf = prefix / "nginx.conf"
     listen = f"127.0.0.1:{sock.getsockname()[1]}"
     conf.write_text(_fleet_module().render(prefix, listen, [f"127.0.0.1:{p}" for p in upstreams]))
