@@ -10,6 +10,7 @@ dst; a hit is read whole), LoggingCache and MinOccurrences wrap another cache.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import queue
 import threading
 import time
@@ -216,7 +217,10 @@ class _QueueSource:
         with self._watchers_lock:
             watchers, self._watchers = self._watchers, []
         for future in watchers:
-            future.set_result(Wake.PROGRESS)
+            # A reader that gave up (its timeout) cancelled its wait: never an error here,
+            # in create's write.
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                future.set_result(Wake.PROGRESS)
 
     def run(self, create: Create) -> None:
         try:

@@ -188,3 +188,30 @@ def test_a_producer_killed_between_writing_and_publishing_is_noticed_within_live
     assert got == HEAD + TAIL
     assert noticed < liveness + 0.5, f"noticed {noticed:.2f} s after the kill"
     cache.stop()
+
+
+def test_a_null_cache_astream_that_timed_out_never_fails_the_create_writing_on() -> None:
+    release, wrote = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def create(w: Any) -> None:
+        w.write(b"a")
+        release.wait(WAIT)
+        try:
+            w.write(b"b")  # the reader's cancelled wait is completed here
+        except BaseException as exc:
+            errors.append(exc)
+            raise
+        finally:
+            wrote.set()
+
+    async def main() -> None:
+        async with streamcache.NullCache().astream("k", create, timeout=0.1) as s:
+            assert await s.read(1) == b"a"
+            with pytest.raises(TimeoutError):
+                await s.read(1)
+            release.set()
+            assert await asyncio.to_thread(wrote.wait, WAIT)
+
+    asyncio.run(main())
+    assert errors == []
