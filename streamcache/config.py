@@ -83,7 +83,7 @@ class Config:
     dir: str | os.PathLike[str]  # required: a cache never lands silently in the cwd
     enabled: bool = True
     max_age: Duration = DEFAULT_MAX_AGE
-    min_occurrences: int = 1
+    min_occurrences: int = 0  # 0: concurrent first requests share one producer
     window: int = DEFAULT_WINDOW
     max_bytes: int | None = None
 

@@ -45,7 +45,7 @@ def test_new_builds_min_occurrences_over_stream_cache(cache_dir: Path) -> None:
     with streamcache.new(cfg) as cache:
         assert isinstance(cache, streamcache.MinOccurrences)
         assert isinstance(cache.cache, streamcache.StreamCache)
-        assert cache.n == 1 and cache.min_age == 120.0
+        assert cache.n == 0 and cache.min_age == 120.0
         assert cache.cache.max_age == 120.0
     assert isinstance(streamcache.new(streamcache.Config(dir=cache_dir, enabled=False)),
                       streamcache.NullCache)  # fmt: skip

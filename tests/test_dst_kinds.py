@@ -57,7 +57,8 @@ def cache_of(kind: str, cache_dir: Path) -> tuple[CacheBase, list[bool]]:
     if kind == "NullCache":
         return streamcache.NullCache(), [True, True]
     # min_occurrences=1: the first call bypasses the StreamCache, the second creates.
-    return streamcache.new(streamcache.Config(dir=cache_dir)), [True, True, False]
+    cfg = streamcache.Config(dir=cache_dir, min_occurrences=1)
+    return streamcache.new(cfg), [True, True, False]
 
 
 def inner_stream_cache(cache: CacheBase) -> streamcache.StreamCache | None:

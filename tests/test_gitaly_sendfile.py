@@ -181,8 +181,8 @@ def test_pipe_write_to_eagain(cache_dir: Path, entry: str) -> None:
 
 
 def test_pipe_write_to_eagain_bypass(cache_dir: Path) -> None:
-    """TestPipe_WriteTo_EAGAIN on the default configuration's first request, which
-    bypasses the cache (min_occurrences=1) and runs create straight into dst: EAGAIN
+    """TestPipe_WriteTo_EAGAIN on a first request that Gitaly's admission
+    (min_occurrences=1) sends past the cache, straight into dst: EAGAIN
     must not lose bytes there either."""
     data = os.urandom(1024 * 1024)
     rfd, wfd = os.pipe()
@@ -190,7 +190,7 @@ def test_pipe_write_to_eagain_bypass(cache_dir: Path) -> None:
     drain = _SlowDrain(rfd, wfd)
     dst = open(wfd, "wb", buffering=0)  # noqa: SIM115
     try:
-        with streamcache.new(streamcache.Config(dir=cache_dir)) as cache:
+        with streamcache.new(streamcache.Config(dir=cache_dir, min_occurrences=1)) as cache:
             drain.start()
             res = cache.fetch("bypass", dst, _chunked_create(data), timeout=WAIT)
     finally:

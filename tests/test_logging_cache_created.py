@@ -28,7 +28,7 @@ def inner_of(kind: str, cache_dir: Path) -> CacheBase:
     if kind == "NullCache":
         return streamcache.NullCache()
     # MinOccurrences(StreamCache): the first call bypasses the cache, the second creates
-    return streamcache.new(streamcache.Config(dir=cache_dir))
+    return streamcache.new(streamcache.Config(dir=cache_dir, min_occurrences=1))
 
 
 def failing(w: Any) -> None:
