@@ -22,7 +22,7 @@ from ipc.wait import Wake
 
 from .deadline import check_timeout, deadline_for
 from .errors import CreateError, describe
-from .sink import is_writable_dst, write_all
+from .sink import dst_problem, write_all
 from .sizes import AnnouncedSize
 from .stream import AsyncStream, EntryInfo, FetchResult, Stream
 
@@ -53,10 +53,9 @@ def _start_kw(start: int) -> dict[str, int]:
 
 
 def check_dst(dst: object) -> None:
-    if not is_writable_dst(dst):
-        raise TypeError(
-            f"dst must have a write(bytes) method or be a socket, not {type(dst).__name__}"
-        )
+    problem = dst_problem(dst)
+    if problem is not None:
+        raise TypeError(problem)
 
 
 class CacheBase:

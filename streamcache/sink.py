@@ -40,9 +40,27 @@ def usable_fd(dst: Any) -> int | None:
     return fd if isinstance(fd, int) and fd >= 0 else None
 
 
-def is_writable_dst(dst: object) -> bool:
-    """What ``fetch`` accepts as ``dst``: an object with ``write``, or a socket."""
-    return isinstance(dst, socket.socket) or callable(getattr(dst, "write", None))
+def dst_problem(dst: object) -> str | None:
+    """Why ``fetch`` cannot write bytes to ``dst``, or None: it takes an object with
+    ``write``, or a socket, that is not a text stream and whose ``writable()``, where it
+    has one, is true. Checked at the call, so that a wrong dst fails the same way
+    whichever way the call goes (a sendfile under a text layer would "succeed")."""
+    if isinstance(dst, socket.socket):
+        return None
+    name = type(dst).__name__
+    if not callable(getattr(dst, "write", None)):
+        return f"dst must have a write(bytes) method or be a socket, not {name}"
+    if isinstance(dst, io.TextIOBase):
+        return f"dst is a text stream ({name}): it needs bytes; open it in binary mode ('wb')"
+    writable = getattr(dst, "writable", None)
+    if callable(writable):
+        try:
+            ok = writable()
+        except (OSError, ValueError):  # closed, say: its write will say so
+            return None
+        if not ok:
+            return f"dst is not open for writing ({name}.writable() is False)"
+    return None
 
 
 def _offer(dst: Any, data: bytes | memoryview) -> int:
