@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from ipc.wait import Wake
 
@@ -27,6 +27,9 @@ from .sizes import AnnouncedSize
 from .stream import AsyncStream, EntryInfo, FetchResult, Stream
 
 Create = Callable[[Any], object]
+
+# ``with StreamCache(...) as c`` gives a StreamCache, not a CacheBase (typing.Self is 3.11+).
+_Cache = TypeVar("_Cache", bound="CacheBase")
 
 
 def check_key(key: object) -> None:
@@ -93,7 +96,7 @@ class CacheBase:
     def stop(self) -> None:
         """End background work. fetch keeps working."""
 
-    def __enter__(self) -> CacheBase:
+    def __enter__(self: _Cache) -> _Cache:
         return self
 
     def __exit__(
