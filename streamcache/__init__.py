@@ -58,7 +58,10 @@ evict entries past their expiry (recorded, or the finished file's mtime), discar
 records of dead producers, delete data files no live record owns that are older
 than max_age (repairing unreadable shard dirs), and unlink channels no live
 entry owns, then set the disk usage total to what the directory holds.
-``streamcache gc`` runs the same pass once.
+``streamcache gc`` runs the same pass once. ``cache.invalidate(key)`` drops one
+key's entry under its lock: the finished file goes, and an entry in flight loses
+its record and data file as an expired one does, so its producer (which publishes,
+under the same lock, only while its record still names its file) never publishes it.
 
 **Budget and full disk** (``usage.py``). One small file holds the running total
 of the entries' bytes (producers reserve before each write), a "disk full" mark

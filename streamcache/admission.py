@@ -198,5 +198,11 @@ class MinOccurrences(CacheBase):
         """The wrapped cache's entry of ``key``; not an occurrence."""
         return self.cache.peek(key)
 
+    def invalidate(self, key: str) -> bool:
+        """The wrapped cache's; not an occurrence, and the key's count stays: a request
+        not yet admitted runs create anyway."""
+        check_key(key)
+        return self.cache.invalidate(key)
+
     def stop(self) -> None:
         self.cache.stop()

@@ -1,6 +1,7 @@
 """The surface every cache shares, and the caches that store nothing.
 
-Every cache has ``fetch``, ``stream``, ``astream``, ``stop`` and the context manager.
+Every cache has ``fetch``, ``stream``, ``astream``, ``peek``, ``invalidate``, ``stop``
+and the context manager.
 A subclass implements ``stream``; :class:`CacheBase` builds ``fetch`` (a copy of the
 stream to dst), ``astream`` and the context manager on it. StreamCache and NullCache
 also implement ``fetch`` themselves (a creating fetch hands each write straight to
@@ -74,6 +75,13 @@ class CacheBase:
         request (for HTTP HEAD); None when there is none."""
         check_key(key)
         return None
+
+    def invalidate(self, key: str) -> bool:
+        """Drop the entry of ``key``, so that the next call for it, in any process,
+        creates afresh; whether anything was dropped (a cache that stores nothing:
+        False)."""
+        check_key(key)
+        return False
 
     def fetch(
         self, key: str, dst: Any, create: Create, timeout: float | None = None
@@ -427,6 +435,10 @@ class LoggingCache(CacheBase):
 
     def peek(self, key: str) -> EntryInfo | None:
         return self.cache.peek(key)
+
+    def invalidate(self, key: str) -> bool:
+        """The wrapped cache's; not logged (``entries`` are fetch and stream calls)."""
+        return self.cache.invalidate(key)
 
     def stop(self) -> None:
         self.cache.stop()

@@ -194,6 +194,14 @@ class StreamCache(CacheBase):
         finally:
             channel.close()
 
+    def invalidate(self, key: str) -> bool:
+        """Drop the entry of ``key``: the next call for it, in any process, creates
+        afresh. A finished entry is removed (open readers keep reading it); an entry in
+        flight goes on for its current readers but is never published (see
+        :meth:`Store.invalidate`). Whether anything was dropped."""
+        check_key(key)
+        return self._store.invalidate(key_hash(key))
+
     def fetch(
         self, key: str, dst: Any, create: Create, timeout: float | None = None
     ) -> FetchResult:

@@ -1,4 +1,5 @@
-"""Command line: streamcache run, stats, gc and demo (also python -m streamcache).
+"""Command line: streamcache run, stats, gc, invalidate and demo (also python -m
+streamcache).
 
 The parser, the shared option types (durations, the cache directory) and the
 dispatch live here; each command is in its own module (cli_run, cli_stats,
@@ -136,9 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "environment:\n"
-            "  STREAMCACHE_DIR   the cache directory of run, stats and gc when --dir is not\n"
-            "                    given (before $XDG_CACHE_HOME/streamcache and\n"
-            "                    ~/.cache/streamcache)\n\n"
+            "  STREAMCACHE_DIR   the cache directory of run, stats, gc and invalidate when\n"
+            "                    --dir is not given (before $XDG_CACHE_HOME/streamcache\n"
+            "                    and ~/.cache/streamcache)\n\n"
             "Run 'streamcache COMMAND --help' for a command's options."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -242,6 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)gs)",
     )
     gc.set_defaults(func=cli_stats.gc_main)
+
+    invalidate = sub.add_parser(
+        "invalidate",
+        help="drop one key's entry: the next request creates it afresh",
+        description=cli_stats.INVALIDATE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_dir(invalidate)
+    invalidate.add_argument("key", metavar="KEY", help="the cache key, as the caches were given it")
+    invalidate.set_defaults(func=cli_stats.invalidate_main)
 
     demo = sub.add_parser(
         "demo",

@@ -1,8 +1,9 @@
-"""streamcache stats and gc: what a cache directory holds, and one cleanup pass.
+"""streamcache stats, gc and invalidate: what a cache directory holds, one cleanup
+pass, and dropping one key's entry.
 
 ``stats`` only reads: records (symlinks), file metadata, the key previews stored with
 data files, and the shared-memory segments of entries in flight through ipc's public
-scans. It takes no lock, changes nothing, and creates nothing. Neither command
+scans. It takes no lock, changes nothing, and creates nothing. None of the commands
 creates the directory it is pointed at.
 """
 
@@ -72,6 +73,13 @@ Run one cleanup pass on a cache directory and print what it removed: expired
 entries, entries whose producer died (and records that are garbage), data files
 that no entry owns, and shared-memory objects (segments and semaphores) that no
 entry in flight owns. Entries in flight are left alone.
+"""
+
+INVALIDATE_DESCRIPTION = """\
+Drop the entry of KEY, so that the next request for it, in any process, creates
+it afresh: a finished entry is removed (readers that have it open read on), and an
+entry being produced goes on for its current readers but is never stored. Says
+whether there was anything to drop; either way the exit status is 0.
 """
 
 
@@ -402,4 +410,12 @@ def gc_main(args: argparse.Namespace) -> int:
         _count(report.ipc_removed, "IPC object", "IPC objects"),
     ]
     print(f"gc {cache_dir}: removed " + ", ".join(removed))
+    return 0
+
+
+def invalidate_main(args: argparse.Namespace) -> int:
+    cache_dir, _ = cache_root(args.dir)
+    cache = StreamCache(cache_dir, cleanup_interval=0)
+    what = "dropped the entry" if cache.invalidate(args.key) else "no entry"
+    print(f"invalidate {cache_dir}: {what} of {args.key!r}")
     return 0

@@ -15,9 +15,9 @@ Every metric has a ``dir`` label (the cache directory's absolute path):
 - ``streamcache_served_bytes_total{dir}``: bytes the cache delivered to callers.
 - ``streamcache_backpressure_seconds_total{dir}``: time producers spent blocked
   because no reader was within ``window`` bytes.
-- ``streamcache_evictions_total{dir,reason}``: entries removed before anyone asked:
-  ``expired`` (past max_age), ``dead_producer`` (its producer died), ``budget``
-  (over max_bytes).
+- ``streamcache_evictions_total{dir,reason}``: entries removed, by reason: ``expired``
+  (past max_age), ``dead_producer`` (its producer died), ``budget`` (over max_bytes),
+  ``invalidated`` (dropped by ``cache.invalidate``).
 - ``streamcache_index_entries{dir}``: entries in the directory (finished and in
   flight), ``streamcache_disk_bytes{dir}``: bytes of their files; both measured by
   each cleanup pass (host-wide, so the most recent measurement of any process wins).
@@ -52,7 +52,8 @@ OUTCOMES = (HIT, MISS, BYPASS, ERROR)
 EXPIRED = "expired"
 DEAD_PRODUCER = "dead_producer"
 BUDGET = "budget"
-REASONS = (EXPIRED, DEAD_PRODUCER, BUDGET)
+INVALIDATED = "invalidated"
+REASONS = (EXPIRED, DEAD_PRODUCER, BUDGET, INVALIDATED)
 
 
 # Hits on small entries (the fast path: one pread, one write) are tallied in a list

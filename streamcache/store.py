@@ -13,6 +13,12 @@ Invariants:
   record goes, so a fetch never finds neither for an entry that finished.
 - A failed or evicted entry's record goes first; its data file after, and its channel
   (segment and bells) after that, so no fetch attaches to what is being torn down.
+- A data file becomes its key's finished entry only while the key's record still names
+  it, checked under the key's lock (:meth:`Store.publish`). Eviction and
+  :meth:`Store.invalidate` take the record away under that same lock, so whichever of
+  them and the publish takes the lock second sees the other's change: an entry evicted
+  or invalidated in flight is never published, and a publish never lands over a newer
+  entry of the key.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from ipc.segment import SegmentError
 
 from .filestore import Filestore, written_so_far
 from .index import Index, Record
-from .metrics import DEAD_PRODUCER, EXPIRED, NULL, Metrics
+from .metrics import DEAD_PRODUCER, EXPIRED, INVALIDATED, NULL, Metrics
 from .usage import MAX_BACKOFF, Usage
 
 log = logging.getLogger("streamcache")
@@ -103,7 +109,8 @@ class Store:
                 self.usage.forget(replaced)
                 self.index.remove(rec.key)
                 return cur
-        # Evicted (or replaced) while in flight: nobody will find this file again.
+        # Evicted, invalidated (or replaced) while in flight: nobody will find this file
+        # again.
         self.files.remove(rec.file)
         return None
 
@@ -167,6 +174,31 @@ class Store:
         removed = unlink_channel(self.channel_base(rec.file))
         self.metrics.count_eviction(DEAD_PRODUCER)
         return removed
+
+    def invalidate(self, key: str) -> bool:
+        """Drop whatever ``key`` has, so that the next fetch of it, in any process,
+        creates afresh; whether there was anything (takes the key's lock).
+
+        The finished entry's file is unlinked (open readers keep their descriptors).
+        An entry in flight loses its record and its data file, as an expired one
+        does: its producer and readers go on with their descriptors and its channel,
+        whose names stay until the producer ends it (a reader that finds them gone
+        under a live producer takes /dev/shm for wiped and fails); the producer then
+        finds its record gone and drops its file instead of publishing it. So its
+        readers get every byte and a clean end, and nobody else ever sees the entry.
+        """
+        with self.index.locked(key, None):
+            dropped = self.usage.remove_entry(key)
+            text = self.index.read_text(key)
+            if text is not None:
+                rec = Record.from_text(key, text)
+                self.index.remove(key)
+                if rec is not None:
+                    self.files.remove(rec.file)
+                dropped = True
+        if dropped:
+            self.metrics.count_eviction(INVALIDATED)
+        return dropped
 
     def expire_finished(self, key: str) -> bool:
         """Remove the finished entry of ``key`` (lock held; the caller found it expired
