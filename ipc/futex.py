@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import platform
+import os
 import sys
 
 _SYSCALL_NUMBERS = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}
 _FUTEX_WAIT, _FUTEX_WAKE = 0, 1  # shared (not FUTEX_PRIVATE): across processes
 _WAKE_ALL = 0x7FFFFFFF
 
-_nr = _SYSCALL_NUMBERS.get(platform.machine().lower(), -1) if sys.platform == "linux" else -1
+_nr = _SYSCALL_NUMBERS.get(os.uname().machine.lower(), -1) if sys.platform == "linux" else -1
 SUPPORTED = _nr >= 0
 if SUPPORTED:
     _libc = ctypes.CDLL(None, use_errno=True)

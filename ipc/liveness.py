@@ -9,7 +9,8 @@ The start time is seconds since boot on Linux, read from ``/proc/<pid>/stat``
 (field 22, clock ticks). psutil's ``create_time`` adds the boot time derived
 from the wall clock, which moves when the clock is stepped (NTP, a VM resume):
 every recorded identity would then look dead at once. Elsewhere psutil's
-``create_time`` is used.
+``create_time`` is used (psutil is imported only there: it costs about 20 ms at
+start-up, which every short-lived process would pay).
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from __future__ import annotations
 import os
 import sys
 from typing import NamedTuple
-
-import psutil
 
 # Start times are computed the same way by every process on the host, so they
 # match exactly; the tolerance only absorbs float rounding.
@@ -51,6 +50,8 @@ def start_time(pid: int) -> float:
         if stat is None:
             raise ProcessLookupError(pid)
         return stat[0]
+    import psutil
+
     return psutil.Process(pid).create_time()
 
 
@@ -90,6 +91,8 @@ def is_alive(pid: int, start: float) -> bool:
     if _PROC:
         stat = _proc_stat(pid)
         return stat is not None and abs(stat[0] - start) <= _START_TOLERANCE and not stat[1]
+    import psutil
+
     try:
         proc = psutil.Process(pid)
         if abs(proc.create_time() - start) > _START_TOLERANCE:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import stat
 import sys
 from typing import NamedTuple
@@ -34,7 +33,7 @@ def prefix_for(owner_dir: str | os.PathLike[str]) -> str:
 
 def new_base(prefix: str) -> str:
     """A fresh random base ``prefix + 16 hex`` for one group of objects."""
-    return prefix + secrets.token_hex(BASE_HEX // 2)
+    return prefix + os.urandom(BASE_HEX // 2).hex()
 
 
 def object_name(base: str, kind: str) -> str:

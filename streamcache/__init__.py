@@ -100,8 +100,7 @@ Example::
 from __future__ import annotations
 
 import os
-
-from prometheus_client import REGISTRY, CollectorRegistry
+from typing import TYPE_CHECKING
 
 from . import config, metrics
 from .admission import MinOccurrences
@@ -109,7 +108,11 @@ from .base import CacheBase, LogEntry, LoggingCache, NullCache
 from .cache import StreamCache
 from .config import Config
 from .errors import CreateError, Error, ProducerDied
+from .metrics import DEFAULT_REGISTRY, DefaultRegistry
 from .stream import AsyncStream, EntryInfo, FetchResult, FinishedFile, Stream
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __version__ = "0.1.0"
 
@@ -133,10 +136,13 @@ __all__ = [
 ]
 
 
-def new(cfg: Config, *, registry: CollectorRegistry | None = REGISTRY) -> CacheBase:
+def new(
+    cfg: Config, *, registry: CollectorRegistry | DefaultRegistry | None = DEFAULT_REGISTRY
+) -> CacheBase:
     """The cache ``cfg`` describes: NullCache if disabled, else
     ``MinOccurrences(StreamCache(...), cfg.min_occurrences, cfg.max_age)`` as Gitaly's New.
-    Its metrics go to ``registry`` (None: no metrics); a disabled one sets
+    Its metrics go to ``registry`` (default: prometheus_client's REGISTRY; None: no
+    metrics, and prometheus_client is not imported); a disabled one sets
     ``streamcache_enabled`` to 0."""
     if not isinstance(cfg, Config):
         raise TypeError(f"new() needs a streamcache.Config, not {type(cfg).__name__}")

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -98,7 +96,7 @@ class FileCounter:
         with contextlib.suppress(OSError):
             carry = os.stat(os.path.join(self.root, str(gen - 1), name)).st_size
         count = 1 + min(carry, cap)
-        tmp = os.path.join(gen_dir, f".{name}.{secrets.token_hex(4)}")
+        tmp = os.path.join(gen_dir, f".{name}.{os.urandom(4).hex()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             os.write(fd, b"\0" * count)
@@ -126,6 +124,8 @@ class FileCounter:
         if os.path.isdir(gen_dir):
             return
         make_private_dirs(gen_dir)
+        import shutil  # here: rarely needed, and costly at start-up
+
         # The process that opens a generation forgets those before the previous one.
         with contextlib.suppress(OSError):
             for entry in os.listdir(self.root):

@@ -13,9 +13,7 @@ import logging
 import os
 import weakref
 from collections.abc import Callable
-from typing import Any, NamedTuple
-
-from prometheus_client import REGISTRY, CollectorRegistry
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import ipc
 from ipc.channel import Channel, unlink_channel
@@ -43,13 +41,16 @@ from .filestore import (
     written_so_far,
 )
 from .index import Record
-from .metrics import BYPASS, ERROR, HIT, MISS, for_dir
+from .metrics import BYPASS, DEFAULT_REGISTRY, ERROR, HIT, MISS, DefaultRegistry, for_dir
 from .pipe import CREATOR_SLOT, FileReader, PipeReader
 from .producer import Producer, Producers, check_not_creating
 from .sink import write_all
 from .store import LAYOUT, Store, channel_base, key_hash
 from .stream import EntryInfo, FetchResult, Source, Stream
 from .usage import is_disk_full
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __all__ = ["LAYOUT", "GCReport", "StreamCache", "channel_base", "key_hash", "prepare_dir"]
 
@@ -84,7 +85,8 @@ class StreamCache(CacheBase):
     publish their position (default 16384); readers beyond that still read
     everything but neither hold back nor keep alive the producer. ``registry`` is the
     prometheus_client registry its metrics go to (see :mod:`streamcache.metrics`;
-    None: no metrics). ``key_preview``: store the first that many characters of each
+    the default: prometheus_client's REGISTRY; None: no metrics, and prometheus_client
+    is not imported). ``key_preview``: store the first that many characters of each
     new entry's key with its data file (with its creation time, in an extended
     attribute where the file system has them), for ``streamcache stats``; 0 (the
     default) stores none, as keys may be secret.
@@ -101,7 +103,7 @@ class StreamCache(CacheBase):
         clock: Clock | Callable[[], float] = SYSTEM,
         cleanup_interval: float | None = None,
         reader_slots: int = DEFAULT_SLOTS,
-        registry: CollectorRegistry | None = REGISTRY,
+        registry: CollectorRegistry | DefaultRegistry | None = DEFAULT_REGISTRY,
         key_preview: int = 0,
     ) -> None:
         # Every argument is checked before anything touches the disk.

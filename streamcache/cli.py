@@ -105,6 +105,24 @@ def version() -> str:
         return __version__
 
 
+class _ShowVersion(argparse.Action):
+    """``--version``: looks the version up only when asked (importlib.metadata costs
+    more than a cache hit, and every command line builds the parser)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        print(f"{parser.prog} {version()}")
+        parser.exit()
+
+
 class CliError(Exception):
     """A failure the command reports in one line and ends with ``status``."""
 
@@ -144,9 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--version", action="version", version=f"%(prog)s {version()}", help="show the version"
-    )
+    parser.add_argument("--version", action=_ShowVersion, help="show the version")
     sub = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, help="one of the commands below"
     )

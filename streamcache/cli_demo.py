@@ -11,13 +11,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import multiprocessing
 import os
-import queue
-import random
-import shutil
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -72,6 +67,8 @@ class _Sink:
 def _worker(
     cache_dir: str, keys: list[str], size_mib: int, rounds: int, me: int, words: Any, out: Any
 ) -> None:
+    import random
+
     cache = StreamCache(cache_dir, window=WINDOW)
     rng = random.Random(me)
     base = me * _WORDS
@@ -168,6 +165,13 @@ class _Display:
 
 
 def main(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: every command line builds the parser, which
+    # imports this module, and these cost as much as a cache hit.
+    import multiprocessing
+    import queue
+    import shutil
+    import tempfile
+
     tmp = tempfile.mkdtemp(prefix="streamcache-demo-")
     cache_dir = os.path.join(tmp, "cache")
     keys = [f"blob-{i}" for i in range(args.keys)]

@@ -22,18 +22,20 @@ import os
 import re
 import shlex
 import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .admission import MinOccurrences
 from .base import CacheBase
 from .cache import StreamCache
 from .cli import EXIT_BROKEN_PIPE, default_dir, quiet_stdout
 from .errors import CreateError, ProducerDied
+
+if TYPE_CHECKING:
+    import subprocess
 
 DEFAULT_MAX_AGE = 60.0
 
@@ -152,6 +154,8 @@ class Runner:
 
     def __call__(self, w: Any) -> None:
         self.started = True
+        import subprocess  # only the invocation that runs the command needs it
+
         try:
             proc = subprocess.Popen(
                 self.argv,
@@ -252,8 +256,14 @@ def main(args: argparse.Namespace) -> int:
     if not args.verbose:  # a failing command fails its entry: run says so itself
         logging.getLogger("streamcache").setLevel(logging.ERROR)
     key = args.key if args.key is not None else default_key(argv, os.getcwd())
+    # No metrics: nothing scrapes a command-line process, and prometheus_client's import
+    # would cost more than a hit.
     cache = StreamCache(
-        _cache_dir(args), max_age=args.max_age, cleanup_interval=0, key_preview=args.key_preview
+        _cache_dir(args),
+        max_age=args.max_age,
+        cleanup_interval=0,
+        key_preview=args.key_preview,
+        registry=None,
     )
     target: CacheBase = cache
     if args.min_occurrences:

@@ -28,10 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
-import json
 import os
-import secrets
-import shutil
 import stat
 import struct
 from collections.abc import Iterator
@@ -83,6 +80,8 @@ def set_entry_info(fd: int, created: float, key: str, preview_chars: int) -> Non
     setxattr = getattr(os, "setxattr", None)
     if setxattr is None:
         return
+    import json  # json, shutil: imported where used, not at start-up
+
     info: dict[str, object] = {"created": round(created, 3)}
     if preview_chars:
         info.update(key=key[:preview_chars], length=len(key))
@@ -98,6 +97,8 @@ def entry_info(path: str) -> StoredInfo | None:
     getxattr = getattr(os, "getxattr", None)
     if getxattr is None:
         return None
+    import json
+
     try:
         value = json.loads(getxattr(path, INFO_XATTR, follow_symlinks=False))
     except (OSError, ValueError):
@@ -172,6 +173,8 @@ def remove_path(path: str) -> bool:
             raise
     with contextlib.suppress(OSError):
         os.chmod(path, 0o700)  # a planted mode-000 directory can be emptied then
+    import shutil
+
     shutil.rmtree(path, ignore_errors=True)
     return True
 
@@ -226,7 +229,7 @@ class Filestore:
 
     def create(self) -> tuple[str, int]:
         """Create a new empty data file (mode 0600); return its name and a descriptor."""
-        name = f"{secrets.token_hex(8)}-{os.getpid():x}-{next(_counter):x}"
+        name = f"{os.urandom(8).hex()}-{os.getpid():x}-{next(_counter):x}"
         path = self.path(name)
         try:
             fd = os.open(path, OPEN_WRITE, WRITING_MODE)

@@ -33,7 +33,6 @@ import errno
 import fcntl
 import math
 import os
-import secrets
 import stat
 import threading
 from collections.abc import Iterator
@@ -259,7 +258,7 @@ class Index:
             os.symlink(text, path)
         except FileExistsError:
             # Replaced atomically: the producer reads its record without the lock.
-            tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+            tmp = f"{path}.{os.urandom(4).hex()}.tmp"
             os.symlink(text, tmp)
             try:
                 try:

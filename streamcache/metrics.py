@@ -32,16 +32,34 @@ over live processes (call ``multiprocess.mark_process_dead`` when a worker exits
 from __future__ import annotations
 
 import atexit
+import enum
 import os
 import threading
 import time
 import weakref
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
-from prometheus_client.metrics_core import Metric
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
 
-__all__ = ["NULL", "Metrics", "NullMetrics", "for_dir"]
+__all__ = ["DEFAULT_REGISTRY", "NULL", "DefaultRegistry", "Metrics", "NullMetrics", "for_dir"]
+
+
+class DefaultRegistry(enum.Enum):
+    """The type of :data:`DEFAULT_REGISTRY`, the default ``registry=`` of a cache:
+    prometheus_client's global ``REGISTRY``. prometheus_client is imported only when a
+    cache is made with a registry (it costs about 150 ms at start-up: its exposition
+    module imports http.server), so ``registry=None`` never imports it."""
+
+    REGISTRY = "prometheus_client.REGISTRY"
+
+    def __repr__(self) -> str:
+        return self.value
+
+
+DEFAULT_REGISTRY = DefaultRegistry.REGISTRY
 
 HIT = "hit"
 MISS = "miss"
@@ -84,6 +102,8 @@ class _Collectors:
     """The collectors of one registry (a registry refuses a second metric of a name)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        from prometheus_client import Counter, Gauge
+
         r = registry
         self.flusher = _Flusher()
         r.register(self.flusher)
@@ -152,7 +172,13 @@ class Metrics:
     """The metrics of the cache on ``dir`` in ``registry`` (children bound once, so a
     count on the hit path is one ``inc``)."""
 
-    def __init__(self, dir: str, registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(
+        self, dir: str, registry: CollectorRegistry | DefaultRegistry = DEFAULT_REGISTRY
+    ) -> None:
+        from prometheus_client import REGISTRY, CollectorRegistry
+
+        if registry is DEFAULT_REGISTRY:
+            registry = REGISTRY
         if not isinstance(registry, CollectorRegistry):
             raise TypeError(
                 f"registry must be a prometheus_client.CollectorRegistry or None, "
@@ -276,7 +302,9 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def for_dir(dir: str | os.PathLike[str], registry: CollectorRegistry | None) -> Metrics:
+def for_dir(
+    dir: str | os.PathLike[str], registry: CollectorRegistry | DefaultRegistry | None
+) -> Metrics:
     """The metrics of the cache on ``dir`` (absolute) in ``registry``; None counts nothing."""
     if registry is None:
         return NULL

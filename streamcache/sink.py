@@ -13,11 +13,14 @@ from __future__ import annotations
 import errno
 import io
 import select
-import socket
+import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from .deadline import remaining
+
+if TYPE_CHECKING:
+    import socket
 
 NO_SENDFILE = {errno.EINVAL, errno.ENOSYS, errno.ENOTSOCK, errno.EOPNOTSUPP, errno.ESPIPE}
 
@@ -27,6 +30,13 @@ _FIRST_PAUSE = 0.0001
 _LAST_PAUSE = 0.05
 # poll() takes a C int of milliseconds: longer waits are taken in steps of this many.
 _MAX_POLL_MS = 24 * 3600 * 1000
+
+
+def is_socket(dst: object) -> TypeGuard[socket.socket]:
+    """Whether ``dst`` is a ``socket.socket``. An instance implies its module was
+    imported, so a process that never made one does not pay for importing it."""
+    socket = sys.modules.get("socket")
+    return socket is not None and isinstance(dst, socket.socket)
 
 
 def usable_fd(dst: Any) -> int | None:
@@ -45,7 +55,7 @@ def dst_problem(dst: object) -> str | None:
     ``write``, or a socket, that is not a text stream and whose ``writable()``, where it
     has one, is true. Checked at the call, so that a wrong dst fails the same way
     whichever way the call goes (a sendfile under a text layer would "succeed")."""
-    if isinstance(dst, socket.socket):
+    if is_socket(dst):
         return None
     name = type(dst).__name__
     if not callable(getattr(dst, "write", None)):
@@ -66,7 +76,7 @@ def dst_problem(dst: object) -> str | None:
 def _offer(dst: Any, data: bytes | memoryview) -> int:
     """Hand ``data`` to ``dst`` once; the number of bytes it took (0: none, would block)."""
     try:
-        if isinstance(dst, socket.socket):
+        if is_socket(dst):
             return dst.send(data)
         n = dst.write(data)
     except BlockingIOError as exc:

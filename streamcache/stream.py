@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import os
 import time
@@ -248,6 +247,8 @@ class Stream:
     async def wait_async(self) -> None:
         """Wait on the event loop until a read may give something new, without
         occupying a thread: the process's one waiting thread watches every such wait."""
+        import asyncio  # here, not at the top: a process that never awaits skips its import
+
         source = self._source
         future = asyncio.wrap_future(source.watch(self._deadline))
         try:

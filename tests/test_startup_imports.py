@@ -1,0 +1,89 @@
+"""Start-up stays light: ``import streamcache``, a cache made without metrics, and
+``streamcache run`` (a miss and a hit) import none of the costly modules that only some
+uses need (prometheus_client for metrics, psutil off Linux, asyncio for astream, ...).
+Each check runs in a fresh interpreter and reads its ``sys.modules``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+WAIT = 60.0
+
+# Imported only when used: metrics given a registry, a liveness check off Linux,
+# astream, ``--version``, ``demo``.
+LAZY = ("prometheus_client", "psutil", "asyncio", "importlib.metadata", "multiprocessing")
+
+
+def loaded_after(code: str, *argv: str) -> list[str]:
+    """The LAZY modules loaded once ``code`` ran in a fresh interpreter."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps([m for m in {LAZY} if m in sys.modules]))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *argv],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=True,
+    )
+    loaded: list[str] = json.loads(done.stdout.splitlines()[-1])
+    return loaded
+
+
+def test_import_streamcache_loads_none_of_them() -> None:
+    assert loaded_after("import streamcache") == []
+
+
+def test_a_cache_without_metrics_loads_none_of_them(cache_dir: Path) -> None:
+    code = """
+import io, sys
+from streamcache import StreamCache
+cache = StreamCache(sys.argv[1], registry=None, cleanup_interval=0)
+for _ in range(2):  # a miss, then a hit
+    out = io.BytesIO()
+    cache.fetch("k", out, lambda w: w.write(b"x" * 100_000))
+    assert out.getvalue() == b"x" * 100_000
+cache.gc()
+cache.stop()
+"""
+    assert loaded_after(code, str(cache_dir)) == []
+
+
+def test_streamcache_run_loads_none_of_them_on_a_miss_or_a_hit(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.write_bytes(bytes(range(256)) * 256)
+    # The command's output goes to a file: stdout carries the probe's answer.
+    code = """
+import sys
+from streamcache.cli import main
+with open(sys.argv[2], "wb") as out:
+    sys.stdout.flush()
+    saved = sys.stdout
+    sys.stdout = out
+    status = main(["run", "--dir", sys.argv[1], "--", "cat", sys.argv[3]])
+    sys.stdout = saved
+assert status == 0, status
+"""
+    for outcome in ("miss", "hit"):
+        got = tmp_path / outcome
+        assert loaded_after(code, str(cache_dir), str(got), str(data)) == [], outcome
+        assert got.read_bytes() == data.read_bytes(), outcome
+
+
+def test_metrics_still_load_prometheus_client_when_given_a_registry(cache_dir: Path) -> None:
+    code = """
+import io, sys
+from streamcache import StreamCache
+from prometheus_client import REGISTRY
+cache = StreamCache(sys.argv[1], cleanup_interval=0)  # the default registry
+cache.fetch("k", io.BytesIO(), lambda w: w.write(b"x"))
+cache.stop()
+value = REGISTRY.get_sample_value(
+    "streamcache_fetches_total", {"dir": sys.argv[1], "outcome": "miss"}
+)
+assert value == 1.0, value
+"""
+    assert loaded_after(code, str(cache_dir)) == ["prometheus_client"]
