@@ -8,7 +8,7 @@
         await aserve(cache, key, create, scope, receive, send,
                      content_type="application/octet-stream", headers=())
 
-The rules are :mod:`streamcache.wsgi`'s (DESIGN section 5.1; the I/O-free part is
+The rules are :mod:`streamcache.wsgi`'s (docs/design.md, "Serving over HTTP"; the I/O-free part is
 :mod:`streamcache.http`). What differs:
 
 - The client going away is seen only on ``receive()`` (under uvicorn ``send()`` after
@@ -47,7 +47,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-# The extension's name in the ASGI spec, then the name DESIGN 5.1 uses.
+# The extension's name in the ASGI spec, then the other name docs/design.md's "Serving over
+# HTTP" gives it.
 ZEROCOPY = ("http.response.zerocopysend", "http.response.zerocopy")
 
 

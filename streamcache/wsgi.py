@@ -8,7 +8,7 @@
         return serve(cache, key, create, environ, start_response,
                      content_type="application/octet-stream", headers=())
 
-The rules (DESIGN section 5.1; the I/O-free part is :mod:`streamcache.http`):
+The rules (docs/design.md, "Serving over HTTP"; the I/O-free part is :mod:`streamcache.http`):
 
 - Content-Length whenever the size is known when the response starts (finished, or
   announced with ``w.set_size``), even mid-write; otherwise no length, and the server

@@ -1,4 +1,4 @@
-"""The public API of DESIGN.md section 2: names, arguments, errors, streams, CLI."""
+"""The public API (docs/design.md, "Public API"): names, arguments, errors, streams, CLI."""
 
 from __future__ import annotations
 

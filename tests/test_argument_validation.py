@@ -1,5 +1,5 @@
-"""Bad values fail at the call that takes them, with the argument's name (DESIGN.md
-section 2): a timeout that is negative, NaN or infinite (None means no deadline), an
+"""Bad values fail at the call that takes them, with the argument's name (docs/design.md,
+"Public API"): a timeout that is negative, NaN or infinite (None means no deadline), an
 infinite or NaN max_age, liveness or min_age, a Config without a usable dir. A huge
 but finite timeout is effectively no deadline and must work.
 """

@@ -1,5 +1,5 @@
 """streamcache.asgi.serve through a plain ASGI harness (scope, receive and send on
-queues): the status and header rules of DESIGN section 5.1, disconnects seen on
+queues): the status and header rules of docs/design.md's "Serving over HTTP", disconnects seen on
 receive(), zero copy where the scope offers it; on a real StreamCache."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The cache across processes: one producer host-wide, streaming, back pressure, crashes,
-fork and thread safety (DESIGN.md sections 4 and 6).
+fork and thread safety (docs/design.md, "The cross-process protocol" and "Failure model").
 
 Every test runs real processes (spawn context or os.fork) on real shared memory and
 files, synchronised by events and queues; every wait is bounded. Child functions live in

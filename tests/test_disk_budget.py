@@ -1,6 +1,6 @@
-"""max_bytes (DESIGN section 5): the oldest finished entries are evicted first, the data on
-disk stays within the budget plus one entry, misses bypass the cache when everything on
-disk is in flight, and the running total is repaired by gc."""
+"""max_bytes (docs/design.md, "Beyond Gitaly"): the oldest finished entries are evicted
+first, the data on disk stays within the budget plus one entry, misses bypass the cache when
+everything on disk is in flight, and the running total is repaired by gc."""
 
 from __future__ import annotations
 

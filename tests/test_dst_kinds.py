@@ -1,4 +1,4 @@
-"""Every kind of ``dst`` DESIGN.md section 2 allows, through every cache's fetch.
+"""Every kind of ``dst`` docs/design.md's "Public API" allows, through every cache's fetch.
 
 A dst is any object with ``write(bytes)``, or a ``socket.socket``. ``write`` may
 return the count it took or None: None from a non-blocking ``io.RawIOBase`` means

@@ -1,7 +1,8 @@
-"""A full disk degrades instead of failing (DESIGN section 5): the entry being written
-fails with a CreateError saying the disk is full (its readers, in every process, get it);
-new misses bypass the cache and succeed while the condition lasts, hits are served, and
-after a back-off (on the cache's clock) with room again misses are cached again.
+"""A full disk degrades instead of failing (docs/design.md, "Beyond Gitaly"): the entry
+being written fails with a CreateError saying the disk is full (its readers, in every
+process, get it); new misses bypass the cache and succeed while the condition lasts, hits
+are served, and after a back-off (on the cache's clock) with room again misses are cached
+again.
 
 Run for real on a small tmpfs in a private mount namespace (ENOSPC), and with
 RLIMIT_FSIZE (EFBIG), which needs no privilege."""

@@ -403,7 +403,7 @@ def test_cache_deleted_file(cache_dir: Path, spawn: SpawnContext, wipe: str) -> 
 
 
 def test_cache_scope(cache_dir: Path) -> None:
-    """Go: TestCache_scope (inverted, DESIGN.md section 3).
+    """Go: TestCache_scope (inverted: docs/design.md, "Semantics kept from Gitaly").
 
     100 cache instances on one directory fetch one key, each offering its own content,
     and hold their streams open; the streams are read in shuffled order. Gitaly's index

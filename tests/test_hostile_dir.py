@@ -1,7 +1,7 @@
 """A hostile cache directory: whatever is planted where an entry, record, data file or
 lock goes (a directory, FIFO, symlink, random bytes, a truncated file, another layout
 version, foreign names) is never served, never waited on, never a crash of a fetch or of
-gc, and is cleaned up (DESIGN.md section 6).
+gc, and is cleaned up (docs/design.md, "Failure model").
 
 Every case plants its object, then a separate process (a real interpreter, bounded by a
 timeout: a FIFO opened without O_NONBLOCK would block it forever) fetches the key and

@@ -1,4 +1,4 @@
-"""Liveness that nothing can starve (DESIGN.md section 4).
+"""Liveness that nothing can starve (docs/design.md, "The cross-process protocol").
 
 Every waiter checks the other side on its own absolute deadline, however often it is
 woken: by handled signals (gunicorn's SIGUSR1, profilers, timers), by other readers

@@ -1,7 +1,7 @@
 """Restart recovery: every process of a cache SIGKILLed in the middle of an entry (producer
 and readers, real processes), optionally with /dev/shm wiped as a reboot does; a new
 process must never serve the unfinished entry as complete: it creates afresh and serves
-its own bytes, and one gc pass leaves nothing behind (DESIGN.md section 6).
+its own bytes, and one gc pass leaves nothing behind (docs/design.md, "Failure model").
 
 Children live in tests/procs_hostile.py.
 """

@@ -1,5 +1,6 @@
 """/dev/shm wiped under live entries (a reboot, systemd's RemoveIPC at logout), and objects
-planted in /dev/shm under the names the cache would use (DESIGN.md sections 4 and 6).
+planted in /dev/shm under the names the cache would use (docs/design.md, "The cross-process
+protocol" and "Failure model").
 
 A wipe unlinks every segment and semaphore of the cache while a producer and readers (real
 processes) are in the middle of an entry: the readers get an error within the liveness

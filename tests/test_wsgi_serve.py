@@ -1,5 +1,6 @@
 """streamcache.wsgi.serve through a plain WSGI harness: every status and header rule of
-DESIGN section 5.1, on a real StreamCache, with producers held on events mid-write."""
+docs/design.md's "Serving over HTTP", on a real StreamCache, with producers held on events
+mid-write."""
 
 from __future__ import annotations
 

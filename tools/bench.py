@@ -4,12 +4,13 @@ Run from a checkout (no install needed; the repository root goes first on sys.pa
 
     python tools/bench.py [--quick] [--json] [--only NAME[,NAME...]] [--reps N]
 
-Rows (DESIGN.md section 7; data: one 1 MiB buffer of random bytes, written repeatedly):
+Rows (docs/design.md, "How performance is measured"; data: one 1 MiB buffer of random
+bytes, written repeatedly):
 
     stream       producer process + 1 reader process on one cold entry, vs one process
                  writing the same bytes to a plain file (first write to close); second
                  row: vs that writer plus a process reading the file as it grows
-                 (DESIGN.md's baseline)
+                 (docs/design.md's baseline)
     fanout       producer + N reader processes attached before the first byte, vs one
                  process writing a file then N processes reading it at once
     stream-api   the path web apps take: the creator's stream() (create in a producer
@@ -976,7 +977,7 @@ def bench_stream(cfg: Config, data: bytes) -> list[Row]:
     note += "attached; baseline (the brief's): 1 process os.write to a plain file, no reader"
     row = throughput_row(f"stream {fmt_size(size)}", ours, base, size, 0.8, note)
     row.extra["gc_removed_ipc"] = gc_removed
-    note2 = "same ours; baseline (DESIGN.md section 7's): 1 process writes a plain file while "
+    note2 = "same ours; baseline (docs/design.md's): 1 process writes a plain file while "
     note2 += "another reads it as it grows (polling, no cache)"
     row2 = throughput_row("stream vs write+read", ours, follow, size, 0.8, note2)
     return [row, row2]

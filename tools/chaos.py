@@ -1,5 +1,6 @@
 """Chaos driver: kill -9 worker processes at random moments and check that nobody is
-served wrong bytes, nobody hangs, and nothing is left behind (DESIGN.md sections 4, 6).
+served wrong bytes, nobody hangs, and nothing is left behind (docs/design.md, "The
+cross-process protocol" and "Failure model").
 
     python tools/chaos.py --seconds 30 --workers 4 [--seed S] [--dir D] [--kill-interval 0.4]
                           [--signal-storm HZ] [--keys N --max-size BYTES --zipf S]
