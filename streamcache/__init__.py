@@ -99,7 +99,6 @@ Example::
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from . import config, metrics
@@ -148,7 +147,7 @@ def new(
         raise TypeError(f"new() needs a streamcache.Config, not {type(cfg).__name__}")
     cfg.validate()
     if not cfg.enabled:
-        path = os.path.abspath(config.directory_name(cfg.dir))
+        path = config.absolute(cfg.dir)
         metrics.for_dir(path, registry).set_enabled(config.seconds(cfg.max_age, "max_age"), False)
         return NullCache()
     inner = StreamCache(

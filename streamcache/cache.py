@@ -34,7 +34,9 @@ from .deadline import deadline_for, remaining
 from .eviction import Cleaner, GCReport, collect
 from .filestore import (
     MAX_KEY_PREVIEW,
+    TREE,
     Finished,
+    check_usable,
     make_private_dirs,
     prepare_dir,
     set_entry_info,
@@ -124,6 +126,8 @@ class StreamCache(CacheBase):
         self.dir = prepare_dir(path)
         self.root = os.path.join(self.dir, LAYOUT)
         make_private_dirs(self.root)
+        tree = [os.path.join(self.root, d) for d in TREE]
+        check_usable(self.dir, self.root, *tree, os.path.join(self.root, "locks", "usage.lock"))
         self._clock = clock if isinstance(clock, Clock) else Clock(wall=clock)
         self._store = Store(
             self.root,

@@ -86,7 +86,7 @@ def default_dir() -> str:
     An empty or relative $XDG_CACHE_HOME is ignored, as the XDG spec says."""
     env = os.environ.get("STREAMCACHE_DIR")
     if env:
-        return env
+        return os.path.expanduser(env)
     xdg = os.environ.get("XDG_CACHE_HOME", "")
     base = xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "streamcache")
@@ -141,7 +141,8 @@ def quiet_stdout() -> None:
 
 
 def _add_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dir", metavar="D", default=None, help=DIR_HELP)
+    # Expanded here: the shell leaves the ``~`` of ``--dir=~/c`` as it is.
+    p.add_argument("--dir", metavar="D", default=None, type=os.path.expanduser, help=DIR_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:

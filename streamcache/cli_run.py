@@ -29,7 +29,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .admission import MinOccurrences
-from .base import CacheBase
+from .base import CacheBase, NullCache
 from .cache import StreamCache
 from .cli import EXIT_BROKEN_PIPE, default_dir, quiet_stdout
 from .errors import CreateError, ProducerDied
@@ -256,17 +256,9 @@ def main(args: argparse.Namespace) -> int:
     if not args.verbose:  # a failing command fails its entry: run says so itself
         logging.getLogger("streamcache").setLevel(logging.ERROR)
     key = args.key if args.key is not None else default_key(argv, os.getcwd())
-    # No metrics: nothing scrapes a command-line process, and prometheus_client's import
-    # would cost more than a hit.
-    cache = StreamCache(
-        _cache_dir(args),
-        max_age=args.max_age,
-        cleanup_interval=0,
-        key_preview=args.key_preview,
-        registry=None,
-    )
-    target: CacheBase = cache
-    if args.min_occurrences:
+    cache = _open_cache(args)
+    target: CacheBase = NullCache() if cache is None else cache
+    if cache is not None and args.min_occurrences:
         target = MinOccurrences(cache, args.min_occurrences, args.max_age)
     runner = Runner(argv)
 
@@ -283,10 +275,40 @@ def main(args: argparse.Namespace) -> int:
     try:
         return _fetch(target, key, out, runner)
     finally:
-        if runner.started:
-            with contextlib.suppress(Exception):
-                cache.gc()  # the runner's chance to clear expired entries
-        cache.stop()
+        if cache is not None:
+            if runner.started:
+                with contextlib.suppress(Exception):
+                    cache.gc()  # the runner's chance to clear expired entries
+            cache.stop()
+
+
+def _open_cache(args: argparse.Namespace) -> StreamCache | None:
+    """The cache of this run; None (with a one-line warning) when this process cannot
+    use it (a read-only or foreign directory, a parent that is a file): the command
+    then runs uncached, as it does when the cache's disk is full."""
+    try:
+        # No metrics: nothing scrapes a command-line process, and prometheus_client's
+        # import would cost more than a hit.
+        return StreamCache(
+            _cache_dir(args),
+            max_age=args.max_age,
+            cleanup_interval=0,
+            key_preview=args.key_preview,
+            registry=None,
+        )
+    except (OSError, ValueError) as exc:
+        print(
+            f"streamcache run: cannot use the cache, running uncached: {_reason(exc)}",
+            file=sys.stderr,
+        )
+        return None
+
+
+def _reason(exc: BaseException) -> str:
+    """An error in one line, without OSError's ``[Errno N]``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc)
 
 
 def _fetch(cache: CacheBase, key: str, out: Any, runner: Runner) -> int:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import errno
 import math
 import os
+import stat
 from dataclasses import dataclass
 
 Duration = float | int | datetime.timedelta
@@ -60,13 +62,59 @@ def directory_name(value: object) -> str:
     return path
 
 
+def absolute(value: object) -> str:
+    """The cache dir as an absolute path, ``~`` expanded."""
+    return os.path.abspath(os.path.expanduser(directory_name(value)))
+
+
 def directory(value: object) -> str:
-    """The absolute cache dir, whose parent must exist."""
-    path = os.path.abspath(directory_name(value))
+    """The absolute cache dir (``~`` expanded), whose parent must be a directory this
+    process can reach: ValueError if it does not exist, NotADirectoryError if it or an
+    ancestor is a file, PermissionError if an ancestor is not searchable. Only looks."""
+    path = absolute(value)
     parent = os.path.dirname(path)
-    if not os.path.isdir(parent):
-        raise ValueError(f"the parent of the cache dir does not exist: {parent}")
+    try:
+        st = os.stat(parent)
+    except FileNotFoundError:
+        raise ValueError(f"the parent of the cache dir does not exist: {parent}") from None
+    except NotADirectoryError:
+        raise NotADirectoryError(
+            errno.ENOTDIR, f"{_first_non_directory(parent)} is a file, not a directory", path
+        ) from None
+    except PermissionError:
+        raise PermissionError(
+            errno.EACCES,
+            f"{_first_unsearchable(parent)} is not searchable by this process (uid {os.geteuid()})",
+            path,
+        ) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file, not a directory", path)
     return path
+
+
+def _ancestors(path: str) -> list[str]:
+    """``path``'s ancestors from the root down, ``path`` last."""
+    chain = [path]
+    while os.path.dirname(chain[-1]) != chain[-1]:
+        chain.append(os.path.dirname(chain[-1]))
+    return chain[::-1]
+
+
+def _first_non_directory(path: str) -> str:
+    for ancestor in _ancestors(path):
+        try:
+            if not stat.S_ISDIR(os.stat(ancestor).st_mode):
+                return ancestor
+        except OSError:
+            break
+    return path
+
+
+def _first_unsearchable(path: str) -> str:
+    for ancestor in _ancestors(path)[:-1]:
+        if not os.access(ancestor, os.X_OK):
+            return ancestor
+    return os.path.dirname(path)
 
 
 @dataclass

@@ -114,11 +114,17 @@ def entry_info(path: str) -> StoredInfo | None:
 
 
 def prepare_dir(path: str) -> str:
-    """Create the cache dir 0700 if missing; refuse one that others could tamper with."""
+    """Create the cache dir 0700 if missing; refuse one that others could tamper with,
+    or that this process cannot use (PermissionError naming it)."""
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
         pass
+    except PermissionError:
+        parent = os.path.dirname(path)
+        raise PermissionError(
+            errno.EACCES, f"cannot create it: {_denied(parent, 'writable')}", path
+        ) from None
     st = os.stat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise ValueError(f"cache dir is not a directory: {path}")
@@ -129,7 +135,43 @@ def prepare_dir(path: str) -> str:
             f"cache dir {path} is writable by others (mode {stat.S_IMODE(st.st_mode):o}); "
             "make it 0700"
         )
+    check_usable(path, path)
     return path
+
+
+# What a cache writes into below its layout root: checked when a cache is opened.
+TREE = ("index", "locks", "data", "entries", "counts")
+_RWX = os.R_OK | os.W_OK | os.X_OK
+
+
+def check_usable(cache_dir: str, *paths: str) -> None:
+    """PermissionError naming ``cache_dir`` unless this process can list, search and
+    write each of ``paths`` that exists (directories; a regular file needs read and
+    write); OSError(EROFS) on a read-only file system. A cache made earlier and then
+    made read-only fails here, when it is opened, not on its first miss."""
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue
+        need = _RWX if stat.S_ISDIR(st.st_mode) else os.R_OK | os.W_OK
+        if os.access(path, need):
+            continue
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            raise OSError(errno.EROFS, f"{path} is on a read-only file system", cache_dir)
+        what = "readable, writable and searchable" if need == _RWX else "readable and writable"
+        raise PermissionError(errno.EACCES, _denied(path, what), cache_dir)
+
+
+def _denied(path: str, what: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"{path} is not {what} by this process (uid {os.geteuid()})"
+    return (
+        f"{path} is not {what} by this process (mode {stat.S_IMODE(st.st_mode):o}, "
+        f"owner uid {st.st_uid}; this process runs as uid {os.geteuid()})"
+    )
 
 
 def make_private_dirs(path: str) -> None:
