@@ -142,6 +142,8 @@ class _CountingWriter:
         n = len(memoryview(data).cast("B"))
         if self.error is not None:
             raise self.error
+        if not n:
+            return 0
         self.announced.check_write(self.written, n)
         try:
             write_all(self._dst, bytes(data), self._deadline)
@@ -210,6 +212,10 @@ class _QueueSource:
         if isinstance(data, str):
             raise TypeError("write() needs bytes, not str")
         chunk = bytes(data)
+        if not chunk:  # b"" on the queue is no end: nothing to hand over
+            if self._closed.is_set():
+                raise BrokenPipeError("all readers closed")
+            return 0
         self._announced.check_write(self._written, len(chunk))
         self._put(chunk)
         self._written += len(chunk)
