@@ -174,7 +174,8 @@ class _QueueSource:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=4)
         self._closed = threading.Event()
         self._rest = b""
-        self._done = False
+        self._done = False  # the end was read
+        self._error: BaseException | None = None  # the failure read: raised by every read
         self._announced = AnnouncedSize()
         self._written = 0  # by create (its thread)
         self._skip = start  # bytes before ``start``: dropped, never delivered
@@ -295,6 +296,8 @@ class _QueueSource:
 
     def _next(self, n: int, deadline: float | None, block: bool) -> bytes | None:
         if not self._rest:
+            if self._error is not None:  # again: every read after a failure raises it
+                raise self._error.with_traceback(None)
             if self._done:
                 return b""
             timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
@@ -308,7 +311,7 @@ class _QueueSource:
                 self._done = True
                 return b""
             if isinstance(item, BaseException):
-                self._done = True
+                self._error = item
                 raise item
             assert isinstance(item, bytes)
             self._rest = item
