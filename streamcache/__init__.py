@@ -82,14 +82,22 @@ shared through the directory; other requests run create straight into dst.
 Public names: :class:`Config`, :func:`new`, :class:`StreamCache`,
 :class:`MinOccurrences`, :class:`NullCache`, :class:`LoggingCache`,
 :class:`LogEntry`, :class:`FetchResult`, :class:`Error`, :class:`CreateError`,
-:class:`ProducerDied`; :class:`Stream` (``s.size``, ``s.produced``, ``s.position``,
+:class:`ProducerDied`; :class:`Writer` (the type of create's ``w``) and ``Create``
+(the type of create); :class:`Stream` (``s.size``, ``s.produced``, ``s.position``,
 ``s.finished_file()``), :class:`EntryInfo` (``cache.peek(key)``).
+
+**create** (``creator.py``). Every path runs it the same way: ``create(w)`` writes
+to ``w`` (``w.write(b"")`` does nothing) and returns None, or returns an iterable
+of bytes-like chunks (a generator) that is written item by item; any other return
+value fails the entry. Whichever way a call goes (an entry, NullCache, a bypassed
+miss, MinOccurrences' pass-through), its readers get the same bytes or the same
+error, and a stream that raised a failure raises it on every later read.
 
 Example::
 
     import streamcache
 
-    def make_pack(w):
+    def make_pack(w: streamcache.Writer) -> None:
         for chunk in expensive_generator():
             w.write(chunk)
 
@@ -106,6 +114,7 @@ from .admission import MinOccurrences
 from .base import CacheBase, LogEntry, LoggingCache, NullCache
 from .cache import StreamCache
 from .config import Config
+from .creator import Create, Writer
 from .errors import CreateError, Error, ProducerDied
 from .metrics import DEFAULT_REGISTRY, DefaultRegistry
 from .stream import AsyncStream, EntryInfo, FetchResult, FinishedFile, Stream
@@ -119,6 +128,7 @@ __all__ = [
     "AsyncStream",
     "CacheBase",
     "Config",
+    "Create",
     "CreateError",
     "EntryInfo",
     "Error",
@@ -131,6 +141,7 @@ __all__ = [
     "ProducerDied",
     "Stream",
     "StreamCache",
+    "Writer",
     "new",
 ]
 

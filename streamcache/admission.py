@@ -27,7 +27,6 @@ from typing import Any
 from . import config
 from .base import (
     CacheBase,
-    Create,
     NullCache,
     _start_kw,
     check_create,
@@ -36,6 +35,7 @@ from .base import (
     check_start,
 )
 from .cache import StreamCache, key_hash
+from .creator import Create
 from .deadline import check_timeout
 from .filestore import make_private_dirs
 from .metrics import BYPASS, ERROR, NULL, Metrics

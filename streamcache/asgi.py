@@ -34,6 +34,7 @@ from typing import IO, Any
 
 from . import http
 from .base import CacheBase
+from .creator import Create
 from .errors import CreateError
 from .http import BLOCK, ByteRange, Headers, RangeSpec, Unsatisfiable
 from .stream import AsyncStream
@@ -42,7 +43,6 @@ __all__ = ["serve"]
 
 log = logging.getLogger("streamcache")
 
-Create = Callable[[Any], object]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]

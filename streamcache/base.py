@@ -15,19 +15,18 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
 
 from ipc.wait import Wake
 
+from .creator import BytesLike, Create, Writer, call_create
 from .deadline import check_timeout, deadline_for
 from .errors import CreateError, describe
 from .sink import dst_problem, write_all
 from .sizes import AnnouncedSize
 from .stream import AsyncStream, EntryInfo, FetchResult, Stream
-
-Create = Callable[[Any], object]
 
 # ``with StreamCache(...) as c`` gives a StreamCache, not a CacheBase (typing.Self is 3.11+).
 _Cache = TypeVar("_Cache", bound="CacheBase")
@@ -154,10 +153,11 @@ class _CountingWriter:
         return n
 
 
-def run_create(create: Create, w: Any) -> None:
-    """Run ``create(w)``; any exception but KeyboardInterrupt/SystemExit becomes CreateError."""
+def run_create(create: Create, w: Writer) -> None:
+    """Run ``create(w)`` (see :func:`call_create`); any exception but
+    KeyboardInterrupt/SystemExit becomes CreateError."""
     try:
-        create(w)
+        call_create(create, w)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:
@@ -254,8 +254,8 @@ class _QueueSource:
     def _whole(self, create: Create) -> Create:
         """``create``, then the check that it wrote the size it announced."""
 
-        def run(w: Any) -> None:
-            create(w)
+        def run(w: Writer) -> None:
+            call_create(create, w)
             self._announced.check_end(self._written)
 
         return run
@@ -390,7 +390,7 @@ class _Tracked:
         self.ran = False
         self.create: Create = self._run if callable(create) else create
 
-    def _run(self, w: Any) -> object:
+    def _run(self, w: Writer) -> Iterable[BytesLike] | None:
         self.ran = True
         return self._create(w)
 

@@ -30,6 +30,7 @@ from .base import (
     check_start,
     start_create,
 )
+from .creator import Create
 from .deadline import deadline_for, remaining
 from .eviction import Cleaner, GCReport, collect
 from .filestore import (
@@ -55,8 +56,6 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 __all__ = ["LAYOUT", "GCReport", "StreamCache", "channel_base", "key_hash", "prepare_dir"]
-
-Create = Callable[[Any], object]
 
 log = logging.getLogger("streamcache")
 
@@ -427,7 +426,7 @@ class StreamCache(CacheBase):
             return None
         seg = channel.seg
         # Every announced byte written: the producer publishes it whole even with no
-        # reader left (pipe.Writer), so a new fetch attaches to it.
+        # reader left (writer.EntryWriter), so a new fetch attaches to it.
         whole = seg.announced_size == seg.offset
         if seg.state != ipc.STATE_WRITING or not (whole or seg.has_live_reader()):
             # Failed, or every reader left so the producer is bound to fail: a

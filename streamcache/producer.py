@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import ipc
@@ -31,6 +30,7 @@ from ipc.clock import SYSTEM, Clock
 from ipc.liveness import same_process
 from ipc.segment import FAILED_ABANDONED, FAILED_BY_PRODUCER, ReaderSlot, SegmentError
 
+from .creator import Create, call_create
 from .errors import CreateError, Error, describe
 from .filestore import TRAILER
 from .index import Record
@@ -39,9 +39,7 @@ from .sink import usable_fd, write_all
 from .store import Store
 from .stream import Stream
 from .usage import Account, disk_full, is_disk_full
-from .writer import Writer
-
-Create = Callable[[Any], object]
+from .writer import EntryWriter
 
 log = logging.getLogger("streamcache")
 
@@ -108,7 +106,7 @@ class Producers:
 class Producer:
     """Runs ``create`` for one entry (``rec``, data file open as ``fd``) and publishes
     the outcome. ``channel`` is None for an inline creator's entry until another reader
-    attaches (see :class:`pipe.Writer`)."""
+    attaches (see :class:`writer.EntryWriter`)."""
 
     def __init__(
         self,
@@ -144,8 +142,8 @@ class Producer:
             self._claimed = True
             return mine
 
-    def _writer(self, tee: Tee | None = None) -> Writer:
-        return Writer(
+    def _writer(self, tee: Tee | None = None) -> EntryWriter:
+        return EntryWriter(
             self._fd,
             self._channel,
             self._window,
@@ -182,7 +180,7 @@ class Producer:
         error: BaseException | None = None
         try:
             with _Creating(self._store.index.root, self.rec.key):
-                create(writer)
+                call_create(create, writer)
             writer.finish()
         except BaseException as exc:  # a failing create fails the entry, never the process
             error = exc
@@ -197,13 +195,13 @@ class Producer:
         """
         error: BaseException | None = None
         tee: Tee | None = None
-        writer: Writer | None = None
+        writer: EntryWriter | None = None
         self._claim()  # from here on every exit goes through _finalize
         try:
             tee = Tee(dst, self._fd, self._store, self.rec, self._liveness, self.outcome)
             writer = self._writer(tee)
             with _Creating(self._store.index.root, self.rec.key):
-                create(writer)
+                call_create(create, writer)
             writer.finish()
         except BaseException as exc:
             error = exc
@@ -228,7 +226,7 @@ class Producer:
         assert tee is not None
         return tee.delivered + (follower.written if follower is not None else 0)
 
-    def _finalize(self, writer: Writer, error: BaseException | None) -> None:
+    def _finalize(self, writer: EntryWriter, error: BaseException | None) -> None:
         """Publish the outcome in the order the module docstring gives."""
         store = self._store
         writer.abandon()
@@ -432,7 +430,7 @@ class Follower:
             self._thread.join()
 
 
-def _log_failure(rec: Record, writer: Writer, error: BaseException) -> None:
+def _log_failure(rec: Record, writer: EntryWriter, error: BaseException) -> None:
     """The one log line of a failed entry (its readers log nothing: each gets the
     CreateError). A producer whose readers all left is routine (clients went away)."""
     abandoned = isinstance(error, BrokenPipeError) and writer.broken

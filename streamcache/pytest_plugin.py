@@ -34,12 +34,12 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from .cache import StreamCache
 from .config import seconds
+from .creator import Create
 from .errors import ProducerDied
 
 __all__ = ["SharedArtifacts"]
@@ -130,7 +130,7 @@ class SharedArtifacts:
     def __call__(
         self,
         key: str,
-        build: Callable[[Any], object],
+        build: Create,
         *,
         path: str | os.PathLike[str] | None = None,
         timeout: float | None = None,

@@ -47,7 +47,7 @@ class CreatorCopy(Protocol):
     def attach(self, channel: Channel) -> None: ...
 
 
-class Writer:
+class EntryWriter:
     """The binary writer handed to ``create``: appends to the data file.
 
     Runs in the producer's thread only; its fields need no lock.

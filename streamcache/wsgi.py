@@ -50,6 +50,7 @@ from typing import IO, Any
 
 from . import http
 from .base import CacheBase
+from .creator import Create
 from .errors import CreateError
 from .http import BLOCK, ByteRange, RangeSpec, Unsatisfiable
 from .stream import FinishedFile, Stream
@@ -58,7 +59,6 @@ __all__ = ["ResponseAborted", "serve"]
 
 log = logging.getLogger("streamcache")
 
-Create = Callable[[Any], object]
 StartResponse = Callable[..., Any]
 
 

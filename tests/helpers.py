@@ -12,11 +12,23 @@ from typing import Any
 import ipc
 from ipc.channel import SEGMENT
 from ipc.naming import object_name
+from streamcache import Writer
 from streamcache.cache import LAYOUT, channel_base, key_hash
 from streamcache.filestore import Filestore
 from streamcache.index import Record
 
 WAIT = 20.0  # bound for every wait in the tests that use these helpers
+
+
+def writing(*chunks: bytes) -> Callable[[Writer], None]:
+    """A create that writes ``chunks`` (``lambda w: w.write(data)`` would return the
+    count, which fails the entry)."""
+
+    def create(w: Writer) -> None:
+        for chunk in chunks:
+            w.write(chunk)
+
+    return create
 
 
 def wait_until(pred: Callable[[], bool], what: str, timeout: float = WAIT) -> None:

@@ -25,7 +25,7 @@ from multiprocessing.context import SpawnContext
 from types import FrameType
 from typing import Any
 
-from helpers import FailingDst
+from helpers import FailingDst, writing
 
 import ipc
 import streamcache.writer
@@ -184,7 +184,7 @@ def inline_creator_interrupted(dir: str, key: str, stop: Any, *, out: Any) -> No
 
     sys.settrace(trace)
     try:
-        cache.fetch(key, io.BytesIO(), lambda w: w.write(b"never run"))
+        cache.fetch(key, io.BytesIO(), writing(b"never run"))
         out.put(("not interrupted",))
     except KeyboardInterrupt:
         out.put(("interrupted",))

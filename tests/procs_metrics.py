@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import os
 
+from helpers import writing
+
 import streamcache
 
 SHARED = b"s" * 4096  # a small entry: hits go through the tallied fast path
@@ -20,7 +22,7 @@ class Boom(Exception):
     pass
 
 
-def fail_after_ten(w: streamcache.writer.Writer) -> None:
+def fail_after_ten(w: streamcache.Writer) -> None:
     w.write(b"0123456789")
     raise Boom("create failed on purpose")
 
@@ -34,13 +36,13 @@ def work(cache_dir: str, worker: int, hits: int, misses: int, barrier: object) -
     barrier.wait(30)  # type: ignore[attr-defined]
     for _ in range(hits):
         out = io.BytesIO()
-        cache.fetch("shared", out, lambda w: w.write(SHARED))
+        cache.fetch("shared", out, writing(SHARED))
         assert out.getvalue() == SHARED
     for j in range(misses):
         size = unique_size(worker, j)
-        res = cache.fetch(f"w{worker}-{j}", io.BytesIO(), lambda w, n=size: w.write(b"u" * n))
+        res = cache.fetch(f"w{worker}-{j}", io.BytesIO(), writing(b"u" * size))
         assert res == (size, True), res
-    with cache.stream(f"w{worker}-0", lambda w: w.write(b"never")) as s:
+    with cache.stream(f"w{worker}-0", writing(b"never")) as s:
         assert len(s.read()) == unique_size(worker, 0)
         assert not s.created
     try:
@@ -49,7 +51,7 @@ def work(cache_dir: str, worker: int, hits: int, misses: int, barrier: object) -
         pass
     else:
         raise AssertionError("the failing create did not fail the fetch")
-    res = admitting.fetch(f"bp{worker}", io.BytesIO(), lambda w: w.write(b"b" * 1000))
+    res = admitting.fetch(f"bp{worker}", io.BytesIO(), writing(b"b" * 1000))
     assert res == (1000, True), res
     cache.stop()  # counts the tallied hits (a spawned child exits without atexit)
 

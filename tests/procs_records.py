@@ -10,6 +10,7 @@ import os
 import resource
 from typing import Any
 
+from helpers import writing
 from xproc import WAIT, HashSink, forbidden_create, reporting
 
 import streamcache
@@ -25,7 +26,7 @@ def emfile_fetch(dir: str, key: str, *, out: Any) -> None:
     index = Index(os.path.join(dir, LAYOUT))
     h = key_hash(key)
     # Warm up every import and code path first, so no lazy open happens below.
-    cache.fetch("warm-up", HashSink(), lambda w: w.write(b"x"), timeout=WAIT)
+    cache.fetch("warm-up", HashSink(), writing(b"x"), timeout=WAIT)
     assert index.read(h) is not None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # The lowest free descriptor number f and the next one g: with the limit at g, f is

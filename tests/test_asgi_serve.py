@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import writing
 from http_harness import WAIT, AsgiCall, Producer, asgi, check_one_warning, scope
 
 import streamcache
@@ -43,7 +44,7 @@ def app_for(cache: Any, create: Any, key: str = KEY, **kw: Any) -> Any:
 
 
 def finished(cache: Any, data: bytes = DATA) -> None:
-    cache.fetch(KEY, io.BytesIO(), lambda w: w.write(data))
+    cache.fetch(KEY, io.BytesIO(), writing(data))
     info = cache.peek(KEY)
     assert info is not None and info.finished
 

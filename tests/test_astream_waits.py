@@ -14,7 +14,7 @@ from typing import Any
 
 import procs_astream
 import pytest
-from helpers import WAIT
+from helpers import WAIT, writing
 from procs_astream import gated_producer
 from xproc import forbidden_create
 
@@ -35,7 +35,7 @@ def test_a_thousand_parked_astreams_leave_the_loop_and_its_executor_free(
 ) -> None:
     cache = streamcache.StreamCache(cache_dir, liveness=1.0, cleanup_interval=0)
     hit = b"x" * 4096
-    cache.stream("hit", lambda w: w.write(hit)).read()
+    cache.stream("hit", writing(hit)).read()
     wrote, go = spawn.Event(), spawn.Event()
     producer = spawn.Process(
         target=gated_producer, args=(str(cache_dir), "slow", HEAD, TAIL, wrote, go)

@@ -17,6 +17,7 @@ import procs_inline
 import pytest
 import xproc
 from conftest import ipc_objects
+from helpers import writing
 from procs_inline import get_report, start_child
 
 import ipc
@@ -123,7 +124,7 @@ def test_inline_creator_interrupted_before_create_leaves_no_entry(
         assert get_report(out) == ("interrupted",)
         sink = io.BytesIO()
         try:
-            res = cache.fetch(KEY, sink, lambda w: w.write(b"fresh"), timeout=3.0)
+            res = cache.fetch(KEY, sink, writing(b"fresh"), timeout=3.0)
         except TimeoutError:
             raise AssertionError(
                 "the next fetch waited for a creator that was interrupted"

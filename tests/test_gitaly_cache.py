@@ -27,10 +27,9 @@ import pytest
 from helpers import data_files, finished_entries, index_records
 
 import ipc
-from streamcache import CreateError, NullCache, ProducerDied, StreamCache
+from streamcache import Create, CreateError, NullCache, ProducerDied, StreamCache
 from streamcache.cache import LAYOUT
 
-Create = Callable[[Any], object]
 SpawnContext = multiprocessing.context.SpawnContext
 
 KEY = "test key"

@@ -11,7 +11,7 @@ Here they map to the entry's shared-memory segment and doorbells:
   sleeps announces it in its slot ("waiting") and the producer rings the readers'
   doorbell once per sleeper after a write that raised the offset.
 - rcursor: each reader's position in its own slot; the producer's view is the
-  largest position over live slots (``Writer._scan``); a reader that advances rings
+  largest position over live slots (``EntryWriter._scan``); a reader that advances rings
   the producer's doorbell when the producer waits.
 - subscribe / unsubscribe: claiming / releasing a slot (or dying, detected by the
   producer on a timed-out wait); "done" is the producer's view that no live reader
@@ -45,7 +45,7 @@ from ipc.channel import Channel, unlink_channel
 from streamcache.cache import key_hash
 from streamcache.errors import describe
 from streamcache.pipe import CHUNK, PipeReader
-from streamcache.writer import Writer
+from streamcache.writer import EntryWriter
 
 LIVENESS = 0.2
 WAIT = 20.0  # bound for every wait in these tests
@@ -97,7 +97,7 @@ class RingCounter:
 
 class MechPipe:
     """A bare pipe: a data file, an entry's real IPC objects (named under the cache
-    dir's prefix, so the leak check covers them) and a Writer."""
+    dir's prefix, so the leak check covers them) and an EntryWriter."""
 
     def __init__(self, cache_dir: Path, tmp_path: Path, window: int, liveness: float) -> None:
         cache_dir.mkdir(mode=0o700, exist_ok=True)
@@ -106,7 +106,7 @@ class MechPipe:
         self.entry = Channel.create(ipc.prefix_for(cache_dir), ipc.current_process(), 64)
         self.entry.readers_bell = RingCounter(self.entry.readers_bell)  # type: ignore[assignment]
         self.seg = self.entry.seg
-        self.writer = Writer(self.wfd, self.entry, window, liveness)
+        self.writer = EntryWriter(self.wfd, self.entry, window, liveness)
         self._readers: list[PipeReader] = []
 
     def local_reader(self) -> PipeReader:

@@ -22,11 +22,10 @@ from typing import Any
 import pytest
 from helpers import data_files, finished_entries, index_records
 
-from streamcache import LoggingCache, MinOccurrences, NullCache, StreamCache
+from streamcache import Create, LoggingCache, MinOccurrences, NullCache, StreamCache
 from streamcache.admission import FileCounter, MemoryCounter
 
 SpawnContext = multiprocessing.context.SpawnContext
-Create = Callable[[Any], object]
 
 WAIT = 20.0  # bound on every wait for another process or thread (seconds)
 HOUR = 3600.0

@@ -1,12 +1,12 @@
 """Gitaly's internal/streamcache/pipe_test.go, ported.
 
 Gitaly's pipe (one writer, many readers, each with a cursor) is here
-``streamcache/pipe.py``: a :class:`Writer` appending to the entry's data file and
+``streamcache/pipe.py``: an :class:`EntryWriter` appending to the entry's data file and
 publishing its offset in a shared-memory :class:`ipc.Segment`, and
 :class:`PipeReader` objects, one slot each, in any process. The tests go through
 the public API (``StreamCache.stream`` / ``fetch`` with ``window=0``, Gitaly's
 back-pressure rule) where that is the natural reading, and through
-Writer/PipeReader/Channel directly, with real shared memory and readers in other
+EntryWriter/PipeReader/Channel directly, with real shared memory and readers in other
 processes, where the Go test is about the pipe mechanics.
 
 Child-process functions live at module level (spawn context).
@@ -35,7 +35,7 @@ import streamcache
 from ipc.channel import Channel, unlink_channel
 from streamcache.errors import describe
 from streamcache.pipe import CHUNK, PipeReader
-from streamcache.writer import Writer
+from streamcache.writer import EntryWriter
 
 LIVENESS = 0.2
 WAIT = 20.0  # bound for every wait in these tests
@@ -102,7 +102,7 @@ class CountingBell:
 
 class MechPipe:
     """A bare pipe for the mechanics tests: a data file, an entry's real IPC objects
-    (named under the cache dir's prefix, so the leak check covers them) and a Writer."""
+    (named under the cache dir's prefix, so the leak check covers them) and an EntryWriter."""
 
     def __init__(self, cache_dir: Path, tmp_path: Path, window: int, liveness: float) -> None:
         cache_dir.mkdir(mode=0o700, exist_ok=True)
@@ -110,7 +110,7 @@ class MechPipe:
         self.wfd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self.entry = Channel.create(ipc.prefix_for(cache_dir), ipc.current_process(), 64)
         self.seg = self.entry.seg
-        self.writer = Writer(self.wfd, self.entry, window, liveness)
+        self.writer = EntryWriter(self.wfd, self.entry, window, liveness)
         self._closed = False
 
     def finish(self) -> None:
@@ -391,7 +391,9 @@ class _Progress:
                 raise AssertionError(f"timed out waiting for {what}")
 
 
-def _write_bytes(w: Writer, data: bytes, progress: _Progress, after: Callable[[], None]) -> None:
+def _write_bytes(
+    w: EntryWriter, data: bytes, progress: _Progress, after: Callable[[], None]
+) -> None:
     """Gitaly's writeBytes: one byte per write, counting writes that returned."""
     try:
         for i in range(len(data)):

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import writing
 
 import ipc
 from streamcache import StreamCache
@@ -42,7 +43,7 @@ out = {}
 for step in order.split(","):
     if step == "fetch":
         sink = io.BytesIO()
-        res = cache.fetch(key, sink, lambda w: w.write(data), timeout=20)
+        res = cache.fetch(key, sink, lambda w: [data], timeout=20)
         out["created"] = res.created
         out["ok"] = res.written == size and sink.getvalue() == data
     else:
@@ -242,7 +243,7 @@ def test_a_fifo_entry_does_not_block_a_hit_path_reader(cache_dir: Path) -> None:
     p = Plant(cache_dir)
     p.fifo(p.entry)
     assert Filestore(str(p.root)).open_entry(p.h) is None
-    with cache.stream(KEY, lambda w: w.write(b"fresh"), timeout=10) as s:
+    with cache.stream(KEY, writing(b"fresh"), timeout=10) as s:
         assert s.created and s.read() == b"fresh"
 
 
@@ -256,7 +257,7 @@ def test_a_fifo_entry_does_not_block_a_hit_path_reader(cache_dir: Path) -> None:
 def test_an_entry_corrupted_in_the_middle_is_not_served(cache_dir: Path) -> None:
     cache = StreamCache(cache_dir, cleanup_interval=0)
     data = expected()
-    assert cache.fetch(KEY, _Sink(), lambda w: w.write(data)).created
+    assert cache.fetch(KEY, _Sink(), writing(data)).created
     p = Plant(cache_dir)
     expiry = p.entry.stat().st_mtime_ns  # an entry's mtime is its expiry time
     with open(p.entry, "r+b") as f:  # the file is 0400, but its owner can chmod it
@@ -264,7 +265,7 @@ def test_an_entry_corrupted_in_the_middle_is_not_served(cache_dir: Path) -> None
         f.write(b"CORRUPT")
     os.utime(p.entry, ns=(expiry, expiry))
     sink = _Sink()
-    if cache.fetch(KEY, sink, lambda w: w.write(data)).created:
+    if cache.fetch(KEY, sink, writing(data)).created:
         raise RuntimeError("the corrupted entry must be found (not expired, not refused)")
     assert bytes(sink.buf) == data
 

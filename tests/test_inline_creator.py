@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import WAIT, FailingDst, data_files, finished_entries, index_records
+from helpers import WAIT, FailingDst, data_files, finished_entries, index_records, writing
 from test_gitaly_cache import child_produce_gated, child_wait, result_of, start, wait_event
 
 import ipc
@@ -80,7 +80,7 @@ def test_dst_failing_with_no_other_reader_fails_the_entry(cache_dir: Path) -> No
         assert len(seen) == 1, "the producer's write after dst failed is a BrokenPipeError"
         assert index_records(cache_dir) == [] and data_files(cache_dir) == []
         out = io.BytesIO()
-        assert cache.fetch(KEY, out, lambda w: w.write(b"fresh")) == (5, True)
+        assert cache.fetch(KEY, out, writing(b"fresh")) == (5, True)
         assert out.getvalue() == b"fresh"
     finally:
         cache.stop()
@@ -192,7 +192,7 @@ def test_entry_evicted_in_flight_still_ends_for_its_readers(cache_dir: Path, spa
             assert s.read() == b"tail"
         assert result_of(q, proc) == ("ok", b"head tail", True)
         out = io.BytesIO()
-        assert cache.fetch(KEY, out, lambda w: w.write(b"new")) == (3, True), "evicted: a miss"
+        assert cache.fetch(KEY, out, writing(b"new")) == (3, True), "evicted: a miss"
     finally:
         go.set()
         cache.stop()

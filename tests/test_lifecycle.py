@@ -11,6 +11,7 @@ from typing import Any
 
 import lifecycle_procs
 import pytest
+from helpers import writing
 
 import ipc
 import streamcache
@@ -83,7 +84,7 @@ def test_ipc_objects_exist_only_while_writing(cache_dir: Path) -> None:
 
 def test_background_loop_evicts(cache_dir: Path) -> None:
     with streamcache.StreamCache(cache_dir, max_age=0.05, cleanup_interval=0.05) as cache:
-        cache.fetch("k", io.BytesIO(), lambda w: w.write(b"x"))
+        cache.fetch("k", io.BytesIO(), writing(b"x"))
         index = Index(str(cache_dir / LAYOUT))
         data = cache_dir / LAYOUT / "data"
         # A pass removes the record, then the file: wait for both.
@@ -101,12 +102,12 @@ def test_one_cleanup_at_a_time(cache_dir: Path) -> None:
 
 def test_stop_ends_the_loop_and_fetch_still_works(cache_dir: Path) -> None:
     cache = streamcache.StreamCache(cache_dir, cleanup_interval=0.05)
-    cache.fetch("k", io.BytesIO(), lambda w: w.write(b"x"))
+    cache.fetch("k", io.BytesIO(), writing(b"x"))
     names = {t.name for t in threading.enumerate()}
     assert "streamcache-cleanup" in names
     cache.stop()
     wait_until(lambda: "streamcache-cleanup" not in {t.name for t in threading.enumerate()})
-    assert cache.fetch("k", io.BytesIO(), lambda w: w.write(b"x")).created is False
+    assert cache.fetch("k", io.BytesIO(), writing(b"x")).created is False
 
 
 @pytest.mark.parametrize("window", [0, 1, 65536])
@@ -158,7 +159,7 @@ def test_unblocked_producer_notices_dead_readers(
     assert cache.wait_producers(25)
     assert isinstance(outcome.get("error"), BrokenPipeError)
     child.join(10)
-    assert cache.fetch("k", io.BytesIO(), lambda w: w.write(b"new")).created
+    assert cache.fetch("k", io.BytesIO(), writing(b"new")).created
 
 
 def test_attach_racing_the_last_reader_leaving_creates_afresh(cache_dir: Path) -> None:
@@ -176,7 +177,7 @@ def test_attach_racing_the_last_reader_leaving_creates_afresh(cache_dir: Path) -
         w.write(b"first")
 
     first_stream = cache.stream("k", first)
-    late = cache.stream("k", lambda w: w.write(b"second"))
+    late = cache.stream("k", writing(b"second"))
     assert not late.created
     source = late._source
     assert isinstance(source, PipeReader) and source._slot is not None

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from helpers import writing
 from prometheus_client import REGISTRY, CollectorRegistry
 
 import streamcache
@@ -31,9 +32,9 @@ def test_registries_are_isolated(cache_dir: Path) -> None:
     one, two = CollectorRegistry(), CollectorRegistry()
     a = streamcache.StreamCache(cache_dir, registry=one, cleanup_interval=0)
     b = streamcache.StreamCache(cache_dir, registry=two, cleanup_interval=0)
-    a.fetch("k", io.BytesIO(), lambda w: w.write(b"x" * 5000))
+    a.fetch("k", io.BytesIO(), writing(b"x" * 5000))
     for _ in range(3):
-        b.fetch("k", io.BytesIO(), lambda w: w.write(b"never"))
+        b.fetch("k", io.BytesIO(), writing(b"never"))
     # Hits are tallied on the fast path: a scrape (get_sample_value collects) counts them.
     assert fetches(one, cache_dir) == {"hit": 0, "miss": 1, "bypass": 0, "error": 0}
     assert fetches(two, cache_dir) == {"hit": 3, "miss": 0, "bypass": 0, "error": 0}
@@ -50,7 +51,7 @@ def test_caches_share_a_registry_and_the_default_one(cache_dir: Path, tmp_path: 
         for d in (cache_dir, cache_dir, other)
     ]
     for c in caches:
-        c.fetch("k", io.BytesIO(), lambda w: w.write(b"y" * 10))
+        c.fetch("k", io.BytesIO(), writing(b"y" * 10))
     assert fetches(registry, cache_dir) == {"hit": 1, "miss": 1, "bypass": 0, "error": 0}
     assert fetches(registry, other) == {"hit": 0, "miss": 1, "bypass": 0, "error": 0}
     # Two caches on the default registry in one process: no "Duplicated timeseries".
@@ -59,7 +60,7 @@ def test_caches_share_a_registry_and_the_default_one(cache_dir: Path, tmp_path: 
     )
     for _ in range(2):
         streamcache.StreamCache(cache_dir, cleanup_interval=0).fetch(
-            "k", io.BytesIO(), lambda w: w.write(b"never")
+            "k", io.BytesIO(), writing(b"never")
         )
     after = REGISTRY.get_sample_value(
         "streamcache_fetches_total", {"dir": str(cache_dir), "outcome": "hit"}
@@ -67,7 +68,7 @@ def test_caches_share_a_registry_and_the_default_one(cache_dir: Path, tmp_path: 
     assert after == (before or 0) + 2
     caches[2].stop()
     streamcache.StreamCache(other, registry=None, cleanup_interval=0).fetch(
-        "k2", io.BytesIO(), lambda w: w.write(b"z")
+        "k2", io.BytesIO(), writing(b"z")
     )
     assert fetches(registry, other)["miss"] == 1  # registry=None counts nothing anywhere
 
@@ -77,7 +78,7 @@ def test_new_takes_a_registry(cache_dir: Path, tmp_path: Path) -> None:
     cfg = streamcache.Config(dir=cache_dir, max_age=90, min_occurrences=1)
     with streamcache.new(cfg, registry=registry) as cache:
         for _ in range(3):
-            cache.fetch("k", io.BytesIO(), lambda w: w.write(b"v" * 100))
+            cache.fetch("k", io.BytesIO(), writing(b"v" * 100))
     # The first request of a key is not admitted (min_occurrences=1): a bypass.
     assert fetches(registry, cache_dir) == {"hit": 1, "miss": 1, "bypass": 1, "error": 0}
     assert value(registry, "streamcache_enabled", cache_dir, max_age="90") == 1
@@ -101,9 +102,9 @@ def test_errors_and_stream_outcomes(cache_dir: Path) -> None:
     with pytest.raises(streamcache.CreateError):
         with cache.stream("bad", fail) as s:
             s.read()
-    with cache.stream("good", lambda w: w.write(b"g" * 3 * MiB)) as s:
+    with cache.stream("good", writing(b"g" * 3 * MiB)) as s:
         assert len(s.read()) == 3 * MiB
-    with cache.stream("good", lambda w: w.write(b"never")) as s:
+    with cache.stream("good", writing(b"never")) as s:
         assert len(s.read(10)) == 10  # closed early: still a hit, 10 bytes served
     assert fetches(registry, cache_dir) == {"hit": 1, "miss": 1, "bypass": 0, "error": 2}
     assert value(registry, "streamcache_served_bytes_total", cache_dir) == 3 * MiB + 10
@@ -117,7 +118,7 @@ def test_expiry_is_an_eviction_and_usage_is_measured(cache_dir: Path) -> None:
         cache_dir, max_age=60, registry=registry, clock=lambda: now[0], cleanup_interval=0
     )
     for k in ("a", "b"):
-        cache.fetch(k, io.BytesIO(), lambda w: w.write(b"e" * 1000))
+        cache.fetch(k, io.BytesIO(), writing(b"e" * 1000))
     cache.gc()
     assert value(registry, "streamcache_index_entries", cache_dir) == 2
     assert value(registry, "streamcache_disk_bytes", cache_dir) == 2 * (1000 + 16)
@@ -136,7 +137,7 @@ def test_back_pressure_is_counted(cache_dir: Path) -> None:
     cache = streamcache.StreamCache(cache_dir, window=0, registry=registry, cleanup_interval=0)
     started = threading.Event()
 
-    def create(w: streamcache.writer.Writer) -> None:
+    def create(w: streamcache.Writer) -> None:
         started.set()
         w.write(b"p" * MiB)
         w.write(b"p" * MiB)

@@ -16,7 +16,7 @@ import procs_producer_death
 import pytest
 import xproc
 from conftest import ipc_objects
-from helpers import finished_size, index_records
+from helpers import finished_size, index_records, writing
 from procs_inline import read_exactly, start_child, wait_event
 from xproc import payload_chunk
 
@@ -181,4 +181,4 @@ def test_gc_after_killed_inline_producer_with_attached_reader_leaves_nothing(
     assert index_records(cache_dir) == []
     assert not list((cache_dir / LAYOUT).glob("data/*/*"))
     sink = io.BytesIO()
-    assert cache.fetch(KEY, sink, lambda w: w.write(b"again")) == (5, True)
+    assert cache.fetch(KEY, sink, writing(b"again")) == (5, True)

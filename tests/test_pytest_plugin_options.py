@@ -32,7 +32,7 @@ def test_uses(shared_artifact):
     assert first.name == "data.bin" and first.read_bytes() == b"artefact bytes"
     copy = shared_artifact("data.bin", build, path=first.with_name("copy"))
     assert copy.read_bytes() == b"artefact bytes"
-    odd = shared_artifact("a key / with spaces", lambda w: w.write(b"odd"))
+    odd = shared_artifact("a key / with spaces", lambda w: [b"odd"])
     assert len(odd.name) == 64 and odd.read_bytes() == b"odd"
 """
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import procs_records
 import pytest
 import xproc
-from helpers import finished_entries, index_records
+from helpers import finished_entries, index_records, writing
 from xproc import expect
 
 import ipc
@@ -91,7 +91,7 @@ def test_garbage_record_is_replaced_by_a_new_entry(cache_dir: Path, plant: str) 
         os.symlink(texts[plant], path)
     assert index.read(h) is None
     sink = io.BytesIO()
-    assert cache.fetch(KEY, sink, lambda w: w.write(b"fresh")) == (5, True)
+    assert cache.fetch(KEY, sink, writing(b"fresh")) == (5, True)
     assert sink.getvalue() == b"fresh"
     assert index_records(cache_dir) == []
     assert len(finished_entries(cache_dir)) == 1

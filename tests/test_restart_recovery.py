@@ -16,7 +16,7 @@ from pathlib import Path
 
 import procs_hostile
 import pytest
-from helpers import data_files, index_records
+from helpers import data_files, index_records, writing
 from test_shm_wipe import wipe
 from xproc import WAIT, expect, payload_sha
 
@@ -118,7 +118,7 @@ def test_a_record_whose_pid_was_reused_is_not_trusted(cache_dir: Path) -> None:
             return len(b)
 
     started = time.monotonic()
-    res = cache.fetch(KEY, Sink(), lambda w: w.write(b"whole"), timeout=WAIT)
+    res = cache.fetch(KEY, Sink(), writing(b"whole"), timeout=WAIT)
     assert res == (5, True) and b"".join(sink) == b"whole"
     assert time.monotonic() - started < WAIT / 2
     assert not data.exists()

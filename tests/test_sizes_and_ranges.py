@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import WAIT, recv, wait_until
+from helpers import WAIT, recv, wait_until, writing
 from procs_sizes import stream_reader
 
 import streamcache
@@ -118,7 +118,7 @@ def test_a_start_past_the_end_ends_at_once(cache: streamcache.StreamCache, finis
 
 
 def test_finished_entry_reports_its_size_and_produced(cache: streamcache.StreamCache) -> None:
-    cache.stream("k", lambda w: w.write(DATA)).read()
+    cache.stream("k", writing(DATA)).read()
     with cache.stream("k", lambda w: None, start=100) as s:
         assert (s.created, s.size, s.produced, s.position) == (False, len(DATA), len(DATA), 100)
         assert s.read(10) == DATA[100:110]
@@ -136,20 +136,39 @@ def test_size_is_none_until_known_then_the_final_size(cache: streamcache.StreamC
         assert s.size == s.produced == s.position == len(DATA)
 
 
+def _announces(size: object, *chunks: bytes) -> Callable[[streamcache.Writer], None]:
+    def create(w: streamcache.Writer) -> None:
+        w.set_size(size)  # type: ignore[arg-type]
+        for chunk in chunks:
+            w.write(chunk)
+
+    return create
+
+
+def _below_written(w: streamcache.Writer) -> None:
+    w.write(b"x" * 5)
+    w.set_size(4)
+
+
+def _changed(w: streamcache.Writer) -> None:
+    w.set_size(5)
+    w.set_size(6)
+
+
 @pytest.mark.parametrize(
     "create",
     [
-        pytest.param(lambda w: (w.set_size(10), w.write(b"x" * 9)), id="short"),
-        pytest.param(lambda w: (w.set_size(10), w.write(b"x" * 11)), id="long"),
-        pytest.param(lambda w: (w.write(b"x" * 5), w.set_size(4)), id="below-written"),
-        pytest.param(lambda w: (w.set_size(5), w.set_size(6)), id="changed"),
-        pytest.param(lambda w: w.set_size(-1), id="negative"),
-        pytest.param(lambda w: w.set_size(2.0), id="float"),
-        pytest.param(lambda w: w.set_size(True), id="bool"),
+        pytest.param(_announces(10, b"x" * 9), id="short"),
+        pytest.param(_announces(10, b"x" * 11), id="long"),
+        pytest.param(_below_written, id="below-written"),
+        pytest.param(_changed, id="changed"),
+        pytest.param(_announces(-1), id="negative"),
+        pytest.param(_announces(2.0), id="float"),
+        pytest.param(_announces(True), id="bool"),
     ],
 )
 def test_a_create_that_breaks_its_announced_size_fails_the_entry(
-    cache_dir: Path, create: Callable[[Any], object]
+    cache_dir: Path, create: Callable[[streamcache.Writer], None]
 ) -> None:
     for cache in caches(cache_dir):
         with pytest.raises(streamcache.CreateError, match=r"size|set_size"):
@@ -195,7 +214,7 @@ class NullSink:
 def test_every_cache_streams_from_start_and_reports_progress(cache_dir: Path) -> None:
     for cache in caches(cache_dir):
         name = type(cache).__name__
-        with cache.stream("k", lambda w: (w.set_size(len(DATA)), w.write(DATA)), start=7) as s:
+        with cache.stream("k", _announces(len(DATA), DATA), start=7) as s:
             assert s.position == 7, name
             got = s.read()
             assert got == DATA[7:], name
@@ -207,7 +226,7 @@ def test_astream_has_start_and_progress(cache: streamcache.StreamCache) -> None:
     import asyncio
 
     async def main() -> tuple[bytes, int | None, int]:
-        async with cache.astream("k", lambda w: w.write(DATA), start=3) as s:
+        async with cache.astream("k", writing(DATA), start=3) as s:
             data = await s.read()
             return data, s.size, s.position
 
@@ -228,7 +247,7 @@ def test_a_bad_start_is_refused_at_the_call(cache_dir: Path, bad: object) -> Non
 def test_finished_file_is_bounded_and_positioned(cache: streamcache.StreamCache) -> None:
     import os
 
-    cache.stream("k", lambda w: w.write(DATA)).read()
+    cache.stream("k", writing(DATA)).read()
     s = cache.stream("k", lambda w: None, start=1000)
     f = s.finished_file()
     assert f is not None
@@ -256,7 +275,7 @@ def test_peek_never_creates_and_tells_the_state(cache_dir: Path) -> None:
     cache = streamcache.MinOccurrences(sc, 1, 60)
     assert cache.peek("k") is None
     assert cache.peek("k") is None  # peeks are no occurrences: the next call still bypasses
-    assert cache.stream("k", lambda w: w.write(b"x")).read() == b"x"
+    assert cache.stream("k", writing(b"x")).read() == b"x"
     assert cache.peek("k") is None  # bypassed: nothing stored
     gate = Gate(DATA, head=100)
     with cache.stream("k", gate) as s:  # the second request: cached

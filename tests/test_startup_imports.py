@@ -42,7 +42,7 @@ from streamcache import StreamCache
 cache = StreamCache(sys.argv[1], registry=None, cleanup_interval=0)
 for _ in range(2):  # a miss, then a hit
     out = io.BytesIO()
-    cache.fetch("k", out, lambda w: w.write(b"x" * 100_000))
+    cache.fetch("k", out, lambda w: [b"x" * 100_000])
     assert out.getvalue() == b"x" * 100_000
 cache.gc()
 cache.stop()
@@ -79,7 +79,7 @@ import io, sys
 from streamcache import StreamCache
 from prometheus_client import REGISTRY
 cache = StreamCache(sys.argv[1], cleanup_interval=0)  # the default registry
-cache.fetch("k", io.BytesIO(), lambda w: w.write(b"x"))
+cache.fetch("k", io.BytesIO(), lambda w: [b"x"])
 cache.stop()
 value = REGISTRY.get_sample_value(
     "streamcache_fetches_total", {"dir": sys.argv[1], "outcome": "miss"}

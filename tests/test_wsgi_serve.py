@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import writing
 from http_harness import (
     WAIT,
     Producer,
@@ -50,7 +51,7 @@ def app_for(cache: Any, create: Any, key: str = KEY, **kw: Any) -> Any:
 
 
 def finished(cache: Any, data: bytes = DATA, key: str = KEY) -> None:
-    cache.fetch(key, io.BytesIO(), lambda w: w.write(data))
+    cache.fetch(key, io.BytesIO(), writing(data))
     info = cache.peek(key)
     assert info is not None and info.finished and info.size == len(data)
 

@@ -1,0 +1,70 @@
+"""What ``create`` is: the public :class:`Writer` it is given, its type
+:data:`Create`, and :func:`call_create`, the one way every path runs it.
+
+``create(w)`` writes the entry to ``w`` and returns None. It may instead return an
+iterable of bytes-like chunks (a generator function ``def create(w): yield chunk``):
+its items are written in order, as by ``w.write``. Any other value it returns fails
+the entry (a TypeError naming the value's type, which the caller turns into the
+entry's CreateError), so a generator is never taken for an empty entry. bytes, str
+and the other bytes-like objects are iterable, but as a return value they are
+refused too: ``return data`` is a mistake, not a list of chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+__all__ = ["BytesLike", "Create", "Writer", "call_create"]
+
+BytesLike = bytes | bytearray | memoryview
+
+
+class Writer(Protocol):
+    """The binary writer handed to ``create``, whichever way the call goes."""
+
+    def write(self, data: BytesLike, /) -> int:
+        """Append ``data`` to the entry; returns ``len(data)``. ``write(b"")`` does
+        nothing. BrokenPipeError once no reader is left."""
+        ...
+
+    def set_size(self, size: int, /) -> int:
+        """Announce the entry's final size (readers see it at once); ending with any
+        other size fails the entry."""
+        ...
+
+
+Create = Callable[[Writer], Iterable[BytesLike] | None]
+
+# Iterable, yet refused as what create returns.
+_NOT_CHUNKS = (bytes, bytearray, memoryview, str)
+
+
+def call_create(create: Create, w: Writer) -> None:
+    """Run ``create(w)`` and write the chunks it returns, if any. A return value that
+    is neither None nor an iterable of chunks raises TypeError (after ``create``
+    ran: what it wrote stays written, the entry fails)."""
+    result: object = create(w)
+    if result is None:
+        return
+    chunks = _chunks(result)
+    try:
+        for chunk in chunks:
+            w.write(chunk)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:  # a generator left half-way runs its finally blocks now
+            close()
+
+
+def _chunks(result: object) -> Iterable[BytesLike]:
+    if not isinstance(result, _NOT_CHUNKS):
+        try:
+            return iter(result)  # type: ignore[call-overload, no-any-return]
+        except TypeError:
+            pass
+    hint = " (the count w.write returned?)" if isinstance(result, int) else ""
+    raise TypeError(
+        "create must return None or an iterable of bytes-like chunks, not "
+        f"{type(result).__name__}{hint}"
+    )
