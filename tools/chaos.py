@@ -5,6 +5,7 @@ cross-process protocol" and "Failure model").
     python tools/chaos.py --seconds 30 --workers 4 [--seed S] [--dir D] [--kill-interval 0.4]
                           [--signal-storm HZ] [--keys N --max-size BYTES --zipf S]
                           [--max-bytes BYTES] [--stop-interval SECONDS]
+                          [--astream-share FRACTION] [--hang SECONDS] [--startup SECONDS]
 
 The long stress run (32 workers, a Zipf-skewed key set of 0 to 64 MiB, a small budget):
 
@@ -12,15 +13,23 @@ The long stress run (32 workers, a Zipf-skewed key set of 0 to 64 MiB, a small b
         --zipf 1.1 --max-bytes 268435456 --kill-interval 0.5 --stop-interval 1.0 \
         --signal-storm 20
 
+The ten-minute bypass run (a 128 KiB budget, so a large share of the misses bypass the
+cache and are served straight from create; half the operations are astream):
+
+    python tools/chaos.py --seconds 600 --workers 8 --keys 24 --max-size 4194304 \
+        --zipf 1.1 --max-bytes 131072 --astream-share 0.5 --kill-interval 0.5 \
+        --stop-interval 1.0 --signal-storm 20
+
 W worker processes (multiprocessing spawn) loop over a small key set. Every key has
 fixed content, ``content(key)``: its size and bytes follow from sha256(key), and every
 4 KiB block carries its own index, so a shifted, truncated or foreign byte is caught.
 Workers fetch through ``StreamCache(dir, window=<random, incl. 0>, liveness=0.2)`` with
 ``fetch`` (to an in-memory sink or to a real file, which takes the sendfile path),
 ``stream`` (iterated, read(n), readinto, read(), or read partly and closed early) and
-``astream``; every call has a timeout, some of them short. The creates they pass write
-``content(key)`` in random chunks, sometimes slowly, sometimes stalling, sometimes
-failing with an exception part-way (or after the last byte).
+``astream`` (``--astream-share`` weights the mix towards it); every call has a timeout,
+some of them short. The creates they pass write ``content(key)`` in random chunks
+(bytes, bytearray, memoryview, with empty writes mixed in), sometimes slowly, sometimes
+stalling, sometimes failing with an exception part-way (or after the last byte).
 
 The parent SIGKILLs random workers at random moments and restarts them; sometimes it
 waits until it catches a worker with a producer running and kills it then. Workers
@@ -52,9 +61,13 @@ Checked:
   an injected failure or "BrokenPipeError" (a producer whose readers all left);
 - no worker hangs: a heartbeat older than --hang seconds (main loop or a producer), or a
   worker that does not exit within that bound after being told to stop, is a violation;
-  the worker's last reported state and a faulthandler dump of its threads (SIGUSR2) are
-  printed; the longest silence seen, and how late after its deadline a TimeoutError
-  came at worst, are in the summary (a TimeoutError over LATE seconds late is a note);
+  the bound (default HANG, 60 s: generous, as it is there to catch hangs, never speed)
+  runs from a worker's first heartbeat: its start-up (spawn, imports, slow on a busy
+  machine) has a bound of its own, --startup seconds (default STARTUP, 120 s); the
+  report names the operation (op and key) and phase the worker was in, the create it
+  started last, and holds a faulthandler dump of its threads (SIGUSR2); the longest
+  silence and start-up seen, and how late after its deadline a TimeoutError came at
+  worst, are in the summary (a TimeoutError over LATE seconds late is a note);
 - at the end, after every worker exited and one ``StreamCache(dir).gc()`` pass: nothing
   of the directory in /dev/shm, no record of an entry in flight, and every finished
   entry is intact (its trailer matches) and holds exactly ``content(key)``.
@@ -63,12 +76,14 @@ Key set (``--keys N``, off by default: then 8 fixed keys of 0 bytes to 4 MiB): N
 sizes are spread log-uniformly from 0 to ``--max-size`` (the size is part of the key's
 name), picked with Zipf-skewed weights 1/(rank+1)**S (``--zipf S``), so a few keys are hot
 and most are cold. ``--max-bytes`` gives every worker's cache that budget, so eviction and
-bypass (a miss served straight from create) run all the time. ``--stop-interval`` SIGSTOPs
-a worker running a producer every so often (mean seconds) and SIGCONTs it 0.05 to 1.5 s
-later: its readers wait (or time out), nobody else fails.
+bypass (a miss served straight from create) run all the time: an operation bypassed when
+its cache counted a bypass or its create ran without an EntryWriter. ``--stop-interval``
+SIGSTOPs a worker running a producer every so often (mean seconds) and SIGCONTs it 0.05 to
+1.5 s later: its readers wait (or time out), nobody else fails.
 
-The summary counts operations by outcome (errors by type), hits, creates, bypasses, kills,
-stops, signals and violations, the bytes verified and the longest waits; after the last
+The summary counts operations by outcome (errors by type), hits, creates, bypassed
+operations (their share of the misses, by outcome and by kind), kills, stops, signals
+and violations, the bytes verified and the longest waits; after the last
 worker exited, one gc pass (whose sweep takes every data file: no entry is in flight any
 more) must leave nothing in /dev/shm, no record and no data file; the finished entries left
 are each checked byte for byte. The exit status is 1 on any violation.
@@ -84,6 +99,7 @@ import faulthandler
 import hashlib
 import json
 import logging
+import math
 import multiprocessing as mp
 import os
 import random
@@ -99,13 +115,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import REGISTRY
+from prometheus_client import CollectorRegistry
 
 import ipc
 import streamcache
 from streamcache.cache import LAYOUT, key_hash
 from streamcache.filestore import Filestore
 from streamcache.index import Index
+from streamcache.writer import EntryWriter
 
 MiB = 1 << 20
 BLOCK = 4096
@@ -117,11 +134,22 @@ TIMEOUTS = (0.05, 0.3, 1.0, 3.0, 5.0, 5.0)
 LIVENESS = 0.2
 MAX_SHOWN = 20  # violations printed in the summary
 _MEMO_BYTES = 128 * MiB  # a worker keeps at most about this much expected content
+# Hang bounds. A hang never ends, so a generous bound still catches one and a busy
+# machine never trips it: a worker's longest silence on a quiet machine is its longest
+# timeout (5 s) or stall (1.5 s) and a little. Start-up (spawn, imports: 13 s seen at
+# load 24) has a bound of its own, from the process's start to its first heartbeat.
+HANG = 60.0
+STARTUP = 120.0
 SLOW_EXIT = 6.0  # seconds after the stop flag; slower exits are noted with a stack dump
 LATE = 1.0  # seconds past its deadline; a later TimeoutError is noted
 STORM_SIGNAL = signal.SIGUSR1  # the storm's signal; workers handle it with a no-op
 DUMP_SIGNAL = signal.SIGUSR2  # faulthandler's stack dump
 STORM_MODES = ("process", "producers", "relay")  # where a worker's storm lands (docstring)
+# Faults of a worker, for the driver's own tests: "slow-start" takes SLOW_START seconds
+# more to start, then only beats (no operation: nothing else may stay silent); "hang"
+# blocks for good in its first operation, while reading.
+FAULTS = ("", "slow-start", "hang")
+SLOW_START = 2.0
 
 # Counters, one row per worker slot (int64, written only by the slot's current process).
 OUTCOMES = (
@@ -135,6 +163,7 @@ OUTCOMES = (
     "unexpected",
 )
 OPS = ("fetch_sink", "fetch_file", "stream_iter", "stream_read", "stream_partial", "astream")
+_OP_WEIGHTS = (30, 10, 15, 15, 15, 5)  # the default mix of OPS
 OTHER = (
     "created",
     "hits",
@@ -146,18 +175,25 @@ OTHER = (
     "violations",
     "signals_handled",
     "signals_relayed",
-    "bypasses",
+    "empty_writes",
+    "misses",
+    "bypassed",
     *(f"storm_{m}" for m in STORM_MODES),
 )
+# Operations whose miss bypassed the cache (create ran straight into the caller), by
+# outcome and by kind of read.
+BYPASSED = tuple(f"bypassed_{o}" for o in OUTCOMES) + tuple(f"bypassed_op_{o}" for o in OPS)
 # Maxima, not sums: each slot keeps its largest value, the summary takes the largest.
 MAXIMA = ("timeout_late_us",)
-COUNTERS = OUTCOMES + tuple(f"op_{o}" for o in OPS) + OTHER + MAXIMA
+COUNTERS = OUTCOMES + tuple(f"op_{o}" for o in OPS) + OTHER + BYPASSED + MAXIMA
 _CI = {name: i for i, name in enumerate(COUNTERS)}
 
 # State, one row per slot (doubles): written by the worker, read by the parent.
 S_HEARTBEAT, S_PHASE, S_KEY, S_PRODUCERS, S_PPROGRESS, S_OPSEQ, S_PID, S_TIMEOUT = range(8)
 S_OP, S_STORM = 8, 9  # S_PID is set once the worker handles the storm's signal
-S_WORDS = 10
+S_UP = 10  # the worker's first heartbeat: its start-up is over
+S_PKEY, S_POP = 11, 12  # the key and op of the call whose create started last
+S_WORDS = 13
 PHASES = ("starting", "idle", "opening", "reading", "closing", "verifying", "exiting", "done")
 _PH = {name: i for i, name in enumerate(PHASES)}
 
@@ -214,6 +250,28 @@ def first_difference(a: bytes | bytearray, b: bytes) -> int:
     return hi
 
 
+@dataclass
+class _Call:
+    """What became of one operation's create."""
+
+    ran: bool = False
+    cached: bool | None = None  # ran with an EntryWriter (else straight to the caller)
+
+
+def op_weights(astream_share: float | None) -> list[float]:
+    """The weights of OPS: the default mix, or astream at ``astream_share`` of them and
+    the other kinds in the default proportions."""
+    weights = [float(w) for w in _OP_WEIGHTS]
+    if astream_share is not None:
+        if not 0 <= astream_share <= 1:
+            raise ValueError(f"astream_share must be within [0, 1], not {astream_share}")
+        a = OPS.index("astream")
+        others = sum(weights) - weights[a]
+        weights = [w / others * (1 - astream_share) for w in weights]
+        weights[a] = astream_share
+    return weights
+
+
 class ChaosFailure(Exception):
     """What a create injected to fail on purpose."""
 
@@ -238,6 +296,8 @@ class WorkerArgs:
     keys: tuple[str, ...] = tuple(KEYS)
     zipf: float = 0.0  # > 0: key of rank r picked with weight 1/(r+1)**zipf
     max_bytes: int | None = None  # every cache's budget
+    astream_share: float | None = None  # the share of operations that are astream
+    fault: str = ""  # one of FAULTS, for the driver's own tests
 
 
 class Worker:
@@ -246,8 +306,9 @@ class Worker:
         self.rng = random.Random(args.seed)
         self.keys = list(args.keys)
         self.weights = [1 / (r + 1) ** args.zipf for r in range(len(self.keys))]
+        self.op_weights = op_weights(args.astream_share)
         self._contents: dict[str, bytes] = {}  # a bounded memo of content(key)
-        self._bypassed_seen = 0.0
+        self.registry = CollectorRegistry()  # every cache of this process counts here
         self.caches: dict[tuple[int, float], streamcache.StreamCache] = {}
         self.row = args.slot * len(COUNTERS)
         self.srow = args.slot * S_WORDS
@@ -298,20 +359,19 @@ class Worker:
             data = self._contents[key] = content(key)
         return data
 
-    def count_bypasses(self) -> None:
-        """Add the bypasses the caches of this process counted since the last call
-        (prometheus's default registry: every cache of one dir shares its counter)."""
+    def bypasses_counted(self) -> float:
+        """The bypasses the caches of this process have counted (all in one registry:
+        every cache of one dir shares its counter). A stream counts its bypass when it
+        opens, a fetch when it succeeds."""
         total = 0.0
-        for metric in REGISTRY.collect():
+        for metric in self.registry.collect():
             if metric.name == "streamcache_fetches":
                 total += sum(
                     s.value
                     for s in metric.samples
                     if s.name.endswith("_total") and s.labels.get("outcome") == "bypass"
                 )
-        if total > self._bypassed_seen:
-            self.count("bypasses", int(total - self._bypassed_seen))
-            self._bypassed_seen = total
+        return total
 
     def cache(self) -> streamcache.StreamCache:
         window = self.rng.choice(WINDOWS)
@@ -326,13 +386,14 @@ class Worker:
                 liveness=LIVENESS,
                 max_age=max_age,
                 max_bytes=self.a.max_bytes,
+                registry=self.registry,
             )
             self.caches[(window, max_age)] = c
         return c
 
-    def make_create(self, key: str, called: list[bool]) -> Callable[[Any], None]:
+    def make_create(self, ki: int, op: str, call: _Call) -> Callable[[Any], None]:
         rng = random.Random(self.rng.getrandbits(64))
-        data = self.expected(key)
+        data = self.expected(self.keys[ki])
         size = len(data)
         r = rng.random()
         mode = "normal"
@@ -348,8 +409,18 @@ class Worker:
         stall_at = rng.randint(0, size)
         max_chunk = rng.choice((1, 4096, 65536, 300_000, 2 * MiB))
 
+        # Empty writes (b"", and empty bytearray/memoryview) mixed in: sometimes first,
+        # sometimes last (also for an empty key), sometimes before a chunk.
+        empties = rng.random() < 0.3
+        empty_first, empty_last = empties and rng.random() < 0.5, empties and rng.random() < 0.5
+
+        def write_empty(w: Any) -> None:
+            w.write(rng.choice((b"", bytearray(), memoryview(b""))))
+            self.count("empty_writes")
+
         def create(w: Any) -> None:
-            called[0] = True
+            call.ran = True
+            call.cached = isinstance(w, EntryWriter)
             self.count("creates_started")
             if self.storm_mode == "producers" and (
                 threading.current_thread() is not threading.main_thread()
@@ -358,12 +429,17 @@ class Worker:
                 # that: take it here, so the kernel delivers the parent's signals to us.
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {STORM_SIGNAL})
             with self._plock:
+                # Progress first: the parent judges a producer by it once it counts one.
+                self.a.state[self.srow + S_PPROGRESS] = time.monotonic()
+                self.set(S_PKEY, ki)
+                self.set(S_POP, OPS.index(op))
                 self.a.state[self.srow + S_PRODUCERS] += 1
                 self._producer_threads.add(threading.get_ident())
-            self.a.state[self.srow + S_PPROGRESS] = time.monotonic()
             try:
                 pos = 0
                 stalled = False
+                if empty_first:
+                    write_empty(w)
                 while pos < size or (pos == size and fail_at == size):
                     if pos == fail_at:
                         exc_type = ChaosFailure if mode == "fail" else ChaosPanic
@@ -373,8 +449,8 @@ class Worker:
                         n = min(n, fail_at - pos)
                     chunk = data[pos : pos + n]
                     kind = rng.random()
-                    if kind < 0.05:
-                        w.write(b"")
+                    if empties and kind < 0.1:
+                        write_empty(w)
                     if kind < 0.3:
                         w.write(memoryview(chunk))
                     elif kind < 0.4:
@@ -389,6 +465,8 @@ class Worker:
                         stalled = True
                         time.sleep(rng.uniform(0.3, 1.5))
                     self.a.state[self.srow + S_PPROGRESS] = time.monotonic()
+                if empty_last:
+                    write_empty(w)
                 self.count("creates_completed")
             except BrokenPipeError:
                 self.count("creates_broken_pipe")
@@ -447,6 +525,11 @@ class Worker:
             self.setup_storm()
         self.set(S_PID, os.getpid())  # from here on, the parent may send the storm
         self.phase("idle")
+        self.set(S_UP, self.a.state[self.srow + S_HEARTBEAT])
+        if self.a.fault == "slow-start":
+            while not self.a.stop.value:
+                time.sleep(0.05)
+                self.beat()
         while not self.a.stop.value:
             self.set(S_OPSEQ, self.a.state[self.srow + S_OPSEQ] + 1)
             try:
@@ -469,19 +552,23 @@ class Worker:
         expected = self.expected(key)
         cache = self.cache()
         timeout = rng.choice(TIMEOUTS)
-        op = rng.choices(OPS, weights=(30, 10, 15, 15, 15, 5))[0]
+        op = rng.choices(OPS, weights=self.op_weights)[0]
         self.set(S_KEY, ki)
         self.set(S_TIMEOUT, timeout)
         self.set(S_OP, OPS.index(op))
         self.count("op_" + op)
-        called = [False]
-        create = self.make_create(key, called)
+        call = _Call()
+        create = self.make_create(ki, op, call)
+        bypasses_before = self.bypasses_counted()
         got = bytearray()
         created: bool | None = None
         complete = False
         file_dst = None
         self.phase("opening")
         started = time.monotonic()
+        if self.a.fault == "hang":
+            self.phase("reading")
+            _hang_for_good()
         try:
             if op == "fetch_sink":
                 sink = _Sink(got, self.beat)
@@ -603,13 +690,21 @@ class Worker:
         else:
             self.count("bytes_verified", len(got))
         # created is true exactly for the call whose create ran.
-        if created is False and called[0]:
+        if created is False and call.ran:
             self.violation("create ran but created is False", key=key, op=op)
-        if complete and created and not called[0]:
+        if complete and created and not call.ran:
             self.violation("created is True but create never ran", key=key, op=op)
         if complete:
             self.count("created" if created else "hits")
-        self.count_bypasses()
+        # Bypassed: the cache counted a bypass (a stream when it opened, a fetch that
+        # succeeded), or this op's create ran without an entry (a failed fetch's).
+        bypassed = self.bypasses_counted() > bypasses_before or call.cached is False
+        if bypassed or call.ran or created:
+            self.count("misses")
+        if bypassed:
+            self.count("bypassed")
+            self.count("bypassed_" + outcome)
+            self.count("bypassed_op_" + op)
 
     def _read_variously(self, s: streamcache.Stream, got: bytearray, size: int) -> bool:
         rng = self.rng
@@ -672,12 +767,19 @@ def worker_main(args: WorkerArgs) -> None:
     threading.Thread(target=_take_dump_signals, name="chaos-dump", daemon=True).start()
     # Every injected failure is a WARNING line of the library: thousands in a long run.
     logging.getLogger("streamcache").setLevel(logging.ERROR)
+    if args.fault == "slow-start":
+        time.sleep(SLOW_START)
     worker = Worker(args)
     try:
         worker.run()
     finally:
         if args.storm_hz > 0:
             worker.end_storm()
+
+
+def _hang_for_good() -> None:
+    """A hang, for the driver's own tests (FAULTS)."""
+    threading.Event().wait()
 
 
 def _take_dump_signals() -> None:
@@ -705,6 +807,8 @@ class Summary:
     storm_hz: float = 0.0
     signals_sent: int = 0  # by the parent (the storm)
     hang: float = 0.0
+    startup: float = 0.0  # the bound on a worker's start-up (to its first heartbeat)
+    longest_startup: float = 0.0
     longest_silence: float = 0.0  # seen by the parent, of a worker's main loop
     longest_producer_silence: float = 0.0
     violations: list[str] = field(default_factory=list)
@@ -723,18 +827,21 @@ class Summary:
             + ", ".join(f"{o}={c.get(o, 0)}" for o in OUTCOMES)
             + f" (total {self.fetches})",
             "  operations by kind: " + ", ".join(f"{o}={c.get('op_' + o, 0)}" for o in OPS),
-            f"  completed: created={c.get('created', 0)} hits={c.get('hits', 0)} "
-            f"bypasses={c.get('bypasses', 0)}; bytes verified={c.get('bytes_verified', 0)}",
+            f"  completed: created={c.get('created', 0)} hits={c.get('hits', 0)}; "
+            f"bytes verified={c.get('bytes_verified', 0)}",
+            self._bypassed_line(),
             f"  creates: started={c.get('creates_started', 0)} "
             f"completed={c.get('creates_completed', 0)} "
             f"injected failures={c.get('creates_injected_failure', 0)} "
-            f"broken pipe={c.get('creates_broken_pipe', 0)}",
+            f"broken pipe={c.get('creates_broken_pipe', 0)} "
+            f"empty writes={c.get('empty_writes', 0)}",
             f"  kills: {self.kills} (in a producer: {self.kills_in_producer}), "
             f"restarts: {self.restarts}, killed at the end: {self.final_kills}; "
             f"SIGSTOP/SIGCONT of producers: {self.stops}",
             self._signals_line(),
             f"  longest wait: heartbeat silence {self.longest_silence:.2f}s (main loop), "
             f"{self.longest_producer_silence:.2f}s (producer), hang bound {self.hang:g}s; "
+            f"longest start-up {self.longest_startup:.2f}s (bound {self.startup:g}s); "
             f"latest TimeoutError {c.get('timeout_late_us', 0) / 1e6:.3f}s after its deadline",
             "  end state: " + ", ".join(f"{k}={v}" for k, v in self.info.items()),
             f"  violations: {len(self.violations)}",
@@ -748,6 +855,21 @@ class Summary:
             if len(self.notes) > MAX_SHOWN:
                 lines.append(f"    ... and {len(self.notes) - MAX_SHOWN} more")
         return "\n".join(lines)
+
+    @property
+    def bypassed(self) -> int:
+        return self.counters.get("bypassed", 0)
+
+    def _bypassed_line(self) -> str:
+        c = self.counters
+        misses = c.get("misses", 0)
+        share = f" ({100 * self.bypassed / misses:.0f}%)" if misses else ""
+        outcomes = ", ".join(f"{o}={c.get('bypassed_' + o, 0)}" for o in OUTCOMES)
+        kinds = ", ".join(f"{o}={c.get('bypassed_op_' + o, 0)}" for o in OPS)
+        return (
+            f"  bypassed: {self.bypassed} of {misses} misses{share}; "
+            f"by outcome: {outcomes}; by kind: {kinds}"
+        )
 
     def _signals_line(self) -> str:
         if self.storm_hz <= 0:
@@ -763,35 +885,52 @@ class Summary:
         )
 
 
+@dataclass(frozen=True)
+class Options:
+    """What a run does: the command line's options (see the module docstring)."""
+
+    seconds: float = 30.0
+    workers: int = 4
+    seed: int = 0
+    kill_interval: float = 0.4  # mean seconds between kills (0: none)
+    hang: float = HANG  # seconds without progress, after start-up, that are a hang
+    startup: float = STARTUP  # seconds a worker may take to start
+    signal_storm: float = 0.0  # Hz (0: no storm)
+    keys: int = 0  # N Zipf-skewed keys (0: the 8 fixed KEYS)
+    max_size: int = 64 * MiB
+    zipf: float = 1.1
+    max_bytes: int | None = None  # every cache's budget
+    stop_interval: float = 0.0  # mean seconds between SIGSTOPs (0: none)
+    astream_share: float | None = None  # the share of operations that are astream
+    # After ``seconds``, go on until this many operations bypassed the cache, up to
+    # ``max_seconds`` in all (a busy machine runs fewer operations).
+    min_bypassed: int = 0
+    max_seconds: float | None = None
+    fault: str = ""  # one of FAULTS, for the driver's own tests
+
+
 class Driver:
-    def __init__(
-        self,
-        dir: str,
-        logdir: str,
-        workers: int,
-        seed: int,
-        kill_interval: float,
-        hang: float,
-        storm_hz: float = 0.0,
-        keys: list[str] | None = None,
-        zipf: float = 0.0,
-        max_bytes: int | None = None,
-        stop_interval: float = 0.0,
-    ) -> None:
-        if storm_hz > 0 and not hasattr(os, "pidfd_open"):
+    def __init__(self, dir: str, logdir: str, opts: Options) -> None:
+        if opts.signal_storm > 0 and not hasattr(os, "pidfd_open"):
             raise RuntimeError("the signal storm needs os.pidfd_open (Linux, Python 3.9+)")
+        op_weights(opts.astream_share)  # checks it
+        if opts.fault not in FAULTS:
+            raise ValueError(f"fault must be one of {FAULTS}, not {opts.fault!r}")
         self.dir = dir
         self.logdir = logdir
-        self.keys = list(keys or KEYS)
-        self.zipf = zipf
-        self.max_bytes = max_bytes
-        self.stop_interval = stop_interval
+        self.opts = opts
+        self.keys = zipf_keys(opts.keys, opts.max_size) if opts.keys else list(KEYS)
+        self.zipf = opts.zipf if opts.keys else 0.0
+        self.max_bytes = opts.max_bytes
+        self.stop_interval = opts.stop_interval
         self.stopped: dict[int, float] = {}  # slot -> monotonic time to SIGCONT it
-        self.n = workers
-        self.seed = seed
-        self.rng = random.Random(seed)
-        self.kill_interval = kill_interval
-        self.hang = hang
+        self.n = workers = opts.workers
+        self.seed = opts.seed
+        self.rng = random.Random(opts.seed)
+        self.kill_interval = opts.kill_interval
+        self.hang = opts.hang
+        self.startup = opts.startup
+        self.started_at = [0.0] * workers  # when each slot's process was started
         self.ctx = mp.get_context("spawn")
         self.counters = self.ctx.RawArray(ctypes.c_int64, workers * len(COUNTERS))
         self.state = self.ctx.RawArray(ctypes.c_double, workers * S_WORDS)
@@ -799,13 +938,24 @@ class Driver:
         self.procs: list[Any] = [None] * workers
         self.incarnation = 0
         self.final_killed: set[int] = set()
-        self.summary = Summary(workers=workers, seed=seed, storm_hz=storm_hz, hang=hang)
-        self.storm_hz = storm_hz
+        self.storm_hz = opts.signal_storm
+        self.summary = Summary(
+            workers=workers,
+            seed=opts.seed,
+            storm_hz=self.storm_hz,
+            hang=self.hang,
+            startup=self.startup,
+        )
         # The storm's targets: a pidfd and pid per slot (replaced under _storm_lock).
         self._storm_lock = threading.Lock()
         self._pidfds: list[int | None] = [None] * workers
         self._pids: list[int] = [0] * workers
         self._storm_done = threading.Event()
+
+    def total(self, counter: str) -> int:
+        """The sum of a counter over the slots, now (the workers write on meanwhile)."""
+        k, i = len(COUNTERS), _CI[counter]
+        return sum(int(self.counters[s * k + i]) for s in range(self.n))
 
     def st(self, slot: int, f: int) -> float:
         return float(self.state[slot * S_WORDS + f])
@@ -815,7 +965,7 @@ class Driver:
         base = slot * S_WORDS
         for f in range(S_WORDS):
             self.state[base + f] = 0.0
-        self.state[base + S_HEARTBEAT] = time.monotonic()
+        self.started_at[slot] = self.state[base + S_HEARTBEAT] = time.monotonic()
         args = WorkerArgs(
             self.dir,
             slot,
@@ -828,6 +978,8 @@ class Driver:
             tuple(self.keys),
             self.zipf,
             self.max_bytes,
+            self.opts.astream_share,
+            self.opts.fault,
         )
         self.stopped.pop(slot, None)
         p = self.ctx.Process(target=worker_main, args=(args,), name=f"chaos-w{slot}")
@@ -868,25 +1020,55 @@ class Driver:
                 tick = time.monotonic()  # fell behind: skip ticks rather than burst
 
     def describe(self, slot: int) -> str:
-        ph = int(self.st(slot, S_PHASE))
-        op = OPS[int(self.st(slot, S_OP))]
-        storm = f"storm={STORM_MODES[int(self.st(slot, S_STORM))]} " if self.storm_hz > 0 else ""
+        """The worker's last reported state: its operation (op and key) and phase, the
+        create it started last, how long ago it started and last made progress."""
+        now = time.monotonic()
+        ph = PHASES[int(self.st(slot, S_PHASE))]
+        seq = int(self.st(slot, S_OPSEQ))
+        if seq:
+            op = OPS[int(self.st(slot, S_OP))]
+            key = self.keys[int(self.st(slot, S_KEY))]
+            doing = f"op#{seq} {op} key={key} timeout={self.st(slot, S_TIMEOUT):g} phase={ph}"
+        else:
+            doing = f"no operation yet, phase={ph}"
+        producers = int(self.st(slot, S_PRODUCERS))
+        if producers:
+            last = f"{OPS[int(self.st(slot, S_POP))]} key={self.keys[int(self.st(slot, S_PKEY))]}"
+            doing += (
+                f"; producers={producers} (the last started for {last}), "
+                f"producer progress {now - self.st(slot, S_PPROGRESS):.1f}s ago"
+            )
+        storm = f", storm={STORM_MODES[int(self.st(slot, S_STORM))]}" if self.storm_hz > 0 else ""
+        up = self.st(slot, S_UP)
+        started = f"up after {up - self.started_at[slot]:.1f}s" if up else "not up yet"
         return (
-            f"slot {slot} pid {self.procs[slot].pid}: phase={PHASES[ph]} op={op} {storm}"
-            f"key={self.keys[int(self.st(slot, S_KEY))]} timeout={self.st(slot, S_TIMEOUT)} "
-            f"op#={int(self.st(slot, S_OPSEQ))} producers={int(self.st(slot, S_PRODUCERS))} "
-            f"heartbeat {time.monotonic() - self.st(slot, S_HEARTBEAT):.1f}s ago, "
-            f"producer progress {time.monotonic() - self.st(slot, S_PPROGRESS):.1f}s ago"
+            f"slot {slot} pid {self.procs[slot].pid}: {doing}{storm}; "
+            f"started {now - self.started_at[slot]:.1f}s ago ({started}), "
+            f"heartbeat {now - self.st(slot, S_HEARTBEAT):.1f}s ago"
         )
 
     def stack_dump(self, slot: int) -> str:
         p = self.procs[slot]
         path = os.path.join(self.logdir, f"w{slot}-{p.pid}.stack")
+        if not self.up(slot):
+            return "(not started: no stack dump)"  # faulthandler may not handle it yet
+        try:
+            before = os.path.getsize(path)
+        except OSError:
+            before = 0
         try:
             os.kill(p.pid, DUMP_SIGNAL)
         except ProcessLookupError:
             return "(process gone)"
-        time.sleep(1.0)  # faulthandler writes from the signal handler, promptly
+        # faulthandler writes from the signal handler; on a busy machine that may take
+        # a while: wait (bounded) for the file to grow, then a moment for the rest.
+        until = time.monotonic() + 10.0
+        while time.monotonic() < until:
+            with contextlib.suppress(OSError):
+                if os.path.getsize(path) > before:
+                    break
+            time.sleep(0.05)
+        time.sleep(0.5)
         try:
             with open(path) as f:
                 text = f.read()
@@ -906,9 +1088,11 @@ class Driver:
             os.kill(p.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        p.join(10)
+        p.join(self.hang)
         if p.is_alive():
-            self.summary.violations.append(f"slot {slot} pid {p.pid} survived SIGKILL for 10 s")
+            self.summary.violations.append(
+                f"slot {slot} pid {p.pid} survived SIGKILL for {self.hang:g} s"
+            )
         if counted:
             self.summary.kills += 1
 
@@ -923,6 +1107,13 @@ class Driver:
             )
             self.restart(slot)
             return
+        if not self.up(slot):
+            # Not hung before its first heartbeat: spawning and importing take long on
+            # a busy machine. Start-up has its own, generous, bound.
+            if now - self.started_at[slot] > self.startup:
+                self.hung(slot, f"did not start within {self.startup:g}s")
+                self.restart(slot)
+            return
         silence = now - self.st(slot, S_HEARTBEAT)
         self.summary.longest_silence = max(self.summary.longest_silence, silence)
         if self.st(slot, S_PRODUCERS) > 0:
@@ -936,16 +1127,26 @@ class Driver:
             self.hung(slot, "a producer made no progress")
             self.restart(slot)
 
+    def up(self, slot: int) -> bool:
+        """Whether the worker in ``slot`` has started (its first heartbeat); records its
+        start-up time."""
+        up = self.st(slot, S_UP)
+        if up:
+            self.summary.longest_startup = max(
+                self.summary.longest_startup, up - self.started_at[slot]
+            )
+        return up > 0
+
     def restart(self, slot: int) -> None:
         self.summary.restarts += 1
         self.start(slot)
 
-    def kill_one(self, deadline: float) -> None:
+    def kill_one(self) -> None:
         rng = self.rng
         if rng.random() < 0.4:
             # Wait (bounded) to catch a worker inside a producer, then kill it after a
             # random short delay so the kill lands at varied instructions.
-            until = min(time.monotonic() + 1.0, deadline)
+            until = time.monotonic() + 1.0
             while time.monotonic() < until:
                 busy = [s for s in range(self.n) if self.st(s, S_PRODUCERS) > 0]
                 if busy:
@@ -957,7 +1158,13 @@ class Driver:
                     return
                 time.sleep(0.002)
             return
-        slot = rng.randrange(self.n)
+        # A worker still starting (spawn, imports) runs nothing of the cache yet: killing
+        # it tests nothing, and on a busy machine, where start-up takes seconds, would
+        # leave few workers running at all.
+        up = [s for s in range(self.n) if self.up(s)]
+        if not up:
+            return
+        slot = rng.choice(up)
         self.kill(slot)
         self.restart(slot)
 
@@ -994,9 +1201,15 @@ class Driver:
                 if self.st(slot, S_PRODUCERS) > 0:
                     self.state[slot * S_WORDS + S_PPROGRESS] = time.monotonic()
 
-    def run(self, seconds: float) -> Summary:
+    def run(self) -> Summary:
+        """Run for ``seconds`` from when the first worker of every slot is up (start-up
+        takes seconds on a busy machine; at most ``startup``), and on until
+        ``min_bypassed`` operations bypassed the cache, up to ``max_seconds``; then
+        stop, check and sum up."""
+        opts = self.opts
         t0 = time.monotonic()
-        end = t0 + seconds
+        end = last = math.inf  # set once every slot's first worker is up
+        been_up: set[int] = set()
         for slot in range(self.n):
             self.start(slot)
         next_kill = t0 + 1.0 + self.rng.expovariate(1 / max(self.kill_interval, 1e-3))
@@ -1006,12 +1219,19 @@ class Driver:
             stormer = threading.Thread(target=self.storm, name="chaos-storm", daemon=True)
             stormer.start()
         try:
-            while time.monotonic() < end:
-                time.sleep(min(0.02, max(end - time.monotonic(), 0)))
+            while True:
+                now = time.monotonic()
+                been_up.update(s for s in range(self.n) if s not in been_up and self.up(s))
+                if end == math.inf and (len(been_up) == self.n or now - t0 > self.startup):
+                    end = now + opts.seconds
+                    last = now + max(opts.seconds, opts.max_seconds or 0.0)
+                if now >= end and (self.total("bypassed") >= opts.min_bypassed or now >= last):
+                    break
+                time.sleep(0.02)
                 for slot in range(self.n):
                     self.check(slot)
                 if self.kill_interval > 0 and time.monotonic() >= next_kill:
-                    self.kill_one(end)
+                    self.kill_one()
                     next_kill = time.monotonic() + self.rng.expovariate(1 / self.kill_interval)
                 if self.stop_interval > 0 and time.monotonic() >= next_stop:
                     self.stop_one()
@@ -1057,8 +1277,10 @@ class Driver:
 
     def finish_workers(self) -> None:
         """Wait for every worker to exit after the stop flag. A stale heartbeat (main
-        loop or producer) or no exit within 2 x hang is a hang; an exit slower than
-        SLOW_EXIT gets the worker's state and threads recorded as a note."""
+        loop or producer) or no exit within 2 x hang (of the flag, or of the worker's
+        start-up if later) is a hang, and so is no start-up within the startup bound; an
+        exit slower than SLOW_EXIT gets the worker's state and threads recorded as a
+        note."""
         t0 = time.monotonic()
         left = set(range(self.n)) - self.final_killed
         noted: set[int] = set()
@@ -1077,6 +1299,12 @@ class Driver:
                             f"slot {slot} pid {p.pid} exited with {p.exitcode} after stop"
                         )
                     continue
+                if not self.up(slot):  # it exits once started
+                    if now - self.started_at[slot] > self.startup:
+                        self.hung(slot, f"did not start within {self.startup:g}s")
+                        left.discard(slot)
+                    continue
+                since = max(t0, self.st(slot, S_UP))  # the stop flag was seen from here
                 main_stale = (
                     now - self.st(slot, S_HEARTBEAT) > self.hang
                     and int(self.st(slot, S_PHASE)) != _PH["done"]
@@ -1084,10 +1312,10 @@ class Driver:
                 producer_stale = (
                     self.st(slot, S_PRODUCERS) > 0 and now - self.st(slot, S_PPROGRESS) > self.hang
                 )
-                if main_stale or producer_stale or now - t0 > 2 * self.hang:
+                if main_stale or producer_stale or now - since > 2 * self.hang:
                     self.hung(slot, "did not exit after stop")
                     left.discard(slot)
-                elif now - t0 > SLOW_EXIT and slot not in noted:
+                elif now - since > SLOW_EXIT and slot not in noted:
                     noted.add(slot)
                     self.summary.notes.append(
                         f"slow exit (> {SLOW_EXIT} s): {self.describe(slot)}\n"
@@ -1210,41 +1438,14 @@ def _indent(text: str) -> str:
     return "\n".join("      " + line for line in text.rstrip().splitlines())
 
 
-def run(
-    dir: str,
-    seconds: float,
-    workers: int,
-    seed: int,
-    logdir: str | None = None,
-    kill_interval: float = 0.4,
-    hang: float = 10.0,
-    signal_storm: float = 0.0,
-    keys: int = 0,
-    max_size: int = 64 * MiB,
-    zipf: float = 1.1,
-    max_bytes: int | None = None,
-    stop_interval: float = 0.0,
-) -> Summary:
-    """Run the chaos loop on ``dir`` and return its summary (violations in ``.violations``).
-    ``signal_storm`` > 0: SIGUSR1 (handled) to every worker that many times a second."""
+def run(dir: str, opts: Options, logdir: str | None = None) -> Summary:
+    """Run the chaos loop on ``dir`` and return its summary (violations in
+    ``.violations``); its logs go to ``logdir`` (default: a temporary dir, removed)."""
     own_logdir = logdir is None
     logdir = logdir or tempfile.mkdtemp(prefix="chaos-logs-")
     os.makedirs(logdir, exist_ok=True)
     try:
-        driver = Driver(
-            dir,
-            logdir,
-            workers,
-            seed,
-            kill_interval,
-            hang,
-            signal_storm,
-            zipf_keys(keys, max_size) if keys else None,
-            zipf if keys else 0.0,
-            max_bytes,
-            stop_interval,
-        )
-        return driver.run(seconds)
+        return Driver(dir, logdir, opts).run()
     finally:
         if own_logdir:
             shutil.rmtree(logdir, ignore_errors=True)
@@ -1260,7 +1461,10 @@ def main(argv: list[str] | None = None) -> int:
         "--kill-interval", type=float, default=0.4, help="mean seconds between kills (0: no kills)"
     )
     ap.add_argument(
-        "--hang", type=float, default=10.0, help="seconds without progress that count as a hang"
+        "--hang",
+        type=float,
+        default=HANG,
+        help="seconds without progress (after start-up) that count as a hang",
     )
     ap.add_argument(
         "--signal-storm",
@@ -1280,6 +1484,19 @@ def main(argv: list[str] | None = None) -> int:
         help="mean seconds between SIGSTOPs of a worker running a producer (0: none)",
     )
     ap.add_argument(
+        "--astream-share",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="the share of operations that are astream (default: the mix, about 6%%)",
+    )
+    ap.add_argument(
+        "--startup",
+        type=float,
+        default=STARTUP,
+        help="seconds a worker may take to start before that counts as a hang",
+    )
+    ap.add_argument(
         "--keep",
         action="store_true",
         help="keep the temporary dir and logs (kept anyway on a violation)",
@@ -1293,21 +1510,22 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cache_dir, logdir = opts.dir, tempfile.mkdtemp(prefix="chaos-logs-")
     try:
-        summary = run(
-            cache_dir,
-            opts.seconds,
-            opts.workers,
-            seed,
-            logdir,
-            opts.kill_interval,
-            opts.hang,
-            opts.signal_storm,
-            opts.keys,
-            opts.max_size,
-            opts.zipf,
-            opts.max_bytes,
-            opts.stop_interval,
+        options = Options(
+            seconds=opts.seconds,
+            workers=opts.workers,
+            seed=seed,
+            kill_interval=opts.kill_interval,
+            hang=opts.hang,
+            startup=opts.startup,
+            signal_storm=opts.signal_storm,
+            keys=opts.keys,
+            max_size=opts.max_size,
+            zipf=opts.zipf,
+            max_bytes=opts.max_bytes,
+            stop_interval=opts.stop_interval,
+            astream_share=opts.astream_share,
         )
+        summary = run(cache_dir, options, logdir)
     except BaseException:
         print(f"kept: {work or logdir}", file=sys.stderr)
         raise
