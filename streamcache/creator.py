@@ -12,6 +12,7 @@ refused too: ``return data`` is a mistake, not a list of chunks.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -63,7 +64,12 @@ def _chunks(result: object) -> Iterable[BytesLike]:
             return iter(result)  # type: ignore[call-overload, no-any-return]
         except TypeError:
             pass
-    hint = " (the count w.write returned?)" if isinstance(result, int) else ""
+    hint = ""
+    if isinstance(result, int):
+        hint = " (the count w.write returned?)"
+    elif inspect.iscoroutine(result):
+        result.close()  # never run: no "coroutine was never awaited" warning
+        hint = " (create runs in a thread: make it a plain def)"
     raise TypeError(
         "create must return None or an iterable of bytes-like chunks, not "
         f"{type(result).__name__}{hint}"

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import io
 import re
 import socket
 import threading
+import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +93,10 @@ def generator_raises_after_bytes(w: Writer) -> Iterator[bytes]:
     raise Boom("create failed after some bytes")
 
 
+async def async_def(w: Writer) -> None:
+    w.write(HEAD)
+
+
 def short_of_its_size(w: Writer) -> None:
     w.set_size(len(PLAIN) + 1)
     w.write(HEAD)
@@ -116,6 +122,7 @@ SCRIPTS = {
     "raises-after-bytes": Script(raises_after_bytes, "Boom: create failed after some bytes"),
     "generator-raises": Script(generator_raises_after_bytes, "Boom: create failed"),
     "short-of-set-size": Script(short_of_its_size, "size"),
+    "async-def": Script(async_def, r"\bnot coroutine\b"),  # type: ignore[arg-type]
 }
 FAILING = [name for name, script in SCRIPTS.items() if script.error is not None]
 
@@ -353,3 +360,17 @@ def test_a_returned_value_is_named_in_the_error(cache_dir: Path) -> None:
         pytest.raises(CreateError, match=re.escape("the count w.write returned?")),
     ):
         cache.fetch(KEY, io.BytesIO(), returns_int)  # type: ignore[arg-type]
+
+
+def test_an_async_create_is_refused_without_a_never_awaited_warning(cache_dir: Path) -> None:
+    """create runs in a thread: an ``async def`` create is an error that says so, and
+    its coroutine is closed, not left to warn when it is collected."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with (
+            opened("null", cache_dir) as cache,
+            pytest.raises(CreateError, match="make it a plain def"),
+        ):
+            cache.fetch(KEY, io.BytesIO(), async_def)  # type: ignore[arg-type]
+        gc.collect()
+    assert [w.message for w in seen if issubclass(w.category, RuntimeWarning)] == []
