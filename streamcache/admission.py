@@ -18,6 +18,7 @@ half made. A file stops growing once it is past ``n``: only "more than n" matter
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -148,6 +149,7 @@ class MinOccurrences(CacheBase):
         self.cache = cache
         self.n = config.nonnegative_int(n, "n")
         self.min_age = config.seconds(min_age, "min_age")
+        self._clock = clock
         self._null = NullCache()
         self.counter: MemoryCounter | FileCounter
         # Requests not yet admitted count as bypasses of the wrapped cache's directory.
@@ -157,6 +159,12 @@ class MinOccurrences(CacheBase):
             self._metrics = cache.metrics
         else:
             self.counter = MemoryCounter(self.min_age, clock)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled: the wrapped cache (pickled in turn), ``n``, ``min_age`` and the
+        clock. Counts shared through a StreamCache's directory stay shared; a wrapped
+        cache without one starts counting afresh in the process that unpickles it."""
+        return functools.partial(type(self), clock=self._clock), (self.cache, self.n, self.min_age)
 
     def _target(self, key: str) -> CacheBase:
         check_key(key)

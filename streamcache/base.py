@@ -408,6 +408,11 @@ class LoggingCache(CacheBase):
         self._entries: list[LogEntry] = []
         self._lock = threading.Lock()
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled: the wrapped cache (pickled in turn); the log starts empty in the
+        process that unpickles it, as its entries are this process's calls."""
+        return type(self), (self.cache,)
+
     @property
     def entries(self) -> list[LogEntry]:
         with self._lock:

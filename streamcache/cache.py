@@ -142,11 +142,42 @@ class StreamCache(CacheBase):
             cleanup_interval = max(min(self.max_age, 60.0), 1.0)
         self._cleaner = Cleaner(self.gc, cleanup_interval)
         self._running = Producers()
+        self._registry = registry
         _live_caches.add(self)
         self.metrics.set_enabled(self.max_age)
 
     def __repr__(self) -> str:
         return f"StreamCache({self.dir!r}, max_age={self.max_age})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled, a cache is its directory and options: unpickled in another process
+        (a ``spawn`` Pool's initializer, say) it opens the same directory with the same
+        options. Nothing of this process's state (producers, cleanup) goes with it."""
+        return functools.partial(type(self), **self._options()), (self.dir,)
+
+    def _options(self) -> dict[str, Any]:
+        """The keyword arguments that open this cache again (``dir`` aside)."""
+        registry = self._registry
+        if registry is not None and registry is not DEFAULT_REGISTRY:
+            from prometheus_client import REGISTRY
+
+            if registry is not REGISTRY:
+                raise TypeError(
+                    "a StreamCache with a metrics registry of its own cannot be pickled: "
+                    "a registry belongs to one process"
+                )
+            registry = DEFAULT_REGISTRY
+        return {
+            "max_age": self.max_age,
+            "window": self.window,
+            "max_bytes": self.max_bytes,
+            "liveness": self.liveness,
+            "clock": self._clock,
+            "cleanup_interval": self._cleaner.interval,
+            "reader_slots": self.reader_slots,
+            "registry": registry,
+            "key_preview": self.key_preview,
+        }
 
     # -- public API -----------------------------------------------------------------
 
