@@ -131,6 +131,13 @@ class CliError(Exception):
         self.status = status
 
 
+def os_error_text(exc: BaseException) -> str:
+    """An error in one line, without OSError's ``[Errno N]``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc)
+
+
 def quiet_stdout() -> None:
     """Point stdout at /dev/null (its reader went away)."""
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -341,6 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"streamcache {args.command}: {exc}", file=sys.stderr)
         return exc.status
+    except OSError as exc:  # a cache this process cannot use (read-only, say)
+        print(f"streamcache {args.command}: error: {os_error_text(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     except (ValueError, TypeError) as exc:
         print(f"streamcache {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

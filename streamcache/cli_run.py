@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from .admission import MinOccurrences
 from .base import CacheBase, NullCache
 from .cache import StreamCache
-from .cli import EXIT_BROKEN_PIPE, default_dir, quiet_stdout
+from .cli import EXIT_BROKEN_PIPE, default_dir, os_error_text, quiet_stdout
 from .errors import CreateError, ProducerDied
 
 if TYPE_CHECKING:
@@ -298,17 +298,10 @@ def _open_cache(args: argparse.Namespace) -> StreamCache | None:
         )
     except (OSError, ValueError) as exc:
         print(
-            f"streamcache run: cannot use the cache, running uncached: {_reason(exc)}",
+            f"streamcache run: cannot use the cache, running uncached: {os_error_text(exc)}",
             file=sys.stderr,
         )
         return None
-
-
-def _reason(exc: BaseException) -> str:
-    """An error in one line, without OSError's ``[Errno N]``."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
-    return str(exc)
 
 
 def _fetch(cache: CacheBase, key: str, out: Any, runner: Runner) -> int:

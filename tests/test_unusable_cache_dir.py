@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import writing
 
 import streamcache
 from streamcache.cache import LAYOUT
@@ -56,7 +57,7 @@ def modes(tmp_path: Path) -> Iterator[Callable[[Path, int], None]]:
 def make_cache(path: Path) -> None:
     """A cache tree with one finished entry, as an earlier run leaves it."""
     with streamcache.StreamCache(path, cleanup_interval=0) as cache:
-        assert cache.fetch("k", io.BytesIO(), lambda w: w.write(b"entry")).created
+        assert cache.fetch("k", io.BytesIO(), writing(b"entry")).created
 
 
 def chmod_tree(path: Path, dir_mode: int, file_mode: int) -> None:
@@ -167,7 +168,7 @@ def test_a_usable_tree_left_by_another_run_opens(tmp_path: Path) -> None:
     make_cache(path)
     with streamcache.StreamCache(path, cleanup_interval=0) as cache:
         out = io.BytesIO()
-        assert not cache.fetch("k", out, lambda w: w.write(b"other")).created
+        assert not cache.fetch("k", out, writing(b"other")).created
         assert out.getvalue() == b"entry"
 
 
@@ -180,7 +181,7 @@ def test_tilde_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.chdir(tmp_path)
     with streamcache.StreamCache("~/sc", cleanup_interval=0) as cache:
         assert cache.dir == str(tmp_path / "home" / "sc")
-        cache.fetch("k", io.BytesIO(), lambda w: w.write(b"x"))
+        cache.fetch("k", io.BytesIO(), writing(b"x"))
     with streamcache.new(streamcache.Config(dir="~/sc2"), registry=None) as cache:
         assert isinstance(cache, streamcache.MinOccurrences)
         assert isinstance(cache.cache, streamcache.StreamCache)
@@ -250,3 +251,20 @@ def test_run_and_stats_expand_tilde_in_dir(tmp_path: Path) -> None:
     proc = run_cli(["stats", "--dir=~/sc", "--json"], tmp_path, HOME=str(home))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["dir"] == str(home / "sc")
+
+
+@pytest.mark.parametrize("command", [["gc"], ["invalidate", "k"]])
+def test_gc_and_invalidate_on_a_read_only_tree_say_so_in_one_line(
+    tmp_path: Path, modes: Callable[[Path, int], None], command: list[str]
+) -> None:
+    path = tmp_path / "cache"
+    make_cache(path)
+    chmod_tree(path, 0o500, 0o400)
+    proc = run_cli([command[0], "--dir", str(path), *command[1:]], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stdout == b""
+    assert proc.stderr.decode().splitlines() == [
+        f"streamcache {command[0]}: error: {path}: {path} is not readable, writable and "
+        f"searchable by this process (mode 500, owner uid {os.geteuid()}; this process "
+        f"runs as uid {os.geteuid()})"
+    ]
