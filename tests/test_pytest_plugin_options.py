@@ -16,6 +16,10 @@ import streamcache
 
 REPO = Path(streamcache.__file__).resolve().parent.parent
 
+# Up to three pytest sessions per test: 28 s for one test at load 18 against the old
+# 60 s default bound.
+pytestmark = pytest.mark.timeout(400)
+
 CONFTEST = 'pytest_plugins = ["streamcache.pytest_plugin"]\n'
 
 USES = r"""
@@ -69,7 +73,7 @@ def _pytest(
         env=full,
         capture_output=True,
         text=True,
-        timeout=50,
+        timeout=120,  # a whole pytest session: a bound for hangs, generous for a busy machine
     )
 
 

@@ -11,8 +11,6 @@ import pytest
 
 import streamcache
 
-pytestmark = pytest.mark.timeout(30)
-
 
 def _inner(w: Any) -> None:
     w.write(b"never")

@@ -11,12 +11,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import pytest
-
 import ipc
 import streamcache
-
-pytestmark = pytest.mark.timeout(60)
 
 
 def test_a_released_slot_takes_no_write_from_its_old_holder(cache_dir: Path) -> None:
