@@ -20,6 +20,9 @@ cache and are served straight from create; half the operations are astream):
         --zipf 1.1 --max-bytes 131072 --astream-share 0.5 --kill-interval 0.5 \
         --stop-interval 1.0 --signal-storm 20
 
+(On 2 shared cores at load 15-18: 3471 operations, 942 of the 2084 misses bypassed,
+172 MB verified, 548 kills, 262 SIGSTOPs, 0 violations.)
+
 W worker processes (multiprocessing spawn) loop over a small key set. Every key has
 fixed content, ``content(key)``: its size and bytes follow from sha256(key), and every
 4 KiB block carries its own index, so a shifted, truncated or foreign byte is caught.
