@@ -125,8 +125,8 @@ class StreamCache(CacheBase):
         self.dir = prepare_dir(path)
         self.root = os.path.join(self.dir, LAYOUT)
         make_private_dirs(self.root)
-        tree = [os.path.join(self.root, d) for d in TREE]
-        check_usable(self.dir, self.root, *tree, os.path.join(self.root, "locks", "usage.lock"))
+        tree = [self.root, *(os.path.join(self.root, d) for d in TREE)]
+        check_usable(self.dir, tree, [os.path.join(self.root, "locks", "usage.lock")])
         self._clock = clock if isinstance(clock, Clock) else Clock(wall=clock)
         self._store = Store(
             self.root,

@@ -31,7 +31,7 @@ import itertools
 import os
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 _counter = itertools.count()
@@ -135,7 +135,7 @@ def prepare_dir(path: str) -> str:
             f"cache dir {path} is writable by others (mode {stat.S_IMODE(st.st_mode):o}); "
             "make it 0700"
         )
-    check_usable(path, path)
+    check_usable(path, [path])
     return path
 
 
@@ -144,18 +144,21 @@ TREE = ("index", "locks", "data", "entries", "counts")
 _RWX = os.R_OK | os.W_OK | os.X_OK
 
 
-def check_usable(cache_dir: str, *paths: str) -> None:
+def check_usable(cache_dir: str, dirs: Iterable[str], files: Iterable[str] = ()) -> None:
     """PermissionError naming ``cache_dir`` unless this process can list, search and
-    write each of ``paths`` that exists (directories; a regular file needs read and
-    write); OSError(EROFS) on a read-only file system. A cache made earlier and then
-    made read-only fails here, when it is opened, not on its first miss."""
-    for path in paths:
+    write each of ``dirs`` and read and write each of ``files``; OSError(EROFS) on a
+    read-only file system. Only what is there and of its kind is checked: garbage
+    planted in a path's place (a symlink, a file where a directory goes) is repaired
+    where it is met. A cache made earlier and then made read-only fails here, when it
+    is opened, not on its first miss."""
+    wanted = [(p, _RWX, stat.S_ISDIR) for p in dirs] + [
+        (p, os.R_OK | os.W_OK, stat.S_ISREG) for p in files
+    ]
+    for path, need, is_kind in wanted:
         try:
-            st = os.stat(path)
+            if not is_kind(os.lstat(path).st_mode) or os.access(path, need):
+                continue
         except FileNotFoundError:
-            continue
-        need = _RWX if stat.S_ISDIR(st.st_mode) else os.R_OK | os.W_OK
-        if os.access(path, need):
             continue
         if os.statvfs(path).f_flag & os.ST_RDONLY:
             raise OSError(errno.EROFS, f"{path} is on a read-only file system", cache_dir)

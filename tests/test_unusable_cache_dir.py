@@ -130,6 +130,24 @@ def test_a_read_only_usage_file(tmp_path: Path, modes: Callable[[Path, int], Non
         assert f"{usage} is not readable and writable" in str(exc)
 
 
+def test_a_symlink_planted_at_the_usage_file_is_no_refusal(
+    tmp_path: Path, modes: Callable[[Path, int], None]
+) -> None:
+    """Only what is there and of its kind is checked: a symlink planted where a file of
+    the cache goes is garbage, replaced when it is met, never followed to its target."""
+    path = tmp_path / "cache"
+    make_cache(path)
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"precious")
+    modes(outside, 0o400)
+    usage = path / LAYOUT / "locks" / "usage.lock"
+    usage.unlink()
+    usage.symlink_to(outside)
+    with streamcache.StreamCache(path, cleanup_interval=0) as cache:
+        assert cache.fetch("k2", io.BytesIO(), writing(b"x")).created
+    assert outside.read_bytes() == b"precious"
+
+
 def test_a_missing_dir_whose_parent_is_read_only(
     tmp_path: Path, modes: Callable[[Path, int], None]
 ) -> None:
