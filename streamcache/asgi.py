@@ -30,7 +30,7 @@ import asyncio
 import logging
 import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from . import http
 from .base import CacheBase
@@ -50,6 +50,8 @@ Send = Callable[[Message], Awaitable[None]]
 # The extension's name in the ASGI spec, then the other name docs/design.md's "Serving over
 # HTTP" gives it.
 ZEROCOPY = ("http.response.zerocopysend", "http.response.zerocopy")
+
+T = TypeVar("T")
 
 
 async def serve(
@@ -128,6 +130,22 @@ async def _start(send: Send, status: str, headers: Headers) -> None:
     )
 
 
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in the loop's default executor: the spool's file I/O stays off the
+    loop's thread. A cancellation waits for it to return, so the file it works on is
+    never closed under it."""
+    future = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    cancelled: asyncio.CancelledError | None = None
+    while not future.done():
+        try:
+            await asyncio.wait({future})
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if cancelled is not None:
+        raise cancelled
+    return future.result()
+
+
 async def _open(
     cache: CacheBase, key: str, create: Create, timeout: float | None, start: int
 ) -> AsyncStream:
@@ -156,7 +174,7 @@ class _Plan:
 
     async def read(self, n: int) -> bytes:
         if self.spool is not None:
-            return self.spool.read(n)
+            return await _in_thread(self.spool.read, n)
         return await self.stream.read(n)
 
     async def skip(self, n: int) -> None:
@@ -174,7 +192,7 @@ class _Plan:
             await _close(self.stream)
         finally:
             if self.spool is not None:
-                self.spool.close()
+                await _in_thread(self.spool.close)  # frees its pages: as long as a write
 
 
 class _Request:
@@ -330,13 +348,13 @@ class _Request:
             if s.size is not None:
                 plan.size = s.size
                 return
-        spool = tempfile.TemporaryFile()  # noqa: SIM115 (handed over to the plan)
+        spool = await _in_thread(lambda: tempfile.TemporaryFile("w+b"))  # noqa: SIM115 (to the plan)
         try:
             while chunk := await s.read(BLOCK):
-                spool.write(chunk)
-            spool.seek(0)
+                await _in_thread(spool.write, chunk)
+            await _in_thread(spool.seek, 0)
         except BaseException:
-            spool.close()
+            await _in_thread(spool.close)
             raise
         plan.spool = spool
         plan.size = s.position

@@ -336,7 +336,8 @@ class AsyncStream:
     Opening it (the key's lookup, under the key's lock for a moment) and each read
     run on the loop's thread; every wait for the producer goes to the process's one
     waiting thread (:mod:`ipc.hub`), so any number of waiting astreams leave the
-    loop's default executor free.
+    loop's default executor free. Each read lets the loop run first, so a loop of
+    reads holds it for one chunk at a time.
     """
 
     def __init__(self, opener: Callable[[], Stream]) -> None:
@@ -383,6 +384,12 @@ class AsyncStream:
 
     async def _chunk(self, n: int) -> bytes:
         stream = self._require()
+        # Also when its bytes are already written (a reader far behind its producer, a
+        # finished entry), a read lets the loop run once: a loop of reads holds it for
+        # one chunk, never for the whole lead. A thread would cost more than the read
+        # (a page-cache copy of one chunk): a hit's median went from 0.24 ms to 4.3 ms
+        # with reads in the executor. Before the read, so a cancelled read took nothing.
+        await asyncio.sleep(0)
         while True:
             data = stream.read_nowait(n)
             if data is not None:
