@@ -54,8 +54,11 @@ class Doorbell:
 
     def _poll(self, timeout: float) -> bool:
         # Where sem_timedwait is missing (macOS), posix_ipc would wait forever for
-        # any timeout > 0: try without blocking, backing off from 0.1 ms to 10 ms.
-        deadline = time.monotonic() + max(timeout, 0.0)
+        # any timeout > 0: try without blocking, backing off from 0.1 ms to 10 ms, for
+        # pauses that add up to ``timeout``. The pauses are real sleeps and the time is
+        # never read here: the caller derived ``timeout`` from its clock and reads that
+        # clock again when this returns.
+        left = max(timeout, 0.0)
         pause = 0.0001
         while True:
             try:
@@ -63,10 +66,11 @@ class Doorbell:
                 return True
             except (posix_ipc.BusyError, posix_ipc.SignalError):
                 pass
-            left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            time.sleep(min(pause, left))
+            step = min(pause, left)
+            time.sleep(step)
+            left -= step
             pause = min(pause * 2, 0.01)
 
     def close(self) -> None:

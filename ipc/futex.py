@@ -84,10 +84,11 @@ class _WaitV(ctypes.Structure):
 
 
 def wait_any(words: list[tuple[int, int]], deadline: float) -> int | None:
-    """Sleep while every word (address, expected value) holds its value, until the
-    ``time.monotonic()`` ``deadline`` (at most :data:`WAITV_MAX` words). Returns the
-    index of the word that was woken, or None: the timeout passed, a word already
-    differed, a signal arrived, or a word's memory is gone. The caller re-checks."""
+    """Sleep while every word (address, expected value) holds its value, until
+    ``deadline`` on the kernel's CLOCK_MONOTONIC (``ipc.clock.SYSTEM.monotonic()``), at
+    most :data:`WAITV_MAX` words. Returns the index of the word that was woken, or
+    None: the timeout passed, a word already differed, a signal arrived, or a word's
+    memory is gone. The caller re-checks."""
     waiters = (_WaitV * len(words))()
     for w, (address, expected) in zip(waiters, words, strict=True):
         w.val = expected & 0xFFFFFFFF

@@ -30,16 +30,20 @@ import concurrent.futures
 import ctypes
 import os
 import threading
-import time
 
 from ipc import futex
 from ipc.channel import Channel, full_fence
+from ipc.clock import SYSTEM
 from ipc.segment import ReaderSlot
 from ipc.wait import Waiter, Wake
 
 POLL = 0.002  # re-check period without futex_waitv (or beyond its word limit)
 _UNSLOTTED_POLL = 0.005  # an unslotted reader is rung by nobody: it re-checks
 _IDLE = 3600.0  # nothing to watch: sleep until poked
+# The clock of the hub's own sleeps: the kernel's (futex_waitv's absolute timeout and
+# Event.wait run on it). Each watch's checks and deadline are read on its waiter's
+# clock; only the time left until them is carried over to this one.
+_KERNEL = SYSTEM
 
 
 class Watch:
@@ -125,22 +129,27 @@ class Hub:
     def _run(self) -> None:
         only_new = False
         words: dict[int, int] = {}  # sequence word address -> value seen
-        until = time.monotonic() + _IDLE  # the soonest check or deadline
+        until = _KERNEL.monotonic() + _IDLE  # the soonest check or deadline (kernel time)
         while True:
             seen_poke = self._poke.value
             self._poked.clear()
             ready: list[tuple[Watch, Wake | BaseException]] = []
             with self._lock:
                 if not only_new:
-                    words, until = {}, time.monotonic() + _IDLE
+                    words, until = {}, _KERNEL.monotonic() + _IDLE
                     candidates = list(self._watches)
                 else:
                     candidates = self._new
                 self._new = []
-                now = time.monotonic()
+                kernel_now = _KERNEL.monotonic()
+                nows: dict[int, float] = {}  # one reading of each watch's clock per pass
                 for w in candidates:
                     if w not in self._watches:
                         continue  # forgotten meanwhile
+                    clock = w.waiter.clock
+                    now = nows.get(id(clock))
+                    if now is None:
+                        now = nows[id(clock)] = clock.monotonic()
                     try:
                         seq = w.channel.seg.seq  # before the check: see the docstring
                         wake = w.channel.wake_for(w.slot, w.position, w.waiter, now, w.deadline)
@@ -155,7 +164,7 @@ class Hub:
                     limit = w.waiter.sleep_limit(now, w.deadline)
                     if w.slot is None:
                         limit = min(limit, _UNSLOTTED_POLL)
-                    until = min(until, now + limit)
+                    until = min(until, kernel_now + limit)
                     words.setdefault(w.channel.seg.seq_address, seq)
             for w, outcome in ready:
                 _complete(w.future, outcome)
@@ -166,13 +175,13 @@ class Hub:
         woke it, so the existing watches need no re-check."""
         if not futex.WAITV_SUPPORTED:
             if words:
-                until = min(until, time.monotonic() + POLL)
-            self._poked.wait(max(until - time.monotonic(), 0.0))
+                until = min(until, _KERNEL.monotonic() + POLL)
+            self._poked.wait(max(until - _KERNEL.monotonic(), 0.0))
             return False
         listed = list(words.items())
         if len(listed) >= futex.WAITV_MAX:
             listed = listed[: futex.WAITV_MAX - 1]
-            until = min(until, time.monotonic() + POLL)
+            until = min(until, _KERNEL.monotonic() + POLL)
         woken = futex.wait_any([(self._poke_address, seen_poke), *listed], until)
         return woken == 0
 

@@ -21,9 +21,10 @@ import contextlib
 import functools
 import os
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
+
+from ipc.clock import Clock, clock_of
 
 from . import config
 from .base import (
@@ -48,17 +49,17 @@ _APPEND = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 class MemoryCounter:
     """Gitaly's counters, for a wrapped cache with no directory: one process only."""
 
-    def __init__(self, min_age: float, clock: Callable[[], float]) -> None:
+    def __init__(self, min_age: float, clock: Clock) -> None:
         self._min_age = min_age
         self._clock = clock
         self._lock = threading.Lock()
         self.old: dict[str, int] = {}
         self.new: dict[str, int] = {}
-        self._rotated_at = clock()
+        self._rotated_at = clock.wall()
 
     def incr(self, key: str, cap: int) -> int:
         with self._lock:
-            now = self._clock()
+            now = self._clock.wall()
             if now - self._rotated_at > self._min_age:
                 self._rotated_at = now
                 self.old, self.new = self.new, {}
@@ -70,13 +71,13 @@ class MemoryCounter:
 class FileCounter:
     """Counters shared through the cache directory (see the module docstring)."""
 
-    def __init__(self, root: str, min_age: float, clock: Callable[[], float]) -> None:
+    def __init__(self, root: str, min_age: float, clock: Clock) -> None:
         self._span = max(min_age, 0.001)
         self.root = os.path.join(root, f"{round(self._span * 1000)}ms")
         self._clock = clock
 
     def generation(self) -> int:
-        return int(self._clock() // self._span)
+        return int(self._clock.wall() // self._span)
 
     def incr(self, key: str, cap: int) -> int:
         gen = self.generation()
@@ -136,7 +137,10 @@ class FileCounter:
 
 class MinOccurrences(CacheBase):
     """Sends a key to ``cache`` only once it was asked more than ``n`` times within
-    about ``min_age`` seconds (``n=0``: from the first request)."""
+    about ``min_age`` seconds (``n=0``: from the first request). ``clock`` (an
+    :class:`ipc.Clock`, or a function giving epoch seconds, as for StreamCache) times
+    the counts and the timeouts of the requests not sent to ``cache``; by default
+    ``cache``'s."""
 
     def __init__(
         self,
@@ -144,21 +148,23 @@ class MinOccurrences(CacheBase):
         n: int,
         min_age: config.Duration,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | Callable[[], float] | None = None,
     ) -> None:
         self.cache = cache
         self.n = config.nonnegative_int(n, "n")
         self.min_age = config.seconds(min_age, "min_age")
-        self._clock = clock
-        self._null = NullCache()
+        self._clock = cache._clock if clock is None else clock_of(clock)
+        self._null = NullCache(clock=self._clock)
         self.counter: MemoryCounter | FileCounter
         # Requests not yet admitted count as bypasses of the wrapped cache's directory.
         self._metrics: Metrics = NULL
         if isinstance(cache, StreamCache):
-            self.counter = FileCounter(os.path.join(cache.root, "counts"), self.min_age, clock)
+            self.counter = FileCounter(
+                os.path.join(cache.root, "counts"), self.min_age, self._clock
+            )
             self._metrics = cache.metrics
         else:
-            self.counter = MemoryCounter(self.min_age, clock)
+            self.counter = MemoryCounter(self.min_age, self._clock)
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled: the wrapped cache (pickled in turn), ``n``, ``min_age`` and the

@@ -14,15 +14,15 @@ import concurrent.futures
 import contextlib
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
 
+from ipc.clock import SYSTEM, Clock
 from ipc.wait import Wake
 
 from .creator import BytesLike, Create, Writer, call_create
-from .deadline import check_timeout, deadline_for
+from .deadline import Deadline, check_timeout, deadline_for
 from .errors import CreateError, describe
 from .sink import dst_problem, write_all
 from .sizes import AnnouncedSize
@@ -63,6 +63,8 @@ def check_dst(dst: object) -> None:
 
 class CacheBase:
     """fetch, astream, stop and the context manager, on top of a subclass's ``stream``."""
+
+    _clock: Clock = SYSTEM  # what the calls' timeouts are read on
 
     def stream(
         self, key: str, create: Create, timeout: float | None = None, *, start: int = 0
@@ -117,7 +119,7 @@ class _CountingWriter:
     ``dst`` (a client gone, the deadline passed) is kept: it, not ``create``'s reaction
     to it, is what the fetch raises."""
 
-    def __init__(self, dst: Any, deadline: float | None) -> None:
+    def __init__(self, dst: Any, deadline: Deadline | None) -> None:
         self._dst = dst
         self._deadline = deadline
         self.written = 0
@@ -261,7 +263,7 @@ class _QueueSource:
         return run
 
     # reader side
-    def read(self, n: int, deadline: float | None) -> bytes:
+    def read(self, n: int, deadline: Deadline | None) -> bytes:
         data = self._read(n, deadline, block=True)
         assert data is not None
         return data
@@ -269,7 +271,7 @@ class _QueueSource:
     def read_nowait(self, n: int) -> bytes | None:
         return self._read(n, None, block=False)
 
-    def watch(self, deadline: float | None) -> concurrent.futures.Future[Wake]:
+    def watch(self, deadline: Deadline | None) -> concurrent.futures.Future[Wake]:
         future: concurrent.futures.Future[Wake] = concurrent.futures.Future()
         with self._watchers_lock:
             if self._queue.empty():
@@ -284,7 +286,7 @@ class _QueueSource:
     def after_wake(self, wake: Wake) -> None:
         pass
 
-    def _read(self, n: int, deadline: float | None, *, block: bool) -> bytes | None:
+    def _read(self, n: int, deadline: Deadline | None, *, block: bool) -> bytes | None:
         while True:
             data = self._next(n, deadline, block)
             if data is None or not self._skip or not data:
@@ -294,19 +296,21 @@ class _QueueSource:
             self._skip -= dropped
             self._rest = data[dropped:] + self._rest
 
-    def _next(self, n: int, deadline: float | None, block: bool) -> bytes | None:
+    def _next(self, n: int, deadline: Deadline | None, block: bool) -> bytes | None:
         if not self._rest:
             if self._error is not None:  # again: every read after a failure raises it
                 raise self._error.with_traceback(None)
             if self._done:
                 return b""
-            timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
-                item = self._queue.get(block=block, timeout=timeout if block else None)
-            except queue.Empty:
                 if not block:
-                    return None
-                raise TimeoutError("streamcache: timed out waiting for create") from None
+                    item = self._queue.get_nowait()
+                elif deadline is None:
+                    item = self._queue.get()
+                else:
+                    item = self._get(deadline)
+            except queue.Empty:
+                return None
             if item is _END:
                 self._done = True
                 return b""
@@ -318,8 +322,17 @@ class _QueueSource:
         data, self._rest = self._rest[:n], self._rest[n:]
         return data
 
+    def _get(self, deadline: Deadline) -> object:
+        """The next item create put, waiting until ``deadline`` (on its clock)."""
+        while True:
+            try:
+                return self._queue.get(timeout=deadline.limit())
+            except queue.Empty:
+                if deadline.passed():
+                    raise TimeoutError("streamcache: timed out waiting for create") from None
+
     def sendfile(
-        self, out_fd: int, deadline: float | None, wait_writable: Callable[[], None]
+        self, out_fd: int, deadline: Deadline | None, wait_writable: Callable[[], None]
     ) -> int:
         raise OSError(22, "no descriptor to send from")  # EINVAL: Stream falls back to copying
 
@@ -337,7 +350,13 @@ def start_create(create: Create, start: int = 0) -> _QueueSource:
 
 
 class NullCache(CacheBase):
-    """Caches nothing: every fetch runs ``create(dst)`` itself and reports created=True."""
+    """Caches nothing: every fetch runs ``create(dst)`` itself and reports created=True.
+    ``clock`` (an :class:`ipc.Clock`) is what its calls' timeouts are read on."""
+
+    def __init__(self, *, clock: Clock = SYSTEM) -> None:
+        if not isinstance(clock, Clock):
+            raise TypeError(f"clock must be an ipc.Clock, not {type(clock).__name__}")
+        self._clock = clock
 
     def fetch(
         self, key: str, dst: Any, create: Create, timeout: float | None = None
@@ -345,7 +364,7 @@ class NullCache(CacheBase):
         check_key(key)
         check_dst(dst)
         check_create(create)
-        w = _CountingWriter(dst, deadline_for(timeout))
+        w = _CountingWriter(dst, deadline_for(timeout, self._clock))
         try:
             run_create(create, w)
             try:
@@ -367,7 +386,7 @@ class NullCache(CacheBase):
         check_key(key)
         check_create(create)
         check_start(start)
-        deadline = deadline_for(timeout)
+        deadline = deadline_for(timeout, self._clock)
         return Stream(start_create(create, start), True, deadline)
 
 
@@ -405,6 +424,7 @@ class LoggingCache(CacheBase):
 
     def __init__(self, cache: CacheBase) -> None:
         self.cache = cache
+        self._clock = cache._clock  # its calls are the wrapped cache's
         self._entries: list[LogEntry] = []
         self._lock = threading.Lock()
 

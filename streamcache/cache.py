@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import ipc
 from ipc.channel import Channel, unlink_channel
-from ipc.clock import SYSTEM, Clock
+from ipc.clock import SYSTEM, Clock, clock_of
 from ipc.segment import DEFAULT_SLOTS, MAX_SLOTS, SegmentError
 
 from . import config
@@ -31,7 +31,7 @@ from .base import (
     start_create,
 )
 from .creator import Create
-from .deadline import deadline_for, remaining
+from .deadline import Deadline, deadline_for, remaining, wait_limit
 from .eviction import Cleaner, GCReport, collect
 from .filestore import (
     MAX_KEY_PREVIEW,
@@ -121,13 +121,13 @@ class StreamCache(CacheBase):
             raise ValueError(f"key_preview must be in 0..{MAX_KEY_PREVIEW}")
         if cleanup_interval is not None:
             cleanup_interval = config.seconds(cleanup_interval, "cleanup_interval")
-        self.metrics = for_dir(path, registry)
+        self._clock = clock_of(clock)
+        self.metrics = for_dir(path, registry, self._clock)
         self.dir = prepare_dir(path)
         self.root = os.path.join(self.dir, LAYOUT)
         make_private_dirs(self.root)
         tree = [self.root, *(os.path.join(self.root, d) for d in TREE)]
         check_usable(self.dir, tree, [os.path.join(self.root, "locks", "usage.lock")])
-        self._clock = clock if isinstance(clock, Clock) else Clock(wall=clock)
         self._store = Store(
             self.root,
             ipc.prefix_for(self.dir),
@@ -143,6 +143,7 @@ class StreamCache(CacheBase):
         self._cleaner = Cleaner(self.gc, cleanup_interval)
         self._running = Producers()
         self._registry = registry
+        self._null = NullCache(clock=self._clock)  # what a miss that bypasses runs
         _live_caches.add(self)
         self.metrics.set_enabled(self.max_age)
 
@@ -268,7 +269,7 @@ class StreamCache(CacheBase):
         h: str,
         dst: Any,
         create: Create,
-        deadline: float | None,
+        deadline: Deadline | None,
         fin: Finished | None,
     ) -> tuple[FetchResult, str]:
         """fetch beyond a small hit: a reader on ``fin``, the finished entry if there is
@@ -280,7 +281,7 @@ class StreamCache(CacheBase):
             inline_dst = dst if deadline is None else None
             found = self._find_or_claim(key, h, create, deadline, inline_dst, 0)
         if found.bypass is not None:
-            return _NULL.fetch(key, dst, create, remaining(deadline)), BYPASS
+            return self._null.fetch(key, dst, create, remaining(deadline)), BYPASS
         if found.reader is None:
             self.metrics.count_served(found.written)
             return FetchResult(found.written, True), MISS
@@ -304,24 +305,25 @@ class StreamCache(CacheBase):
 
     def wait_producers(self, timeout: float | None = None) -> bool:
         """Wait for this process's in-flight producers; True if none is left."""
-        deadline = deadline_for(timeout)
+        deadline = deadline_for(timeout, self._clock)
         while True:
             threads = [t for t in self._running.threads() if t.ident is not None]
             if not threads:
                 return True
             for t in threads:
-                left = None if deadline is None else deadline - self._clock.monotonic()
-                if left is not None and left <= 0:
+                if deadline is not None and deadline.passed():
                     return False
-                t.join(left)
+                t.join(wait_limit(deadline))
 
     # -- the calls' common steps ------------------------------------------------------
 
-    def _begin(self, key: str, create: Create, timeout: float | None) -> tuple[str, float | None]:
+    def _begin(
+        self, key: str, create: Create, timeout: float | None
+    ) -> tuple[str, Deadline | None]:
         """Check a call's arguments; its key's hash and deadline."""
         check_key(key)
         check_create(create)
-        deadline = deadline_for(timeout)
+        deadline = deadline_for(timeout, self._clock)
         h = key_hash(key)
         check_not_creating(self._index.root, h)
         self._cleaner.ensure_started()
@@ -334,7 +336,7 @@ class StreamCache(CacheBase):
         source: Source,
         created: bool,
         create: Create,
-        deadline: float | None,
+        deadline: Deadline | None,
         start: int,
         *,
         outcome: bool = False,
@@ -347,13 +349,13 @@ class StreamCache(CacheBase):
         return Stream(source, created, deadline, reopen, self.metrics, outcome)
 
     def _reopen(
-        self, key: str, h: str, create: Create, deadline: float | None, start: int
+        self, key: str, h: str, create: Create, deadline: Deadline | None, start: int
     ) -> tuple[Source, bool]:
         source, created, _ = self._open(key, h, create, deadline, start)
         return source, created
 
     def _open(
-        self, key: str, h: str, create: Create, deadline: float | None, start: int
+        self, key: str, h: str, create: Create, deadline: Deadline | None, start: int
     ) -> tuple[Source, bool, bool]:
         """A reader on the entry of ``h`` from byte ``start``, whether this call
         created it (then its producer runs in a thread, or, bypassing the cache,
@@ -368,7 +370,7 @@ class StreamCache(CacheBase):
         return found.reader, found.created, False
 
     def _find_or_claim(
-        self, key: str, h: str, create: Create, deadline: float | None, dst: Any, start: int
+        self, key: str, h: str, create: Create, deadline: Deadline | None, dst: Any, start: int
     ) -> Found:
         """Under the key's lock: a reader on the entry (from byte ``start``), or a new
         entry of ours, whose producer runs in a thread (``dst`` None) or here, copying
@@ -549,7 +551,6 @@ def _abort(pending: list[tuple[Producer, PipeReader | None]], exc: BaseException
         producer.abort(exc)
 
 
-_NULL = NullCache()
 _live_caches: weakref.WeakSet[StreamCache] = weakref.WeakSet()
 
 

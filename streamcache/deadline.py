@@ -1,13 +1,50 @@
-"""Deadlines: a call's ``timeout`` turned into a point on the monotonic clock."""
+"""Deadlines: a call's ``timeout`` turned into a point on its cache's monotonic clock.
+
+A :class:`Deadline` carries the clock it was read on, so whoever checks it reads the
+same clock (a fake one in tests). A wait that blocks in the kernel (a queue, poll,
+a thread's join) is given :func:`wait_limit` as its real timeout, at most
+:data:`RECHECK`, and reads the deadline's clock again when it returns: a deadline
+on a clock that runs apart from the kernel's is still seen within ``RECHECK``.
+"""
 
 from __future__ import annotations
 
 import math
-import time
+from dataclasses import dataclass
+
+from ipc.clock import Clock
 
 # A finite timeout longer than this is effectively no deadline: it is clamped here, so
 # no wait derived from it (a lock's, a poll's, a queue's) overflows a platform limit.
 MAX_TIMEOUT = 365.0 * 24 * 3600
+# The longest a kernel wait lasts before the deadline's clock is read again.
+RECHECK = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """The reading ``at`` of ``clock.monotonic()`` at which a call's timeout passes."""
+
+    at: float
+    clock: Clock
+
+    def left(self) -> float:
+        """Seconds until it passes on its clock; 0 once it has."""
+        return max(self.at - self.clock.monotonic(), 0.0)
+
+    def limit(self) -> float:
+        """The real timeout of one kernel wait towards it: :meth:`left`, at most
+        :data:`RECHECK`."""
+        return min(self.left(), RECHECK)
+
+    def passed(self) -> bool:
+        return self.clock.monotonic() >= self.at
+
+    def on(self, clock: Clock) -> float:
+        """The same instant as a reading of ``clock.monotonic()``."""
+        if clock is self.clock:
+            return self.at
+        return clock.monotonic() + (self.at - self.clock.monotonic())
 
 
 def check_timeout(timeout: object) -> float | None:
@@ -30,16 +67,28 @@ def check_timeout(timeout: object) -> float | None:
     return min(seconds, MAX_TIMEOUT)
 
 
-def deadline_for(timeout: object) -> float | None:
-    """The monotonic time at which ``timeout`` (checked by :func:`check_timeout`) passes."""
+def deadline_for(timeout: object, clock: Clock) -> Deadline | None:
+    """When ``timeout`` (checked by :func:`check_timeout`) passes, on ``clock``."""
     seconds = check_timeout(timeout)
-    return None if seconds is None else time.monotonic() + seconds
+    return None if seconds is None else Deadline(clock.monotonic() + seconds, clock)
 
 
-def remaining(deadline: float | None) -> float | None:
+def remaining(deadline: Deadline | None) -> float | None:
+    """Seconds left until ``deadline`` (None: no deadline); TimeoutError once passed."""
     if deadline is None:
         return None
-    left = deadline - time.monotonic()
+    left = deadline.at - deadline.clock.monotonic()
     if left <= 0:
         raise TimeoutError("streamcache: timeout passed")
     return left
+
+
+def wait_limit(deadline: Deadline | None) -> float | None:
+    """The real timeout of one kernel wait towards ``deadline`` (None: no deadline, no
+    timeout): what is left on its clock, at most :data:`RECHECK`; 0 once it passed."""
+    return None if deadline is None else deadline.limit()
+
+
+def reading_on(deadline: Deadline | None, clock: Clock) -> float | None:
+    """``deadline`` as a reading of ``clock.monotonic()`` (for :mod:`ipc`'s waits)."""
+    return None if deadline is None else deadline.on(clock)

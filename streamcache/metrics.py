@@ -35,10 +35,11 @@ import atexit
 import enum
 import os
 import threading
-import time
 import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
+
+from ipc.clock import SYSTEM, Clock
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -173,7 +174,10 @@ class Metrics:
     count on the hit path is one ``inc``)."""
 
     def __init__(
-        self, dir: str, registry: CollectorRegistry | DefaultRegistry = DEFAULT_REGISTRY
+        self,
+        dir: str,
+        registry: CollectorRegistry | DefaultRegistry = DEFAULT_REGISTRY,
+        clock: Clock = SYSTEM,
     ) -> None:
         from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -188,7 +192,8 @@ class Metrics:
         self.dir = dir
         self._tally: list[int] = []  # sizes of small hits not yet counted
         self._tally_lock = threading.Lock()
-        self._tallied_at = time.monotonic()
+        self._clock = clock
+        self._tallied_at = clock.monotonic()
         self._enabled = c.enabled
         self._fetches = {o: c.fetches.labels(dir, o) for o in OUTCOMES}
         self._hit = self._fetches[HIT]
@@ -209,13 +214,13 @@ class Metrics:
         tallied, counted within :data:`_TALLY_SECONDS` while hits come."""
         tally = self._tally
         tally.append(served)
-        if len(tally) >= _TALLY_HITS or time.monotonic() - self._tallied_at > _TALLY_SECONDS:
+        if len(tally) >= _TALLY_HITS or self._clock.monotonic() - self._tallied_at > _TALLY_SECONDS:
             self.flush()
 
     def flush(self) -> None:
         """Count the tallied hits."""
         with self._tally_lock:
-            self._tallied_at = time.monotonic()
+            self._tallied_at = self._clock.monotonic()
             tally = self._tally
             n = len(tally)  # appends go on meanwhile, after these n
             if not n:
@@ -303,9 +308,12 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def for_dir(
-    dir: str | os.PathLike[str], registry: CollectorRegistry | DefaultRegistry | None
+    dir: str | os.PathLike[str],
+    registry: CollectorRegistry | DefaultRegistry | None,
+    clock: Clock = SYSTEM,
 ) -> Metrics:
-    """The metrics of the cache on ``dir`` (absolute) in ``registry``; None counts nothing."""
+    """The metrics of the cache on ``dir`` (absolute) in ``registry``, timed by ``clock``;
+    None counts nothing."""
     if registry is None:
         return NULL
-    return Metrics(os.fspath(dir), registry)
+    return Metrics(os.fspath(dir), registry, clock)

@@ -32,6 +32,7 @@ from ipc.hub import Watch, hub
 from ipc.segment import FAILED_ABANDONED, ReaderSlot
 from ipc.wait import Waiter, Wake
 
+from .deadline import Deadline, reading_on
 from .errors import AllReadersLeft, CreateError, ProducerDied, SharedMemoryRemoved, describe
 from .filestore import written_so_far
 from .index import Record
@@ -93,7 +94,7 @@ class _Reader:
         """The entry's size if it is finished now (its data file complete), else None."""
         raise NotImplementedError
 
-    def _available(self, deadline: float | None) -> int:
+    def _available(self, deadline: Deadline | None) -> int:
         """Bytes readable now (waiting for some if needed); 0 at the end."""
         raise NotImplementedError
 
@@ -101,7 +102,7 @@ class _Reader:
         """Bytes readable now (0 at the end), or None: the reader must wait."""
         raise NotImplementedError
 
-    def read(self, n: int, deadline: float | None) -> bytes:
+    def read(self, n: int, deadline: Deadline | None) -> bytes:
         """Up to ``n`` (at most CHUNK) bytes; b"" at the end of a finished entry."""
         if n <= 0:
             return b""
@@ -131,7 +132,7 @@ class _Reader:
         self._advance(len(data))
         return data
 
-    def watch(self, deadline: float | None) -> concurrent.futures.Future[Wake]:
+    def watch(self, deadline: Deadline | None) -> concurrent.futures.Future[Wake]:
         """After :meth:`read_nowait` gave None: a future completed (by the process's
         one waiting thread) with the reason to try again; then :meth:`end_watch`
         and :meth:`after_wake`."""
@@ -148,7 +149,7 @@ class _Reader:
             raise TimeoutError("timed out waiting for the producer")
 
     def sendfile(
-        self, out_fd: int, deadline: float | None, wait_writable: Callable[[], None]
+        self, out_fd: int, deadline: Deadline | None, wait_writable: Callable[[], None]
     ) -> int:
         """Copy the next available bytes to ``out_fd`` with os.sendfile; 0 at the end."""
         self._enter()
@@ -265,13 +266,13 @@ class PipeReader(_Reader):
         offset, state = self._seg.progress()
         return offset if state == ipc.STATE_DONE else None
 
-    def _available(self, deadline: float | None) -> int:
+    def _available(self, deadline: Deadline | None) -> int:
         while True:
             avail = self._ready()
             if avail is not None:
                 return avail
             wake = self._channel.wait_for_progress(
-                self._slot, self.position, self._waiter, deadline
+                self._slot, self.position, self._waiter, reading_on(deadline, self._waiter.clock)
             )
             self.after_wake(wake)
 
@@ -303,9 +304,10 @@ class PipeReader(_Reader):
             return self._ready()
         return None
 
-    def watch(self, deadline: float | None) -> concurrent.futures.Future[Wake]:
+    def watch(self, deadline: Deadline | None) -> concurrent.futures.Future[Wake]:
         self.end_watch()
-        self._watch = hub().watch(self._channel, self._slot, self.position, self._waiter, deadline)
+        at = reading_on(deadline, self._waiter.clock)
+        self._watch = hub().watch(self._channel, self._slot, self.position, self._waiter, at)
         return self._watch.future
 
     def end_watch(self) -> None:
@@ -402,7 +404,7 @@ class FileReader(_Reader):
     def finished_size(self) -> int:
         return self._size
 
-    def _available(self, deadline: float | None) -> int:
+    def _available(self, deadline: Deadline | None) -> int:
         return max(self._size - self.position, 0)
 
     def _ready(self) -> int:

@@ -5,19 +5,20 @@
 anything else (Django's ``HttpResponse.write``, hand-written sinks) it means "took
 everything". A ``dst`` that takes nothing never makes a call spin: it waits on the
 descriptor where there is one, else sleeps with a growing back-off, and every wait
-ends at the deadline.
+ends at the deadline (read on its clock; the back-off's pauses are real sleeps).
 """
 
 from __future__ import annotations
 
 import errno
 import io
+import math
 import select
 import sys
 import time
 from typing import TYPE_CHECKING, Any, TypeGuard
 
-from .deadline import remaining
+from .deadline import Deadline, remaining, wait_limit
 
 if TYPE_CHECKING:
     import socket
@@ -28,8 +29,6 @@ NO_SENDFILE = {errno.EINVAL, errno.ENOSYS, errno.ENOTSOCK, errno.EOPNOTSUPP, err
 # _FIRST_PAUSE doubling to _LAST_PAUSE seconds between attempts.
 _FIRST_PAUSE = 0.0001
 _LAST_PAUSE = 0.05
-# poll() takes a C int of milliseconds: longer waits are taken in steps of this many.
-_MAX_POLL_MS = 24 * 3600 * 1000
 
 
 def is_socket(dst: object) -> TypeGuard[socket.socket]:
@@ -91,7 +90,7 @@ def _offer(dst: Any, data: bytes | memoryview) -> int:
     return min(n, len(data))
 
 
-def write_all(dst: Any, data: bytes, deadline: float | None = None) -> None:
+def write_all(dst: Any, data: bytes, deadline: Deadline | None = None) -> None:
     """Give ``data`` to ``dst`` until every byte is taken (TimeoutError past ``deadline``).
 
     A raw writer may take fewer bytes; a non-blocking one may take none: then wait
@@ -111,7 +110,7 @@ def write_all(dst: Any, data: bytes, deadline: float | None = None) -> None:
         stalls += 1
 
 
-def _wait_to_retry(dst: Any, deadline: float | None, stalls: int) -> None:
+def _wait_to_retry(dst: Any, deadline: Deadline | None, stalls: int) -> None:
     """Wait before offering bytes again to a ``dst`` that took none ``stalls`` + 1 times
     in a row: on its descriptor, if it has one; without one, or when the descriptor
     said writable last time and the dst still took nothing, also a back-off pause."""
@@ -122,13 +121,13 @@ def _wait_to_retry(dst: Any, deadline: float | None, stalls: int) -> None:
             return
     pause = min(_FIRST_PAUSE * 2 ** min(stalls, 30), _LAST_PAUSE)
     left = remaining(deadline)  # TimeoutError once it passed
-    if left is not None and left <= pause:
-        time.sleep(left)
+    # A pause, not a reading: the deadline's clock is read again after it.
+    time.sleep(pause if left is None else min(left, pause))
+    if deadline is not None and deadline.passed():
         raise TimeoutError("streamcache: timed out writing to dst")
-    time.sleep(pause)
 
 
-def wait_writable(dst: Any, deadline: float | None) -> None:
+def wait_writable(dst: Any, deadline: Deadline | None) -> None:
     """Block until ``dst``'s descriptor accepts bytes (TimeoutError past ``deadline``)."""
     fd = usable_fd(dst)
     if fd is None:
@@ -136,9 +135,8 @@ def wait_writable(dst: Any, deadline: float | None) -> None:
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
     while True:
-        left = remaining(deadline)
-        wait_ms = _MAX_POLL_MS if left is None else min(_MAX_POLL_MS, max(1, int(left * 1000)))
-        if poller.poll(wait_ms):
-            return
-        if left is not None and left * 1000 <= _MAX_POLL_MS:
+        limit = wait_limit(deadline)
+        if limit is not None and limit <= 0:
             raise TimeoutError("streamcache: timed out writing to dst")
+        if poller.poll(None if limit is None else max(1, math.ceil(limit * 1000))):
+            return

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol
 
 from ipc.wait import Wake
 
+from .deadline import Deadline
 from .errors import AllReadersLeft, CreateError
 from .metrics import ERROR, HIT, MISS, NULL, Metrics
 from .pipe import CHUNK
@@ -40,18 +40,18 @@ class Source(Protocol):
     @property
     def fd(self) -> int: ...
 
-    def read(self, n: int, deadline: float | None) -> bytes: ...
+    def read(self, n: int, deadline: Deadline | None) -> bytes: ...
 
     def read_nowait(self, n: int) -> bytes | None: ...
 
-    def watch(self, deadline: float | None) -> concurrent.futures.Future[Wake]: ...
+    def watch(self, deadline: Deadline | None) -> concurrent.futures.Future[Wake]: ...
 
     def end_watch(self) -> None: ...
 
     def after_wake(self, wake: Wake) -> None: ...
 
     def sendfile(
-        self, out_fd: int, deadline: float | None, wait_writable: Callable[[], None]
+        self, out_fd: int, deadline: Deadline | None, wait_writable: Callable[[], None]
     ) -> int: ...
 
     def close(self) -> None: ...
@@ -137,7 +137,7 @@ class Stream:
         self,
         source: Source,
         created: bool,
-        deadline: float | None,
+        deadline: Deadline | None,
         reopen: Reopen | None = None,
         metrics: Metrics = NULL,
         outcome: bool = False,
@@ -250,16 +250,20 @@ class Stream:
         import asyncio  # here, not at the top: a process that never awaits skips its import
 
         source = self._source
-        future = asyncio.wrap_future(source.watch(self._deadline))
+        deadline = self._deadline
+        future = asyncio.wrap_future(source.watch(deadline))
         try:
-            if self._deadline is None:
+            if deadline is None:
                 wake = await future
             else:
-                left = max(self._deadline - time.monotonic(), 0.0)
-                wake = await asyncio.wait_for(future, left + _DEADLINE_GRACE)
-        except asyncio.TimeoutError:
-            raise TimeoutError("timed out waiting for the producer") from None
+                # Slices of at most RECHECK: the deadline is read on its clock after each.
+                while not future.done():
+                    await asyncio.wait({future}, timeout=deadline.limit() + _DEADLINE_GRACE)
+                    if not future.done() and deadline.passed():
+                        raise TimeoutError("timed out waiting for the producer")
+                wake = future.result()
         finally:
+            future.cancel()  # (done: nothing) the source's wait ends with this one
             source.end_watch()
         source.after_wake(wake)
 

@@ -26,7 +26,6 @@ import os
 import random
 import signal
 import threading
-import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ import ipc
 import streamcache
 from ipc.channel import Channel, unlink_channel
 from streamcache.cache import key_hash
+from streamcache.deadline import deadline_for
 from streamcache.errors import describe
 from streamcache.pipe import CHUNK, PipeReader
 from streamcache.writer import EntryWriter
@@ -146,7 +146,7 @@ def _pipe_reader_proc(base: str, path: str, liveness: float, conn: Connection) -
                 conn.send(("attached", None if slot is None else slot.index))
             elif cmd[0] == "read":
                 assert reader is not None
-                conn.send(("data", reader.read(cmd[1], time.monotonic() + WAIT)))
+                conn.send(("data", reader.read(cmd[1], deadline_for(WAIT, ipc.SYSTEM))))
             elif cmd[0] == "close":
                 assert reader is not None
                 reader.close()

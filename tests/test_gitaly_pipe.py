@@ -18,7 +18,6 @@ import io
 import os
 import queue
 import threading
-import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -33,6 +32,7 @@ from helpers import wait_until as _wait_until
 import ipc
 import streamcache
 from ipc.channel import Channel, unlink_channel
+from streamcache.deadline import deadline_for
 from streamcache.errors import describe
 from streamcache.pipe import CHUNK, PipeReader
 from streamcache.writer import EntryWriter
@@ -203,11 +203,11 @@ def _pipe_reader_proc(base: str, path: str, liveness: float, conn: Connection) -
             elif cmd[0] == "read":
                 assert reader is not None
                 lead = seg.offset - reader.position
-                data = reader.read(cmd[1], time.monotonic() + WAIT)
+                data = reader.read(cmd[1], deadline_for(WAIT, ipc.SYSTEM))
                 conn.send(("data", data, lead))
             elif cmd[0] == "readall":
                 assert reader is not None
-                deadline = time.monotonic() + WAIT
+                deadline = deadline_for(WAIT, ipc.SYSTEM)
                 parts, leads = [], []
                 while True:
                     leads.append(seg.offset - reader.position)
