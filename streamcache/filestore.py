@@ -36,6 +36,13 @@ from typing import NamedTuple
 
 _counter = itertools.count()
 
+
+def random_token() -> str:
+    """The random part of a data file's name (and so of its shared-memory names): 16 hex
+    digits. A module function, so a test can force a name whose objects it planted."""
+    return os.urandom(8).hex()
+
+
 # Read and write: an inline creator's copy may move to a reader of this very
 # descriptor (duplicated), which works even once cleanup has unlinked the file.
 OPEN_WRITE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -274,7 +281,7 @@ class Filestore:
 
     def create(self) -> tuple[str, int]:
         """Create a new empty data file (mode 0600); return its name and a descriptor."""
-        name = f"{os.urandom(8).hex()}-{os.getpid():x}-{next(_counter):x}"
+        name = f"{random_token()}-{os.getpid():x}-{next(_counter):x}"
         path = self.path(name)
         try:
             fd = os.open(path, OPEN_WRITE, WRITING_MODE)

@@ -90,23 +90,19 @@ def fetch_with_planted_names(
 ) -> None:
     """Fetch ``key`` while the first random name the cache draws is ``token`` (whose
     /dev/shm names the test planted); report digest, created and the names drawn."""
-    import secrets
-
     from xproc import writer_of
 
     import streamcache.filestore as filestore
 
     drawn: list[str] = []
-    real = secrets.token_hex
+    real = filestore.random_token
 
-    class Secrets:
-        @staticmethod
-        def token_hex(n: int) -> str:
-            value = token if not drawn else real(n)
-            drawn.append(value)
-            return value
+    def forced() -> str:
+        value = token if not drawn else real()
+        drawn.append(value)
+        return value
 
-    filestore.secrets = Secrets  # type: ignore[assignment]
+    filestore.random_token = forced
     cache = streamcache.StreamCache(dir, liveness=0.2, cleanup_interval=0)
     sink = HashSink()
     with cache.stream(key, writer_of(seed, total, chunk), timeout=WAIT) as s:
