@@ -20,7 +20,7 @@ from streamcache import StreamCache
 from streamcache.cache import LAYOUT, key_hash
 from streamcache.index import Index
 
-WAIT = 20.0
+WAIT = 60.0  # a bound for hangs; a busy machine needs time to spawn a checker
 KEY = "stripe"
 
 
@@ -66,7 +66,7 @@ def test_stripe_is_free_after_holder_killed_even_if_it_forked(
 
 def _child_tries_stripe(root: str, h: str, w: int, r: int) -> None:
     """In a forked child: report whether the stripe of ``h`` is free (0.3 s), then wait for
-    the parent's go and take it (5 s)."""
+    the parent's go and take it (bounded by WAIT)."""
     code = 1
     try:
         index = Index(root)
@@ -76,7 +76,7 @@ def _child_tries_stripe(root: str, h: str, w: int, r: int) -> None:
         except TimeoutError:
             os.write(w, b"busy\n")
         os.read(r, 1)
-        with index.locked(h, 5.0):
+        with index.locked(h, WAIT):
             os.write(w, b"taken\n")
         code = 0
     finally:
@@ -109,7 +109,7 @@ def test_forked_child_does_not_share_a_held_stripe(cache_dir: Path, spawn: Spawn
     from_child_r, from_child_w = os.pipe()
     pid = -1
     try:
-        with index.locked(h, 5.0):
+        with index.locked(h, WAIT):
             pid = os.fork()
             if pid == 0:
                 _child_tries_stripe(root, h, from_child_w, to_child_r)
@@ -122,6 +122,7 @@ def test_forked_child_does_not_share_a_held_stripe(cache_dir: Path, spawn: Spawn
             checker = spawn.Process(target=_never_locks, args=(root, h), daemon=True)
             checker.start()
             checker.join(WAIT)
+            assert checker.exitcode is not None, f"the checker did not end in {WAIT} s"
             assert checker.exitcode == 0, "the stripe was free while this process held it"
         os.write(to_child_w, b"g")
         assert _readline(from_child_r) == b"taken"
