@@ -80,6 +80,10 @@ def test_wipe_fails_live_entries_cleanly_and_the_next_fetch_creates_afresh(
             expect(q, "first")
         wiped_at = time.monotonic()
         assert wipe(cache_dir), "the entry had no IPC objects to wipe"
+        if producer_state == "writing":
+            # The rest at once: paced to the end, a producer that never sees the wipe
+            # outlasted its readers' bound on a busy machine (TimeoutError).
+            release.set()
 
         # A writing inline creator that had not yet found the channel its readers made
         # when the wipe came never sees it: it goes on writing to its file, which the
