@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Clock:
+class Clock(NamedTuple):
     """``wall``: epoch seconds (expiry times); ``monotonic``: seconds for deadlines and
     liveness checks (one clock for every process of the host on Linux); ``sleep``."""
 

@@ -26,16 +26,19 @@ Invariants:
 
 from __future__ import annotations
 
-import concurrent.futures
 import ctypes
 import os
 import threading
+from typing import TYPE_CHECKING
 
 from ipc import futex
 from ipc.channel import Channel, full_fence
 from ipc.clock import SYSTEM
 from ipc.segment import ReaderSlot
 from ipc.wait import Waiter, Wake
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 POLL = 0.002  # re-check period without futex_waitv (or beyond its word limit)
 _UNSLOTTED_POLL = 0.005  # an unslotted reader is rung by nobody: it re-checks
@@ -65,6 +68,10 @@ class Watch:
         self.position = position
         self.waiter = waiter
         self.deadline = deadline
+        # Imported here, not at the top: concurrent.futures imports logging, a cost at
+        # start-up of every process, and only a waiting AsyncStream needs it.
+        import concurrent.futures
+
         self.future: concurrent.futures.Future[Wake] = concurrent.futures.Future()
 
 
@@ -112,7 +119,7 @@ class Hub:
             self._watches.pop(w, None)
         if w.slot is not None:
             w.slot.set_waiting(False)
-        _complete(w.future, Wake.PROGRESS)
+        complete(w.future, Wake.PROGRESS)
 
     @property
     def watching(self) -> int:
@@ -167,7 +174,7 @@ class Hub:
                     until = min(until, kernel_now + limit)
                     words.setdefault(w.channel.seg.seq_address, seq)
             for w, outcome in ready:
-                _complete(w.future, outcome)
+                complete(w.future, outcome)
             only_new = self._sleep(seen_poke, words, until)
 
     def _sleep(self, seen_poke: int, words: dict[int, int], until: float) -> bool:
@@ -186,7 +193,11 @@ class Hub:
         return woken == 0
 
 
-def _complete(future: concurrent.futures.Future[Wake], outcome: Wake | BaseException) -> None:
+def complete(future: concurrent.futures.Future[Wake], outcome: Wake | BaseException) -> None:
+    """Complete ``future`` with ``outcome`` (a result, or an exception to raise), unless
+    it is done already (completed, or cancelled by a waiter that gave up)."""
+    import concurrent.futures  # loaded already: ``future`` is one
+
     try:
         if isinstance(outcome, BaseException):
             future.set_exception(outcome)

@@ -113,7 +113,6 @@ from . import config, metrics
 from .admission import MinOccurrences
 from .base import CacheBase, LogEntry, LoggingCache, NullCache
 from .cache import StreamCache
-from .config import Config
 from .creator import Create, Writer
 from .errors import CreateError, Error, ProducerDied
 from .metrics import DEFAULT_REGISTRY, DefaultRegistry
@@ -121,6 +120,8 @@ from .stream import AsyncStream, EntryInfo, FetchResult, FinishedFile, Stream
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+
+    from .settings import Config
 
 __version__ = "0.1.0"
 
@@ -146,6 +147,16 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> object:
+    """``Config``, imported at its first use (see :mod:`streamcache.settings`)."""
+    if name == "Config":
+        from .settings import Config
+
+        globals()["Config"] = Config
+        return Config
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def new(
     cfg: Config, *, registry: CollectorRegistry | DefaultRegistry | None = DEFAULT_REGISTRY
 ) -> CacheBase:
@@ -154,6 +165,8 @@ def new(
     Its metrics go to ``registry`` (default: prometheus_client's REGISTRY; None: no
     metrics, and prometheus_client is not imported); a disabled one sets
     ``streamcache_enabled`` to 0."""
+    from .settings import Config
+
     if not isinstance(cfg, Config):
         raise TypeError(f"new() needs a streamcache.Config, not {type(cfg).__name__}")
     cfg.validate()

@@ -10,15 +10,14 @@ dst; a hit is read whole), LoggingCache and MinOccurrences wrap another cache.
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ipc.clock import SYSTEM, Clock
+from ipc.hub import complete
 from ipc.wait import Wake
 
 from .creator import BytesLike, Create, Writer, call_create
@@ -27,6 +26,9 @@ from .errors import CreateError, describe
 from .sink import dst_problem, write_all
 from .sizes import AnnouncedSize
 from .stream import AsyncStream, EntryInfo, FetchResult, Stream
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 # ``with StreamCache(...) as c`` gives a StreamCache, not a CacheBase (typing.Self is 3.11+).
 _Cache = TypeVar("_Cache", bound="CacheBase")
@@ -238,8 +240,7 @@ class _QueueSource:
         for future in watchers:
             # A reader that gave up (its timeout) cancelled its wait: never an error here,
             # in create's write.
-            with contextlib.suppress(concurrent.futures.InvalidStateError):
-                future.set_result(Wake.PROGRESS)
+            complete(future, Wake.PROGRESS)
 
     def run(self, create: Create) -> None:
         try:
@@ -272,6 +273,8 @@ class _QueueSource:
         return self._read(n, None, block=False)
 
     def watch(self, deadline: Deadline | None) -> concurrent.futures.Future[Wake]:
+        import concurrent.futures  # here: it costs start-up, and only astream waits
+
         future: concurrent.futures.Future[Wake] = concurrent.futures.Future()
         with self._watchers_lock:
             if self._queue.empty():

@@ -9,7 +9,6 @@ producer (``producer``) -> the channel (``ipc``).
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import weakref
 from collections.abc import Callable
@@ -44,6 +43,7 @@ from .filestore import (
     written_so_far,
 )
 from .index import Record
+from .log import log
 from .metrics import BYPASS, DEFAULT_REGISTRY, ERROR, HIT, MISS, DefaultRegistry, for_dir
 from .pipe import CREATOR_SLOT, FileReader, PipeReader
 from .producer import Producer, Producers, check_not_creating
@@ -57,7 +57,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LAYOUT", "GCReport", "StreamCache", "channel_base", "key_hash", "prepare_dir"]
 
-log = logging.getLogger("streamcache")
 
 # fetch reads a finished entry up to this size whole, in one pread with its trailer.
 _READ_WHOLE = 64 * 1024

@@ -9,15 +9,19 @@ cli_demo). The core never imports any of them.
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import os
 import re
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import config
+from .log import when_used
+
+if TYPE_CHECKING:
+    import logging
 
 # Exit status of a command-line error (argparse's), and of a path that is not a cache.
 EXIT_USAGE = 2
@@ -147,6 +151,23 @@ def quiet_stdout() -> None:
         os.close(devnull)
 
 
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    """argparse's formatter (descriptions kept as written) at the width argparse would
+    choose, found as shutil.get_terminal_size finds it: argparse imports shutil for
+    that (with bz2 and lzma) at every argument added, which every command line paid."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    stdout = sys.__stdout__
+    if columns <= 0 and stdout is not None:
+        try:
+            columns = os.get_terminal_size(stdout.fileno()).columns
+        except (ValueError, OSError):
+            columns = 0
+    return argparse.RawDescriptionHelpFormatter(prog, width=(columns or 80) - 2)
+
+
 def _add_dir(p: argparse.ArgumentParser) -> None:
     # Expanded here: the shell leaves the ``~`` of ``--dir=~/c`` as it is.
     p.add_argument("--dir", metavar="D", default=None, type=os.path.expanduser, help=DIR_HELP)
@@ -168,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
             "                    and ~/.cache/streamcache)\n\n"
             "Run 'streamcache COMMAND --help' for a command's options."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_formatter,
     )
     parser.add_argument("--version", action=_ShowVersion, help="show the version")
     sub = parser.add_subparsers(
@@ -180,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a command once for all concurrent identical invocations",
         description=cli_run.DESCRIPTION,
         epilog=cli_run.EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_formatter,
     )
     _add_dir(run)
     run.add_argument(
@@ -233,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="show the entries of a cache: states, sizes, producers and readers",
         description=cli_stats.STATS_DESCRIPTION,
         epilog=cli_stats.STATS_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_formatter,
     )
     _add_dir(stats)
     stats.add_argument(
@@ -255,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         "gc",
         help="run one cleanup pass and say what it removed",
         description=cli_stats.GC_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_formatter,
     )
     _add_dir(gc)
     gc.add_argument(
@@ -272,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         "invalidate",
         help="drop one key's entry: the next request creates it afresh",
         description=cli_stats.INVALIDATE_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_formatter,
     )
     _add_dir(invalidate)
     invalidate.add_argument("key", metavar="KEY", help="the cache key, as the caches were given it")
@@ -282,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="worker processes hammering shared keys in a throwaway cache",
         description=cli_demo.DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_formatter,
     )
     demo.add_argument(
         "--workers",
@@ -322,10 +343,12 @@ def config_max_preview() -> int:
     return MAX_KEY_PREVIEW
 
 
-def _log_to_stderr() -> None:
+def _log_to_stderr(logger: logging.Logger) -> None:
     """The library logs through ``logging.getLogger("streamcache")``; the command line
-    shows its warnings as they are, one line each."""
-    logger = logging.getLogger("streamcache")
+    shows its warnings as they are, one line each (set up when the library first logs,
+    so that a command that logs nothing does not import logging)."""
+    import logging
+
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -337,7 +360,7 @@ def _log_to_stderr() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _log_to_stderr()
+    when_used(_log_to_stderr)
     try:
         result: int = args.func(args)
     except BrokenPipeError:

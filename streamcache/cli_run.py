@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import logging
 import os
 import re
 import shlex
@@ -33,6 +32,7 @@ from .base import CacheBase, NullCache
 from .cache import StreamCache
 from .cli import EXIT_BROKEN_PIPE, default_dir, os_error_text, quiet_stdout
 from .errors import CreateError, ProducerDied
+from .log import when_used
 
 if TYPE_CHECKING:
     import subprocess
@@ -254,7 +254,7 @@ def main(args: argparse.Namespace) -> int:
     if not argv:
         args.parser.error("run needs a command: streamcache run [OPTIONS] -- CMD [ARGS...]")
     if not args.verbose:  # a failing command fails its entry: run says so itself
-        logging.getLogger("streamcache").setLevel(logging.ERROR)
+        when_used(lambda logger: logger.setLevel("ERROR"))
     key = args.key if args.key is not None else default_key(argv, os.getcwd())
     cache = _open_cache(args)
     target: CacheBase = NullCache() if cache is None else cache

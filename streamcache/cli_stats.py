@@ -10,7 +10,6 @@ creates the directory it is pointed at.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import stat
 import sys
@@ -362,6 +361,8 @@ def render(doc: dict[str, Any]) -> str:
 
 
 def stats_main(args: argparse.Namespace) -> int:
+    import json  # here: every command line imports this module to build its parser
+
     cache_dir, root = cache_root(args.dir)
     if args.watch is None:
         doc = collect(cache_dir, root)

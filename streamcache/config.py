@@ -1,15 +1,17 @@
-"""Config and argument validation."""
+"""Argument validation and defaults (:class:`streamcache.Config` is in settings.py)."""
 
 from __future__ import annotations
 
-import datetime
 import errno
 import math
 import os
 import stat
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-Duration = float | int | datetime.timedelta
+if TYPE_CHECKING:
+    import datetime
+
+    Duration = float | int | datetime.timedelta
 
 DEFAULT_MAX_AGE = 300.0
 DEFAULT_WINDOW = 4 * 2**20
@@ -19,14 +21,16 @@ DEFAULT_LIVENESS = 1.0
 def seconds(value: object, name: str, *, allow_zero: bool = True) -> float:
     """A duration in seconds from a number or a timedelta; TypeError/ValueError otherwise
     (negative, NaN or infinite)."""
-    if isinstance(value, datetime.timedelta):
-        result = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         result = float(value)
     else:
-        raise TypeError(
-            f"{name} must be seconds (float) or a timedelta, not {type(value).__name__}"
-        )
+        import datetime  # here: only a timedelta needs it, and it costs start-up
+
+        if not isinstance(value, datetime.timedelta):
+            raise TypeError(
+                f"{name} must be seconds (float) or a timedelta, not {type(value).__name__}"
+            )
+        result = value.total_seconds()
     if not math.isfinite(result) or result < 0 or (result == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be finite seconds {bound}, got {value!r}")
@@ -115,37 +119,3 @@ def _first_unsearchable(path: str) -> str:
         if not os.access(ancestor, os.X_OK):
             return ancestor
     return os.path.dirname(path)
-
-
-@dataclass
-class Config:
-    """Settings for :func:`streamcache.new`.
-
-    Example::
-
-        cfg = streamcache.Config(dir="/var/cache/app/streamcache", max_age=300)
-        with streamcache.new(cfg) as cache:
-            cache.fetch("report-2026", sys.stdout.buffer, make_report)
-    """
-
-    dir: str | os.PathLike[str]  # required: a cache never lands silently in the cwd
-    enabled: bool = True
-    max_age: Duration = DEFAULT_MAX_AGE
-    min_occurrences: int = 0  # 0: concurrent first requests share one producer
-    window: int = DEFAULT_WINDOW
-    max_bytes: int | None = None
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """TypeError/ValueError naming the first bad field. Run at construction, so a
-        bad value fails where it was written, not in a later fetch; and by
-        :func:`streamcache.new`, as fields may be assigned after construction."""
-        directory_name(self.dir)
-        if not isinstance(self.enabled, bool):
-            raise TypeError(f"enabled must be a bool, not {type(self.enabled).__name__}")
-        seconds(self.max_age, "max_age")
-        nonnegative_int(self.min_occurrences, "min_occurrences")
-        nonnegative_int(self.window, "window")
-        optional_budget(self.max_bytes, "max_bytes")

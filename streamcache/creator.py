@@ -12,7 +12,7 @@ refused too: ``return data`` is a mistake, not a list of chunks.
 
 from __future__ import annotations
 
-import inspect
+import types
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -67,7 +67,7 @@ def _chunks(result: object) -> Iterable[BytesLike]:
     hint = ""
     if isinstance(result, int):
         hint = " (the count w.write returned?)"
-    elif inspect.iscoroutine(result):
+    elif isinstance(result, types.CoroutineType):  # inspect.iscoroutine, without inspect
         result.close()  # never run: no "coroutine was never awaited" warning
         hint = " (create runs in a thread: make it a plain def)"
     raise TypeError(

@@ -10,7 +10,7 @@ on a clock that runs apart from the kernel's is still seen within ``RECHECK``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ipc.clock import Clock
 
@@ -21,8 +21,7 @@ MAX_TIMEOUT = 365.0 * 24 * 3600
 RECHECK = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class Deadline:
+class Deadline(NamedTuple):
     """The reading ``at`` of ``clock.monotonic()`` at which a call's timeout passes."""
 
     at: float

@@ -19,11 +19,9 @@ The :class:`Cleaner` runs a pass every ``interval`` seconds in a daemon thread.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import ipc
 from ipc.channel import SEGMENT, unlink_channel
@@ -32,9 +30,8 @@ from ipc.naming import list_objects
 from ipc.segment import SegmentError
 
 from .filestore import is_key_hash, remove_path
+from .log import log
 from .store import Store
-
-log = logging.getLogger("streamcache")
 
 # Seconds a segment without its header yet (its creator may be between shm_open and
 # the header's magic), bells without a segment (a set being made) or a temp record
@@ -42,17 +39,23 @@ log = logging.getLogger("streamcache")
 ORPHAN_GRACE = 5.0
 
 
-@dataclass
 class GCReport:
-    """What one cleanup pass did."""
+    """What one cleanup pass did (``ran``: False if another pass was running)."""
 
-    ran: bool = True
-    expired: int = 0
-    discarded: int = 0
-    files_removed: int = 0
-    ipc_removed: int = 0
-    entries: int = 0  # left after the pass: finished and in flight
-    disk_bytes: int = 0  # of their files
+    def __init__(self, ran: bool = True) -> None:
+        self.ran = ran
+        self.expired = 0
+        self.discarded = 0
+        self.files_removed = 0
+        self.ipc_removed = 0
+        self.entries = 0  # left after the pass: finished and in flight
+        self.disk_bytes = 0  # of their files
+
+    def __repr__(self) -> str:
+        return f"GCReport({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GCReport) and vars(self) == vars(other)
 
 
 def collect(store: Store, clock: Clock, max_age: float) -> GCReport:

@@ -36,7 +36,7 @@ import os
 import stat
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ipc.clock import SYSTEM, Clock
 
@@ -54,8 +54,7 @@ _LOCK_POLL = 0.001
 _ABSENT = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP}
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     """What the index knows of one key's entry in flight.
 
     Stored as one short line of text, ``"<version> <file> <start> <expires>"`` (the

@@ -19,11 +19,10 @@ Invariants kept here:
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import threading
 from collections.abc import Callable
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import ipc
 from ipc.channel import Channel
@@ -37,6 +36,9 @@ from .errors import AllReadersLeft, CreateError, ProducerDied, SharedMemoryRemov
 from .filestore import written_so_far
 from .index import Record
 from .store import Store
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 CHUNK = 1 << 20  # a reader reads ahead at most this much
 CREATOR_SLOT = 0  # the creating process's reader slot in its entry's segment
@@ -136,6 +138,8 @@ class _Reader:
         """After :meth:`read_nowait` gave None: a future completed (by the process's
         one waiting thread) with the reason to try again; then :meth:`end_watch`
         and :meth:`after_wake`."""
+        import concurrent.futures  # here: it costs start-up, and only astream waits
+
         done: concurrent.futures.Future[Wake] = concurrent.futures.Future()
         done.set_result(Wake.PROGRESS)
         return done

@@ -19,7 +19,6 @@ The order of publishing, kept in :meth:`Producer._finalize`:
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from typing import Any
@@ -34,6 +33,7 @@ from .creator import Create, call_create
 from .errors import CreateError, Error, describe
 from .filestore import TRAILER
 from .index import Record
+from .log import log
 from .pipe import CREATOR_SLOT, Outcome, PipeReader
 from .sink import usable_fd, write_all
 from .store import Store
@@ -41,14 +41,11 @@ from .stream import Stream
 from .usage import Account, disk_full, is_disk_full
 from .writer import EntryWriter
 
-log = logging.getLogger("streamcache")
-
 # Once others read too, an inline creator whose client took longer than this for one
 # write hands its copy to a thread, so that client paces nobody else.
 _SLOW_CLIENT = 0.01
 
 _creating = threading.local()
-log = logging.getLogger("streamcache")
 
 
 def check_not_creating(root: str, key: str) -> None:
@@ -433,6 +430,8 @@ class Follower:
 def _log_failure(rec: Record, writer: EntryWriter, error: BaseException) -> None:
     """The one log line of a failed entry (its readers log nothing: each gets the
     CreateError). A producer whose readers all left is routine (clients went away)."""
+    import logging
+
     abandoned = isinstance(error, BrokenPipeError) and writer.broken
     log.log(
         logging.DEBUG if abandoned else logging.WARNING,

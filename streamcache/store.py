@@ -24,7 +24,6 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 
 import posix_ipc
@@ -38,10 +37,9 @@ from ipc.segment import SegmentError
 
 from .filestore import Filestore, written_so_far
 from .index import Index, Record
+from .log import log
 from .metrics import DEAD_PRODUCER, EXPIRED, INVALIDATED, NULL, Metrics
 from .usage import MAX_BACKOFF, Usage
-
-log = logging.getLogger("streamcache")
 
 LAYOUT = "v2"
 # Fresh random names tried for a new entry whose IPC names are taken (planted).

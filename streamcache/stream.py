@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ipc.wait import Wake
 
@@ -15,6 +14,9 @@ from .errors import AllReadersLeft, CreateError
 from .metrics import ERROR, HIT, MISS, NULL, Metrics
 from .pipe import CHUNK
 from .sink import NO_SENDFILE, usable_fd, wait_writable, write_all
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 
 class FetchResult(NamedTuple):

@@ -48,22 +48,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import stat
 import struct
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import ipc
 from ipc.clock import SYSTEM, Clock
 
 from .filestore import Filestore, shard_entries
 from .index import Index, LockFile
+from .log import log
 from .metrics import BUDGET, NULL, Metrics
-
-log = logging.getLogger("streamcache")
 
 DISK_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 
@@ -97,16 +95,24 @@ def disk_full(exc: BaseException) -> OSError:
     return err
 
 
-@dataclass
 class State:
     """The shared state, as read under the lock (assign to change it)."""
 
-    total: int = 0  # bytes (see the module docstring)
-    published: int = 0  # entries published so far (eviction walks again when it grows)
-    full_until: float = 0.0  # wall time until which misses bypass (0: not full)
-    holder_pid: int = 0  # the producer allowed past the budget (0: none)
-    holder_start: float = 0.0
-    holder_tag: int = 0
+    def __init__(
+        self,
+        total: int = 0,
+        published: int = 0,
+        full_until: float = 0.0,
+        holder_pid: int = 0,
+        holder_start: float = 0.0,
+        holder_tag: int = 0,
+    ) -> None:
+        self.total = total  # bytes (see the module docstring)
+        self.published = published  # entries published (eviction walks again when it grows)
+        self.full_until = full_until  # wall time until which misses bypass (0: not full)
+        self.holder_pid = holder_pid  # the producer allowed past the budget (0: none)
+        self.holder_start = holder_start
+        self.holder_tag = holder_tag
 
     def pack(self) -> bytes:
         return _LAYOUT.pack(
@@ -133,8 +139,7 @@ class State:
         return state
 
 
-@dataclass(frozen=True)
-class Holder:
+class Holder(NamedTuple):
     """A producer in flight, as the overdraft names it."""
 
     pid: int

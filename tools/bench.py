@@ -25,6 +25,9 @@ bytes, written repeatedly):
     index        hit latency with 100,000 entries vs 100 entries, next to the kernel's own
                  ratio (open + pread of a random entry's file in the same caches)
     storm        N processes fetch one cold key at once (correctness; time for reference)
+    startup      CPU time of a fresh ``python -c "import streamcache"`` vs ``python -c
+                 pass``, and wall time of ``streamcache run -- cat F`` on a hit vs ``cat
+                 F`` (64 KiB); both as the difference of medians and as a ratio
     memory       peak RSS growth of a reader process streaming an entry, two sizes
                  (VmHWM reset through /proc/self/clear_refs: a spawned child's ru_maxrss
                  starts at its parent's peak; ru_maxrss growth is kept in --json)
@@ -822,6 +825,7 @@ class Config:
     storm_procs: int
     storm_bytes: int
     memory_sizes: tuple[int, int]
+    startup_rounds: int
 
 
 def make_config(quick: bool, reps: int | None) -> Config:
@@ -848,6 +852,7 @@ def make_config(quick: bool, reps: int | None) -> Config:
             storm_procs=8,
             storm_bytes=16 * MiB,
             memory_sizes=(128 * MiB, 32 * MiB),
+            startup_rounds=11,
         )
     return Config(
         quick=False,
@@ -870,6 +875,7 @@ def make_config(quick: bool, reps: int | None) -> Config:
         storm_procs=64,
         storm_bytes=64 * MiB,
         memory_sizes=(GiB, 256 * MiB),
+        startup_rounds=31,
     )
 
 
@@ -1712,6 +1718,94 @@ def bench_storm(cfg: Config, data: bytes) -> list[Row]:
     return [row]
 
 
+# -- startup: a fresh process's cost, against a bare interpreter and cat ------------------
+
+STARTUP_BYTES = 64 * KiB
+STARTUP_WARMUP = 2  # rounds not counted: the first writes the bytecode
+
+
+def timed_process(argv: list[str], env: dict[str, str], cwd: str) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of running ``argv`` to its end, output discarded."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, check=True, timeout=WAIT)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return cpu, wall
+
+
+def startup_row(
+    name: str, ours: list[float], base: list[float], bound: float, what: str, note: str
+) -> Row:
+    """A start-up row: met when the median of the paired differences (ours - base, round
+    by round) is at most ``bound`` seconds; the ratio is of the medians."""
+    extra_cost = statistics.median(o - b for o, b in zip(ours, base, strict=True))
+    row = latency_row(name, ours, base, math.inf, note, paired=True)
+    row.target = f"<= +{bound * 1000:.0f} ms {what} over base"
+    row.met = extra_cost <= bound
+    row.note = f"{note}; median difference +{extra_cost * 1000:.1f} ms"
+    row.extra["extra_cost"] = extra_cost
+    return row
+
+
+def bench_startup(cfg: Config, data: bytes) -> list[Row]:
+    """What a short-lived process pays: ``import streamcache`` (a git hook, a script)
+    and ``streamcache run`` on a hit (in front of a shell command). The children load
+    bytecode from a private cache (PYTHONPYCACHEPREFIX, written by the warm-up rounds),
+    as an installed package does, whatever PYTHONDONTWRITEBYTECODE says."""
+    py = sys.executable
+    rounds = cfg.startup_rounds
+    with scratch("startup") as d:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env["PYTHONPATH"] = os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
+        env["PYTHONPYCACHEPREFIX"] = os.path.join(d, "pycache")
+        path = os.path.join(d, "data")
+        write_file(path, data[:STARTUP_BYTES], 1)
+        cache_dir = os.path.join(d, "cache")
+        run = [py, "-m", "streamcache", "run", "--dir", cache_dir, "--max-age", "1h"]
+        run += ["--", "cat", path]
+        commands = {
+            "import": [py, "-c", "import streamcache"],
+            "pass": [py, "-c", "pass"],
+            "run": run,
+            "cat": ["cat", path],
+        }
+        timed_process(run, env, d)  # the miss that stores the entry
+        samples: dict[str, list[tuple[float, float]]] = {k: [] for k in commands}
+        log(f"startup: {rounds} rounds of {', '.join(commands)} after {STARTUP_WARMUP}")
+        for i in range(STARTUP_WARMUP + rounds):
+            for k, argv in commands.items():
+                got = timed_process(argv, env, d)
+                if i >= STARTUP_WARMUP:
+                    samples[k].append(got)
+        done = subprocess.run(run, env=env, cwd=d, capture_output=True, timeout=WAIT, check=True)
+        expect(done.stdout == data[:STARTUP_BYTES], "streamcache run served the stored bytes")
+        leak_check_dir(cache_dir)
+    load = os.getloadavg()[0]
+    cpu = {k: [c for c, _ in v] for k, v in samples.items()}
+    wall = {k: [w for _, w in v] for k, v in samples.items()}
+    each = f"medians of {rounds} interleaved rounds after {STARTUP_WARMUP}, load {load:.1f}"
+    return [
+        startup_row(
+            "import streamcache (cpu)",
+            cpu["import"],
+            cpu["pass"],
+            0.040,
+            "cpu",
+            f"python -c 'import streamcache' vs python -c pass, user+sys, {each}",
+        ),
+        startup_row(
+            f"run hit {fmt_size(STARTUP_BYTES)} (wall)",
+            wall["run"],
+            wall["cat"],
+            0.080,
+            "wall",
+            f"python -m streamcache run -- cat F (a hit) vs cat F, {each}",
+        ),
+    ]
+
+
 # -- main ----------------------------------------------------------------------------------
 
 BENCHES: dict[str, Callable[[Config, bytes], list[Row]]] = {
@@ -1726,6 +1820,7 @@ BENCHES: dict[str, Callable[[Config, bytes], list[Row]]] = {
     "index": bench_index,
     "storm": bench_storm,
     "memory": bench_memory,
+    "startup": bench_startup,
 }
 
 
