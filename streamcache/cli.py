@@ -1,99 +1,39 @@
 """Command line: streamcache run, stats, gc, invalidate and demo (also python -m
 streamcache).
 
-The parser, the shared option types (durations, the cache directory) and the
-dispatch live here; each command is in its own module (cli_run, cli_stats,
-cli_demo). The core never imports any of them.
+The parser and the dispatch live here; the option types and what the commands share
+(exit statuses, the cache directory, CliError) are in cli_options, and each command
+is in its own module (cli_run, cli_stats, cli_demo). The core never imports any of
+them.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import re
-import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import config
+from .cli_options import (
+    DIR_HELP,
+    EXIT_BROKEN_PIPE,
+    EXIT_USAGE,
+    CliError,
+    config_max_preview,
+    duration,
+    nonnegative_int,
+    os_error_text,
+    positive_duration,
+    positive_int,
+    preview_chars,
+    quiet_stdout,
+)
 from .log import when_used
 
 if TYPE_CHECKING:
     import logging
-
-# Exit status of a command-line error (argparse's), and of a path that is not a cache.
-EXIT_USAGE = 2
-EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
-
-DIR_HELP = (
-    "the cache directory (default: $STREAMCACHE_DIR if set, else "
-    "$XDG_CACHE_HOME/streamcache, else ~/.cache/streamcache)"
-)
-
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def duration(text: str) -> float:
-    """Seconds from ``90``, ``90s``, ``1.5m``, ``5m``, ``1h``, ``1d`` or ``250ms``."""
-    match = _DURATION.fullmatch(text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(
-            f"invalid duration {text!r}: use seconds (90), or a number with a unit: "
-            "90s, 5m, 1h, 1d, 250ms"
-        )
-    value = float(match.group(1)) * _UNIT[match.group(2)]
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: too large")
-    return value
-
-
-def positive_duration(text: str) -> float:
-    value = duration(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be more than 0")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}: a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}: a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def preview_chars(text: str) -> int:
-    value = nonnegative_int(text)
-    if value > config_max_preview():
-        raise argparse.ArgumentTypeError(f"must be at most {config_max_preview()}, got {value}")
-    return value
-
-
-def default_dir() -> str:
-    """$STREAMCACHE_DIR, else $XDG_CACHE_HOME/streamcache, else ~/.cache/streamcache.
-
-    An empty or relative $XDG_CACHE_HOME is ignored, as the XDG spec says."""
-    env = os.environ.get("STREAMCACHE_DIR")
-    if env:
-        return os.path.expanduser(env)
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "streamcache")
 
 
 def version() -> str:
@@ -125,30 +65,6 @@ class _ShowVersion(argparse.Action):
     ) -> None:
         print(f"{parser.prog} {version()}")
         parser.exit()
-
-
-class CliError(Exception):
-    """A failure the command reports in one line and ends with ``status``."""
-
-    def __init__(self, message: str, status: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def os_error_text(exc: BaseException) -> str:
-    """An error in one line, without OSError's ``[Errno N]``."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
-    return str(exc)
-
-
-def quiet_stdout() -> None:
-    """Point stdout at /dev/null (its reader went away)."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, sys.stdout.fileno())
-    finally:
-        os.close(devnull)
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -335,12 +251,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cli_demo.main)
     return parser
-
-
-def config_max_preview() -> int:
-    from .filestore import MAX_KEY_PREVIEW
-
-    return MAX_KEY_PREVIEW
 
 
 def _log_to_stderr(logger: logging.Logger) -> None:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from .admission import MinOccurrences
 from .base import CacheBase, NullCache
 from .cache import StreamCache
-from .cli import EXIT_BROKEN_PIPE, default_dir, os_error_text, quiet_stdout
+from .cli_options import EXIT_BROKEN_PIPE, default_dir, os_error_text, quiet_stdout
 from .errors import CreateError, ProducerDied
 from .log import when_used
 

@@ -23,7 +23,7 @@ from ipc.channel import SEGMENT
 from ipc.naming import object_name
 
 from .cache import LAYOUT, StreamCache
-from .cli import CliError, default_dir
+from .cli_options import CliError, default_dir
 from .filestore import OPEN_READ, Filestore, entry_info, written_so_far
 from .index import Index, Record
 from .store import channel_base
