@@ -65,13 +65,10 @@ import contextlib
 import hashlib
 import json
 import math
-import multiprocessing as mp
 import os
 import platform
-import queue
 import random
 import resource
-import shutil
 import socket
 import stat
 import statistics
@@ -82,43 +79,41 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier, Event
-from types import TracebackType
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if not sys.path or sys.path[0] != ROOT:
     sys.path.insert(0, ROOT)
 
+from harness import (  # noqa: E402
+    READY_WAIT,
+    WAIT,
+    BenchError,
+    Children,
+    GiB,
+    KiB,
+    MiB,
+    Msg,
+    fmt_size,
+    log,
+    precondition,
+    reporting,
+    scratch,
+    write_all,
+)
+
 import ipc  # noqa: E402
 from ipc.naming import list_objects  # noqa: E402
 from streamcache import StreamCache  # noqa: E402
 from streamcache.cache import LAYOUT, key_hash  # noqa: E402
 
-KiB = 1 << 10
-MiB = 1 << 20
-GiB = 1 << 30
-
-WAIT = 300.0  # bound for a transfer, a child's work, a queue get
-READY_WAIT = 120.0  # bound for children to start, events and barriers
-JOIN_WAIT = 60.0  # bound for children to exit once done
 KEY = "bench-key"
 WAKE_KEY = "bench-wake"
-
-Msg = tuple[str, str, Any]  # (kind, role, payload): kinds "ready", "done", "progress", "error"
-
-
-def log(msg: str) -> None:
-    print(f"bench: {msg}", file=sys.stderr, flush=True)
-
-
-class BenchError(Exception):
-    """A benchmark could not run or a correctness check failed."""
 
 
 # -- sinks -------------------------------------------------------------------------------
@@ -159,39 +154,13 @@ def _refuse(w: Any) -> None:
     raise RuntimeError("this reader must find the entry, not create it")
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    done = 0
-    while done < len(view):
-        done += os.write(fd, view[done:])
-
-
 def write_file(path: str, data: bytes, n: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         for _ in range(n):
-            _write_all(fd, data)
+            write_all(fd, data)
     finally:
         os.close(fd)
-
-
-def precondition(directory: str, nbytes: int, data: bytes) -> None:
-    """Write more than ``nbytes`` (a quarter more, at least 4 chunks) to a scratch file in
-    ``directory`` and delete it, just before a timed section that writes ``nbytes`` to that
-    filesystem (the warm-up: a file bigger than the data).
-
-    On this kind of VM the first large write after about a second without one runs up to
-    10x slower (memory freed earlier has gone back to the host, and ext4 pays more than
-    tmpfs); a write right after a bigger one does not. Ours and the baseline are
-    conditioned alike, so their ratio measures the code, not the VM."""
-    chunks = nbytes // len(data)
-    fd, path = tempfile.mkstemp(prefix=".precondition-", dir=directory)
-    try:
-        for _ in range(chunks + max(chunks // 4, 4)):
-            _write_all(fd, data)
-    finally:
-        os.close(fd)
-        os.unlink(path)
 
 
 def maxrss_bytes() -> int:
@@ -258,16 +227,6 @@ def data_file_bytes(cache_dir: str) -> tuple[int, int]:
 # -- child processes (module level: spawn pickles them by reference) ---------------------
 
 
-@contextlib.contextmanager
-def _reporting(out: Queue[Msg], role: str) -> Iterator[None]:
-    """In a child: send any exception's traceback to the bench process, then re-raise."""
-    try:
-        yield
-    except BaseException:
-        out.put(("error", role, traceback.format_exc()))
-        raise
-
-
 def _producer(
     cache_dir: str,
     key: str,
@@ -285,7 +244,7 @@ def _producer(
     ``via_stream``: the path web apps take instead: ``stream()`` runs create in a producer
     thread, and this process reads its own copy (``copy_to`` a counting sink, the chunk
     loop a WSGI iterator runs) in its main thread."""
-    with _reporting(out, "producer"):
+    with reporting(out, "producer"):
         cache = StreamCache(cache_dir, cleanup_interval=0)
         first: list[float] = []
         try:
@@ -332,7 +291,7 @@ def _attach_reader(
 ) -> None:
     """Once the producer has started: attach with ``stream`` (a create that raises), signal
     ``attached`` / wait on ``barrier``, then copy everything to a counting sink."""
-    with _reporting(out, role):
+    with reporting(out, role):
         cache = StreamCache(cache_dir, cleanup_interval=0)
         try:
             sink = CountingSink()
@@ -371,7 +330,7 @@ def _file_writer(
 ) -> None:
     """Write ``n`` times ``data`` to a new plain file with os.write (timed: first write to
     close), after ``begin``; set ``opened`` once the file exists and ``go`` once closed."""
-    with _reporting(out, "writer"):
+    with reporting(out, "writer"):
         out.put(("ready", "writer", {}))
         if begin is not None and not begin.wait(READY_WAIT):
             raise RuntimeError("never told to begin")
@@ -382,7 +341,7 @@ def _file_writer(
         start = time.perf_counter()
         try:
             for _ in range(n):
-                _write_all(fd, data)
+                write_all(fd, data)
         finally:
             os.close(fd)
         end = time.perf_counter()
@@ -394,7 +353,7 @@ def _file_writer(
 def _file_reader(path: str, go: Event, digest: bool, out: Queue[Msg], role: str) -> None:
     """After ``go``: read the plain file in 1 MiB os.read chunks into a counting (or hashing)
     sink."""
-    with _reporting(out, role):
+    with reporting(out, role):
         sink: CountingSink | HashSink = HashSink() if digest else CountingSink()
         out.put(("ready", role, {}))
         if not go.wait(READY_WAIT):
@@ -420,7 +379,7 @@ def _file_reader(path: str, go: Event, digest: bool, out: Queue[Msg], role: str)
 def _follow_reader(path: str, size: int, opened: Event, out: Queue[Msg], role: str) -> None:
     """Read a file while another process writes it (no cache: poll for new bytes, 50 us
     naps when caught up) until ``size`` bytes, into a counting sink."""
-    with _reporting(out, role):
+    with reporting(out, role):
         sink = CountingSink()
         out.put(("ready", role, {}))
         if not opened.wait(READY_WAIT):
@@ -445,7 +404,7 @@ def _storm_worker(
     cache_dir: str, key: str, data: bytes, n: int, barrier: Barrier, out: Queue[Msg], role: str
 ) -> None:
     """Wait on ``barrier``, then fetch the cold ``key`` into a sha256 sink."""
-    with _reporting(out, role):
+    with reporting(out, role):
         cache = StreamCache(cache_dir, cleanup_interval=0)
         try:
 
@@ -471,7 +430,7 @@ def _storm_worker(
 def _drain(sock: socket.socket, cmds: Queue[int | None], out: Queue[Msg]) -> None:
     """For each byte count from ``cmds``: recv_into a 1 MiB buffer until that many bytes
     arrived, then report the finish time. None ends."""
-    with _reporting(out, "drain"):
+    with reporting(out, "drain"):
         buf = bytearray(MiB)
         view = memoryview(buf)
         out.put(("ready", "drain", {}))
@@ -496,7 +455,7 @@ def _wake_producer(
     ~2 ms (window 0). ``via_fetch``: the creating fetch hands its writes straight to its
     dst (the default path); else ``stream()``: create runs in a producer thread and this
     process drains its own copy from the file in its main thread."""
-    with _reporting(out, "wake-producer"):
+    with reporting(out, "wake-producer"):
         cache = StreamCache(cache_dir, window=0, cleanup_interval=0)
         try:
 
@@ -528,14 +487,14 @@ def _wake_producer(
 
 def _pipe_stamper(conn: Connection, n: int, go: Event, out: Queue[Msg]) -> None:
     """The baseline of wakeup: the same timestamps through an os.pipe (``conn``'s fd)."""
-    with _reporting(out, "pipe-stamper"):
+    with reporting(out, "pipe-stamper"):
         fd = conn.fileno()
         out.put(("ready", "pipe-stamper", {}))
         if not go.wait(READY_WAIT):
             raise RuntimeError("never told to go")
         for _ in range(n):
             time.sleep(0.002)
-            _write_all(fd, struct.pack("<q", time.clock_gettime_ns(time.CLOCK_MONOTONIC)))
+            write_all(fd, struct.pack("<q", time.clock_gettime_ns(time.CLOCK_MONOTONIC)))
         conn.close()
         out.put(("done", "pipe-stamper", {}))
 
@@ -544,7 +503,7 @@ def _fill_worker(
     cache_dir: str, first: int, stop: int, value: bytes, out: Queue[Msg], role: str
 ) -> None:
     """Create the finished entries ``idx-<first>`` .. ``idx-<stop - 1>``."""
-    with _reporting(out, role):
+    with reporting(out, role):
         cache = StreamCache(cache_dir, cleanup_interval=0)
         try:
             t0 = time.perf_counter()
@@ -578,99 +537,6 @@ def fill_entries(
 
 
 # -- bench-process helpers ---------------------------------------------------------------
-
-
-class Children:
-    """Spawned children with one result queue; on failure every child is killed, and on
-    success every child must exit 0 within JOIN_WAIT."""
-
-    def __init__(self) -> None:
-        self.ctx: SpawnContext = mp.get_context("spawn")
-        self.procs: list[SpawnProcess] = []
-        self.out: Queue[Msg] = self.ctx.Queue()
-
-    def start(self, target: Callable[..., None], *args: Any) -> SpawnProcess:
-        p = self.ctx.Process(target=target, args=args, daemon=True)
-        p.start()
-        self.procs.append(p)
-        return p
-
-    def next(self, deadline: float, what: str) -> Msg:
-        while True:
-            try:
-                msg = self.out.get(timeout=0.25)
-            except queue.Empty:
-                if time.monotonic() > deadline:
-                    raise BenchError(f"timed out waiting for {what}") from None
-                self._check_deaths(what)
-                continue
-            if msg[0] == "error":
-                raise BenchError(f"child {msg[1]} failed:\n{msg[2]}")
-            return msg
-
-    def _check_deaths(self, what: str) -> None:
-        for p in self.procs:
-            if p.exitcode not in (None, 0):
-                with contextlib.suppress(queue.Empty):
-                    msg = self.out.get(timeout=1.0)  # its traceback may be on the way
-                    if msg[0] == "error":
-                        raise BenchError(f"child {msg[1]} failed:\n{msg[2]}")
-                raise BenchError(f"child {p.name} exited with {p.exitcode} during {what}")
-
-    def collect(self, kind: str, count: int, timeout: float, what: str) -> list[dict[str, Any]]:
-        """``count`` messages of ``kind``; each payload gets its sender as "role"."""
-        deadline = time.monotonic() + timeout
-        got: list[dict[str, Any]] = []
-        while len(got) < count:
-            k, role, payload = self.next(deadline, what)
-            if k != kind:
-                raise BenchError(f"unexpected {k!r} from {role} while waiting for {what}")
-            got.append({**payload, "role": role})
-        return got
-
-    def kill_all(self) -> None:
-        for p in self.procs:
-            if p.is_alive():
-                p.terminate()
-        for p in self.procs:
-            p.join(5)
-            if p.is_alive():
-                p.kill()
-                p.join(5)
-
-    def __enter__(self) -> Children:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        try:
-            if et is not None:
-                self.kill_all()
-                return
-            deadline = time.monotonic() + JOIN_WAIT
-            for p in self.procs:
-                p.join(max(deadline - time.monotonic(), 0.1))
-            stuck = [p for p in self.procs if p.is_alive()]
-            failed = [p for p in self.procs if not p.is_alive() and p.exitcode != 0]
-            if stuck or failed:
-                self.kill_all()
-                raise BenchError(
-                    f"children did not exit cleanly: stuck {[p.pid for p in stuck]}, "
-                    f"failed {[(p.pid, p.exitcode) for p in failed]}"
-                )
-        finally:
-            self.out.close()
-
-
-@contextlib.contextmanager
-def scratch(tag: str) -> Iterator[str]:
-    """A fresh unique directory under tempfile.gettempdir(), removed afterwards."""
-    d = tempfile.mkdtemp(prefix=f"scbench-{tag}-")
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def leak_check(cache: StreamCache, cache_dir: str) -> int:
@@ -709,14 +575,6 @@ def fmt_time(s: float) -> str:
     if s >= 1e-3:
         return f"{s * 1e3:.1f} ms"
     return f"{s * 1e6:.1f} us"
-
-
-def fmt_size(n: float) -> str:
-    if abs(n) >= GiB and n % GiB == 0:
-        return f"{n / GiB:.0f} GiB"
-    if abs(n) >= MiB:
-        return f"{n / MiB:.1f} MiB".replace(".0 MiB", " MiB")
-    return f"{n / KiB:.0f} KiB"
 
 
 def fmt_rate(s: float, nbytes: int) -> str:
@@ -1949,7 +1807,7 @@ def print_table(rows: list[Row], cfg: Config, info: dict[str, Any], wall: float)
 
 
 def run_peers(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    import peers  # tools/peers.py: imports this module, so only now
+    import peers  # tools/peers.py: only for --peers
 
     kinds = list(peers.CONTENDERS)
     if args.peers_only:

@@ -49,8 +49,8 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier, Event
 from typing import Any
 
-import bench
-from bench import BenchError, Children, MiB, Msg, log, scratch
+import harness
+from harness import BenchError, Children, MiB, Msg, log, scratch
 
 from streamcache import StreamCache
 
@@ -264,7 +264,7 @@ def _diskcache(work: str, gen: Generator, sink: CheckingSink) -> None:
 
 
 def _http(port: int, sink: CheckingSink) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=bench.WAIT)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=harness.WAIT)
     try:
         conn.request("GET", "/blob")
         resp = conn.getresponse()
@@ -286,7 +286,7 @@ def _worker(
     out: Queue[Msg],
     role: str,
 ) -> None:
-    with bench._reporting(out, role):
+    with harness.reporting(out, role):
         runs = os.path.join(work, "runs")
         gen = Generator(size, rate, runs)
         sink = CheckingSink(size)
@@ -301,7 +301,7 @@ def _worker(
             reset_peak_rss(os.getpid())
             cpu0, wb0 = self_cpu_seconds(), proc_io_write_bytes()
             out.put(("ready", role, {}))
-            barrier.wait(bench.READY_WAIT)
+            barrier.wait(harness.READY_WAIT)
             released = now()
             if kind == "fetch":
                 assert cache is not None
@@ -319,7 +319,7 @@ def _worker(
                 _http(port, sink)
             else:
                 raise BenchError(f"unknown contender {kind}")
-            if cache is not None and not cache.wait_producers(bench.WAIT):
+            if cache is not None and not cache.wait_producers(harness.WAIT):
                 raise BenchError("the producer thread did not finish")
             done = now()
         finally:
@@ -366,7 +366,7 @@ def _origin(size: int, rate: float, runs: str, port: int, ready: Event, stop: Ev
     serving = threading.Thread(target=server.serve_forever, daemon=True)
     serving.start()
     ready.set()
-    stop.wait(4 * bench.WAIT)
+    stop.wait(4 * harness.WAIT)
     server.shutdown()
     server.server_close()
 
@@ -519,7 +519,7 @@ def run_once(kind: str, procs: int, size: int, rate: float, data: bytes) -> Run:
                     ready, stop = ch.ctx.Event(), ch.ctx.Event()
                     oport = free_port()
                     origin = ch.start(_origin, size, rate, runs, oport, ready, stop)
-                    if not ready.wait(bench.READY_WAIT):
+                    if not ready.wait(harness.READY_WAIT):
                         raise BenchError("the origin did not start")
                     nginx = Nginx(binary, work, oport)
                     port = nginx.port
@@ -528,13 +528,13 @@ def run_once(kind: str, procs: int, size: int, rate: float, data: bytes) -> Run:
                 barrier = ch.ctx.Barrier(procs + 1)
                 for i in range(procs):
                     ch.start(_worker, kind, work, size, rate, port, barrier, ch.out, f"p{i}")
-                ch.collect("ready", procs, bench.READY_WAIT, f"{kind} workers to start")
-                bench.precondition(work, size, data)  # the warm-up: a bigger file, deleted
+                ch.collect("ready", procs, harness.READY_WAIT, f"{kind} workers to start")
+                harness.precondition(work, size, data)  # the warm-up: a bigger file, deleted
                 for pid in servers:
                     reset_peak_rss(pid)
                 server0 = {p: (proc_cpu_seconds(p), proc_io_write_bytes(p)) for p in servers}
-                barrier.wait(bench.READY_WAIT)
-                done = ch.collect("done", procs, bench.WAIT, f"the {kind} run")
+                barrier.wait(harness.READY_WAIT)
+                done = ch.collect("done", procs, harness.WAIT, f"the {kind} run")
                 disk_left = dir_bytes(work)
                 server1 = {p: (proc_cpu_seconds(p), proc_io_write_bytes(p)) for p in servers}
                 server_rss = [proc_peak_rss(p) for p in servers]
@@ -619,7 +619,7 @@ def table(results: list[Result], floors: dict[float, list[float]], size: int, pr
         rate_s = f"{rate / MiB:.0f} MiB/s" if rate else "unlimited"
         floor = med(fl)
         lines.append(
-            f"\n{procs} processes, one {bench.fmt_size(size)} blob, generator at {rate_s}: "
+            f"\n{procs} processes, one {harness.fmt_size(size)} blob, generator at {rate_s}: "
             f"floor {floor:.2f} s ({'size / rate' if rate else 'the generator alone, median'})"
         )
         head = (
