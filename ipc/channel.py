@@ -278,6 +278,12 @@ class Channel:
             self.writer_bell.ring()
 
 
+def open_segment(base: str) -> Segment:
+    """The segment of the channel ``base``, to read (``SegmentError`` if it is gone):
+    neither bell is opened, nothing is created."""
+    return Segment.open(object_name(base, SEGMENT))
+
+
 def unlink_channel(base: str) -> int:
     """Remove a channel's names: the segment first, then the bells (see the module
     docstring). Mappings and bells already open keep working. Returns how many of the

@@ -2,9 +2,9 @@
 pass, and dropping one key's entry.
 
 ``stats`` only reads: records (symlinks), file metadata, the key previews stored with
-data files, and the shared-memory segments of entries in flight through ipc's public
-scans. It takes no lock, changes nothing, and creates nothing. None of the commands
-creates the directory it is pointed at.
+data files, and the shared-memory segments of entries in flight (the read-only
+inspection module gives those). It takes no lock, changes nothing, and creates
+nothing. None of the commands creates the directory it is pointed at.
 """
 
 from __future__ import annotations
@@ -19,14 +19,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import ipc
-from ipc.channel import SEGMENT
-from ipc.naming import object_name
 
 from .cache import LAYOUT, StreamCache
 from .cli_options import CliError, default_dir
-from .filestore import OPEN_READ, Filestore, entry_info, written_so_far
-from .index import Index, Record
-from .store import channel_base
+from .filestore import Filestore, entry_info
+from .inspection import in_flight, shard_files
 
 SCHEMA_VERSION = 1
 STATES = ("writing", "done", "expired", "failed", "invalid")
@@ -105,21 +102,6 @@ def cache_root(path: str | None) -> tuple[str, str]:
     return cache_dir, root
 
 
-def _shard_files(root: str) -> Iterator[os.DirEntry[str]]:
-    """The files of each shard of ``root`` (read-only: no shard is repaired)."""
-    try:
-        shards = list(os.scandir(root))
-    except OSError:
-        return
-    for shard in shards:
-        if not shard.is_dir(follow_symlinks=False):
-            continue
-        try:
-            yield from list(os.scandir(shard.path))
-        except OSError:
-            continue
-
-
 def _info(path: str, now: float) -> dict[str, Any]:
     info = entry_info(path)
     if info is None:
@@ -150,7 +132,7 @@ def _blank(key_hash: str) -> dict[str, Any]:
 
 def _finished(root: str, now: float) -> Iterator[dict[str, Any]]:
     files = Filestore(root)
-    for entry in _shard_files(files.entries_dir):
+    for entry in shard_files(files.entries_dir):
         name = entry.name
         item = _blank(name)
         item.update(_info(entry.path, now))
@@ -181,66 +163,32 @@ def _finished(root: str, now: float) -> Iterator[dict[str, Any]]:
 def _in_flight(
     root: str, prefix: str, now: float, live_files: set[str]
 ) -> Iterator[dict[str, Any]]:
-    index = Index(root)
-    files = Filestore(root)
-    for entry in _shard_files(index.records_dir):
-        if not entry.name.endswith(".rec"):
-            continue
-        h = entry.name[:-4]
-        text = index.read_text(h) if len(h) == 64 else None
-        rec = None if text is None else Record.from_text(h, text)
-        item = _blank(h)
-        if rec is None:
+    for e in in_flight(root, prefix):
+        item = _blank(e.key_hash)
+        rec = e.record
+        if rec is None or e.path is None:
             item["error"] = "a record that does not parse"
             yield item
             continue
         live_files.add(rec.file)
-        path = files.path(rec.file)
-        item.update(_info(path, now))
-        alive = ipc.is_alive(rec.pid, rec.start)
-        item.update(producer={"pid": rec.pid, "alive": alive}, expires_in=rec.expires - now)
-        try:
-            fd = os.open(path, OPEN_READ)
-        except OSError:
-            fd = -1
-        if fd >= 0:
-            try:
-                item["disk_bytes"] = os.fstat(fd).st_size
-                item["written"] = written_so_far(fd)
-            finally:
-                os.close(fd)
-        seg_state = ipc.STATE_WRITING
-        try:
-            seg = ipc.Segment.open(object_name(channel_base(prefix, rec.file), SEGMENT))
-        except ipc.SegmentError:
-            pass  # no reader attached yet (an inline creator's entry), or gone
-        else:
-            try:
-                offset, seg_state = seg.progress()
-                item["written"] = max(item["written"], offset)
-                item["size"] = seg.announced_size  # by create's w.set_size, if it did
-                if seg_state == ipc.STATE_FAILED:
-                    item["error"] = seg.error
-                item["readers"] = [
-                    {
-                        "slot": r.slot,
-                        "pid": r.reader.pid,
-                        "alive": ipc.is_alive(r.reader.pid, r.reader.start),
-                        "position": r.position,
-                        "waiting": r.waiting,
-                    }
-                    for r in seg.reader_list()
-                ]
-            finally:
-                seg.close()
-        if seg_state == ipc.STATE_FAILED:
+        item.update(_info(e.path, now))
+        item.update(
+            producer={"pid": rec.pid, "alive": e.producer_alive},
+            expires_in=rec.expires - now,
+            disk_bytes=e.disk_bytes,
+            written=e.written,
+            size=e.size,
+            readers=[r._asdict() for r in e.readers],
+        )
+        if e.state == ipc.STATE_FAILED:
             item["state"] = "failed"
-        elif not alive:
+            item["error"] = e.error
+        elif not e.producer_alive:
             item["state"] = "failed"
             item["error"] = f"the producing process (pid {rec.pid}) died"
         elif rec.expires <= now:
             item["state"] = "expired"
-        elif seg_state == ipc.STATE_DONE:
+        elif e.state == ipc.STATE_DONE:
             item["state"] = "done"  # being published
             item["size"] = item["written"]
         else:
@@ -255,7 +203,7 @@ def collect(cache_dir: str, root: str) -> dict[str, Any]:
     live_files: set[str] = set()
     entries = list(_in_flight(root, prefix, now, live_files))
     entries += list(_finished(root, now))
-    orphans = sum(1 for e in _shard_files(Filestore(root).data_dir) if e.name not in live_files)
+    orphans = sum(1 for e in shard_files(Filestore(root).data_dir) if e.name not in live_files)
     states = Counter(e["state"] for e in entries)
     return {
         "schema": SCHEMA_VERSION,
