@@ -394,6 +394,15 @@ class Segment:
             for i in range(0, len(words), _SLOT_WORDS)
         )
 
+    def takes_new_readers(self) -> bool:
+        """Whether a new reader may attach: still writing, and either every announced
+        byte written (the producer then finishes with no reader left) or a live reader
+        attached (a producer whose readers all left fails)."""
+        offset, state = self.progress()
+        if state != STATE_WRITING:
+            return False
+        return self.announced_size == offset or self.has_live_reader()
+
     def reader_list(self) -> list[ReaderInfo]:
         """Every active slot (for inspection: ``streamcache stats``)."""
         words = self._snapshot()

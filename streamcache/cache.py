@@ -456,18 +456,16 @@ class StreamCache(CacheBase):
         if channel is None:  # its names are taken by objects not ours: create afresh
             os.close(fd)
             return None
-        seg = channel.seg
         # Every announced byte written: the producer publishes it whole even with no
         # reader left (writer.EntryWriter), so a new fetch attaches to it.
-        whole = seg.announced_size == seg.offset
-        if seg.state != ipc.STATE_WRITING or not (whole or seg.has_live_reader()):
+        if not channel.seg.takes_new_readers():
             # Failed, or every reader left so the producer is bound to fail: a
             # new fetch creates afresh instead of attaching.
             channel.close()
             os.close(fd)
             self._index.remove(h)
             return None
-        slot = seg.claim_slot(ipc.current_process())
+        slot = channel.seg.claim_slot(ipc.current_process())
         return PipeReader(
             fd, channel, slot, self.liveness, self._store, rec, clock=self._clock, start=start
         )
