@@ -30,7 +30,7 @@ from ipc.liveness import same_process
 from ipc.segment import FAILED_ABANDONED, FAILED_BY_PRODUCER, ReaderSlot, SegmentError
 
 from .creator import Create, call_create
-from .errors import CreateError, Error, describe
+from .errors import CreateError, Error, SharedMemoryRemoved, describe
 from .filestore import TRAILER
 from .index import Record
 from .log import log
@@ -213,7 +213,9 @@ class Producer:
         if tee is not None and tee.error is not None:
             raise tee.error
         if follower is not None and follower.error is not None:
-            if not isinstance(follower.error, CreateError):
+            # A CreateError of the copy is the entry's own, raised below; unless the
+            # entry went on without it: then the creator's client still lacks bytes.
+            if not isinstance(follower.error, CreateError) or self.outcome.error is None:
                 raise follower.error
         if isinstance(error, (KeyboardInterrupt, SystemExit)):
             raise error
@@ -390,6 +392,11 @@ class Tee:
                 channel.close()
                 raise
         except Exception as exc:  # the creator loses its copy; the entry goes on
+            if isinstance(exc, SegmentError):  # its names were wiped since it attached
+                removed = SharedMemoryRemoved(
+                    "the entry's shared memory was removed while it was written"
+                )
+                exc = CreateError(describe(removed))
             follower.error = exc
             return
         slot = channel.seg.adopt_slot(CREATOR_SLOT)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
 import signal
 import subprocess
 import time
@@ -23,6 +22,7 @@ from cli_helpers import (
     stats,
     wait_until,
 )
+from xproc import readable
 
 from streamcache.cli import duration
 
@@ -42,7 +42,7 @@ def read_line(proc: subprocess.Popen[bytes], timeout: float = WAIT) -> bytes:
     deadline = time.monotonic() + timeout
     while b"\n" not in got:
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
+        if left <= 0 or not readable(fd, left):
             raise AssertionError(f"no line from {proc.args} in time (got {got!r})")
         chunk = os.read(fd, 4096)
         if not chunk:

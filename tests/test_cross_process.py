@@ -13,7 +13,6 @@ import io
 import json
 import os
 import random
-import select
 import signal
 import threading
 import time
@@ -325,8 +324,7 @@ class _Lines:
         deadline = time.monotonic() + timeout
         while b"\n" not in self.buf:
             left = deadline - time.monotonic()
-            ready, _, _ = select.select([self.fd], [], [], max(left, 0))
-            if not ready:
+            if not xproc.readable(self.fd, left):
                 raise AssertionError("no message from the forked child in time")
             data = os.read(self.fd, 65536)
             if not data:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import procs_stripe_locks
 import pytest
-from xproc import expect
+from xproc import expect, readable
 
 import streamcache
 from streamcache import StreamCache
@@ -84,12 +84,9 @@ def _child_tries_stripe(root: str, h: str, w: int, r: int) -> None:
 
 
 def _readline(fd: int, timeout: float = WAIT) -> bytes:
-    import select
-
     buf = b""
     while not buf.endswith(b"\n"):
-        ready, _, _ = select.select([fd], [], [], timeout)
-        assert ready, "the forked child did not answer in time"
+        assert readable(fd, timeout), "the forked child did not answer in time"
         chunk = os.read(fd, 64)
         assert chunk, "the forked child closed its pipe"
         buf += chunk

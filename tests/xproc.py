@@ -113,6 +113,15 @@ def read_lines(path: str) -> list[str]:
 # -- test-side helpers ------------------------------------------------------------------------
 
 
+def readable(fd: int, timeout: float) -> bool:
+    """Whether ``fd`` becomes readable within ``timeout`` seconds. poll, not select: a
+    long-lived test process holds descriptors past select's limit of 1023 (each cache
+    directory a process used keeps its lock files open)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(timeout, 0.0) * 1000))
+
+
 def expect(q: Any, tag: str, timeout: float = 20.0) -> tuple[Any, ...]:
     """The next message of a child's queue, which must carry ``tag``."""
     try:
@@ -143,7 +152,7 @@ def wait_pid(pid: int, timeout: float) -> int:
         pidfd = -1
     if pidfd >= 0:
         try:
-            ready, _, _ = select.select([pidfd], [], [], timeout)
+            ready = readable(pidfd, timeout)
         finally:
             os.close(pidfd)
         if not ready:
