@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             start_new_session=True,
             stderr=subprocess.DEVNULL,
         )
+    # A SIGTERM (timeout, CI) unwinds like Ctrl-C, so the finally below stops the load.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     failed = 0
     try:
         for n in range(1, args.rounds + 1):
