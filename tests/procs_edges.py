@@ -35,7 +35,7 @@ def counting_create(log: str, key: str) -> Any:
 
 
 def first_request(dir: str, key: str, log: str, barrier: Barrier, out: Queue[Any]) -> None:
-    """The README's "Use" pattern: ``new(Config(dir=...))`` with its defaults, then one
+    """The pattern of docs/guide/use.md: ``new(Config(dir=...))`` with its defaults, then one
     fetch of ``key`` released together with the other processes' by ``barrier``."""
     try:
         with streamcache.new(streamcache.Config(dir=dir)) as cache:

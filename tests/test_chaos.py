@@ -65,7 +65,7 @@ def test_zipf_keys_span_zero_to_the_largest_size() -> None:
 
 @pytest.mark.timeout(600)
 def test_long_stress_run_is_clean(tmp_path: Path) -> None:
-    """20 seconds of the long stress run (README: how to run it for ten minutes): Zipf
+    """20 seconds of the long stress run (docs/contributing.md: how to run it for ten minutes): Zipf
     keys of 0 to 4 MiB under a 128 KiB budget (eviction, and misses that bypass the cache
     all the time), astream-heavy (40% of the operations), kill -9 of producers and
     readers, SIGSTOP/SIGCONT of producers, the signal storm; every served byte is

@@ -1,7 +1,7 @@
-"""Every ```python block of the docs site's pages runs as pasted: each in a fresh
-interpreter (this one's), in an empty temporary working directory with TMPDIR under the
-test's own temporary directory, bounded in time, and it passes when it exits 0. A snippet
-that stops working fails the suite.
+"""Every ```python block of README.md and of the docs site's pages runs as pasted: each
+in a fresh interpreter (this one's), in an empty temporary working directory, with TMPDIR
+and HOME under the test's own temporary directory, bounded in time; it passes when it
+exits 0. A snippet that stops working fails the suite.
 
 A block that needs a running server or runs for long is marked with an HTML comment on the
 line just before it (blank lines between are allowed), which the rendered page does not
@@ -22,7 +22,7 @@ from typing import NamedTuple
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FILES = sorted((ROOT / "docs").rglob("*.md"))
+FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 # Catches a hang only: each snippet takes about a second on a quiet machine.
 BOUND = 120.0
@@ -95,6 +95,7 @@ def test_the_collector_finds_blocks_and_skip_markers() -> None:
         parse("```python\nprint(1)\n", "x.md")
     # The pages do hold snippets that run (a broken parser would pass every page).
     assert sum(s.skip is None for s in SNIPPETS) >= 5
+    assert any(s.where.startswith("README.md:") for s in SNIPPETS)
 
 
 @pytest.mark.parametrize("snippet", SNIPPETS, ids=[s.where for s in SNIPPETS])
@@ -105,10 +106,12 @@ def test_snippet_runs(snippet: Snippet, tmp_path: Path) -> None:
     script.write_text(snippet.code, encoding="utf-8")
     work = tmp_path / "cwd"
     work.mkdir()
-    # What a snippet makes with tempfile (and does not remove) stays under tmp_path.
-    temp = tmp_path / "tmp"
+    # What a snippet makes with tempfile or under ~ (and does not remove) stays in tmp_path.
+    temp, home = tmp_path / "tmp", tmp_path / "home"
     temp.mkdir()
-    env = {**os.environ, "TMPDIR": str(temp)}
+    home.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp), "HOME": str(home)}
+    env.pop("XDG_CACHE_HOME", None)
     try:
         done = subprocess.run(
             [sys.executable, str(script)],

@@ -8,7 +8,7 @@ pytest-xdist. The source under test goes first on their PYTHONPATH. (Not from to
 other environments: run from inside one tox environment, another environment's
 interpreter ended up importing this one's compiled packages, hypothesis' native module
 of another Python version, and failed. The run across py310..py313 with tox -p is
-measured by hand; see the README.)
+measured by hand; see docs/guide/pytest-plugin.md.)
 """
 
 from __future__ import annotations
