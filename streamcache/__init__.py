@@ -2,7 +2,7 @@
 
 A re-creation of Gitaly's ``streamcache`` taken across processes. The machine:
 
-**Index** (``index.py``). One record per entry in flight under
+**Index** (``disk/index.py``). One record per entry in flight under
 ``<dir>/v2/index``, named by the key's sha256: a symlink whose target is one
 short line of text (written in one atomic call, read in one). The lookup, create
 and reader registration of one key form one critical section under one of 256
@@ -11,13 +11,13 @@ lock of a process that dies. A record names the entry's data file (whose name
 carries the producer's pid and names its IPC objects), the producer's start time
 and the expiry (creation + the creator's max_age).
 
-**Filestore** (``filestore.py``). A new data file per entry, never reused, in 256
+**Filestore** (``disk/filestore.py``). A new data file per entry, never reused, in 256
 shard directories. A finished entry is the file ``<dir>/v2/entries/<aa>/<sha256>``:
 complete (a trailer with its size closes it), immutable, its mtime its expiry.
 A hit is one ``open`` by name with no record and no lock. Open descriptors
 outlive unlinking, so eviction never cuts off a reader.
 
-**Pipe** (``writer.py`` for the producer's side, ``pipe.py`` for the readers', over
+**Pipe** (``entry/writer.py`` for the producer's side, ``entry/pipe.py`` for the readers', over
 ``ipc.channel``). While an entry is written, its
 channel (a shared-memory segment and two bells) carries the producer's offset,
 state and announced failure, and one slot per reader with its position, written
@@ -37,7 +37,7 @@ pid and start time, so a reused pid never passes for the dead process. A reader
 never returns a byte past the entry's final size. Once the entry is finished or
 failed its channel is unlinked.
 
-**Producer** (``producer.py``). The fetch that misses creates the entry. Without
+**Producer** (``entry/producer.py``). The fetch that misses creates the entry. Without
 a timeout it runs ``create`` in its own thread and hands each write straight to
 its ``dst``; such an entry gets its channel only when another reader attaches
 (that reader makes it, named after the data file, and the producer finds it
@@ -49,10 +49,10 @@ every other reader. The entry is published as finished (the data file sealed and
 renamed to its entry name, the record removed, under the key's lock) before the
 segment says "done", so once any reader has seen the end, the next fetch
 anywhere is a hit. A producer failure removes the record first and then
-publishes the error, so the next fetch creates afresh. ``store.py`` holds the
+publishes the error, so the next fetch creates afresh. ``disk/store.py`` holds the
 record-and-file changes that the producer, readers and cleanup share.
 
-**Eviction** (``eviction.py``). A loop in each process runs the pass every
+**Eviction** (``disk/eviction.py``). A loop in each process runs the pass every
 ``min(max_age, 60 s)``; a cleanup lock makes one process at a time do it:
 evict entries past their expiry (recorded, or the finished file's mtime), discard
 records of dead producers, delete data files no live record owns that are older
@@ -63,7 +63,7 @@ key's entry under its lock: the finished file goes, and an entry in flight loses
 its record and data file as an expired one does, so its producer (which publishes,
 under the same lock, only while its record still names its file) never publishes it.
 
-**Budget and full disk** (``usage.py``). One small file holds the running total
+**Budget and full disk** (``disk/usage.py``). One small file holds the running total
 of the entries' bytes (producers reserve before each write), a "disk full" mark
 and the one producer allowed past ``max_bytes``. A miss first evicts the finished
 entries that expire first; when the budget is still taken (all in flight), or the
@@ -73,6 +73,9 @@ the caller, as with NullCache. Data on disk stays within max_bytes plus one entr
 Calls go one way: ``cache`` -> ``producer`` -> ``pipe``/``writer`` -> ``store`` ->
 ``usage`` -> ``index``/``filestore``, and everything -> ``ipc``, which knows
 nothing of caches.
+The folders are those layers: ``cli/`` and ``serving/`` above the caches
+(``admission``, ``cache``, ``base``), above one entry's life (``entry/``), above the
+directory (``disk/``); ``lint-imports`` checks that no import runs back up.
 Time comes from one injected ``ipc.Clock``.
 
 **Admission** (``admission.py``). MinOccurrences sends a key to the cache only
@@ -86,7 +89,7 @@ Public names: :class:`Config`, :func:`new`, :class:`StreamCache`,
 (the type of create); :class:`Stream` (``s.size``, ``s.produced``, ``s.position``,
 ``s.finished_file()``), :class:`EntryInfo` (``cache.peek(key)``).
 
-**create** (``creator.py``). Every path runs it the same way: ``create(w)`` writes
+**create** (``entry/creator.py``). Every path runs it the same way: ``create(w)`` writes
 to ``w`` (``w.write(b"")`` does nothing) and returns None, or returns an iterable
 of bytes-like chunks (a generator) that is written item by item; any other return
 value fails the entry. Whichever way a call goes (an entry, NullCache, a bypassed
@@ -113,10 +116,10 @@ from . import config, metrics
 from .admission import MinOccurrences
 from .base import CacheBase, LogEntry, LoggingCache, NullCache
 from .cache import StreamCache
-from .creator import Create, Writer
+from .entry.creator import Create, Writer
+from .entry.stream import AsyncStream, EntryInfo, FetchResult, FinishedFile, Stream
 from .errors import CreateError, Error, ProducerDied
 from .metrics import DEFAULT_REGISTRY, DefaultRegistry
-from .stream import AsyncStream, EntryInfo, FetchResult, FinishedFile, Stream
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

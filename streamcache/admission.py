@@ -37,11 +37,11 @@ from .base import (
     check_start,
 )
 from .cache import StreamCache, key_hash
-from .creator import Create
 from .deadline import check_timeout
-from .filestore import make_private_dirs
+from .disk.filestore import make_private_dirs
+from .entry.creator import Create
+from .entry.stream import EntryInfo, FetchResult, Stream
 from .metrics import BYPASS, ERROR, NULL, Metrics
-from .stream import EntryInfo, FetchResult, Stream
 
 _APPEND = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 

@@ -20,12 +20,12 @@ from ipc.clock import SYSTEM, Clock
 from ipc.hub import complete
 from ipc.wait import Wake
 
-from .creator import BytesLike, Create, Writer, call_create
 from .deadline import Deadline, check_timeout, deadline_for
+from .entry.creator import BytesLike, Create, Writer, call_create
+from .entry.sink import dst_problem, write_all
+from .entry.sizes import AnnouncedSize
+from .entry.stream import AsyncStream, EntryInfo, FetchResult, Stream
 from .errors import CreateError, describe
-from .sink import dst_problem, write_all
-from .sizes import AnnouncedSize
-from .stream import AsyncStream, EntryInfo, FetchResult, Stream
 
 if TYPE_CHECKING:
     import concurrent.futures

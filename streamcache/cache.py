@@ -29,10 +29,9 @@ from .base import (
     check_start,
     start_create,
 )
-from .creator import Create
 from .deadline import Deadline, deadline_for, remaining, wait_limit
-from .eviction import Cleaner, GCReport, collect
-from .filestore import (
+from .disk.eviction import Cleaner, GCReport, collect
+from .disk.filestore import (
     MAX_KEY_PREVIEW,
     TREE,
     Finished,
@@ -42,15 +41,16 @@ from .filestore import (
     set_entry_info,
     written_so_far,
 )
-from .index import Record
+from .disk.index import Record
+from .disk.store import LAYOUT, Store, channel_base, key_hash
+from .disk.usage import is_disk_full
+from .entry.creator import Create
+from .entry.pipe import CREATOR_SLOT, FileReader, PipeReader
+from .entry.producer import Producer, Producers, check_not_creating
+from .entry.sink import write_all
+from .entry.stream import EntryInfo, FetchResult, Source, Stream
 from .log import log
 from .metrics import BYPASS, DEFAULT_REGISTRY, ERROR, HIT, MISS, DefaultRegistry, for_dir
-from .pipe import CREATOR_SLOT, FileReader, PipeReader
-from .producer import Producer, Producers, check_not_creating
-from .sink import write_all
-from .store import LAYOUT, Store, channel_base, key_hash
-from .stream import EntryInfo, FetchResult, Source, Stream
-from .usage import is_disk_full
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

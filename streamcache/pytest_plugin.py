@@ -39,7 +39,7 @@ import pytest
 
 from .cache import StreamCache
 from .config import seconds
-from .creator import Create
+from .entry.creator import Create
 from .errors import ProducerDied
 
 __all__ = ["SharedArtifacts"]

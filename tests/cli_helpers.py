@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from streamcache.cli_stats import cache_root, collect
+from streamcache.cli.stats import cache_root, collect
 
 WAIT = 30.0
 

@@ -14,8 +14,8 @@ from ipc.channel import SEGMENT
 from ipc.naming import object_name
 from streamcache import Writer
 from streamcache.cache import LAYOUT, channel_base, key_hash
-from streamcache.filestore import Filestore
-from streamcache.index import Record
+from streamcache.disk.filestore import Filestore
+from streamcache.disk.index import Record
 
 WAIT = 20.0  # bound for every wait in the tests that use these helpers
 

@@ -27,7 +27,7 @@ from xproc import WAIT, HashSink, forbidden_create, payload_bytes, payload_sha, 
 import streamcache
 from ipc.clock import Clock
 from streamcache.cache import LAYOUT, key_hash
-from streamcache.usage import MAX_BACKOFF
+from streamcache.disk.usage import MAX_BACKOFF
 
 MiB = 2**20
 CHUNK = 256 * 1024

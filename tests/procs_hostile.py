@@ -93,7 +93,7 @@ def fetch_with_planted_names(
     /dev/shm names the test planted); report digest, created and the names drawn."""
     from xproc import writer_of
 
-    import streamcache.filestore as filestore
+    import streamcache.disk.filestore as filestore
 
     drawn: list[str] = []
     real = filestore.random_token

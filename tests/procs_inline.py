@@ -28,7 +28,7 @@ from typing import Any
 from helpers import FailingDst, writing
 
 import ipc
-import streamcache.writer
+import streamcache.entry.writer
 from streamcache import CreateError, StreamCache
 
 WAIT = 20.0
@@ -96,7 +96,7 @@ def gated_inline_producer(
     the cache's back-pressure window (default: the library's).
     """
     if discovery_interval is not None:
-        streamcache.writer._DISCOVERY_INTERVAL = discovery_interval
+        streamcache.entry.writer._DISCOVERY_INTERVAL = discovery_interval
     extra = {} if window is None else {"window": window}
     cache = StreamCache(dir, max_age=HOUR, liveness=0.2, cleanup_interval=0, **extra)
     if die_after_publish:

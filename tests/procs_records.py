@@ -15,7 +15,7 @@ from xproc import WAIT, HashSink, forbidden_create, reporting
 
 import streamcache
 from streamcache.cache import LAYOUT, key_hash
-from streamcache.index import Index
+from streamcache.disk.index import Index
 
 
 @reporting

@@ -14,7 +14,7 @@ from typing import Any
 from xproc import WAIT, reporting
 
 from streamcache.cache import LAYOUT
-from streamcache.index import Index
+from streamcache.disk.index import Index
 
 
 @reporting

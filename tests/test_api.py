@@ -19,7 +19,7 @@ from helpers import data_files, finished_entries, index_records
 import ipc
 import streamcache
 from streamcache.cache import LAYOUT, key_hash
-from streamcache.index import Index
+from streamcache.disk.index import Index
 
 
 def writer_of(data: bytes, chunk: int = 65536) -> Any:
@@ -362,7 +362,7 @@ def test_sendfile_to_a_real_file(cache_dir: Path, tmp_path: Path) -> None:
 def test_record_fits_in_a_fast_symlink() -> None:
     """A record is a symlink's target; under 60 bytes ext4 keeps it in the inode (no data
     block to allocate and free per miss), even for the largest pid and a long uptime."""
-    from streamcache.index import Record
+    from streamcache.disk.index import Record
 
     pid = 4_194_304  # Linux's largest pid_max
     rec = Record("a" * 64, f"{'f' * 16}-{pid:x}-{0xFFFFF:x}", pid, 31_536_000.99, 4_102_444_800.5)

@@ -21,7 +21,7 @@ import ipc
 from ipc.channel import unlink_channel
 from streamcache import StreamCache
 from streamcache.cache import LAYOUT, channel_base, key_hash
-from streamcache.index import Index
+from streamcache.disk.index import Index
 
 WAIT = 20.0
 HOUR = 3600.0

@@ -24,7 +24,7 @@ from cli_helpers import (
 )
 from xproc import readable
 
-from streamcache.cli import duration
+from streamcache.cli.options import duration
 
 
 @pytest.fixture

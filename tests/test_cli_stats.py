@@ -25,7 +25,7 @@ from cli_helpers import (
 
 import ipc
 import streamcache
-from streamcache.cli import build_parser
+from streamcache.cli.parser import build_parser
 
 
 @pytest.mark.parametrize("command", ["stats", "gc"])

@@ -25,8 +25,8 @@ import streamcache
 from ipc.channel import unlink_channel
 from streamcache import StreamCache
 from streamcache.cache import LAYOUT, channel_base, key_hash
-from streamcache.index import Index
-from streamcache.producer import Producer
+from streamcache.disk.index import Index
+from streamcache.entry.producer import Producer
 
 WAIT = 20.0
 HOUR = 3600.0
@@ -151,10 +151,10 @@ def test_a_producer_thread_that_cannot_start_fails_the_entry_at_once(
 ) -> None:
     """The entry must not stay "writing" under this live process: its record, data file
     and channel go at once, and the next fetch creates afresh."""
-    import streamcache.producer
+    import streamcache.entry.producer
 
     cache = streamcache.StreamCache(cache_dir, cleanup_interval=0)
-    monkeypatch.setattr(streamcache.producer.threading, "Thread", _NoThreads)
+    monkeypatch.setattr(streamcache.entry.producer.threading, "Thread", _NoThreads)
     with pytest.raises(RuntimeError, match="can't start new thread"):
         cache.stream("k", xproc.writer_of("x", 1000, 100), timeout=WAIT)
     monkeypatch.undo()

@@ -31,8 +31,8 @@ import ipc
 import streamcache
 from ipc.channel import Channel, unlink_channel
 from streamcache.cache import LAYOUT, channel_base, key_hash
-from streamcache.filestore import Filestore
-from streamcache.index import Index, Record
+from streamcache.disk.filestore import Filestore
+from streamcache.disk.index import Index, Record
 
 MiB = 1 << 20
 KiB = 1 << 10

@@ -21,7 +21,7 @@ from xproc import WAIT, expect, payload_bytes, wait_pid, writer_of
 
 import streamcache
 from streamcache.cache import LAYOUT
-from streamcache.filestore import TRAILER
+from streamcache.disk.filestore import TRAILER
 
 MiB = 2**20
 

@@ -20,7 +20,7 @@ import streamcache
 from ipc import doorbell, futex
 from ipc.naming import new_base, object_name
 from streamcache.cache import LAYOUT, key_hash
-from streamcache.index import Index
+from streamcache.disk.index import Index
 
 
 def test_polling_wait_times_out_and_wakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

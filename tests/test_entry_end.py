@@ -19,8 +19,8 @@ from xproc import WAIT, expect, forbidden_create, payload_bytes, read_head
 
 import streamcache
 from streamcache.cache import LAYOUT, key_hash
-from streamcache.filestore import SEALING_MODE, TRAILER, Filestore
-from streamcache.index import Index
+from streamcache.disk.filestore import SEALING_MODE, TRAILER, Filestore
+from streamcache.disk.index import Index
 
 pytestmark = pytest.mark.timeout(60)
 

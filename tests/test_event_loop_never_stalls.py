@@ -35,7 +35,7 @@ from xproc import forbidden_create
 import streamcache
 from ipc.hub import hub
 from streamcache.asgi import serve
-from streamcache.http import BLOCK
+from streamcache.serving.http import BLOCK
 
 KEY = "lead"
 LEAD = 64 << 20  # written before the request arrives: 256 chunks of 256 KiB

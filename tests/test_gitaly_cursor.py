@@ -43,9 +43,9 @@ import streamcache
 from ipc.channel import Channel, unlink_channel
 from streamcache.cache import key_hash
 from streamcache.deadline import deadline_for
+from streamcache.entry.pipe import CHUNK, PipeReader
+from streamcache.entry.writer import EntryWriter
 from streamcache.errors import describe
-from streamcache.pipe import CHUNK, PipeReader
-from streamcache.writer import EntryWriter
 
 LIVENESS = 0.2
 WAIT = 20.0  # bound for every wait in these tests

@@ -1,4 +1,4 @@
-"""Gitaly's internal/streamcache/filestore_test.go, ported to streamcache.filestore.Filestore.
+"""Gitaly's internal/streamcache/filestore_test.go, ported to streamcache.disk.filestore.Filestore.
 
 Files live at ``<root>/<aa>/<name>``. Gitaly's stores are per process; here several
 processes share one root, so the concurrency and uniqueness tests also run across
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from streamcache.filestore import Filestore
+from streamcache.disk.filestore import Filestore
 
 SpawnContext = multiprocessing.context.SpawnContext
 

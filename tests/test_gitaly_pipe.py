@@ -1,7 +1,7 @@
 """Gitaly's internal/streamcache/pipe_test.go, ported.
 
 Gitaly's pipe (one writer, many readers, each with a cursor) is here
-``streamcache/pipe.py``: an :class:`EntryWriter` appending to the entry's data file and
+``streamcache/entry/pipe.py``: an :class:`EntryWriter` appending to the entry's data file and
 publishing its offset in a shared-memory :class:`ipc.Segment`, and
 :class:`PipeReader` objects, one slot each, in any process. The tests go through
 the public API (``StreamCache.stream`` / ``fetch`` with ``window=0``, Gitaly's
@@ -33,9 +33,9 @@ import ipc
 import streamcache
 from ipc.channel import Channel, unlink_channel
 from streamcache.deadline import deadline_for
+from streamcache.entry.pipe import CHUNK, PipeReader
+from streamcache.entry.writer import EntryWriter
 from streamcache.errors import describe
-from streamcache.pipe import CHUNK, PipeReader
-from streamcache.writer import EntryWriter
 
 LIVENESS = 0.2
 WAIT = 20.0  # bound for every wait in these tests

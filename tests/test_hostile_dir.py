@@ -24,8 +24,8 @@ from helpers import writing
 import ipc
 from streamcache import StreamCache
 from streamcache.cache import LAYOUT, key_hash
-from streamcache.filestore import _MAGIC, TRAILER, Filestore
-from streamcache.index import RECORD_VERSION, Index
+from streamcache.disk.filestore import _MAGIC, TRAILER, Filestore
+from streamcache.disk.index import RECORD_VERSION, Index
 
 KEY = "hostile"
 SIZE = 70_000  # over the size a hit reads whole: the entry is opened and streamed

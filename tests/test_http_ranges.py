@@ -1,4 +1,4 @@
-"""The I/O-free HTTP rules of streamcache.http: Range (RFC 9110), statuses, headers."""
+"""The I/O-free HTTP rules of streamcache.serving.http: Range (RFC 9110), statuses, headers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import streamcache
-from streamcache import http
-from streamcache.http import ByteRange, RangeSpec, Unsatisfiable
+from streamcache.serving import http
+from streamcache.serving.http import ByteRange, RangeSpec, Unsatisfiable
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from ipc.channel import SEGMENT
 from ipc.naming import object_name
 from streamcache import StreamCache
 from streamcache.cache import LAYOUT, channel_base, key_hash
-from streamcache.index import Index
+from streamcache.disk.index import Index
 
 HOUR = 3600.0
 KEY = "inline"
@@ -231,9 +231,9 @@ def test_leftovers_of_a_dead_attacher_are_replaced(cache_dir: Path, spawn: Any) 
 def _look_before_each_write() -> None:
     """The producer looks for an attached reader at most every millisecond; before
     every write here, so that the write after an attach sees it, whatever the timing."""
-    import streamcache.writer
+    import streamcache.entry.writer
 
-    streamcache.writer._DISCOVERY_INTERVAL = 0.0
+    streamcache.entry.writer._DISCOVERY_INTERVAL = 0.0
 
 
 def child_creator_into_socket(

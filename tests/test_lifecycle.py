@@ -16,7 +16,7 @@ from helpers import writing
 import ipc
 import streamcache
 from streamcache.cache import LAYOUT
-from streamcache.index import Index
+from streamcache.disk.index import Index
 
 
 def wait_until(cond: Any, timeout: float = 10.0) -> None:
@@ -167,7 +167,7 @@ def test_attach_racing_the_last_reader_leaving_creates_afresh(cache_dir: Path) -
     producer saw no reader and failed with BrokenPipeError before the attached stream
     read a byte. The stream then looks the key up again and creates afresh instead of
     failing. The race window is made wide by releasing the new reader's slot by hand."""
-    from streamcache.pipe import PipeReader
+    from streamcache.entry.pipe import PipeReader
 
     cache = streamcache.StreamCache(cache_dir, liveness=0.2, cleanup_interval=0)
     go = threading.Event()

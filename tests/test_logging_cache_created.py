@@ -17,7 +17,7 @@ from helpers import WAIT, FailingDst
 
 import streamcache
 from streamcache.base import CacheBase
-from streamcache.stream import Stream
+from streamcache.entry.stream import Stream
 
 INNER_KINDS = ["StreamCache", "NullCache", "new"]
 

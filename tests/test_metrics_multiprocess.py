@@ -11,7 +11,7 @@ import procs_metrics
 import pytest
 from prometheus_client import CollectorRegistry, multiprocess
 
-from streamcache.filestore import TRAILER
+from streamcache.disk.filestore import TRAILER
 
 WORKERS = 3
 HITS = 40  # fetches of the shared key per worker

@@ -16,7 +16,7 @@ import tempfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamcache.filestore import (
+from streamcache.disk.filestore import (
     _MAGIC,
     SEALING_MODE,
     TRAILER,
@@ -26,7 +26,7 @@ from streamcache.filestore import (
     trailer_size,
     written_so_far,
 )
-from streamcache.index import RECORD_VERSION, Record
+from streamcache.disk.index import RECORD_VERSION, Record
 
 KEY = "ab" * 32
 FAST = settings(max_examples=300, deadline=None)

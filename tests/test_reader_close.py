@@ -23,7 +23,7 @@ from procs_inline import get_report, read_exactly, start_child, wait_event
 from xproc import expect
 
 from streamcache import StreamCache
-from streamcache.pipe import _Reader
+from streamcache.entry.pipe import _Reader
 
 WAIT = 20.0
 HOUR = 3600.0

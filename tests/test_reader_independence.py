@@ -17,7 +17,7 @@ from procs_inline import get_report, start_child, wait_event
 
 import streamcache
 from streamcache import StreamCache
-from streamcache.pipe import PipeReader
+from streamcache.entry.pipe import PipeReader
 
 WAIT = 20.0
 HOUR = 3600.0

@@ -19,7 +19,7 @@ from xproc import expect
 import ipc
 from streamcache import StreamCache
 from streamcache.cache import LAYOUT, key_hash
-from streamcache.index import Index
+from streamcache.disk.index import Index
 
 WAIT = 20.0
 HOUR = 3600.0
@@ -103,7 +103,7 @@ def test_garbage_record_is_replaced_by_a_new_entry(cache_dir: Path, plant: str) 
 def test_record_round_trip_stays_a_fast_symlink(cache_dir: Path) -> None:
     """A record names its producer (pid from the data file's name) and start time exactly
     enough for the liveness check, and stays under 60 bytes for the largest pid."""
-    from streamcache.index import Record
+    from streamcache.disk.index import Record
 
     me = ipc.current_process()
     name = f"{'a' * 16}-{4194304:x}-{0xFFFFF:x}"
@@ -119,7 +119,7 @@ def test_record_round_trip_stays_a_fast_symlink(cache_dir: Path) -> None:
 
 @pytest.mark.parametrize("start, expires", [("nan", "1"), ("1", "inf"), ("-5", "1"), ("1", "-inf")])
 def test_a_record_with_a_non_finite_or_negative_time_is_garbage(start: str, expires: str) -> None:
-    from streamcache.index import RECORD_VERSION, Record
+    from streamcache.disk.index import RECORD_VERSION, Record
 
     text = f"{RECORD_VERSION} {'ab' * 8}-{os.getpid():x}-0 {start} {expires}"
     assert Record.from_text("k" * 64, text) is None

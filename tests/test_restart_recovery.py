@@ -23,7 +23,7 @@ from xproc import WAIT, expect, payload_sha
 import ipc
 from streamcache import StreamCache
 from streamcache.cache import LAYOUT, key_hash
-from streamcache.index import Index
+from streamcache.disk.index import Index
 
 KEY = "restart"
 TOTAL, CHUNK = 300_000, 4096

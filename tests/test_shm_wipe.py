@@ -30,7 +30,7 @@ from ipc.channel import READERS_BELL, SEGMENT, WRITER_BELL
 from ipc.naming import object_name
 from streamcache import StreamCache
 from streamcache.cache import LAYOUT
-from streamcache.index import Index
+from streamcache.disk.index import Index
 
 KEY = "wiped"
 TOTAL, CHUNK = 400_000, 4096

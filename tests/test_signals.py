@@ -28,7 +28,7 @@ from helpers import open_segment
 import streamcache
 from ipc.segment import Segment
 from streamcache.cache import LAYOUT, key_hash
-from streamcache.index import Index
+from streamcache.disk.index import Index
 
 KEY = "signal-during-wait"
 

@@ -18,7 +18,7 @@ from xproc import expect, readable
 import streamcache
 from streamcache import StreamCache
 from streamcache.cache import LAYOUT, key_hash
-from streamcache.index import Index
+from streamcache.disk.index import Index
 
 WAIT = 60.0  # a bound for hangs; a busy machine needs time to spawn a checker
 KEY = "stripe"

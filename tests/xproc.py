@@ -402,7 +402,7 @@ def dying_reader(dir: str, key: str, first: int, *, out: Any) -> None:
 @reporting
 def hold_index_lock(dir: str, key_hash: str, locked: Any, *, out: Any) -> None:
     """Hold ``key_hash``'s index lock stripe and stay inside the critical section."""
-    from streamcache.index import Index
+    from streamcache.disk.index import Index
 
     with Index(os.path.join(dir, LAYOUT)).locked(key_hash, WAIT):
         locked.set()

@@ -123,9 +123,9 @@ from prometheus_client import CollectorRegistry
 import ipc
 import streamcache
 from streamcache.cache import LAYOUT, key_hash
-from streamcache.filestore import Filestore
-from streamcache.index import Index
-from streamcache.writer import EntryWriter
+from streamcache.disk.filestore import Filestore
+from streamcache.disk.index import Index
+from streamcache.entry.writer import EntryWriter
 
 MiB = 1 << 20
 BLOCK = 4096

@@ -25,7 +25,7 @@ import streamcache
 from ipc.channel import SEGMENT
 from ipc.naming import object_name
 from streamcache.cache import LAYOUT, channel_base, key_hash
-from streamcache.index import Index
+from streamcache.disk.index import Index
 
 MiB = 1 << 20
 

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ipc.wait import Wake
 
-from .deadline import Deadline
-from .errors import AllReadersLeft, CreateError
-from .metrics import ERROR, HIT, MISS, NULL, Metrics
+from ..deadline import Deadline
+from ..errors import AllReadersLeft, CreateError
+from ..metrics import ERROR, HIT, MISS, NULL, Metrics
 from .pipe import CHUNK
 from .sink import NO_SENDFILE, usable_fd, wait_writable, write_all
 

@@ -18,7 +18,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, TypeGuard
 
-from .deadline import Deadline, remaining, wait_limit
+from ..deadline import Deadline, remaining, wait_limit
 
 if TYPE_CHECKING:
     import socket

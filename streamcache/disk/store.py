@@ -35,10 +35,10 @@ from ipc.liveness import same_process
 from ipc.naming import BASE_HEX
 from ipc.segment import SegmentError
 
+from ..log import log
+from ..metrics import DEAD_PRODUCER, EXPIRED, INVALIDATED, NULL, Metrics
 from .filestore import Filestore, written_so_far
 from .index import Index, Record
-from .log import log
-from .metrics import DEAD_PRODUCER, EXPIRED, INVALIDATED, NULL, Metrics
 from .usage import MAX_BACKOFF, Usage
 
 LAYOUT = "v2"

@@ -29,8 +29,8 @@ from ipc.clock import Clock
 from ipc.naming import list_objects
 from ipc.segment import SegmentError
 
+from ..log import log
 from .filestore import is_key_hash, remove_path
-from .log import log
 from .store import Store
 
 # Seconds a segment without its header yet (its creator may be between shm_open and

@@ -31,11 +31,11 @@ from ipc.hub import Watch, hub
 from ipc.segment import FAILED_ABANDONED, ReaderSlot
 from ipc.wait import Waiter, Wake
 
-from .deadline import Deadline, reading_on
-from .errors import AllReadersLeft, CreateError, ProducerDied, SharedMemoryRemoved, describe
-from .filestore import written_so_far
-from .index import Record
-from .store import Store
+from ..deadline import Deadline, reading_on
+from ..disk.filestore import written_so_far
+from ..disk.index import Record
+from ..disk.store import Store
+from ..errors import AllReadersLeft, CreateError, ProducerDied, SharedMemoryRemoved, describe
 
 if TYPE_CHECKING:
     import concurrent.futures

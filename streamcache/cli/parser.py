@@ -1,11 +1,8 @@
-"""Command line: streamcache run, stats, gc, invalidate and demo (also python -m
-streamcache).
+"""The parser of the command line and its dispatch (``streamcache.cli.main``).
 
-The parser and the dispatch live here; the option types and what the commands share
-(exit statuses, the cache directory, CliError) are in cli_options, and each command
-is in its own module (cli_run, cli_stats, cli_demo). The core never imports any of
-them.
-"""
+What the commands share (exit statuses, the option types, the cache directory,
+CliError) is in options, and each command is in its own module (run, stats, demo),
+all of which import options and none of which import this one."""
 
 from __future__ import annotations
 
@@ -15,8 +12,9 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from . import config
-from .cli_options import (
+from .. import config
+from ..log import when_used
+from .options import (
     DIR_HELP,
     EXIT_BROKEN_PIPE,
     EXIT_USAGE,
@@ -30,7 +28,6 @@ from .cli_options import (
     preview_chars,
     quiet_stdout,
 )
-from .log import when_used
 
 if TYPE_CHECKING:
     import logging
@@ -44,7 +41,7 @@ def version() -> str:
     try:
         return dist_version("streamcache")
     except PackageNotFoundError:
-        from . import __version__
+        from .. import __version__
 
         return __version__
 
@@ -90,7 +87,9 @@ def _add_dir(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import cli_demo, cli_run, cli_stats
+    from . import demo as cli_demo
+    from . import run as cli_run
+    from . import stats as cli_stats
 
     parser = argparse.ArgumentParser(
         prog="streamcache",

@@ -25,10 +25,10 @@ from ipc.liveness import same_process
 from ipc.segment import SegmentError
 from ipc.wait import Waiter
 
-from .errors import SharedMemoryRemoved
-from .metrics import NULL, Metrics
+from ..disk.usage import Account, disk_full, is_disk_full
+from ..errors import SharedMemoryRemoved
+from ..metrics import NULL, Metrics
 from .sizes import AnnouncedSize
-from .usage import Account, disk_full, is_disk_full
 
 # How often an inline producer looks for the channel that an attaching reader made.
 _DISCOVERY_INTERVAL = 0.001

@@ -27,12 +27,12 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from .admission import MinOccurrences
-from .base import CacheBase, NullCache
-from .cache import StreamCache
-from .cli_options import EXIT_BROKEN_PIPE, default_dir, os_error_text, quiet_stdout
-from .errors import CreateError, ProducerDied
-from .log import when_used
+from ..admission import MinOccurrences
+from ..base import CacheBase, NullCache
+from ..cache import StreamCache
+from ..errors import CreateError, ProducerDied
+from ..log import when_used
+from .options import EXIT_BROKEN_PIPE, default_dir, os_error_text, quiet_stdout
 
 if TYPE_CHECKING:
     import subprocess

@@ -29,16 +29,16 @@ from ipc.clock import SYSTEM, Clock
 from ipc.liveness import same_process
 from ipc.segment import FAILED_ABANDONED, FAILED_BY_PRODUCER, ReaderSlot, SegmentError
 
+from ..disk.filestore import TRAILER
+from ..disk.index import Record
+from ..disk.store import Store
+from ..disk.usage import Account, disk_full, is_disk_full
+from ..errors import CreateError, Error, SharedMemoryRemoved, describe
+from ..log import log
 from .creator import Create, call_create
-from .errors import CreateError, Error, SharedMemoryRemoved, describe
-from .filestore import TRAILER
-from .index import Record
-from .log import log
 from .pipe import CREATOR_SLOT, Outcome, PipeReader
 from .sink import usable_fd, write_all
-from .store import Store
 from .stream import Stream
-from .usage import Account, disk_full, is_disk_full
 from .writer import EntryWriter
 
 # Once others read too, an inline creator whose client took longer than this for one

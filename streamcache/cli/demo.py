@@ -18,7 +18,7 @@ from typing import Any
 
 import ipc
 
-from .cache import StreamCache
+from ..cache import StreamCache
 
 MiB = 1 << 20
 WINDOW = 4 * MiB

@@ -20,10 +20,10 @@ from typing import Any
 
 import ipc
 
-from .cache import LAYOUT, StreamCache
-from .cli_options import CliError, default_dir
-from .filestore import Filestore, entry_info
-from .inspection import in_flight, shard_files
+from ..cache import LAYOUT, StreamCache
+from ..disk.filestore import Filestore, entry_info
+from ..disk.inspection import in_flight, shard_files
+from .options import CliError, default_dir
 
 SCHEMA_VERSION = 1
 STATES = ("writing", "done", "expired", "failed", "invalid")

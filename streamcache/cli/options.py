@@ -109,6 +109,6 @@ def quiet_stdout() -> None:
 
 
 def config_max_preview() -> int:
-    from .filestore import MAX_KEY_PREVIEW
+    from ..disk.filestore import MAX_KEY_PREVIEW
 
     return MAX_KEY_PREVIEW

@@ -58,10 +58,10 @@ from typing import NamedTuple
 import ipc
 from ipc.clock import SYSTEM, Clock
 
+from ..log import log
+from ..metrics import BUDGET, NULL, Metrics
 from .filestore import Filestore, shard_entries
 from .index import Index, LockFile
-from .log import log
-from .metrics import BUDGET, NULL, Metrics
 
 DISK_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 

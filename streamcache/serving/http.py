@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .deadline import check_timeout
-from .errors import CreateError
+from ..deadline import check_timeout
+from ..errors import CreateError
 
 BLOCK = 1 << 18  # bytes per body chunk, and the block size handed to wsgi.file_wrapper
 
