@@ -74,7 +74,8 @@ Calls go one way: ``cache`` -> ``producer`` -> ``pipe``/``writer`` -> ``store`` 
 ``usage`` -> ``index``/``filestore``, and everything -> ``ipc``, which knows
 nothing of caches.
 The folders are those layers: ``cli/`` and ``serving/`` above the caches
-(``admission``, ``cache``, ``base``), above one entry's life (``entry/``), above the
+(``admission``, ``cache``,
+``testing``, ``null``, ``base``), above one entry's life (``entry/``), above the
 directory (``disk/``); ``lint-imports`` checks that no import runs back up.
 Time comes from one injected ``ipc.Clock``.
 
@@ -114,12 +115,14 @@ from typing import TYPE_CHECKING
 
 from . import config, metrics
 from .admission import MinOccurrences
-from .base import CacheBase, LogEntry, LoggingCache, NullCache
+from .base import CacheBase
 from .cache import StreamCache
 from .entry.creator import Create, Writer
 from .entry.stream import AsyncStream, EntryInfo, FetchResult, FinishedFile, Stream
 from .errors import CreateError, Error, ProducerDied
 from .metrics import DEFAULT_REGISTRY, DefaultRegistry
+from .null import NullCache
+from .testing import LogEntry, LoggingCache
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

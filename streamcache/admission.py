@@ -29,7 +29,6 @@ from ipc.clock import Clock, clock_of
 from . import config
 from .base import (
     CacheBase,
-    NullCache,
     _start_kw,
     check_create,
     check_dst,
@@ -42,6 +41,7 @@ from .disk.filestore import make_private_dirs
 from .entry.creator import Create
 from .entry.stream import EntryInfo, FetchResult, Stream
 from .metrics import BYPASS, ERROR, NULL, Metrics
+from .null import NullCache
 
 _APPEND = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 

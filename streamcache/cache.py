@@ -22,12 +22,10 @@ from ipc.segment import DEFAULT_SLOTS, MAX_SLOTS, SegmentError
 from . import config
 from .base import (
     CacheBase,
-    NullCache,
     check_create,
     check_dst,
     check_key,
     check_start,
-    start_create,
 )
 from .deadline import Deadline, deadline_for, remaining, wait_limit
 from .disk.eviction import Cleaner, GCReport, collect
@@ -51,6 +49,7 @@ from .entry.sink import write_all
 from .entry.stream import EntryInfo, FetchResult, Source, Stream
 from .log import log
 from .metrics import BYPASS, DEFAULT_REGISTRY, ERROR, HIT, MISS, DefaultRegistry, for_dir
+from .null import NullCache, start_create
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

@@ -28,10 +28,11 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ..admission import MinOccurrences
-from ..base import CacheBase, NullCache
+from ..base import CacheBase
 from ..cache import StreamCache
 from ..errors import CreateError, ProducerDied
 from ..log import when_used
+from ..null import NullCache
 from .options import EXIT_BROKEN_PIPE, default_dir, os_error_text, quiet_stdout
 
 if TYPE_CHECKING:
