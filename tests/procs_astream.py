@@ -1,4 +1,4 @@
-"""Child processes for tests/test_astream_waits.py (spawn context: module level)."""
+"""Child processes for tests/entry/test_astream_waits.py (spawn context: module level)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Child processes for tests/test_disk_budget.py (spawn context: module level)."""
+"""Child processes for tests/disk/test_disk_budget.py (spawn context: module level)."""
 
 from __future__ import annotations
 

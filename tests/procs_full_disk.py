@@ -1,4 +1,4 @@
-"""The body of tests/test_full_disk.py, run as a script on a really full disk:
+"""The body of tests/disk/test_full_disk.py, run as a script on a really full disk:
 
 - ``tmpfs DIR``: inside a private mount namespace (``unshare -rm``) where DIR is a small
   tmpfs; the disk fills up with a filler file (ENOSPC);

@@ -1,4 +1,4 @@
-"""Child processes for tests/test_liveness_under_wakeups.py (spawn context: module level).
+"""Child processes for tests/ipc/test_liveness_under_wakeups.py (spawn context: module level).
 
 Every child reports through its ``out`` queue and bounds every wait, so a library that
 never notices a death fails the test instead of hanging it. Times are

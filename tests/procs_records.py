@@ -1,4 +1,4 @@
-"""Child-process functions for tests/test_records.py (spawn context).
+"""Child-process functions for tests/disk/test_records.py (spawn context).
 
 Each child reports through a multiprocessing queue ``out`` (``("error", traceback)`` on an
 unexpected exception, via :func:`xproc.reporting`); every wait is bounded.

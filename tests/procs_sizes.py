@@ -1,4 +1,4 @@
-"""Child processes for tests/test_sizes_and_ranges.py (spawn context: module level)."""
+"""Child processes for tests/entry/test_sizes_and_ranges.py (spawn context: module level)."""
 
 from __future__ import annotations
 

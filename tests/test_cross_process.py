@@ -604,7 +604,7 @@ def test_pid_reuse_is_not_life(cache_dir: Path, spawn: Any, who: str) -> None:
 
     Independent of uptime: start times count from boot, so the dead process's start is
     taken between boot and the live one's (the pid's earlier owner started earlier),
-    never below 0. tests/test_uptime_independence.py runs this test a few seconds
+    never below 0. tests/ipc/test_uptime_independence.py runs this test a few seconds
     after (a time namespace's) boot."""
     stop = spawn.Event()
     idler = None

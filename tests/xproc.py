@@ -416,7 +416,7 @@ def idle(stop: Any, *, out: Any) -> None:
     stop.wait(WAIT * 2)
 
 
-# -- children of tests/test_ipc.py ------------------------------------------------------------
+# -- children of tests/ipc/test_ipc.py ------------------------------------------------------------
 
 
 @reporting

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-BODY = str(Path(__file__).with_name("procs_full_disk.py"))
+BODY = str(Path(__file__).resolve().parent.parent / "procs_full_disk.py")
 TMPFS_SIZE = "24m"
 TMPFS_INODES = 2000  # few, so that the test can use them all up
 
