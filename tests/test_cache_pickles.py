@@ -1,6 +1,6 @@
 """A cache object pickles: unpickled in another process (here the initializer of a
 ``spawn`` Pool) it opens the same directory with the same options, so workers share
-entries with each other and with the parent (DESIGN section 2)."""
+entries with each other and with the parent (docs/design.md, "Public API")."""
 
 from __future__ import annotations
 

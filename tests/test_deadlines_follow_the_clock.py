@@ -1,5 +1,5 @@
-"""A call's timeout is a reading of its cache's injected clock (DESIGN: one injected
-clock for every reading of time).
+"""A call's timeout is a reading of its cache's injected clock (docs/design.md,
+"Semantics kept from Gitaly": time is injected).
 
 Each case starts a call whose create (in a thread, or in another process) stops after
 its first bytes, on a fake monotonic clock that moves only when the test moves it, and
