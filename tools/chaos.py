@@ -122,7 +122,9 @@ from prometheus_client import CollectorRegistry
 
 import ipc
 import streamcache
+from ipc.channel import SEGMENT
 from streamcache.cache import LAYOUT, key_hash
+from streamcache.disk.eviction import ORPHAN_GRACE
 from streamcache.disk.filestore import Filestore
 from streamcache.disk.index import Index
 from streamcache.entry.writer import EntryWriter
@@ -1369,6 +1371,16 @@ class Driver:
         info["gc_expired"] = report.expired
         info["gc_ipc_removed"] = report.ipc_removed
         left = ipc.list_objects(prefix)
+        if left and not any(o.kind == SEGMENT and not o.is_semaphore for o in left):
+            # Bells without a segment: a producer killed while it made its channel. A
+            # sweep leaves such bells alone for ORPHAN_GRACE (they may be being made
+            # right now); every worker has exited, so once they are that old the next
+            # pass must take them.
+            youngest = max(o.mtime for o in left)
+            time.sleep(max(youngest + ORPHAN_GRACE + 0.5 - time.time(), 0.0))
+            again = streamcache.StreamCache(self.dir, cleanup_interval=0, max_age=0.001).gc()
+            info["gc_ipc_removed_after_grace"] = again.ipc_removed
+            left = ipc.list_objects(prefix)
         if left:
             v.append(f"left in /dev/shm after gc: {sorted(o.name for o in left)}")
         info["records_after_gc"], _ = self.check_records("after gc", unfinished_ok=False)
