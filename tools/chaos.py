@@ -122,7 +122,8 @@ from prometheus_client import CollectorRegistry
 
 import ipc
 import streamcache
-from ipc.channel import SEGMENT
+from ipc.doorbell import unlink_semaphore
+from ipc.segment import unlink_segment
 from streamcache.cache import LAYOUT, key_hash
 from streamcache.disk.eviction import ORPHAN_GRACE
 from streamcache.disk.filestore import Filestore
@@ -1371,11 +1372,11 @@ class Driver:
         info["gc_expired"] = report.expired
         info["gc_ipc_removed"] = report.ipc_removed
         left = ipc.list_objects(prefix)
-        if left and not any(o.kind == SEGMENT and not o.is_semaphore for o in left):
-            # Bells without a segment: a producer killed while it made its channel. A
-            # sweep leaves such bells alone for ORPHAN_GRACE (they may be being made
-            # right now); every worker has exited, so once they are that old the next
-            # pass must take them.
+        if left:
+            # A producer killed while it made its channel leaves bells without a
+            # segment, or a segment whose header it never wrote. A sweep leaves such
+            # objects alone for ORPHAN_GRACE (they may be being made right now); every
+            # worker has exited, so once they are that old the next pass must take them.
             youngest = max(o.mtime for o in left)
             time.sleep(max(youngest + ORPHAN_GRACE + 0.5 - time.time(), 0.0))
             again = streamcache.StreamCache(self.dir, cleanup_interval=0, max_age=0.001).gc()
@@ -1383,6 +1384,11 @@ class Driver:
             left = ipc.list_objects(prefix)
         if left:
             v.append(f"left in /dev/shm after gc: {sorted(o.name for o in left)}")
+            for obj in left:  # reported; not left for the machine's later runs
+                if obj.is_semaphore:
+                    unlink_semaphore(obj.name)
+                else:
+                    unlink_segment(obj.name)
         info["records_after_gc"], _ = self.check_records("after gc", unfinished_ok=False)
         root = os.path.join(self.dir, LAYOUT)
         data_files = sum(len(files) for _, _, files in os.walk(os.path.join(root, "data")))
