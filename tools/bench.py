@@ -13,6 +13,9 @@ bytes, written repeatedly):
                  (docs/design.md's baseline)
     fanout       producer + N reader processes attached before the first byte, vs one
                  process writing a file then N processes reading it at once
+    wakes        producer at 200 MiB/s (1 MiB and 64 KiB writes) + N reader processes
+                 that keep up: futex wake calls, sleepers woken and reader sleeps per GiB
+                 (ipc.futex.counts of every process; reference figures, no baseline)
     stream-api   the path web apps take: the creator's stream() (create in a producer
                  thread, the creator reading its own copy) + 1, then N reader processes on
                  stream(); vs the stream and fan-out baselines
@@ -69,6 +72,7 @@ import os
 import platform
 import random
 import resource
+import shutil
 import socket
 import stat
 import statistics
@@ -79,7 +83,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
@@ -108,6 +112,7 @@ from harness import (  # noqa: E402
 )
 
 import ipc  # noqa: E402
+from ipc import futex  # noqa: E402
 from ipc.naming import list_objects  # noqa: E402
 from streamcache import StreamCache  # noqa: E402
 from streamcache.cache import LAYOUT, key_hash  # noqa: E402
@@ -202,6 +207,12 @@ def rss_probe() -> tuple[Callable[[], int], str]:
     return maxrss_bytes, "ru_maxrss"
 
 
+def futex_counts() -> dict[str, int]:
+    """This process's futex calls so far (wake calls, sleepers woken, sleeps begun)."""
+    c = futex.counts
+    return {"wakes": c.wakes, "woken": c.woken, "waits": c.waits}
+
+
 def expected_digest(data: bytes, n: int) -> str:
     h = hashlib.sha256()
     for _ in range(n):
@@ -237,9 +248,13 @@ def _producer(
     barrier: Barrier | None,
     out: Queue[Msg],
     via_stream: bool = False,
+    piece: int = 0,
+    rate: float = 0.0,
 ) -> None:
     """Fetch ``key`` into a null sink, creating it: create announces ``started``, waits for
-    the reader(s) (``attached`` or ``barrier``), then writes ``n`` times ``data``.
+    the reader(s) (``attached`` or ``barrier``), then writes ``n`` times ``data``
+    (``piece``: in writes of that many bytes; ``rate``: at most that many bytes/s, on an
+    absolute schedule).
 
     ``via_stream``: the path web apps take instead: ``stream()`` runs create in a producer
     thread, and this process reads its own copy (``copy_to`` a counting sink, the chunk
@@ -256,9 +271,23 @@ def _producer(
                 precondition(os.path.dirname(cache_dir), n * len(data), data)
                 if barrier is not None:
                     barrier.wait(READY_WAIT)
-                first.append(time.perf_counter())
+                t0 = time.perf_counter()
+                first.append(t0)
+                if not piece and not rate:
+                    for _ in range(n):
+                        w.write(data)
+                    return
+                view = memoryview(data)
+                step = piece or len(data)
+                done = 0
                 for _ in range(n):
-                    w.write(data)
+                    for at in range(0, len(data), step):
+                        if rate:
+                            wait = t0 + done / rate - time.perf_counter()
+                            if wait > 0:
+                                time.sleep(wait)
+                        w.write(view[at : at + step])
+                        done += len(view[at : at + step])
 
             if via_stream:
                 with cache.stream(key, create, timeout=WAIT) as s:
@@ -276,6 +305,7 @@ def _producer(
             "end": end,
             "written": written,
             "created": created,
+            "futex": futex_counts(),
         }
         out.put(("done", "producer", payload))
 
@@ -314,6 +344,7 @@ def _attach_reader(
         finally:
             cache.stop()
         payload: dict[str, Any] = {"end": end, "n": n, "sink": sink.n, "created": created}
+        payload["futex"] = futex_counts()
         payload |= {"rss0": rss0, "rss1": rss1, "method": method}
         payload |= {"maxrss0": maxrss0, "maxrss1": maxrss1}
         out.put(("done", role, payload))
@@ -747,10 +778,15 @@ def producer_and_readers(
     readers: int,
     use_barrier: bool,
     via_stream: bool = False,
+    piece: int = 0,
+    rate: float = 0.0,
+    producer_out: list[dict[str, Any]] | None = None,
 ) -> tuple[float, list[dict[str, Any]]]:
     """One producer process creates ``key`` while ``readers`` reader processes attach
     (one: via an attached event; several: all attach, then a barrier with the producer's
-    create). Returns (seconds from the first write to the last process done, readers)."""
+    create). Returns (seconds from the first write to the last process done, readers);
+    the producer's report is appended to ``producer_out``. ``piece``, ``rate``: as for
+    the producer."""
     n = size // MiB
     with Children() as ch:
         started = ch.ctx.Event()
@@ -759,9 +795,24 @@ def producer_and_readers(
         for i in range(readers):
             ch.start(_attach_reader, cache_dir, KEY, started, attached, barrier, ch.out, f"r{i}")
         ch.collect("ready", readers, READY_WAIT, "readers to start")
-        ch.start(_producer, cache_dir, KEY, data, n, started, attached, barrier, ch.out, via_stream)
+        ch.start(
+            _producer,
+            cache_dir,
+            KEY,
+            data,
+            n,
+            started,
+            attached,
+            barrier,
+            ch.out,
+            via_stream,
+            piece,
+            rate,
+        )
         done = ch.collect("done", readers + 1, WAIT, "the transfer")
     prod = [d for d in done if d["role"] == "producer"]
+    if producer_out is not None:
+        producer_out.extend(prod)
     rdrs = [d for d in done if d["role"] != "producer"]
     expect(len(prod) == 1 and prod[0]["first"] is not None, "the producer ran create")
     expect(prod[0]["created"] is True, "the producer's fetch reports created")
@@ -865,6 +916,75 @@ def bench_fanout(cfg: Config, data: bytes) -> list[Row]:
     row = throughput_row(f"fan-out {readers}x {fmt_size(size)}", ours, base, total, 0.8, note)
     row.extra["readers"] = readers
     return [row]
+
+
+def load_average() -> str:
+    """The 1-minute load average now, as printed beside figures."""
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+def bench_wakes(cfg: Config, data: bytes) -> list[Row]:
+    """Wake-ups per GiB with N readers that keep up: a producer at 200 MiB/s, in 1 MiB and
+    64 KiB writes (a git-like pipe), counted by every process's futex calls."""
+    size, readers, rate = cfg.fanout_bytes, cfg.fanout_readers, 200.0 * MiB
+    rows = []
+    for piece in (MiB, 64 * KiB):
+        times: list[float] = []
+        per_gib: dict[str, list[float]] = {"wakes": [], "woken": [], "waits": []}
+        loads: list[str] = []
+        for rep in range(cfg.reps):
+            load0 = load_average()
+            log(
+                f"wakes rep {rep + 1}/{cfg.reps} ({readers} readers, {fmt_size(piece)} "
+                f"writes, {fmt_size(size)}, load {load0})"
+            )
+            prod: list[dict[str, Any]] = []
+            with scratch("wakes") as d:
+                cache_dir = os.path.join(d, "cache")
+                t, rdrs = producer_and_readers(
+                    data, size, cache_dir, readers, True, piece=piece, rate=rate, producer_out=prod
+                )
+                leak_check_dir(cache_dir)
+            times.append(t)
+            gib = size / GiB
+            per_gib["wakes"].append(prod[0]["futex"]["wakes"] / gib)
+            per_gib["woken"].append(prod[0]["futex"]["woken"] / gib)
+            per_gib["waits"].append(sum(r["futex"]["waits"] for r in rdrs) / gib)
+            loads.append(f"{load0}..{load_average()}")
+        med = {k: statistics.median(v) for k, v in per_gib.items()}
+        floor = size / rate
+        note = (
+            f"producer at 200 MiB/s in {fmt_size(piece)} writes, {readers} reader processes; "
+            f"per GiB: the producer's futex wake calls, the sleepers they woke, the readers' "
+            f"sleeps (medians {med['wakes']:.0f} / {med['woken']:.0f} / {med['waits']:.0f}); "
+            f"time {statistics.median(times):.2f} s vs floor {floor:.2f} s; load {', '.join(loads)}"
+        )
+        rows.append(
+            Row(
+                f"wakes {readers}x, {fmt_size(piece)} writes",
+                f"{med['wakes']:.0f} wakes/GiB",
+                f"{med['waits']:.0f} sleeps/GiB",
+                None,
+                "reference",
+                None,
+                "absolute",
+                "1/GiB",
+                med["wakes"],
+                med["waits"],
+                per_gib["wakes"],
+                per_gib["waits"],
+                note,
+                {
+                    "per_gib": per_gib,
+                    "times": times,
+                    "loads": loads,
+                    "piece": piece,
+                    "ours_spread": f"{min(per_gib['wakes']):.0f}..{max(per_gib['wakes']):.0f}",
+                    "baseline_spread": f"{min(per_gib['waits']):.0f}..{max(per_gib['waits']):.0f}",
+                },
+            )
+        )
+    return rows
 
 
 def bench_stream_api(cfg: Config, data: bytes) -> list[Row]:
@@ -1671,6 +1791,7 @@ def bench_startup(cfg: Config, data: bytes) -> list[Row]:
 BENCHES: dict[str, Callable[[Config, bytes], list[Row]]] = {
     "stream": bench_stream,
     "fanout": bench_fanout,
+    "wakes": bench_wakes,
     "stream-api": bench_stream_api,
     "hit": bench_hit,
     "socket": bench_socket,
@@ -1806,6 +1927,39 @@ def print_table(rows: list[Row], cfg: Config, info: dict[str, Any], wall: float)
     print(f"wall time {wall:.1f} s")
 
 
+def int_list(text: str, what: str, parser: argparse.ArgumentParser) -> list[int]:
+    """A comma-separated list of whole numbers >= 1 (``--peers-procs 16,64``)."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"{what} takes whole numbers, comma-separated")
+    if not values or any(v < 1 for v in values):
+        parser.error(f"{what} needs numbers of at least 1")
+    return values
+
+
+@contextlib.contextmanager
+def background_load(cpus: int) -> Iterator[str]:
+    """``stress-ng --cpu N`` beside the block (production hosts are never idle); stopped
+    by its pid afterwards. Yields its command line."""
+    binary = shutil.which("stress-ng")
+    if binary is None:
+        raise BenchError("--load needs stress-ng, which is not installed")
+    cmd = [binary, "--cpu", str(cpus), "--quiet"]
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        yield " ".join(cmd[1:])
+    finally:
+        proc.terminate()  # stress-ng stops its workers on SIGTERM
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)  # its own group (start_new_session): only its workers
+            proc.wait(30)
+
+
 def run_peers(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import peers  # tools/peers.py: only for --peers
 
@@ -1821,29 +1975,42 @@ def run_peers(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--peers-rates takes numbers (MiB/s), 0 for unlimited")
     if not rates or any(r < 0 for r in rates):
         parser.error("--peers-rates needs at least one rate >= 0")
-    if args.peers_size < 1 or args.peers_procs < 1:
-        parser.error("--peers-size and --peers-procs must be at least 1")
+    sizes = int_list(args.peers_size, "--peers-size", parser)
+    procs = int_list(args.peers_procs, "--peers-procs", parser)
     if args.reps is not None and args.reps < 1:
         parser.error("--reps must be at least 1")
     info = machine_info()
     info["code_at_start"] = code_version()
     t0 = time.perf_counter()
+    texts: list[str] = []
+    raws: list[dict[str, Any]] = []
     try:
-        text, raw = peers.main(
-            args.peers_procs, args.peers_size * MiB, rates, args.reps or 3, kinds
-        )
+        with background_load(args.load) if args.load else contextlib.nullcontext("") as load_cmd:
+            if load_cmd:
+                log(f"peers: stress-ng {load_cmd} runs beside the benchmark")
+            for n in procs:
+                for size in sizes:
+                    text, raw = peers.main(n, size * MiB, rates, args.reps or 3, kinds)
+                    texts.append(text)
+                    raws.append(raw)
     except BenchError as exc:
         log(f"peers: FAILED: {exc}")
         return 1
     wall = time.perf_counter() - t0
+    beside = f"stress-ng --cpu {args.load} beside it" if args.load else "nothing else started"
     if args.json:
-        print(json.dumps({"machine": info, "wall_seconds": wall, **raw}, indent=2))
+        print(
+            json.dumps(
+                {"machine": info, "wall_seconds": wall, "load": args.load, "tables": raws},
+                indent=2,
+            )
+        )
     else:
         print(
             f"streamcache peers of {info['code_at_start']}: {info['cpu_count']} cpus, "
-            f"{info['cpu_model']}, Python {info['python']}, reps {args.reps or 3}"
+            f"{info['cpu_model']}, Python {info['python']}, reps {args.reps or 3}, {beside}"
         )
-        print(text)
+        print("\n".join(texts))
         print(f"\n{peers.LEGEND}\nwall time {wall:.0f} s")
     return 0
 
@@ -1861,8 +2028,12 @@ def main(argv: list[str] | None = None) -> int:
     peers.add_argument(
         "--peers", action="store_true", help="run the peers table instead (tools/peers.py)"
     )
-    peers.add_argument("--peers-size", type=int, default=1024, help="blob MiB (default 1024)")
-    peers.add_argument("--peers-procs", type=int, default=16, help="processes (default 16)")
+    peers.add_argument(
+        "--peers-size", default="1024", help="blob MiB, comma-separated (default 1024; 1024,4096)"
+    )
+    peers.add_argument(
+        "--peers-procs", default="16", help="processes, comma-separated (default 16; 16,64)"
+    )
     peers.add_argument(
         "--peers-rates",
         default="200,0",
@@ -1870,6 +2041,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     peers.add_argument(
         "--peers-only", help="comma-separated contenders (fetch,stream,nocache,filelock,...)"
+    )
+    peers.add_argument(
+        "--load",
+        type=int,
+        nargs="?",
+        const=2,
+        default=0,
+        metavar="CPUS",
+        help="run stress-ng --cpu CPUS (default 2) beside the peers runs",
     )
     args = parser.parse_args(argv)
     if args.peers:

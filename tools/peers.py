@@ -491,6 +491,7 @@ class Run:
     disk_left: int  # bytes in files under the work dir after the run
     write_s: float | None  # the (first) generator's time inside its consumer's write calls
     write_max: float | None  # its longest single write call
+    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at the start and end
 
 
 def dir_bytes(path: str) -> int:
@@ -503,7 +504,12 @@ def dir_bytes(path: str) -> int:
     return total
 
 
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
 def run_once(kind: str, procs: int, size: int, rate: float, data: bytes) -> Run:
+    load0 = load_average()
     with scratch(f"peers-{kind}") as work:
         runs = os.path.join(work, "runs")
         nginx: Nginx | None = None
@@ -562,6 +568,7 @@ def run_once(kind: str, procs: int, size: int, rate: float, data: bytes) -> Run:
             disk_left=disk_left,
             write_s=writers[0]["write_s"] if writers else None,
             write_max=writers[0]["write_max"] if writers else None,
+            load=(load0, load_average()),
         )
 
 
@@ -604,9 +611,15 @@ def mib(x: float) -> str:
 LEGEND = """\
 Cells: median over reps [min..max]. last byte: release -> the last process has every byte.
 TTFB: release -> a process's first byte (each rep's median and max over the processes).
+load start..end: the 1-minute load average at the start and the end of a run (medians).
 gen runs: per rep. disk: bytes written (page-cache bytes dirtied: /proc/PID/io write_bytes,
 every process of the contender, servers included). CPU: user + system seconds, all
 processes. peak RSS: the largest process (VmHWM). left: bytes in files afterwards."""
+
+
+def load_span(runs: list[Run]) -> str:
+    """The median load average at the runs' starts and at their ends."""
+    return f"{med([x.load[0] for x in runs]):.2f}..{med([x.load[1] for x in runs]):.2f}"
 
 
 def md_line(c: tuple[str, ...], widths: list[int]) -> str:
@@ -626,11 +639,12 @@ def table(results: list[Result], floors: dict[float, list[float]], size: int, pr
             "contender",
             "last byte s [min..max]",
             "x floor",
+            "CPU s",
+            "load start..end",
             "TTFB median s",
             "TTFB max s",
             "gen runs",
             "disk MiB",
-            "CPU s",
             "peak RSS MiB",
             "left MiB",
         )
@@ -640,7 +654,7 @@ def table(results: list[Result], floors: dict[float, list[float]], size: int, pr
             if r.rate != rate:
                 continue
             if r.skipped:
-                rows.append((r.kind, f"skipped: {r.skipped}", *[""] * 8))
+                rows.append((r.kind, f"skipped: {r.skipped}", *[""] * 9))
                 continue
             lasts = [x.last for x in r.runs]
             if r.kind == "filelock":
@@ -651,11 +665,12 @@ def table(results: list[Result], floors: dict[float, list[float]], size: int, pr
                     r.kind,
                     span(lasts, secs),
                     f"{med(lasts) / floor:.2f}",
+                    span([x.cpu for x in r.runs], lambda v: f"{v:.1f}"),
+                    load_span(r.runs),
                     span([med(x.ttfb) for x in r.runs], secs),
                     span([max(x.ttfb) for x in r.runs], secs),
                     "/".join(str(x.runs) for x in r.runs),
                     span([float(x.write_bytes) for x in r.runs], mib),
-                    span([x.cpu for x in r.runs], lambda v: f"{v:.1f}"),
                     span([float(x.peak_rss) for x in r.runs], mib),
                     span([float(x.disk_left) for x in r.runs], mib),
                 )
