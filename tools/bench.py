@@ -3,6 +3,7 @@
 Run from a checkout (no install needed; the repository root goes first on sys.path):
 
     python tools/bench.py [--quick] [--json] [--only NAME[,NAME...]] [--reps N]
+    python tools/bench.py --git [tools/bench_git.py's options]
 
 Rows (docs/design.md, "How performance is measured"; data: one 1 MiB buffer of random
 bytes, written repeatedly):
@@ -2051,6 +2052,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="CPUS",
         help="run stress-ng --cpu CPUS (default 2) beside the peers runs",
     )
+    git = parser.add_argument_group("git (concurrent clones with a pack-objects hook)")
+    git.add_argument(
+        "--git",
+        action="store_true",
+        help="run tools/bench_git.py instead; the arguments after --git are its own",
+    )
+    argv = sys.argv[1:] if argv is None else argv
+    if "--git" in argv:
+        import bench_git  # tools/bench_git.py: only for --git
+
+        at = argv.index("--git")
+        parser.parse_args(argv[:at])  # nothing of bench.py's own is used; refuse what it isn't
+        return bench_git.main(argv[at + 1 :])
     args = parser.parse_args(argv)
     if args.peers:
         return run_peers(args, parser)

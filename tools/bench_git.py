@@ -62,10 +62,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
-if TOOLS not in sys.path:
-    sys.path.insert(0, TOOLS)
+ROOT = os.path.dirname(TOOLS)
+for _p in (ROOT, TOOLS):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
 from harness import WAIT, BenchError, KiB, MiB, log  # noqa: E402
+
+import ipc  # noqa: E402
 
 PROBE = os.path.join(TOOLS, "bench_git_probe.py")
 FORMAT = 1  # of the generated repository; a change regenerates cached ones
@@ -259,6 +263,20 @@ def verify_clone(path: str, repo: Repo, fsck: bool) -> None:
         git("fsck", "--full", "--no-progress", "--no-dangling", cwd=path)
 
 
+def leak_check(cache: str) -> None:
+    """Once every server process has exited, nothing of a streamcache hook's cache may be
+    left in /dev/shm (after one gc pass, which removes what dead processes left)."""
+    prefix = ipc.prefix_for(cache)
+    if not ipc.list_objects(prefix):
+        return
+    from streamcache import StreamCache
+
+    StreamCache(cache, cleanup_interval=0).gc()
+    left = [o.name for o in ipc.list_objects(prefix)]
+    if left:
+        raise BenchError(f"the hook's cache left IPC objects after its last process: {left}")
+
+
 def wait_for(procs: Sequence[subprocess.Popen[bytes]], deadline: float) -> None:
     for p in procs:
         try:
@@ -340,6 +358,8 @@ def run_row(
             raise BenchError(f"{len(records)} server records for {clients} clones: {records}")
         for i in range(clients):
             verify_clone(os.path.join(clones, f"c{i}"), repo, fsck_all or i == 0)
+        if hook_command is not None:
+            leak_check(cache)
         commands = count_commands(trace)
         return Sample(
             clients,
