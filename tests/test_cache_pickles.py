@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from procs_pickle import describe, fetch_one, init
+from procs.pickles import describe, fetch_one, init
 from prometheus_client import CollectorRegistry
 
 import streamcache

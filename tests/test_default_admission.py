@@ -7,7 +7,7 @@ import multiprocessing.context
 from pathlib import Path
 
 from helpers import WAIT
-from procs_edges import first_request
+from procs.edges import first_request
 
 import streamcache
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from helpers import WAIT
-from procs_astream import gated_producer
+from procs.astream import gated_producer
 from xproc import forbidden_create
 
 import streamcache

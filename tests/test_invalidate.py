@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from conftest import ipc_objects
 from helpers import data_files, finished_entries, index_records
-from procs_invalidate import HOUR, fetch_once, gated_producer
+from procs.invalidate import HOUR, fetch_once, gated_producer
 from xproc import WAIT, commanded_reader, expect, payload_bytes, payload_sha
 
 import streamcache

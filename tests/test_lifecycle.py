@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lifecycle_procs
+import procs.lifecycle
 import pytest
 from helpers import writing
 
@@ -35,7 +35,7 @@ def test_graceful_exit_lets_producers_finish(
     attached, left = spawn.Event(), spawn.Event()
     streamcache.StreamCache(cache_dir, cleanup_interval=0)
     child = spawn.Process(
-        target=lifecycle_procs.create_then_exit,
+        target=procs.lifecycle.create_then_exit,
         args=(str(cache_dir), "k", chunks, attached, left),
     )
     child.start()
@@ -150,7 +150,7 @@ def test_unblocked_producer_notices_dead_readers(
     with cache.stream("k", create):
         assert first_written.wait(10)
         child = spawn.Process(
-            target=lifecycle_procs.attach_and_hang, args=(str(cache_dir), "k", attached)
+            target=procs.lifecycle.attach_and_hang, args=(str(cache_dir), "k", attached)
         )
         child.start()
         assert attached.wait(30)

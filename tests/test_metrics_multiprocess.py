@@ -7,7 +7,7 @@ from __future__ import annotations
 from multiprocessing.context import SpawnContext
 from pathlib import Path
 
-import procs_metrics
+import procs.metrics
 import pytest
 from prometheus_client import CollectorRegistry, multiprocess
 
@@ -36,8 +36,8 @@ def test_counts_of_several_processes_add_up(
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(prom))
     barrier = spawn.Barrier(WORKERS)
     work = [(str(cache_dir), i, HITS, MISSES, barrier) for i in range(WORKERS)]
-    pids = run(spawn, procs_metrics.work, *work)
-    run(spawn, procs_metrics.collect, (str(cache_dir),))
+    pids = run(spawn, procs.metrics.work, *work)
+    run(spawn, procs.metrics.collect, (str(cache_dir),))
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(prom))
@@ -46,8 +46,8 @@ def test_counts_of_several_processes_add_up(
     def value(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(name, {"dir": d, **labels})
 
-    unique = [procs_metrics.unique_size(i, j) for i in range(WORKERS) for j in range(MISSES)]
-    shared = len(procs_metrics.SHARED)
+    unique = [procs.metrics.unique_size(i, j) for i in range(WORKERS) for j in range(MISSES)]
+    shared = len(procs.metrics.SHARED)
     # The shared key is created once across all processes; every other fetch of it hits.
     assert value("streamcache_fetches_total", outcome="miss") == 1 + WORKERS * MISSES
     assert value("streamcache_fetches_total", outcome="hit") == WORKERS * HITS - 1 + WORKERS
@@ -55,7 +55,7 @@ def test_counts_of_several_processes_add_up(
     assert value("streamcache_fetches_total", outcome="bypass") == WORKERS
     # Producers wrote the shared entry, the unique ones and 10 bytes before each failure.
     assert value("streamcache_generated_bytes_total") == shared + sum(unique) + 10 * WORKERS
-    stream_hits = sum(procs_metrics.unique_size(i, 0) for i in range(WORKERS))
+    stream_hits = sum(procs.metrics.unique_size(i, 0) for i in range(WORKERS))
     assert value("streamcache_served_bytes_total") == (
         WORKERS * HITS * shared + sum(unique) + stream_hits
     )

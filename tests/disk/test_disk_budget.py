@@ -15,7 +15,7 @@ from multiprocessing.context import SpawnContext
 from pathlib import Path
 from typing import Any
 
-from procs_budget import CHUNK, budget_worker, bypasses, hold_entry_in_flight
+from procs.budget import CHUNK, budget_worker, bypasses, hold_entry_in_flight
 from prometheus_client import REGISTRY
 from xproc import WAIT, expect, payload_bytes, wait_pid, writer_of
 

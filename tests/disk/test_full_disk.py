@@ -18,13 +18,17 @@ from pathlib import Path
 
 import pytest
 
-BODY = str(Path(__file__).resolve().parent.parent / "procs_full_disk.py")
+HERE = Path(__file__).resolve().parent
+BODY = str(HERE / "procs_full_disk.py")
 TMPFS_SIZE = "24m"
 TMPFS_INODES = 2000  # few, so that the test can use them all up
 
 
 def _run(argv: list[str]) -> dict[str, object]:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=50, check=False)
+    # The script imports the shared child processes of tests/ (xproc, procs.budget).
+    path = [str(HERE.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=50, check=False, env=env)
     assert proc.returncode == 0, f"{argv}: exit {proc.returncode}\n{proc.stderr}"
     report: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
     print(report)

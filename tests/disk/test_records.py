@@ -1,6 +1,6 @@
 """Records of entries in flight (short text symlinks in the index): their round trip,
 garbage of every kind ignored and replaced, and a live record kept when a reader runs out
-of descriptors. Children live in tests/procs_records.py.
+of descriptors. Children live in tests/disk/procs_records.py.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ and readers, real processes), optionally with /dev/shm wiped as a reboot does; a
 process must never serve the unfinished entry as complete: it creates afresh and serves
 its own bytes, and one gc pass leaves nothing behind (docs/design.md, "Failure model").
 
-Children live in tests/procs_hostile.py.
+Children live in tests/disk/procs_hostile.py.
 """
 
 from __future__ import annotations

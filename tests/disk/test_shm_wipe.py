@@ -7,7 +7,7 @@ processes) are in the middle of an entry: the readers get an error within the li
 bound (no hang), the producer's entry fails once it notices, and the next fetch creates
 afresh and serves the right bytes. A planted object is never opened as the cache's: the
 producer takes another name, and a reader that finds a segment naming another producer
-does not trust it. Children live in tests/procs_hostile.py.
+does not trust it. Children live in tests/disk/procs_hostile.py.
 """
 
 from __future__ import annotations

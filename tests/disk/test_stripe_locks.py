@@ -1,6 +1,6 @@
 """Index stripe locks across fork and kill -9: a forked child neither shares nor frees its
 parent's stripe, and a holder's death frees it even if it forked. Children live in
-tests/procs_stripe_locks.py.
+tests/disk/procs_stripe_locks.py.
 """
 
 from __future__ import annotations

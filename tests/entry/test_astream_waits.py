@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import procs_astream
+import procs.astream
 import pytest
 from helpers import WAIT, writing
-from procs_astream import gated_producer
+from procs.astream import gated_producer
 from xproc import forbidden_create
 
 import streamcache
@@ -182,7 +182,7 @@ def test_a_producer_killed_between_writing_and_publishing_is_noticed_within_live
     liveness = 1.0
     wrote_head, wrote_tail = spawn.Event(), spawn.Event()
     producer = spawn.Process(
-        target=procs_astream.producer_killed_before_publishing,
+        target=procs.astream.producer_killed_before_publishing,
         args=(str(cache_dir), "k", HEAD, TAIL, wrote_head, wrote_tail),
     )
     producer.start()

@@ -1,6 +1,6 @@
 """Readers attaching to an entry in flight: an attacher killed while it makes the entry's
 IPC objects, and bytes written between an attach and the producer's next look for those
-objects. Children live in tests/procs_inline.py.
+objects. Children live in tests/entry/procs_inline.py.
 """
 
 from __future__ import annotations

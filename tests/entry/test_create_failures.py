@@ -1,5 +1,5 @@
 """A create that fails or is interrupted before it starts: its readers get an error, and
-the next fetch creates the entry afresh. Children live in tests/procs_inline.py.
+the next fetch creates the entry afresh. Children live in tests/entry/procs_inline.py.
 """
 
 from __future__ import annotations

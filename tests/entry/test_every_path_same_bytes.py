@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from helpers import WAIT, writing
-from procs_budget import bypasses
+from procs.budget import bypasses
 
 import streamcache
 from streamcache import Create, CreateError, Writer

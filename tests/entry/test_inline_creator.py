@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from helpers import WAIT, FailingDst, data_files, finished_entries, index_records, writing
-from test_gitaly_cache import child_produce_gated, child_wait, result_of, start, wait_event
+from procs.gitaly import child_produce_gated, child_wait, result_of, start, wait_event
 
 import ipc
 import streamcache

@@ -1,6 +1,6 @@
 """A producer SIGKILLed at a chosen point: what its readers get, what stays of the entry,
-and what a cleanup pass leaves. Children live in tests/procs_producer_death.py and
-tests/procs_inline.py.
+and what a cleanup pass leaves. Children live in tests/entry/procs_producer_death.py and
+tests/entry/procs_inline.py.
 """
 
 from __future__ import annotations

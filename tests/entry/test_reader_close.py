@@ -1,6 +1,6 @@
 """Closing a stream while another thread of its process is inside a read on it: an astream
 read cancelled while it sleeps on the doorbell, and close() racing the end of a read.
-Children live in tests/procs_reader_close.py and tests/procs_inline.py.
+Children live in tests/entry/procs_reader_close.py and tests/entry/procs_inline.py.
 """
 
 from __future__ import annotations

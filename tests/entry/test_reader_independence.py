@@ -1,6 +1,6 @@
 """One reader does not cost the others: a reader beyond the slots reads every byte without
 stealing a ring, and (a known limitation) the creator's stalled client holds the readers.
-Children live in tests/procs_inline.py.
+Children live in tests/entry/procs_inline.py.
 """
 
 from __future__ import annotations

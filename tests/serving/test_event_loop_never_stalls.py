@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 from helpers import WAIT
 from http_harness import scope
-from procs_astream import gated_producer
+from procs.astream import gated_producer
 from xproc import forbidden_create
 
 import streamcache

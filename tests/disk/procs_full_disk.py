@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-from procs_budget import bypasses
+from procs.budget import bypasses
 from xproc import WAIT, HashSink, forbidden_create, payload_bytes, payload_sha, writer_of
 
 import streamcache

@@ -1,6 +1,6 @@
 """Real HTTP servers for the serving tests, and a raw-socket HTTP client to drive them.
 
-A server runs the apps of ``tests/apps`` on 127.0.0.1. The test binds the listening
+A server runs the apps of ``tests/serving/apps`` on 127.0.0.1. The test binds the listening
 socket to port 0 itself and hands the descriptor to the server (gunicorn
 ``--bind fd://N``, uvicorn ``--fd N``, uWSGI finds an inherited socket by its address),
 so no other test can take the port between choosing and binding it. Each server runs
@@ -34,9 +34,9 @@ from types import ModuleType
 
 import streamcache
 
-TESTS = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent  # holds the apps package
 BIN = Path(sys.executable).parent
-FLEET = TESTS.parent / "tools" / "fleet" / "fleet.py"
+FLEET = HERE.parents[1] / "tools" / "fleet" / "fleet.py"
 START_TIMEOUT = 90.0  # a bound for a server that never starts; a busy machine needs time
 
 
@@ -53,7 +53,7 @@ def app_env(cache_dir: Path, events: Path, **extra: str) -> dict[str, str]:
     """The environment of a server running the test apps: this interpreter's streamcache
     (a checkout's code wins over an installed copy) and the apps package on the path."""
     root = str(Path(streamcache.__file__).resolve().parent.parent)
-    path = [root, str(TESTS)]
+    path = [root, str(HERE)]
     if os.environ.get("PYTHONPATH"):
         path.append(os.environ["PYTHONPATH"])
     env = dict(os.environ)

@@ -1,4 +1,6 @@
-"""Child processes for tests/entry/test_astream_waits.py (spawn context: module level)."""
+"""Child processes for tests/entry/test_astream_waits.py,
+tests/serving/test_event_loop_never_stalls.py and tests/test_failure_logging.py (spawn
+context: module level)."""
 
 from __future__ import annotations
 

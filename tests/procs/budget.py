@@ -1,4 +1,5 @@
-"""Child processes for tests/disk/test_disk_budget.py (spawn context: module level)."""
+"""Child processes for tests/disk/test_disk_budget.py, tests/disk/procs_full_disk.py and
+tests/entry/test_every_path_same_bytes.py (spawn context: module level)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Child-process bodies for test_lifecycle.py (spawn context needs them importable)."""
+"""Child-process bodies for tests/test_lifecycle.py (spawn context needs them importable)."""
 
 from __future__ import annotations
 
