@@ -23,7 +23,7 @@ RUN_WAIT = 120.0  # a quiet machine needs about 5 s
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
 ROW = re.compile(
-    r"^\s*(?P<n>\d+)\s+(?P<hook>yes|no)\s+(?P<cpu>\d+\.\d+)\s+(?P<wall>\d+\.\d+)\s+"
+    r"^\s*(?P<n>\d+)\s+(?P<hook>yes|no)\s+(?P<cpu>\d+\.\d+)\s+(?P<upload_pack>\d+\.\d+)\s+(?P<wall>\d+\.\d+)\s+"
     r"(?P<runs>[\d/]+)(?:\s+(?P<cpu_ratio>\d+\.\d+)\s+(?P<wall_ratio>\d+\.\d+))?"
     r"\s+(?P<load>\d+\.\d/\d+\.\d)$"
 )
@@ -92,7 +92,7 @@ def test_a_hook_that_truncates_the_pack_fails_the_run(tmp_path: Path) -> None:
 
 def test_the_cpu_time_of_a_detached_hook_process_is_counted(tmp_path: Path) -> None:
     """A hook that leaves behind, in a session of its own, a process that uses 0.5 s of CPU
-    time: the two clones' server CPU time includes both."""
+    time: the two clones' server CPU time includes both, as time of orphans."""
     hook = tmp_path / "detach.sh"
     burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass\n"
     hook.write_text(
@@ -105,4 +105,6 @@ def test_the_cpu_time_of_a_detached_hook_process_is_counted(tmp_path: Path) -> N
     assert r.returncode == 0, r.stderr
     table = rows(r.stdout)
     assert float(table["yes"]["cpu"]) >= 1.0, r.stdout
+    m = re.search(r"hook=yes: CPU [\d.]+ s \(upload-pack [\d.]+ s, detached ([\d.]+) s\)", r.stderr)
+    assert m is not None and float(m[1]) >= 1.0, r.stderr
     assert table["yes"]["runs"] == "2", r.stdout

@@ -29,6 +29,8 @@ Figures:
   orphaned (a hook's shared command in its own session is), and the collector reads
   getrusage(RUSAGE_CHILDREN) once it has no child left. The clients' own work (clone,
   index-pack, the connectivity check) is outside it.
+- upload-pack s: the part of server CPU that is upload-pack's own, without its children's
+  (with a hook, upload-pack still relays every byte of the pack to its client).
 - wall s: from starting the first client to the exit of the last.
 - pack-objects: how many ``git pack-objects`` processes ran, counted from git's trace2
   event files (``trace2.eventTarget`` in the same config file, a directory: one file per
@@ -222,6 +224,8 @@ class Sample:
     clients: int
     hook: bool
     cpu: float
+    detached_cpu: float  # part of cpu: processes orphaned and reaped by the probe
+    upload_pack_cpu: float  # part of cpu: upload-pack's own (relaying the pack included)
     wall: float
     pack_objects: int
     upload_packs: int
@@ -365,6 +369,8 @@ def run_row(
             clients,
             hook_command is not None,
             sum(r["user"] + r["sys"] for r in records),
+            sum(r["detached"] for r in records),
+            sum(r["upload_pack"] for r in records),
             wall,
             commands.get("pack-objects", 0),
             commands.get("upload-pack", 0),
@@ -393,6 +399,7 @@ HEADER = (
     "N",
     "hook",
     "server CPU s",
+    "upload-pack s",
     "wall s",
     "pack-objects",
     "CPU ratio",
@@ -416,6 +423,7 @@ def table(lines: list[Line]) -> list[tuple[str, ...]]:
                 str(x.clients),
                 "yes" if x.hook else "no",
                 f"{cpu:.2f}",
+                f"{x.median('upload_pack_cpu'):.2f}",
                 f"{wall:.2f}",
                 "/".join(map(str, runs)),
                 *ratios,
@@ -445,7 +453,8 @@ def goal(lines: list[Line]) -> str:
 
 def describe(s: Sample) -> str:
     return (
-        f"N={s.clients} hook={'yes' if s.hook else 'no'}: CPU {s.cpu:.2f} s, wall "
+        f"N={s.clients} hook={'yes' if s.hook else 'no'}: CPU {s.cpu:.2f} s (upload-pack "
+        f"{s.upload_pack_cpu:.2f} s, detached {s.detached_cpu:.2f} s), wall "
         f"{s.wall:.2f} s, pack-objects {s.pack_objects}, upload-pack {s.upload_packs}, "
         f"load {s.load_start:.1f}->{s.load_end:.1f}"
     )

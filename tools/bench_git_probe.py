@@ -12,7 +12,10 @@ for by its parent (its CPU time then counts in that parent's, and so in upload-p
 RUSAGE_CHILDREN) or, once orphaned, reparented to the collector: a hook's shared command
 that runs in its own session, detached from the invocation that started it, included. So
 the collector's getrusage(RUSAGE_CHILDREN), taken when it has no child left, is the CPU
-time of all of them. It writes that, with upload-pack's exit status, to a file in LOG_DIR.
+time of all of them. It writes that to a file in LOG_DIR, with upload-pack's exit status
+and two parts of the time: upload-pack's own (utime + stime of its /proc/PID/stat, read
+while it is a zombie: waitid with WNOWAIT, then wait4) and that of orphans (wait4's figure
+for each process reaped other than upload-pack).
 
 The first process exits with upload-pack's status as soon as upload-pack has exited, so
 the client's clone ends when it would without the probe; the collector then waits alone
@@ -36,6 +39,14 @@ def exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
+def own_cpu(pid: int) -> float:
+    """User + system seconds of a zombie child itself (utime + stime of /proc/PID/stat,
+    which a zombie keeps until it is reaped), without those of its children."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def collect(log_dir: str, global_config: str, repo_args: list[str], report_fd: int) -> None:
     if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
@@ -49,20 +60,30 @@ def collect(log_dir: str, global_config: str, repo_args: list[str], report_fd: i
     os.close(null)
     status = 255
     processes = 0
+    detached = 0.0  # CPU time of the orphans reparented to the collector
+    own = 0.0  # upload-pack's own CPU time, without its children's
     while True:
         try:
-            pid, wait_status = os.wait()
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
         except ChildProcessError:
             break
-        processes += 1
+        assert info is not None
+        pid = info.si_pid
         if pid == upload_pack:
+            own = own_cpu(pid)
+        _, wait_status, usage = os.wait4(pid, 0)
+        processes += 1
+        if pid != upload_pack:
+            detached += usage.ru_utime + usage.ru_stime
+        else:
             status = exit_code(wait_status)
             os.write(report_fd, str(status).encode())
             os.close(report_fd)
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     record = (
         f'{{"status": {status}, "user": {ru.ru_utime!r}, "sys": {ru.ru_stime!r}, '
-        f'"reaped": {processes}, "seconds": {time.monotonic() - t0!r}}}\n'
+        f'"reaped": {processes}, "detached": {detached!r}, "upload_pack": {own!r}, '
+        f'"seconds": {time.monotonic() - t0!r}}}\n'
     )
     path = os.path.join(log_dir, f"probe-{os.getpid()}.json")
     with open(path + ".tmp", "w") as f:
