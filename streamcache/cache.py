@@ -321,7 +321,7 @@ class StreamCache(CacheBase):
         """Check a call's arguments; its key's hash and deadline."""
         check_key(key)
         check_create(create)
-        deadline = deadline_for(timeout, self._clock)
+        deadline = None if timeout is None else deadline_for(timeout, self._clock)
         h = key_hash(key)
         check_not_creating(self._index.root, h)
         self._cleaner.ensure_started()

@@ -61,6 +61,8 @@ SEALING_MODE = 0o400
 # Appended after the entry's bytes: magic, then the entry's size.
 TRAILER = struct.Struct("<8sQ")
 _MAGIC = b"SCdone\x00\x01"
+_TRAILER_SIZE = TRAILER.size
+_trailer_at = TRAILER.unpack_from
 
 
 # What stats shows of an entry beyond its files' metadata: its creation time and,
@@ -349,27 +351,27 @@ class Filestore:
         other than "absent" propagate.
         """
         try:
-            fd = os.open(self.entry_path(key), OPEN_READ)
+            fd = os.open(f"{self.entries_dir}/{key[:2]}/{key}", OPEN_READ)
         except OSError as exc:
             if exc.errno in NOT_OURS:  # ELOOP: a symlink planted in its place
                 return None
             raise
-        handed_over = False
         try:
             st = os.fstat(fd)
-            size = st.st_size - TRAILER.size
+            total = st.st_size
+            size = total - _TRAILER_SIZE
             if size < 0 or not stat.S_ISREG(st.st_mode):
                 return None
             if size <= read_up_to:
-                data = os.pread(fd, st.st_size, 0)
-                if _intact(data, size, size):
+                data = os.pread(fd, total, 0)
+                if len(data) == total and _trailer_at(data, size) == (_MAGIC, size):
                     return Finished(-1, size, st.st_mtime_ns / 1e9, data[:size])
-            elif _intact(os.pread(fd, TRAILER.size, size), 0, size):
-                handed_over = True
-                return Finished(fd, size, st.st_mtime_ns / 1e9)
+            elif _intact(os.pread(fd, _TRAILER_SIZE, size), 0, size):
+                fd, keep = -1, fd  # handed over: not closed below
+                return Finished(keep, size, st.st_mtime_ns / 1e9)
             return None
         finally:
-            if not handed_over:
+            if fd >= 0:
                 os.close(fd)
 
     def entry_identity(self, key: str) -> tuple[int, int] | None:

@@ -97,11 +97,17 @@ def write_all(dst: Any, data: bytes, deadline: Deadline | None = None) -> None:
     until its descriptor is writable, or, without one, back off (see the module
     docstring), never past ``deadline``.
     """
-    view = memoryview(data).cast("B")
+    size = len(data) if type(data) is bytes else memoryview(data).nbytes
+    view = None  # made only for a dst that takes part of it (rare)
     done = 0
     stalls = 0  # attempts in a row that took nothing
-    while done < len(view):
-        n = _offer(dst, view[done:] if done else data)
+    while done < size:
+        if done:
+            if view is None:
+                view = memoryview(data).cast("B")
+            n = _offer(dst, view[done:])
+        else:
+            n = _offer(dst, data)
         if n:
             done += n
             stalls = 0
