@@ -24,6 +24,9 @@ bytes, written repeatedly):
     socket       fetch of a finished entry into an AF_UNIX socket (sendfile), vs a
                  read + sendall loop, and vs an os.sendfile loop (the kernel's limit)
     small-hit    fetch of a finished 4 KiB entry, vs diskcache's get (latency)
+    small-hit-syscalls
+                 system calls of one such fetch vs one diskcache get (strace -f -c of
+                 a child doing 2N hits minus one doing N; skipped without strace)
     small-miss   fetch that creates a new 4 KiB entry, vs diskcache's set (latency)
     wakeup       producer write -> waiting reader in another process, vs an os.pipe
     index        hit latency with 100,000 entries vs 100 entries, next to the kernel's own
@@ -1280,6 +1283,7 @@ def bench_small_hit(cfg: Config, data: bytes) -> list[Row]:
     batches = max(1, cfg.small_hit_calls // batch)
     ours: list[float] = []
     base: list[float] = []
+    load0 = load_average()
     with scratch("small-hit") as d:
         cache_dir = os.path.join(d, "cache")
         cache = StreamCache(cache_dir, cleanup_interval=0)
@@ -1315,8 +1319,135 @@ def bench_small_hit(cfg: Config, data: bytes) -> list[Row]:
             dc.close()
             cache.stop()
     note = f"median of per-batch means ({batches} batches of {batch} calls, interleaved) "
-    note += "of fetch(K, sink) vs diskcache.Cache.get(K)"
+    note += f"of fetch(K, sink) vs diskcache.Cache.get(K); load {load0}..{load_average()}"
     return [latency_row(name, ours, base, 1.0, note, paired=True)]
+
+
+# A child that makes one 4 KiB entry (or diskcache value), then fetches (gets) it N times;
+# strace -c counts its system calls. Run with N and 2N hits: the difference over N is
+# what one hit costs, start-up and the entry's creation cancelling out.
+_SYSCALL_CHILD = r"""
+import os, sys
+which, where, size, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+value = os.urandom(size)
+if which == "ours":
+    from streamcache import StreamCache
+
+    class Sink:
+        def write(self, b):
+            return len(b)
+
+    def create(w):
+        w.write(value)
+
+    cache = StreamCache(where, cleanup_interval=0)
+    sink = Sink()
+    for _ in range(10 + n):
+        cache.fetch("k", sink, create)
+    cache.stop()
+else:
+    import diskcache
+
+    dc = diskcache.Cache(where)
+    dc.set("k", value)
+    for _ in range(10 + n):
+        assert dc.get("k") == value
+    dc.close()
+"""
+SYSCALL_HITS = 2000
+
+
+def strace_counts(argv: list[str], env: dict[str, str], cwd: str) -> dict[str, int]:
+    """System calls by name of ``argv`` run to its end under ``strace -f -c``."""
+    out = os.path.join(cwd, "strace.txt")
+    cmd = ["strace", "-f", "-c", "-U", "name,calls", "-o", out, *argv]
+    subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, check=True, timeout=WAIT)
+    counts: dict[str, int] = {}
+    with open(out) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+                counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def syscalls_per_hit(which: str, size: int, rounds: int) -> tuple[list[float], dict[str, float]]:
+    """Per round: system calls of one hit (the difference of a child doing 2N and N
+    hits, over N); and the median per-hit count of each call by name."""
+    totals: list[float] = []
+    by_name: dict[str, list[float]] = {}
+    with scratch(f"syscalls-{which}") as d:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
+        script = os.path.join(d, "child.py")
+        with open(script, "w") as f:
+            f.write(_SYSCALL_CHILD)
+        for r in range(rounds):
+            runs = []
+            for n in (SYSCALL_HITS, 2 * SYSCALL_HITS):
+                where = os.path.join(d, f"store-{r}-{n}")
+                argv = [sys.executable, script, which, where, str(size), str(n)]
+                runs.append(strace_counts(argv, env, d))
+            one, two = runs
+            diff = {k: (two.get(k, 0) - one.get(k, 0)) / SYSCALL_HITS for k in one | two}
+            totals.append(sum(diff.values()))
+            for k, v in diff.items():
+                by_name.setdefault(k, []).append(v)
+            if which == "ours":
+                leak_check_dir(os.path.join(d, f"store-{r}-{SYSCALL_HITS}"))
+    return totals, {k: statistics.median(v) for k, v in by_name.items()}
+
+
+def bench_small_hit_syscalls(cfg: Config, data: bytes) -> list[Row]:
+    name = f"small hit {fmt_size(cfg.small_bytes)} syscalls"
+    target = "<= 1.0x (ours/base)"
+    if diskcache_or_none() is None:
+        return [skipped(name, target)]
+    if shutil.which("strace") is None:
+        return [Row(name, "skipped", "strace not installed", None, target, None, "skipped")]
+    ours: list[float] = []
+    base: list[float] = []
+    names: dict[str, dict[str, float]] = {}
+    load0 = load_average()
+    rounds = 3 if cfg.quick else max(3, cfg.reps)
+    log(f"small-hit-syscalls: {rounds} rounds of {SYSCALL_HITS} and {2 * SYSCALL_HITS} hits")
+    for _ in range(rounds):  # interleaved: one round of each at a time
+        for which, into in (("ours", ours), ("diskcache", base)):
+            got, each = syscalls_per_hit(which, cfg.small_bytes, 1)
+            into.extend(got)
+            for k, v in each.items():
+                names.setdefault(which, {}).setdefault(k, 0.0)
+                names[which][k] += v / rounds
+
+    def listing(which: str) -> str:
+        calls = sorted(names.get(which, {}).items(), key=lambda kv: -kv[1])
+        return ", ".join(f"{k} {v:.2f}" for k, v in calls if abs(v) >= 0.05) or "none"
+
+    mo, mb = statistics.median(ours), statistics.median(base)
+    ratio = mo / mb if mb else math.inf
+    note = f"system calls per hit (strace -f -c of a child doing {2 * SYSCALL_HITS} minus one "
+    note += f"doing {SYSCALL_HITS} hits, over {SYSCALL_HITS}; median of {rounds} interleaved "
+    note += f"rounds, load {load0}..{load_average()}): fetch(K, sink) {listing('ours')}; "
+    note += f"diskcache.get(K) {listing('diskcache')}"
+    row = Row(
+        name,
+        f"{mo:.2f} calls",
+        f"{mb:.2f} calls",
+        ratio,
+        target,
+        ratio <= 1.0,
+        "latency",
+        "calls",
+        mo,
+        mb,
+        ours,
+        base,
+        note,
+        {"paired": True, "by_name": names},
+    )
+    row.extra["ours_spread"] = f"{min(ours):.2f}..{max(ours):.2f}"
+    row.extra["baseline_spread"] = f"{min(base):.2f}..{max(base):.2f}"
+    return [row]
 
 
 def bench_small_miss(cfg: Config, data: bytes) -> list[Row]:
@@ -1328,6 +1459,7 @@ def bench_small_miss(cfg: Config, data: bytes) -> list[Row]:
     ours: list[float] = []
     base: list[float] = []
     floor: list[float] = []
+    load0 = load_average()
     with scratch("small-miss") as d:
         cache_dir = os.path.join(d, "cache")
         cache = StreamCache(cache_dir, cleanup_interval=0)
@@ -1366,7 +1498,8 @@ def bench_small_miss(cfg: Config, data: bytes) -> list[Row]:
             cache.stop()
     note = "median per-call latency: fetch of a new key (create writes 4 KiB) vs diskcache set; "
     note += "a miss creates 2 inodes (the data file, the record symlink) and does 2 more "
-    note += "directory operations (rename into entries/, unlink the record)"
+    note += "directory operations (rename into entries/, unlink the record); "
+    note += f"load {load0}..{load_average()}"
     row = latency_row(name, ours, base, 2.0, note)
     row.extra |= {"ours_p99": pct(ours, 0.99), "baseline_p99": pct(base, 0.99)}
     fnote = "the floor: creating (O_CREAT | O_EXCL) and closing one empty file in a directory "
@@ -1797,6 +1930,7 @@ BENCHES: dict[str, Callable[[Config, bytes], list[Row]]] = {
     "hit": bench_hit,
     "socket": bench_socket,
     "small-hit": bench_small_hit,
+    "small-hit-syscalls": bench_small_hit_syscalls,
     "small-miss": bench_small_miss,
     "wakeup": bench_wakeup,
     "index": bench_index,
