@@ -86,9 +86,10 @@ shared through the directory; other requests run create straight into dst.
 Public names: :class:`Config`, :func:`new`, :class:`StreamCache`,
 :class:`MinOccurrences`, :class:`NullCache`, :class:`LoggingCache`,
 :class:`LogEntry`, :class:`FetchResult`, :class:`Error`, :class:`CreateError`,
-:class:`ProducerDied`; :class:`Writer` (the type of create's ``w``) and ``Create``
-(the type of create); :class:`Stream` (``s.size``, ``s.produced``, ``s.position``,
-``s.finished_file()``), :class:`EntryInfo` (``cache.peek(key)``).
+:class:`ProducerDied`, :class:`UnsupportedFilesystem`; :class:`Writer` (the type of
+create's ``w``) and ``Create`` (the type of create); :class:`Stream` (``s.size``,
+``s.produced``, ``s.position``, ``s.finished_file()``), :class:`EntryInfo`
+(``cache.peek(key)``).
 
 **create** (``entry/creator.py``). Every path runs it the same way: ``create(w)`` writes
 to ``w`` (``w.write(b"")`` does nothing) and returns None, or returns an iterable
@@ -119,7 +120,7 @@ from .base import CacheBase
 from .cache import StreamCache
 from .entry.creator import Create, Writer
 from .entry.stream import AsyncStream, EntryInfo, FetchResult, FinishedFile, Stream
-from .errors import CreateError, Error, ProducerDied
+from .errors import CreateError, Error, ProducerDied, UnsupportedFilesystem
 from .metrics import DEFAULT_REGISTRY, DefaultRegistry
 from .null import NullCache
 from .testing import LogEntry, LoggingCache
@@ -148,6 +149,7 @@ __all__ = [
     "ProducerDied",
     "Stream",
     "StreamCache",
+    "UnsupportedFilesystem",
     "Writer",
     "new",
 ]

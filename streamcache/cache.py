@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import ipc
 from ipc.channel import Channel, unlink_channel
 from ipc.clock import SYSTEM, Clock, clock_of
-from ipc.segment import DEFAULT_SLOTS, MAX_SLOTS, SegmentError
+from ipc.segment import DEFAULT_SLOTS, HEADER_BYTES, MAX_SLOTS, SLOT_BYTES, SegmentError
 
 from . import config
 from .base import (
@@ -39,6 +39,7 @@ from .disk.filestore import (
     set_entry_info,
     written_so_far,
 )
+from .disk.filesystem import check_cache_fs, check_shm
 from .disk.index import Record
 from .disk.store import LAYOUT, Store, channel_base, key_hash
 from .disk.usage import is_disk_full
@@ -88,7 +89,10 @@ class StreamCache(CacheBase):
     is not imported). ``key_preview``: store the first that many characters of each
     new entry's key with its data file (with its creation time, in an extended
     attribute where the file system has them), for ``streamcache stats``; 0 (the
-    default) stores none, as keys may be secret.
+    default) stores none, as keys may be secret. A ``dir`` on a network or cluster file
+    system is refused (:class:`UnsupportedFilesystem`, see :mod:`.disk.filesystem`)
+    unless ``allow_network_fs`` is True, and then one producer per key holds per host
+    only; so is a /dev/shm that cannot hold an entry's shared memory.
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class StreamCache(CacheBase):
         reader_slots: int = DEFAULT_SLOTS,
         registry: CollectorRegistry | DefaultRegistry | None = DEFAULT_REGISTRY,
         key_preview: int = 0,
+        allow_network_fs: bool = False,
     ) -> None:
         # Every argument is checked before anything touches the disk.
         path = config.directory(dir)
@@ -119,6 +124,14 @@ class StreamCache(CacheBase):
             raise ValueError(f"key_preview must be in 0..{MAX_KEY_PREVIEW}")
         if cleanup_interval is not None:
             cleanup_interval = config.seconds(cleanup_interval, "cleanup_interval")
+        if not isinstance(allow_network_fs, bool):
+            raise TypeError(
+                f"allow_network_fs must be a bool, not {type(allow_network_fs).__name__}"
+            )
+        self.allow_network_fs = allow_network_fs
+        # Before the directory is made: a refused one is left as it was.
+        check_cache_fs(path, allow_network_fs)
+        check_shm(HEADER_BYTES + self.reader_slots * SLOT_BYTES)
         self._clock = clock_of(clock)
         self.metrics = for_dir(path, registry, self._clock)
         self.dir = prepare_dir(path)
@@ -176,6 +189,7 @@ class StreamCache(CacheBase):
             "reader_slots": self.reader_slots,
             "registry": registry,
             "key_preview": self.key_preview,
+            "allow_network_fs": self.allow_network_fs,
         }
 
     # -- public API -----------------------------------------------------------------

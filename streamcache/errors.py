@@ -8,6 +8,8 @@
                ├── ProducerDied  the producing process died or vanished mid-stream
                └── AllReadersLeft  (internal) every reader left, so the producer stopped
           └── SharedMemoryRemoved  an entry's IPC objects were removed from under it
+          └── UnsupportedFilesystem  (also an OSError) the cache dir or /dev/shm cannot
+                                     keep the cache's promises (a network file system)
 
 Bad arguments raise the built-in ``TypeError``/``ValueError``; a ``timeout`` that
 passes raises the built-in ``TimeoutError``. A producer whose readers all left gets
@@ -44,6 +46,12 @@ class SharedMemoryRemoved(Error):
     reboot's /dev/shm, systemd's RemoveIPC at logout): nobody can attach to it any
     more, so it fails (its producer's ``write`` raises this; readers get a
     CreateError naming it) and the next fetch creates afresh."""
+
+
+class UnsupportedFilesystem(Error, OSError):
+    """The cache directory is on a network or cluster file system (refused unless
+    ``allow_network_fs=True``), or /dev/shm cannot hold an entry's shared memory
+    (absent, not writable, too small). The message names the type and why."""
 
 
 def describe(exc: BaseException) -> str:
