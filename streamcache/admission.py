@@ -36,7 +36,7 @@ from .base import (
     check_start,
 )
 from .cache import StreamCache, key_hash
-from .deadline import check_timeout
+from .deadline import check_idle, check_timeout
 from .disk.filestore import make_private_dirs
 from .entry.creator import Create
 from .entry.stream import EntryInfo, FetchResult, Stream
@@ -179,18 +179,26 @@ class MinOccurrences(CacheBase):
         return self._null
 
     def fetch(
-        self, key: str, dst: Any, create: Create, timeout: float | None = None
+        self,
+        key: str,
+        dst: Any,
+        create: Create,
+        timeout: float | None = None,
+        *,
+        idle_timeout: float | None = None,
     ) -> FetchResult:
         # Arguments are checked before the request is counted: a call that fails on
         # them is no occurrence of its key.
         check_dst(dst)
         check_create(create)
         check_timeout(timeout)
+        check_idle(idle_timeout)
         target = self._target(key)
+        kw = _start_kw(0, idle_timeout)
         if target is self.cache:
-            return target.fetch(key, dst, create, timeout)
+            return target.fetch(key, dst, create, timeout, **kw)
         try:
-            result = target.fetch(key, dst, create, timeout)
+            result = target.fetch(key, dst, create, timeout, **kw)
         except Exception:
             self._metrics.count_fetch(ERROR)
             raise
@@ -198,15 +206,22 @@ class MinOccurrences(CacheBase):
         return result
 
     def stream(
-        self, key: str, create: Create, timeout: float | None = None, *, start: int = 0
+        self,
+        key: str,
+        create: Create,
+        timeout: float | None = None,
+        *,
+        start: int = 0,
+        idle_timeout: float | None = None,
     ) -> Stream:
         check_create(create)
         check_timeout(timeout)
         check_start(start)
+        check_idle(idle_timeout)
         target = self._target(key)
         if target is not self.cache:
             self._metrics.count_fetch(BYPASS)
-        return target.stream(key, create, timeout, **_start_kw(start))
+        return target.stream(key, create, timeout, **_start_kw(start, idle_timeout))
 
     def peek(self, key: str) -> EntryInfo | None:
         """The wrapped cache's entry of ``key``; not an occurrence."""

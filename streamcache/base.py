@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from ipc.clock import SYSTEM, Clock
 
-from .deadline import check_timeout
+from .deadline import check_idle, check_timeout
 from .entry.creator import Create
 from .entry.sink import dst_problem
 from .entry.stream import AsyncStream, EntryInfo, FetchResult, Stream
@@ -43,10 +43,13 @@ def check_start(start: object) -> None:
         raise ValueError(f"start must be >= 0, not {start}")
 
 
-def _start_kw(start: int) -> dict[str, int]:
-    """``start`` for a wrapped cache's stream, passed only when set: a wrapper must keep
-    working around caches written before ``start`` existed."""
-    return {"start": start} if start else {}
+def _start_kw(start: int = 0, idle_timeout: float | None = None) -> dict[str, Any]:
+    """``start`` and ``idle_timeout`` for a wrapped cache's call, each passed only when
+    set: a wrapper must keep working around caches written before they existed."""
+    kw: dict[str, Any] = {"start": start} if start else {}
+    if idle_timeout is not None:
+        kw["idle_timeout"] = idle_timeout
+    return kw
 
 
 def check_dst(dst: object) -> None:
@@ -61,7 +64,13 @@ class CacheBase:
     _clock: Clock = SYSTEM  # what the calls' timeouts are read on
 
     def stream(
-        self, key: str, create: Create, timeout: float | None = None, *, start: int = 0
+        self,
+        key: str,
+        create: Create,
+        timeout: float | None = None,
+        *,
+        start: int = 0,
+        idle_timeout: float | None = None,
     ) -> Stream:
         raise NotImplementedError
 
@@ -79,22 +88,36 @@ class CacheBase:
         return False
 
     def fetch(
-        self, key: str, dst: Any, create: Create, timeout: float | None = None
+        self,
+        key: str,
+        dst: Any,
+        create: Create,
+        timeout: float | None = None,
+        *,
+        idle_timeout: float | None = None,
     ) -> FetchResult:
         """Find or create the entry of ``key`` and copy it to ``dst``."""
         check_dst(dst)
-        with self.stream(key, create, timeout) as s:
+        with self.stream(key, create, timeout, **_start_kw(0, idle_timeout)) as s:
             return FetchResult(s.copy_to(dst), s.created)
 
     def astream(
-        self, key: str, create: Create, timeout: float | None = None, *, start: int = 0
+        self,
+        key: str,
+        create: Create,
+        timeout: float | None = None,
+        *,
+        start: int = 0,
+        idle_timeout: float | None = None,
     ) -> AsyncStream:
         """``async with cache.astream(key, create) as s: async for chunk in s: ...``"""
         check_key(key)
         check_create(create)
         check_timeout(timeout)
         check_start(start)
-        return AsyncStream(lambda: self.stream(key, create, timeout, start=start))
+        check_idle(idle_timeout)
+        kw = _start_kw(start, idle_timeout)
+        return AsyncStream(lambda: self.stream(key, create, timeout, **kw))
 
     def stop(self) -> None:
         """End background work. fetch keeps working."""

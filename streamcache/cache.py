@@ -27,7 +27,7 @@ from .base import (
     check_key,
     check_start,
 )
-from .deadline import Deadline, deadline_for, remaining, wait_limit
+from .deadline import Deadline, Idle, deadline_for, idle_for, remaining, wait_limit
 from .disk.eviction import Cleaner, GCReport, collect
 from .disk.filestore import (
     MAX_KEY_PREVIEW,
@@ -195,10 +195,17 @@ class StreamCache(CacheBase):
     # -- public API -----------------------------------------------------------------
 
     def stream(
-        self, key: str, create: Create, timeout: float | None = None, *, start: int = 0
+        self,
+        key: str,
+        create: Create,
+        timeout: float | None = None,
+        *,
+        start: int = 0,
+        idle_timeout: float | None = None,
     ) -> Stream:
         try:
             check_start(start)
+            idle = idle_for(idle_timeout, self._clock)
             h, deadline = self._begin(key, create, timeout)
             source, created, bypassed = self._open(key, h, create, deadline, start)
         except Exception:
@@ -206,7 +213,9 @@ class StreamCache(CacheBase):
             raise
         if bypassed:
             self.metrics.count_fetch(BYPASS)
-        return self._stream(key, h, source, created, create, deadline, start, outcome=not bypassed)
+        return self._stream(
+            key, h, source, created, create, deadline, start, idle, outcome=not bypassed
+        )
 
     def peek(self, key: str) -> EntryInfo | None:
         """The state of ``key``'s entry, or None: never creates, waits or counts."""
@@ -252,23 +261,30 @@ class StreamCache(CacheBase):
         return self._store.invalidate(key_hash(key))
 
     def fetch(
-        self, key: str, dst: Any, create: Create, timeout: float | None = None
+        self,
+        key: str,
+        dst: Any,
+        create: Create,
+        timeout: float | None = None,
+        *,
+        idle_timeout: float | None = None,
     ) -> FetchResult:
         """Find or create the entry of ``key`` and copy it to ``dst``.
 
-        Without a timeout, the call that creates runs ``create`` in its own thread and
-        hands each write straight to ``dst``; with one, ``create`` runs in a producer
-        thread so that the call can return when the timeout passes.
+        Without a timeout (or idle_timeout), the call that creates runs ``create`` in
+        its own thread and hands each write straight to ``dst``; with one, ``create``
+        runs in a producer thread so that the call can return when the timeout passes.
         """
         try:
             check_dst(dst)
+            idle = None if idle_timeout is None else idle_for(idle_timeout, self._clock)
             h, deadline = self._begin(key, create, timeout)
             fin = self._finished(h, _READ_WHOLE)
             if fin is not None and fin.data is not None:  # small: one write, no reader
                 write_all(dst, fin.data, deadline)
                 self.metrics.count_hit(fin.size)
                 return FetchResult(fin.size, False)
-            result, outcome = self._fetch(key, h, dst, create, deadline, fin)
+            result, outcome = self._fetch(key, h, dst, create, deadline, idle, fin)
         except Exception:
             self.metrics.count_fetch(ERROR)
             raise
@@ -282,6 +298,7 @@ class StreamCache(CacheBase):
         dst: Any,
         create: Create,
         deadline: Deadline | None,
+        idle: Idle | None,
         fin: Finished | None,
     ) -> tuple[FetchResult, str]:
         """fetch beyond a small hit: a reader on ``fin``, the finished entry if there is
@@ -290,14 +307,18 @@ class StreamCache(CacheBase):
         if fin is not None:
             found = Found(FileReader(fin.fd, fin.size), False)
         else:
-            inline_dst = dst if deadline is None else None
+            inline_dst = dst if deadline is None and idle is None else None
             found = self._find_or_claim(key, h, create, deadline, inline_dst, 0)
         if found.bypass is not None:
-            return self._null.fetch(key, dst, create, remaining(deadline)), BYPASS
+            idle_timeout = None if idle is None else idle.seconds
+            null = self._null.fetch(
+                key, dst, create, remaining(deadline), idle_timeout=idle_timeout
+            )
+            return null, BYPASS
         if found.reader is None:
             self.metrics.count_served(found.written)
             return FetchResult(found.written, True), MISS
-        with self._stream(key, h, found.reader, found.created, create, deadline, 0) as s:
+        with self._stream(key, h, found.reader, found.created, create, deadline, 0, idle) as s:
             return FetchResult(s.copy_to(dst), found.created), MISS if found.created else HIT
 
     def stop(self) -> None:
@@ -350,6 +371,7 @@ class StreamCache(CacheBase):
         create: Create,
         deadline: Deadline | None,
         start: int,
+        idle: Idle | None = None,
         *,
         outcome: bool = False,
     ) -> Stream:
@@ -358,7 +380,7 @@ class StreamCache(CacheBase):
         reopen = None
         if isinstance(source, PipeReader) and not created:
             reopen = functools.partial(self._reopen, key, h, create, deadline, start)
-        return Stream(source, created, deadline, reopen, self.metrics, outcome)
+        return Stream(source, created, deadline, reopen, self.metrics, outcome, idle)
 
     def _reopen(
         self, key: str, h: str, create: Create, deadline: Deadline | None, start: int

@@ -46,22 +46,22 @@ class Deadline(NamedTuple):
         return clock.monotonic() + (self.at - self.clock.monotonic())
 
 
-def check_timeout(timeout: object) -> float | None:
+def check_timeout(timeout: object, name: str = "timeout") -> float | None:
     """``timeout`` as seconds (clamped to :data:`MAX_TIMEOUT`), or None for no deadline.
 
     TypeError for anything but None or a real number; ValueError for a negative, NaN
-    or infinite one (None is how to ask for no deadline).
+    or infinite one (None is how to ask for no deadline). ``name``: the argument's.
     """
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be seconds or None, not {type(timeout).__name__}")
+        raise TypeError(f"{name} must be seconds or None, not {type(timeout).__name__}")
     if isinstance(timeout, int):  # any size: float() of a huge int would overflow
         timeout = min(timeout, MAX_TIMEOUT)
     seconds = float(timeout)
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(
-            f"timeout must be finite seconds >= 0 (None for no deadline), got {timeout!r}"
+            f"{name} must be finite seconds >= 0 (None for no deadline), got {timeout!r}"
         )
     return min(seconds, MAX_TIMEOUT)
 
@@ -70,6 +70,39 @@ def deadline_for(timeout: object, clock: Clock) -> Deadline | None:
     """When ``timeout`` (checked by :func:`check_timeout`) passes, on ``clock``."""
     seconds = check_timeout(timeout)
     return None if seconds is None else Deadline(clock.monotonic() + seconds, clock)
+
+
+def check_idle(idle_timeout: object) -> float | None:
+    """``idle_timeout`` checked as a timeout is (:func:`check_timeout`)."""
+    return check_timeout(idle_timeout, "idle_timeout")
+
+
+class Idle(NamedTuple):
+    """A call's ``idle_timeout``: how long one wait for the entry's next bytes may last,
+    on ``clock``. Each read that must wait takes :meth:`until` once, as it starts, so
+    the silence is counted from the read's start however often the wait is woken; a
+    read that gets a byte ends it. Waits for anything else (a slow dst) are not
+    counted: the entry's silence only, like nginx's ``proxy_read_timeout``."""
+
+    seconds: float
+    clock: Clock
+
+    def until(self, deadline: Deadline | None) -> Deadline:
+        """The deadline of one wait for new bytes: ``seconds`` from now, or the call's
+        ``deadline`` if that comes first."""
+        idle = Deadline(self.clock.monotonic() + self.seconds, self.clock)
+        return deadline if deadline is not None and deadline.at <= idle.on(deadline.clock) else idle
+
+    def error(self) -> TimeoutError:
+        return TimeoutError(
+            f"streamcache: no new byte of the entry for {self.seconds:g} s (idle_timeout)"
+        )
+
+
+def idle_for(idle_timeout: object, clock: Clock) -> Idle | None:
+    """``idle_timeout`` (checked by :func:`check_idle`) on ``clock``; None for none."""
+    seconds = check_idle(idle_timeout)
+    return None if seconds is None else Idle(seconds, clock)
 
 
 def remaining(deadline: Deadline | None) -> float | None:

@@ -15,7 +15,7 @@ from ipc.hub import complete
 from ipc.wait import Wake
 
 from .base import CacheBase, check_create, check_dst, check_key, check_start
-from .deadline import Deadline, deadline_for
+from .deadline import Deadline, check_idle, deadline_for, idle_for
 from .entry.creator import Create, Writer, call_create
 from .entry.sink import write_all
 from .entry.sizes import AnnouncedSize
@@ -272,11 +272,21 @@ class NullCache(CacheBase):
         self._clock = clock
 
     def fetch(
-        self, key: str, dst: Any, create: Create, timeout: float | None = None
+        self,
+        key: str,
+        dst: Any,
+        create: Create,
+        timeout: float | None = None,
+        *,
+        idle_timeout: float | None = None,
     ) -> FetchResult:
         check_key(key)
         check_dst(dst)
         check_create(create)
+        if check_idle(idle_timeout) is not None:
+            # create's silence can be timed only from outside it: through the stream,
+            # create in a thread, as on every other path.
+            return super().fetch(key, dst, create, timeout, idle_timeout=idle_timeout)
         w = _CountingWriter(dst, deadline_for(timeout, self._clock))
         try:
             run_create(create, w)
@@ -294,10 +304,17 @@ class NullCache(CacheBase):
         return FetchResult(w.written, True)
 
     def stream(
-        self, key: str, create: Create, timeout: float | None = None, *, start: int = 0
+        self,
+        key: str,
+        create: Create,
+        timeout: float | None = None,
+        *,
+        start: int = 0,
+        idle_timeout: float | None = None,
     ) -> Stream:
         check_key(key)
         check_create(create)
         check_start(start)
         deadline = deadline_for(timeout, self._clock)
-        return Stream(start_create(create, start), True, deadline)
+        idle = idle_for(idle_timeout, self._clock)
+        return Stream(start_create(create, start), True, deadline, idle=idle)

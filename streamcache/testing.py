@@ -65,11 +65,18 @@ class LoggingCache(CacheBase):
             self._entries.append(entry)
 
     def fetch(
-        self, key: str, dst: Any, create: Create, timeout: float | None = None
+        self,
+        key: str,
+        dst: Any,
+        create: Create,
+        timeout: float | None = None,
+        *,
+        idle_timeout: float | None = None,
     ) -> FetchResult:
         tracked = _Tracked(create)
+        kw = _start_kw(0, idle_timeout)
         try:
-            result = self.cache.fetch(key, dst, tracked.create, timeout)
+            result = self.cache.fetch(key, dst, tracked.create, timeout, **kw)
         except BaseException as exc:
             self._log(LogEntry(key, tracked.ran, exc))
             raise
@@ -77,12 +84,19 @@ class LoggingCache(CacheBase):
         return result
 
     def stream(
-        self, key: str, create: Create, timeout: float | None = None, *, start: int = 0
+        self,
+        key: str,
+        create: Create,
+        timeout: float | None = None,
+        *,
+        start: int = 0,
+        idle_timeout: float | None = None,
     ) -> Stream:
         check_start(start)
         tracked = _Tracked(create)
+        kw = _start_kw(start, idle_timeout)
         try:
-            s = self.cache.stream(key, tracked.create, timeout, **_start_kw(start))
+            s = self.cache.stream(key, tracked.create, timeout, **kw)
         except BaseException as exc:
             self._log(LogEntry(key, tracked.ran, exc))
             raise

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ipc.wait import Wake
 
-from ..deadline import Deadline
+from ..deadline import Deadline, Idle
 from ..errors import AllReadersLeft, CreateError
 from ..metrics import ERROR, HIT, MISS, NULL, Metrics
 from .pipe import CHUNK
@@ -133,6 +133,10 @@ class Stream:
 
     ``metrics`` counts the bytes it serves as they go out and, with ``outcome``, the
     call's outcome when it is closed: ``error`` if reading raised, else hit or miss.
+
+    ``idle`` (the call's ``idle_timeout``) bounds each wait for the entry's next bytes
+    (:class:`~streamcache.deadline.Idle`), whatever the source: every path times out
+    on silence here, once, with the same TimeoutError.
     """
 
     def __init__(
@@ -143,8 +147,10 @@ class Stream:
         reopen: Reopen | None = None,
         metrics: Metrics = NULL,
         outcome: bool = False,
+        idle: Idle | None = None,
     ) -> None:
         self._metrics = metrics
+        self._idle = idle
         self._outcome = outcome
         self._failed = False
         self._source = source
@@ -217,14 +223,33 @@ class Stream:
         old.close()
         return True
 
+    def wait_deadline(self) -> Deadline | None:
+        """The deadline of one read's wait for new bytes, taken as the read starts: the
+        call's, or ``idle_timeout`` from now if that comes first."""
+        idle = self._idle
+        return self._deadline if idle is None else idle.until(self._deadline)
+
+    def _timed_out(self, exc: BaseException, until: Deadline | None) -> BaseException:
+        """``exc``, or the idle timeout's own error when the wait that timed out ended
+        at the idle deadline (not at the call's)."""
+        if not isinstance(exc, TimeoutError) or self._idle is None or until is self._deadline:
+            return exc
+        if self._deadline is not None and self._deadline.passed():
+            return exc
+        return self._idle.error()
+
     def _chunk(self, n: int) -> bytes:
         while True:
+            until = self.wait_deadline()
             try:
-                data = self._source.read(n, self._deadline)
+                data = self._source.read(n, until)
             except Exception as exc:
                 if isinstance(exc, CreateError) and self._retry(exc):
                     continue
                 self._failed = True
+                err = self._timed_out(exc, until)
+                if err is not exc:
+                    raise err from None
                 raise
             if data:
                 self._delivered = True
@@ -246,13 +271,25 @@ class Stream:
                 self._delivered = self._delivered or bool(data)
             return data
 
-    async def wait_async(self) -> None:
+    async def wait_async(self, until: Deadline | None = None) -> None:
         """Wait on the event loop until a read may give something new, without
-        occupying a thread: the process's one waiting thread watches every such wait."""
+        occupying a thread: the process's one waiting thread watches every such wait.
+        ``until``: the read's :meth:`wait_deadline`, taken once as the read started
+        (by default, taken now)."""
+        if until is None:
+            until = self.wait_deadline()
+        try:
+            await self._wait_async(until)
+        except TimeoutError as exc:
+            err = self._timed_out(exc, until)
+            if err is not exc:
+                raise err from None
+            raise
+
+    async def _wait_async(self, deadline: Deadline | None) -> None:
         import asyncio  # here, not at the top: a process that never awaits skips its import
 
         source = self._source
-        deadline = self._deadline
         future = asyncio.wrap_future(source.watch(deadline))
         try:
             if deadline is None:
@@ -298,15 +335,17 @@ class Stream:
 
     def _send(self, out_fd: int, dst: Any) -> int:
         while True:
+            until = self.wait_deadline()  # the wait for dst counts on the call's deadline
             try:
-                n = self._source.sendfile(
-                    out_fd, self._deadline, lambda: wait_writable(dst, self._deadline)
-                )
+                n = self._source.sendfile(out_fd, until, lambda: wait_writable(dst, self._deadline))
             except Exception as exc:
                 if isinstance(exc, CreateError) and self._retry(exc):
                     continue
                 # (an error sendfile gives for this dst is no failure: copy_to copies)
                 self._failed = not (isinstance(exc, OSError) and exc.errno in NO_SENDFILE)
+                err = self._timed_out(exc, until)
+                if err is not exc:
+                    raise err from None
                 raise
             if n:
                 self._delivered = True
@@ -398,11 +437,15 @@ class AsyncStream:
         import asyncio  # loaded already: this runs on its loop
 
         await asyncio.sleep(0)
+        waiting = False
+        until = None  # the read's deadline, taken once: its silence counts from here
         while True:
             data = stream.read_nowait(n)
             if data is not None:
                 return data
-            await stream.wait_async()
+            if not waiting:
+                waiting, until = True, stream.wait_deadline()
+            await stream.wait_async(until)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self

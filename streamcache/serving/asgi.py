@@ -65,10 +65,11 @@ async def serve(
     headers: Iterable[tuple[str, str]] = (),
     *,
     timeout: float | None = None,
+    idle_timeout: float | None = None,
 ) -> None:
     """Answer the http request of ``scope`` with the entry of ``key`` (``create`` makes
-    it on a miss). ``timeout`` is ``cache.astream``'s."""
-    extra = http.check_arguments(key, create, content_type, headers, timeout)
+    it on a miss). ``timeout`` and ``idle_timeout`` are ``cache.astream``'s."""
+    extra = http.check_arguments(key, create, content_type, headers, timeout, idle_timeout)
     if not isinstance(scope, Mapping):
         raise TypeError(f"scope must be a mapping, not {type(scope).__name__}")
     if scope.get("type") != "http":
@@ -89,7 +90,7 @@ async def serve(
         cache,
         key,
         create,
-        timeout,
+        http.Waits(timeout, idle_timeout),
         http.wanted_range(
             method,
             http.header_value(fields, b"range"),
@@ -147,11 +148,11 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
 
 
 async def _open(
-    cache: CacheBase, key: str, create: Create, timeout: float | None, start: int
+    cache: CacheBase, key: str, create: Create, waits: http.Waits, start: int
 ) -> AsyncStream:
     """``cache.astream(...)``, entered. The open is one step on the loop (no wait), so
     a cancellation (the client left) never strands a reader it opened."""
-    s = cache.astream(key, create, timeout, start=start)
+    s = cache.astream(key, create, waits.timeout, **waits.kw(start))
     await s.__aenter__()
     return s
 
@@ -201,14 +202,14 @@ class _Request:
         cache: CacheBase,
         key: str,
         create: Create,
-        timeout: float | None,
+        waits: http.Waits,
         spec: RangeSpec | None,
         old_client: bool,
     ) -> None:
         self.cache = cache
         self.key = key
         self.create = create
-        self.timeout = timeout
+        self.waits = waits
         self.spec = spec
         self.old_client = old_client
 
@@ -295,7 +296,7 @@ class _Request:
                     return r
                 start = 0 if r is None else r.start
         while True:
-            s = await _open(self.cache, self.key, self.create, self.timeout, start)
+            s = await _open(self.cache, self.key, self.create, self.waits, start)
             try:
                 plan = await self._settle(s, start)
             except BaseException:
@@ -338,7 +339,7 @@ class _Request:
         place; an entry the cache does not keep is spooled to a temporary file."""
         s = plan.stream
         if self.cache.peek(self.key) is not None:
-            drain = await _open(self.cache, self.key, self.create, self.timeout, s.position)
+            drain = await _open(self.cache, self.key, self.create, self.waits, s.position)
             try:
                 if not drain.created:
                     while await drain.read(BLOCK):

@@ -15,9 +15,9 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from ..deadline import check_timeout
+from ..deadline import check_idle, check_timeout
 from ..errors import CreateError
 
 BLOCK = 1 << 18  # bytes per body chunk, and the block size handed to wsgi.file_wrapper
@@ -161,8 +161,27 @@ def is_http10(protocol: object) -> bool:
     return (major, minor) < (1, 1)
 
 
+class Waits(NamedTuple):
+    """A serve() call's ``timeout`` and ``idle_timeout``, for each stream it opens."""
+
+    timeout: float | None
+    idle_timeout: float | None = None
+
+    def kw(self, start: int) -> dict[str, Any]:
+        """The stream's keyword arguments (``idle_timeout`` only when set)."""
+        kw: dict[str, Any] = {"start": start}
+        if self.idle_timeout is not None:
+            kw["idle_timeout"] = self.idle_timeout
+        return kw
+
+
 def check_arguments(
-    key: object, create: object, content_type: object, headers: object, timeout: object
+    key: object,
+    create: object,
+    content_type: object,
+    headers: object,
+    timeout: object,
+    idle_timeout: object = None,
 ) -> Headers:
     """Validate what serve() got (TypeError/ValueError naming the argument); returns
     the extra headers as a list of (name, value) pairs."""
@@ -175,6 +194,7 @@ def check_arguments(
     if not content_type or not _FIELD_VALUE.match(content_type):
         raise ValueError(f"content_type is not a valid header value: {content_type!r}")
     check_timeout(timeout)
+    check_idle(idle_timeout)
     if isinstance(headers, (str, bytes)) or not isinstance(headers, Iterable):
         raise TypeError(f"headers must be an iterable of (name, value) pairs, not {headers!r}")
     extra: Headers = []

@@ -77,10 +77,12 @@ def serve(
     headers: Iterable[tuple[str, str]] = (),
     *,
     timeout: float | None = None,
+    idle_timeout: float | None = None,
 ) -> Iterable[bytes]:
     """Answer the request in ``environ`` with the entry of ``key`` (``create`` makes it
-    on a miss); return the WSGI body iterable. ``timeout`` is ``cache.stream``'s."""
-    extra = http.check_arguments(key, create, content_type, headers, timeout)
+    on a miss); return the WSGI body iterable. ``timeout`` and ``idle_timeout`` are
+    ``cache.stream``'s."""
+    extra = http.check_arguments(key, create, content_type, headers, timeout, idle_timeout)
     if not isinstance(environ, Mapping):
         raise TypeError(f"environ must be a mapping, not {type(environ).__name__}")
     if not callable(start_response):
@@ -101,7 +103,7 @@ def serve(
             cache,
             key,
             create,
-            timeout,
+            http.Waits(timeout, idle_timeout),
             spec,
             # uWSGI frames a body of unknown length by closing the connection (its
             # http-socket never chunks), so a cut would look complete: it gets lengths.
@@ -214,7 +216,7 @@ def _prepare(
     cache: CacheBase,
     key: str,
     create: Create,
-    timeout: float | None,
+    waits: http.Waits,
     spec: RangeSpec | None,
     needs_length: bool,
 ) -> _Plan | Unsatisfiable:
@@ -224,9 +226,9 @@ def _prepare(
     if isinstance(start, Unsatisfiable):
         return start
     while True:
-        s = cache.stream(key, create, timeout, start=start)
+        s = cache.stream(key, create, waits.timeout, **waits.kw(start))
         try:
-            plan = _settle(cache, key, create, timeout, spec, needs_length, s, start)
+            plan = _settle(cache, key, create, waits, spec, needs_length, s, start)
         except BaseException:
             s.close()
             raise
@@ -239,7 +241,7 @@ def _settle(
     cache: CacheBase,
     key: str,
     create: Create,
-    timeout: float | None,
+    waits: http.Waits,
     spec: RangeSpec | None,
     needs_length: bool,
     s: Stream,
@@ -254,7 +256,7 @@ def _settle(
             size = s.position  # the end, already
     plan = _Plan(s, pending, size)
     if size is None and needs_length:
-        _wait_for_end(cache, key, create, timeout, plan)
+        _wait_for_end(cache, key, create, waits, plan)
         size = plan.size
     r = http.resolve(spec, size) if spec is not None and size is not None else None
     if isinstance(r, Unsatisfiable):
@@ -273,7 +275,7 @@ def _settle(
 
 
 def _wait_for_end(
-    cache: CacheBase, key: str, create: Create, timeout: float | None, plan: _Plan
+    cache: CacheBase, key: str, create: Create, waits: http.Waits, plan: _Plan
 ) -> None:
     """HTTP/1.0 and no size yet: wait for the entry's end without holding the producer
     back, then set plan.size. A second reader drains the entry from where this one
@@ -282,7 +284,7 @@ def _wait_for_end(
     stream is spooled to a temporary file instead."""
     s = plan.stream
     if cache.peek(key) is not None:
-        with cache.stream(key, create, timeout, start=s.position) as drain:
+        with cache.stream(key, create, waits.timeout, **waits.kw(s.position)) as drain:
             if not drain.created:  # joined the same entry: read it to its end
                 while drain.read(BLOCK):
                     pass

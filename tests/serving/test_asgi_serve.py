@@ -194,6 +194,8 @@ def test_502_and_504_before_the_first_byte(cache: Any) -> None:
     assert call.code == 504
     call = run(asgi(app_for(cache, Producer([b"late"]), key="u", timeout=0.2), scope()))
     assert call.code == 504
+    call = run(asgi(app_for(cache, Producer([b"late"]), key="i", idle_timeout=0.2), scope()))
+    assert call.code == 504
 
 
 def test_a_failure_after_the_first_byte_aborts_with_one_warning(

@@ -416,6 +416,20 @@ def test_the_timeout_argument_is_504(cache: Any) -> None:
     assert call.status == "504 Gateway Timeout"
 
 
+def test_the_idle_timeout_argument_is_504_before_the_first_byte_and_a_cut_after(
+    cache: Any,
+) -> None:
+    """idle_timeout reaches cache.stream: silence before the first byte is a 504, after
+    it the body is cut (docs/design.md, "Serving over HTTP")."""
+    call = wsgi(app_for(cache, Producer([b"late"]), key="a", idle_timeout=0.2), environ())
+    assert call.status == "504 Gateway Timeout"
+    create = Producer([DATA[:1000], DATA[1000:]])  # the second part held to teardown
+    create.release(1)
+    call = wsgi(app_for(cache, create, key="b", idle_timeout=0.2), environ())
+    assert call.status == "200 OK" and call.body == DATA[:1000]
+    assert isinstance(call.error, ResponseAborted)
+
+
 def test_a_failure_after_the_first_byte_aborts_with_one_warning(
     cache: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
