@@ -489,7 +489,9 @@ def main(argv: list[str] | None = None) -> int:
         help="uploadpack.packObjectsHook; {dir} becomes a fresh cache directory "
         "(default: streamcache git-pack-objects-hook --dir {dir})",
     )
-    parser.add_argument("--no-hook", action="store_true", help="only the uncached rows")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--no-hook", action="store_true", help="only the uncached rows")
+    only.add_argument("--hook-only", action="store_true", help="only the rows with the hook")
     parser.add_argument("--fsck-all", action="store_true", help="git fsck every clone")
     parser.add_argument(
         "--bound", type=float, default=WAIT * 4, help="seconds a row may take (1200)"
@@ -515,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
             f"repository {repo.path}: {repo.pack_bytes / MiB:.1f} MiB pack, {repo.objects} "
             f"objects, {repo.commits} commits, no bitmap; {made}"
         )
-        modes = [False] if args.no_hook else [False, True]
+        modes = [False] if args.no_hook else [True] if args.hook_only else [False, True]
         lines = [Line(n, h) for n in args.clients for h in modes]
         try:
             for n in args.clients:
