@@ -150,6 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
         "none, as a command line may hold secrets)",
     )
     run.add_argument(
+        "--stdin",
+        action="store_true",
+        help="read stdin to its end and give it to the command; it is part of the key",
+    )
+    run.add_argument(
+        "--stderr",
+        choices=("all", "first"),
+        default="all",
+        help="replay the command's stderr to every invocation (all, the default) or "
+        "only to the one that started it (first)",
+    )
+    run.add_argument(
         "-v",
         "--verbose",
         action="store_true",

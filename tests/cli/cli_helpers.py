@@ -26,6 +26,8 @@ WAIT = 30.0
 COMMAND = r"""
 import os, subprocess, sys, time, uuid
 counter, gate, status = sys.argv[1:4]
+with open(counter + ".parents", "a") as f:
+    f.write(f"{os.getppid()}\n")
 pids = [os.getpid()]
 if len(sys.argv) > 4:
     pids.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]).pid)
@@ -66,6 +68,12 @@ class Gated:
             return []
         return [[int(p) for p in line.split()] for line in self.counter.read_text().splitlines()]
 
+    def parents(self) -> list[int]:
+        """The pid of the process that started each run (an invocation, or the detached
+        producer one started)."""
+        path = Path(f"{self.counter}.parents")
+        return [int(line) for line in path.read_text().split()] if path.exists() else []
+
 
 def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -98,10 +106,18 @@ class Launcher:
         self.commands.append(g)
         return g
 
-    def start(self, *args: str, cwd: Path | None = None) -> subprocess.Popen[bytes]:
-        """``python -m streamcache ARGS`` started (stdout and stderr piped)."""
+    def start(
+        self, *args: str, cwd: Path | None = None, own_group: bool = False
+    ) -> subprocess.Popen[bytes]:
+        """``python -m streamcache ARGS`` started (stdout and stderr piped); with
+        ``own_group`` in a process group of its own, as a shell's job is."""
         proc = subprocess.Popen(
-            cli_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(), cwd=cwd
+            cli_cmd(*args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env(),
+            cwd=cwd,
+            start_new_session=own_group,
         )
         self.procs.append(proc)
         return proc
@@ -116,6 +132,10 @@ class Launcher:
                     os.killpg(pids[0], signal.SIGKILL)  # its own group: it and its child
         for p in self.procs:
             p.communicate(timeout=WAIT)
+        # The processes that ran the commands end once their command did (and clean up).
+        for g in self.commands:
+            for pid in g.parents():
+                wait_until(lambda pid=pid: not is_running(pid), f"process {pid} to end")
 
 
 def wait_until(pred: Callable[[], bool], what: str, timeout: float = WAIT) -> None:

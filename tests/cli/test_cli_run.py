@@ -139,29 +139,6 @@ def test_a_successful_run_is_served_without_running_it(
     assert len(g.runs()) == 1
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_to_the_runner_stops_the_command_and_fails_the_others(
-    launch: Launcher, cache_dir: Path, tmp_path: Path, signum: signal.Signals
-) -> None:
-    g = launch.gated(tmp_path)
-    args = run_args(cache_dir, g.argv(child=True))
-    runner = launch.start(*args, cwd=tmp_path)
-    wait_until(lambda: len(g.runs()) == 1, "the command to start")
-    follower = launch.start(*args, cwd=tmp_path)
-    wait_until(lambda: readers_of_entries_in_flight(cache_dir) == 2, "the follower to attach")
-    runner.send_signal(signum)
-    (rc1, _, err1), (rc2, out2, err2) = finish([runner, follower])
-    assert rc1 == rc2 == 128 + signum, (err1, err2)
-    assert signum.name.encode() in err1
-    assert signum.name.encode() in err2 and b"incomplete" in err2
-    assert out2.startswith(b"first ")
-    # The command's whole process group ended (its child too).
-    for pid in g.runs()[0]:
-        wait_until(lambda pid=pid: not is_running(pid), f"process {pid} of the command to end")
-    assert stats(cache_dir)["entries"] == []
-    assert not g.gate.exists()
-
-
 def test_exit_statuses_of_run_itself(cache_dir: Path, tmp_path: Path) -> None:
     missing = cli(*run_args(cache_dir, ["no-such-command-here"]), cwd=tmp_path)
     assert missing.returncode == 127 and "cannot run" in missing.stderr
@@ -236,28 +213,6 @@ def test_the_cache_warnings_show_with_verbose_only(cache_dir: Path) -> None:
     loud = cli(*run_args(cache_dir, failing, "--verbose"))
     assert loud.returncode == 4 and "failed" in loud.stderr
     assert "Traceback" not in loud.stderr
-
-
-def test_a_killed_runner_fails_the_others_promptly_and_ends_the_command(
-    launch: Launcher, cache_dir: Path, tmp_path: Path
-) -> None:
-    g = launch.gated(tmp_path)
-    args = run_args(cache_dir, g.argv())
-    runner = launch.start(*args, cwd=tmp_path)
-    wait_until(lambda: len(g.runs()) == 1, "the command to start")
-    follower = launch.start(*args, cwd=tmp_path)
-    wait_until(lambda: readers_of_entries_in_flight(cache_dir) == 2, "the follower to attach")
-    runner.kill()
-    # The follower learns within the cache's liveness bound (1 s), not when the
-    # orphaned command would have ended (it waits for a gate that never opens).
-    follower.wait(WAIT)
-    assert follower.stderr is not None
-    err = follower.stderr.read()
-    assert follower.returncode == 125, err
-    assert b"died" in err and b"incomplete" in err
-    # The command, orphaned, got SIGTERM when its runner died (Linux).
-    for pid in g.runs()[0]:
-        wait_until(lambda pid=pid: not is_running(pid), f"process {pid} of the command to end")
 
 
 @pytest.mark.parametrize(

@@ -85,22 +85,25 @@ def test_stats_of_an_entry_in_flight(launch: Launcher, cache_dir: Path, tmp_path
     assert [rc for rc, _, _ in results] == [0, 0]
     assert text.returncode == 0, text.stderr
     (row,) = [line for line in text.stdout.splitlines() if "report-2026" in line]
-    assert " writing " in row and f"{runner.pid} alive" in row and "2: " in row
+    # The producer: the process the first invocation started to run the command.
+    (producer,) = g.parents()
+    assert " writing " in row and f"{producer} alive" in row and "2: " in row
     assert "total: 1 entries (1 writing)" in text.stdout
     doc = json.loads(as_json.stdout)
     assert doc["schema"] == 1 and doc["dir"] == str(cache_dir)
     (e,) = doc["entries"]
     assert e["key_preview"] == "report-2026" and e["key_length"] == len("report-2026")
     assert e["state"] == "writing" and e["size"] is None and e["written"] > 0
-    assert e["producer"] == {"pid": runner.pid, "alive": True}
+    assert e["producer"] == {"pid": producer, "alive": True}
     assert e["age"] >= 0 and 0 < e["expires_in"] <= 60
     assert len(e["readers"]) == 2 and all(r["alive"] for r in e["readers"])
-    assert {r["pid"] for r in e["readers"]} == {runner.pid, follower.pid}
+    assert {r["pid"] for r in e["readers"]} == {producer, follower.pid}
     assert doc["totals"]["states"]["writing"] == 1 and doc["totals"]["readers"] == 2
     assert doc["totals"]["ipc_objects"] == 3
     # Finished: "done", with its size; no producer, no readers.
     (e,) = stats(cache_dir)["entries"]
-    assert e["state"] == "done" and e["size"] == e["written"] == len(results[0][1])
+    # (stdout in frames, with the command's end: a little more than its output)
+    assert e["state"] == "done" and e["size"] == e["written"] > len(results[0][1])
     assert e["producer"] is None and e["readers"] == []
 
 
@@ -140,9 +143,11 @@ def test_gc_counts_the_ipc_objects_of_a_dead_producer(
     follower = launch.start(*args)
     try:
         wait_until(lambda: readers_of_entries_in_flight(cache_dir) == 2, "the follower")
-        # Both at once, before the follower notices its producer died (within 1 s) and
-        # drops the entry itself: the entry and its channel are then gc's to remove.
-        runner.kill()
+        # The producer (the process the first invocation started to run the command) and
+        # the follower at once, before the follower notices its producer died (within
+        # 1 s) and drops the entry itself: the entry and its channel are then gc's.
+        (producer,) = g.parents()
+        os.kill(producer, signal.SIGKILL)
         follower.kill()
         runner.wait(WAIT)
         follower.wait(WAIT)

@@ -1,0 +1,111 @@
+"""The bytes of a shared command's entry: its stdout and stderr as frames, as Gitaly's
+sideband writer keeps them (one band byte, a 4-byte big-endian length, the payload),
+ended by a frame that carries the exit status.
+
+Every reader replays stdout (band 1) to its own stdout and stderr (band 2) to its own
+stderr in the order the command wrote them; the end frame (band 3) holds the status
+the reader exits with. Only a command that exited 0 is stored, so a stored entry
+always ends with status 0; a failed run fails its entry instead, and its failure's
+text carries the status (see :mod:`streamcache.cli.detached`)."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+STDOUT = 1
+STDERR = 2
+END = 3
+
+HEADER = struct.Struct(">BI")
+MAX_PAYLOAD = 64 * 1024
+
+
+def frame(band: int, payload: bytes) -> bytes:
+    return HEADER.pack(band, len(payload)) + payload
+
+
+def end_frame(status: int) -> bytes:
+    return frame(END, bytes([status & 0xFF]))
+
+
+class FrameError(ValueError):
+    """Bytes that are not frames: an entry not written by a shared command."""
+
+
+class Demux:
+    """A ``dst`` for the cache: parses frames as they come, in chunks of any size, and
+    writes band 1 to ``out_fd`` and band 2 to ``err_fd`` (dropped when None). With
+    ``out_fd`` None every frame is passed on whole to ``relay_fd`` instead (less
+    band 2 when ``err_fd`` is None): the detached producer relays to its invocation.
+    ``status`` is the end frame's, None until one came."""
+
+    def __init__(self, out_fd: int | None, err_fd: int | None, relay_fd: int | None = None) -> None:
+        self.out_fd = out_fd
+        self.err_fd = err_fd
+        self.relay_fd = relay_fd
+        self.status: int | None = None
+        self.delivered = 0  # payload bytes written out
+        self._buf = bytearray()
+        self._band = 0
+        self._left = -1  # payload bytes still to come of the current frame; -1: a header
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data).cast("B")
+        total = len(view)
+        while len(view):
+            if self._left < 0:
+                need = HEADER.size - len(self._buf)
+                self._buf += view[:need]
+                view = view[need:]
+                if len(self._buf) < HEADER.size:
+                    break
+                self._band, self._left = HEADER.unpack(self._buf)
+                if not STDOUT <= self._band <= END:
+                    raise FrameError(f"not a frame: band {self._band}")
+                self._buf.clear()
+                if self.relay_fd is not None and self._passed(self._band):
+                    _write_all(self.relay_fd, HEADER.pack(self._band, self._left))
+            take = view[: self._left]
+            view = view[len(take) :]
+            self._left -= len(take)
+            self._payload(take)
+            if self._left == 0:
+                self._left = -1
+        return total
+
+    def _passed(self, band: int) -> bool:
+        return band != STDERR or self.err_fd is not None
+
+    def _payload(self, data: memoryview) -> None:
+        band = self._band
+        if band == END:
+            self._buf += data
+            if self._left == 0:
+                self.status = self._buf[0] if self._buf else 0
+                self._buf.clear()
+                if self.relay_fd is not None:
+                    _write_all(self.relay_fd, bytes([self.status]))
+            return
+        if not data:
+            return
+        if self.relay_fd is not None:
+            if self._passed(band):
+                _write_all(self.relay_fd, data)
+            return
+        fd = self.out_fd if band == STDOUT else self.err_fd
+        if fd is not None:
+            _write_all(fd, data)
+            self.delivered += len(data)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while len(view):
+        view = view[os.write(fd, view) :]
