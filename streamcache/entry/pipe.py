@@ -246,6 +246,7 @@ class PipeReader(_Reader):
         self._final: int | None = None  # the recorded size, once found after a death
         self._in_file = 0  # bytes surely in the data file beyond the published offset
         self._watch: Watch | None = None  # an asynchronous wait in progress
+        self._waits_on_hub = False  # its checks' verdicts are shared (see _report_check)
         self._producer_gone = False  # found dead by a liveness check
 
     @property
@@ -310,6 +311,7 @@ class PipeReader(_Reader):
 
     def watch(self, deadline: Deadline | None) -> concurrent.futures.Future[Wake]:
         self.end_watch()
+        self._waits_on_hub = True
         at = reading_on(deadline, self._waiter.clock)
         self._watch = hub().watch(self._channel, self._slot, self.position, self._waiter, at)
         return self._watch.future
@@ -329,15 +331,21 @@ class PipeReader(_Reader):
         # Bytes in the file count too: an inline producer publishes only once it has
         # found the channel (the kernel grows a file only over copied bytes, and the
         # producer never rewrites).
+        began = self._waiter.clock.monotonic()
         self._in_file = max(self._in_file, written_so_far(self._fd))
         if not self._producer_gone and self._seg.producer_alive():
             if self._in_file > self.position:
+                self._report_check(began, alive=True)
                 return
             if self._seg.still_named() or self._seg.state != ipc.STATE_WRITING:
+                self._report_check(began, alive=True)
                 return  # (the producer says how it ended before it unlinks the names)
+            self._report_check(began, alive=False)
             self._removed()
         # Dead: the bytes it wrote but never published are read first (they are
         # data: the file is still 0600); once caught up, _ready comes back here.
+        if not self._producer_gone:
+            self._report_check(began, alive=False)
         self._producer_gone = True
         if self._in_file > self.position:
             return
@@ -346,6 +354,12 @@ class PipeReader(_Reader):
         if self._final is None:
             pid = self._seg.producer.pid
             raise ProducerDied(f"the producing process (pid {pid}) died before finishing the entry")
+
+    def _report_check(self, began: float, alive: bool) -> None:
+        """Share a check's verdict with this process's other waiting readers of the
+        channel (see :mod:`ipc.hub`): only waits on the hub read it."""
+        if self._waits_on_hub:
+            hub().checked(self._channel, self._waiter.clock, began, alive, self._in_file)
 
     def _removed(self) -> NoReturn:
         """The segment's name is gone while its live producer still writes: /dev/shm
