@@ -1,6 +1,6 @@
 """Figures for the core: fan-out time, wake-up latency, producer lead over a stalled reader.
 
-    python tools/measure.py [--quick] [--json] [--wake-breakdown]
+    python tools/measure.py [--quick] [--json] [--wake-breakdown | --miss-inodes]
 
 Absolute times on a shared machine are noisy; every figure is the median of several runs.
 """
@@ -283,6 +283,96 @@ def print_breakdown(n: int, as_json: bool) -> int:
     return 0
 
 
+def _link_unnamed(fd: int, path: str) -> None:
+    """Give the O_TMPFILE ``fd`` the name ``path`` (linkat of /proc/self/fd/N with
+    AT_SYMLINK_FOLLOW; needs no privilege). os.link only passes the flag along with a
+    directory descriptor: without one it calls link(2), which links the magic symlink
+    itself and fails with EXDEV."""
+    proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.link(f"self/fd/{fd}", path, src_dir_fd=proc, follow_symlinks=True)
+    finally:
+        os.close(proc)
+
+
+def miss_inodes(rounds: int, where: str) -> dict[str, tuple[float, float]]:
+    """Per miss, median (CPU us, wall us) of the file-system work of a small miss in a
+    directory under ``where``, without the cache's Python: as today (a data file, a
+    record symlink, rename into entries/, unlink of the record); with one inode (an
+    O_TMPFILE linked at the record's name, then renamed into entries/); and the floor
+    (create and close one empty file). Batches of 50, interleaved."""
+    d = tempfile.mkdtemp(dir=where)
+    for sub in ("data", "index", "entries", "floor"):
+        os.mkdir(os.path.join(d, sub), 0o700)
+    value, trailer = os.urandom(4096), os.urandom(16)
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    n = [0]
+
+    def seal(fd: int) -> None:
+        os.write(fd, value)
+        os.fchmod(fd, 0o400)
+        os.write(fd, trailer)
+        os.utime(fd, ns=(1, 1))
+        os.close(fd)
+
+    def today() -> None:
+        n[0] += 1
+        name = f"{n[0]:x}"
+        fd = os.open(f"{d}/data/{name}", flags, 0o600)
+        os.setxattr(fd, "user.streamcache.info", b'{"created": 1}')
+        os.symlink(f"3 {name} 1 2", f"{d}/index/{name}.rec")
+        seal(fd)
+        os.rename(f"{d}/data/{name}", f"{d}/entries/{name}")
+        os.unlink(f"{d}/index/{name}.rec")
+
+    def one_inode() -> None:
+        n[0] += 1
+        name = f"{n[0]:x}"
+        fd = os.open(f"{d}/data", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        os.setxattr(fd, "user.streamcache.info", b'{"created": 1, "record": "3 1 2"}')
+        _link_unnamed(fd, f"{d}/index/{name}.rec")
+        seal(fd)
+        os.rename(f"{d}/index/{name}.rec", f"{d}/entries/{name}")
+
+    def floor() -> None:
+        n[0] += 1
+        os.close(os.open(f"{d}/floor/{n[0]:x}", flags, 0o600))
+
+    kinds = {"today": today, "one inode": one_inode, "floor": floor}
+    cpu: dict[str, list[float]] = {k: [] for k in kinds}
+    wall: dict[str, list[float]] = {k: [] for k in kinds}
+    try:
+        for _ in range(rounds):
+            for k, f in kinds.items():
+                t, w = time.thread_time_ns(), time.perf_counter_ns()
+                for _ in range(50):
+                    f()
+                cpu[k].append((time.thread_time_ns() - t) / 50e3)
+                wall[k].append((time.perf_counter_ns() - w) / 50e3)
+    finally:
+        import shutil
+
+        shutil.rmtree(d, ignore_errors=True)
+    return {k: (statistics.median(cpu[k]), statistics.median(wall[k])) for k in kinds}
+
+
+def print_miss_inodes(rounds: int) -> int:
+    if not hasattr(os, "O_TMPFILE"):
+        print("no O_TMPFILE on this platform")
+        return 0
+    for where in (tempfile.gettempdir(), "/dev/shm"):
+        load0 = os.getloadavg()[0]
+        try:
+            got = miss_inodes(rounds, where)
+        except OSError as exc:
+            print(f"{where}: not measured ({exc})")
+            continue
+        print(f"{where}: medians of {rounds} interleaved batches of 50, load {load0:.1f}")
+        for k, (c, w) in got.items():
+            print(f"  {k:10s} cpu {c:7.1f} us  wall {w:7.1f} us")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
@@ -293,7 +383,15 @@ def main() -> int:
         help="only: the wake-up split into the producer's write path, the kernel's wake-up "
         "and the reader's path (fetch and stream() creators)",
     )
+    parser.add_argument(
+        "--miss-inodes",
+        action="store_true",
+        help="only: the file-system work of a small miss as today (2 inodes) against one "
+        "inode (O_TMPFILE linked at the record's name) and one file's creation",
+    )
     args = parser.parse_args()
+    if args.miss_inodes:
+        return print_miss_inodes(5 if args.quick else 40)
     if args.wake_breakdown:
         return print_breakdown(50 if args.quick else 300, args.json)
     reps = 1 if args.quick else 3
