@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -60,6 +61,8 @@ __all__ = ["LAYOUT", "GCReport", "StreamCache", "channel_base", "key_hash", "pre
 
 # fetch reads a finished entry up to this size whole, in one pread with its trailer.
 _READ_WHOLE = 64 * 1024
+# The bytes of the small entries a cache keeps after serving them (see _seen_hit).
+_SEEN_BYTES = 1024 * 1024
 
 
 class Found(NamedTuple):
@@ -154,6 +157,10 @@ class StreamCache(CacheBase):
         self._cleaner = Cleaner(self.gc, cleanup_interval)
         self._running = Producers()
         self._registry = registry
+        # Small entries served lately, by key hash: (tag, expiry, bytes), oldest first.
+        self._seen: dict[str, tuple[bytes, float, bytes]] = {}
+        self._seen_bytes = 0
+        self._seen_lock = threading.Lock()
         self._null = NullCache(clock=self._clock)  # what a miss that bypasses runs
         _live_caches.add(self)
         self.metrics.set_enabled(self.max_age)
@@ -258,7 +265,9 @@ class StreamCache(CacheBase):
         flight goes on for its current readers but is never published (see
         :meth:`Store.invalidate`). Whether anything was dropped."""
         check_key(key)
-        return self._store.invalidate(key_hash(key))
+        h = key_hash(key)
+        self._forget(h)
+        return self._store.invalidate(h)
 
     def fetch(
         self,
@@ -279,8 +288,14 @@ class StreamCache(CacheBase):
             check_dst(dst)
             idle = None if idle_timeout is None else idle_for(idle_timeout, self._clock)
             h, deadline = self._begin(key, create, timeout)
-            fin = self._finished(h, _READ_WHOLE)
+            data = self._seen_hit(h)
+            if data is not None:
+                write_all(dst, data, deadline)
+                self.metrics.count_hit(len(data))
+                return FetchResult(len(data), False)
+            fin = self._finished(h, _READ_WHOLE, tagged=True)
             if fin is not None and fin.data is not None:  # small: one write, no reader
+                self._remember(h, fin)
                 write_all(dst, fin.data, deadline)
                 self.metrics.count_hit(fin.size)
                 return FetchResult(fin.size, False)
@@ -444,10 +459,47 @@ class StreamCache(CacheBase):
 
     # -- lookup -----------------------------------------------------------------------
 
-    def _finished(self, h: str, read_up_to: int = -1) -> Finished | None:
+    def _seen_hit(self, h: str) -> bytes | None:
+        """The bytes of ``h``'s small finished entry if this cache served it before and
+        the file at the entry's name is still that one, unexpired: one getxattr, no
+        open. A data file's name is never used twice and a finished entry's bytes and
+        mtime never change (filestore.py), so the tag that names the file stands for
+        the bytes whose trailer was checked when they were read."""
+        seen = self._seen.get(h)
+        if seen is None:
+            return None
+        tag, expires, data = seen
+        if expires > self._clock.wall() and self._files.entry_tag(h) == tag:
+            return data
+        self._forget(h)  # replaced, removed or expired: the lookup decides
+        return None
+
+    def _remember(self, h: str, fin: Finished) -> None:
+        """Keep the small entry ``fin`` just read, if its file has a tag; the oldest
+        kept go beyond :data:`_SEEN_BYTES`."""
+        if fin.tag is None or fin.data is None:
+            return
+        with self._seen_lock:
+            old = self._seen.pop(h, None)
+            if old is not None:
+                self._seen_bytes -= len(old[2])
+            self._seen[h] = (fin.tag, fin.expires, fin.data)
+            self._seen_bytes += len(fin.data)
+            while self._seen_bytes > _SEEN_BYTES:
+                gone = self._seen.pop(next(iter(self._seen)))
+                self._seen_bytes -= len(gone[2])
+
+    def _forget(self, h: str) -> None:
+        with self._seen_lock:
+            old = self._seen.pop(h, None)
+            if old is not None:
+                self._seen_bytes -= len(old[2])
+
+    def _finished(self, h: str, read_up_to: int = -1, tagged: bool = False) -> Finished | None:
         """The finished, unexpired entry of ``h`` (read whole up to ``read_up_to``
-        bytes); no lock needed: the file at the entry's name is complete and immutable."""
-        fin = self._files.open_entry(h, read_up_to)
+        bytes, with its tag if ``tagged``); no lock needed: the file at the entry's
+        name is complete and immutable."""
+        fin = self._files.open_entry(h, read_up_to, tagged)
         if fin is not None and fin.expires <= self._clock.wall():
             if fin.fd >= 0:
                 os.close(fin.fd)
@@ -520,7 +572,7 @@ class StreamCache(CacheBase):
         me = ipc.current_process()
         name, wfd, channel = self._store.new_data_file(me, with_reader, self.reader_slots)
         now = self._clock.wall()
-        set_entry_info(wfd, now, key, self.key_preview)
+        set_entry_info(wfd, name, now, key, self.key_preview)
         rec = Record(h, name, me.pid, me.start, now + self.max_age)
         options: dict[str, Any] = {
             "window": self.window,
@@ -566,6 +618,7 @@ class StreamCache(CacheBase):
         # Threads do not survive fork: the child has no producers and no cleaner.
         self._running.after_fork_in_child()
         self._cleaner.after_fork()
+        self._seen_lock = threading.Lock()  # another thread may have held it
 
 
 def _bypass(reason: str) -> Found:

@@ -14,6 +14,11 @@ index record and no lock: one ``open`` by name. Invariants:
   is complete, and a file whose trailer does not match (truncated by a crash,
   foreign) is never served.
 - Its mtime is its expiry time, set before the rename; nothing writes to it after.
+  So its info attribute, which names the data file it was (names are never used
+  twice), stands for its bytes: a process that read a small entry serves it again
+  while one ``getxattr`` of the entry's path gives the same attribute
+  (:meth:`Filestore.entry_tag`; no attribute, as on a file system without them:
+  every hit reads).
 - It is replaced or removed only under the key's index lock; readers that have it
   open keep reading the unlinked inode (Unix semantics).
 - Whatever else is found where a file of ours goes (a directory, FIFO, socket or
@@ -68,8 +73,12 @@ _trailer_at = TRAILER.unpack_from
 # What stats shows of an entry beyond its files' metadata: its creation time and,
 # if the cache stores one (StreamCache(key_preview=N)), a preview of its key. An
 # extended attribute of the data file, so it stays with the entry through its rename
-# and goes with the file; never needed to serve the entry.
+# and goes with the file; never needed to serve the entry. It also names the data file
+# (a name never used twice): a process that read a small entry knows by this attribute
+# alone, one getxattr of the entry's path, that the same file is still there (its tag;
+# see Filestore.entry_tag).
 INFO_XATTR = "user.streamcache.info"
+_TAGGED = b'"file": "'
 MAX_KEY_PREVIEW = 256
 
 
@@ -81,17 +90,17 @@ class StoredInfo(NamedTuple):
     key_length: int | None  # the full key's length, if a preview is stored
 
 
-def set_entry_info(fd: int, created: float, key: str, preview_chars: int) -> None:
-    """Store the creation time (and the first ``preview_chars`` characters of ``key``
-    and its length, if any) with the data file ``fd``, as JSON. Best effort: a file
-    system without extended attributes, or a platform without ``os.setxattr``, keeps
-    none."""
+def set_entry_info(fd: int, name: str, created: float, key: str, preview_chars: int) -> None:
+    """Store the data file's ``name``, the creation time (and the first
+    ``preview_chars`` characters of ``key`` and its length, if any) with the data file
+    ``fd``, as JSON. Best effort: a file system without extended attributes, or a
+    platform without ``os.setxattr``, keeps none."""
     setxattr = getattr(os, "setxattr", None)
     if setxattr is None:
         return
     import json  # json, shutil: imported where used, not at start-up
 
-    info: dict[str, object] = {"created": round(created, 3)}
+    info: dict[str, object] = {"file": name, "created": round(created, 3)}
     if preview_chars:
         info.update(key=key[:preview_chars], length=len(key))
     try:
@@ -267,6 +276,7 @@ class Finished(NamedTuple):
     size: int  # the entry's bytes (the file's size less the trailer)
     expires: float  # epoch seconds (the file's mtime)
     data: bytes | None = None
+    tag: bytes | None = None  # with ``data``, if asked for: see Filestore.entry_tag
 
 
 class Filestore:
@@ -343,12 +353,12 @@ class Filestore:
                 make_private_dirs(os.path.dirname(dst))
         os.replace(src, dst)
 
-    def open_entry(self, key: str, read_up_to: int = -1) -> Finished | None:
+    def open_entry(self, key: str, read_up_to: int = -1, tagged: bool = False) -> Finished | None:
         """The finished entry of ``key``, or None if there is none or it is not intact.
 
         An entry of at most ``read_up_to`` bytes comes back read, in the same
-        ``pread`` that checks its trailer. Expiry is the caller's to check. Errors
-        other than "absent" propagate.
+        ``pread`` that checks its trailer, and, ``tagged``, with its tag (if it has
+        one). Expiry is the caller's to check. Errors other than "absent" propagate.
         """
         try:
             fd = os.open(f"{self.entries_dir}/{key[:2]}/{key}", OPEN_READ)
@@ -365,7 +375,8 @@ class Filestore:
             if size <= read_up_to:
                 data = os.pread(fd, total, 0)
                 if len(data) == total and _trailer_at(data, size) == (_MAGIC, size):
-                    return Finished(-1, size, st.st_mtime_ns / 1e9, data[:size])
+                    tag = _tag(fd) if tagged else None
+                    return Finished(-1, size, st.st_mtime_ns / 1e9, data[:size], tag)
             elif _intact(os.pread(fd, _TRAILER_SIZE, size), 0, size):
                 fd, keep = -1, fd  # handed over: not closed below
                 return Finished(keep, size, st.st_mtime_ns / 1e9)
@@ -373,6 +384,18 @@ class Filestore:
         finally:
             if fd >= 0:
                 os.close(fd)
+
+    def entry_tag(self, key: str) -> bytes | None:
+        """The tag of the file at the entry's name: the extended attribute that names
+        the data file it was, so the same tag means the same file, whose bytes and
+        mtime never change once it is there (one ``lgetxattr``; a symlink's is never
+        read). None if there is none, or nothing there."""
+        try:
+            return os.getxattr(
+                f"{self.entries_dir}/{key[:2]}/{key}", INFO_XATTR, follow_symlinks=False
+            )
+        except (OSError, AttributeError):  # AttributeError: no os.getxattr (macOS)
+            return None
 
     def entry_identity(self, key: str) -> tuple[int, int] | None:
         """(device, inode) of the file at the entry's name, or None."""
@@ -433,6 +456,16 @@ class Filestore:
             with contextlib.suppress(OSError):
                 removed += remove_path(path)
         return removed
+
+
+def _tag(fd: int) -> bytes | None:
+    """The tag of the data file ``fd`` (see :meth:`Filestore.entry_tag`): None if it
+    has no info attribute, or one written before it named the file."""
+    try:
+        info = os.getxattr(fd, INFO_XATTR)
+    except (OSError, AttributeError):
+        return None
+    return info if _TAGGED in info else None
 
 
 def written_so_far(fd: int) -> int:
