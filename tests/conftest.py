@@ -4,31 +4,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-import ipc
-import streamcache
-
-
-def ipc_objects(cache_dir: Path) -> list[str]:
-    return [o.name for o in ipc.list_objects(ipc.prefix_for(cache_dir))]
-
-
-def settle(cache_dir: Path, timeout: float = 10.0) -> list[str]:
-    """Run cleanup passes until nothing of ``cache_dir`` is left in /dev/shm, or until
-    ``timeout``: a pass removes what dead processes left at once, and objects of live
-    producers go when they finish. Returns what is still left."""
-    deadline = time.monotonic() + timeout
-    while cache_dir.exists():
-        streamcache.StreamCache(cache_dir, cleanup_interval=0).gc()
-        if not ipc_objects(cache_dir) or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-    return ipc_objects(cache_dir)
+from helpers import settle
 
 
 @pytest.fixture

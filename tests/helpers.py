@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import ipc
+import streamcache
 from ipc.channel import SEGMENT
 from ipc.naming import object_name
 from streamcache import Writer
@@ -109,3 +110,20 @@ def open_segment(cache_dir: str | os.PathLike[str], rec: Record) -> ipc.Segment:
     """The shared-memory segment of the entry in flight that ``rec`` records."""
     base = channel_base(ipc.prefix_for(cache_dir), rec.file)
     return ipc.Segment.open(object_name(base, SEGMENT))
+
+
+def ipc_objects(cache_dir: Path) -> list[str]:
+    return [o.name for o in ipc.list_objects(ipc.prefix_for(cache_dir))]
+
+
+def settle(cache_dir: Path, timeout: float = 10.0) -> list[str]:
+    """Run cleanup passes until nothing of ``cache_dir`` is left in /dev/shm, or until
+    ``timeout``: a pass removes what dead processes left at once, and objects of live
+    producers go when they finish. Returns what is still left."""
+    deadline = time.monotonic() + timeout
+    while cache_dir.exists():
+        streamcache.StreamCache(cache_dir, cleanup_interval=0).gc()
+        if not ipc_objects(cache_dir) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    return ipc_objects(cache_dir)

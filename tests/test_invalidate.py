@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ipc_objects
-from helpers import data_files, finished_entries, index_records
+from helpers import data_files, finished_entries, index_records, ipc_objects
 from procs.invalidate import HOUR, fetch_once, gated_producer
 from xproc import WAIT, commanded_reader, expect, payload_bytes, payload_sha
 

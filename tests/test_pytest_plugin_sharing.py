@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import settle
+from helpers import settle
 
 import streamcache
 

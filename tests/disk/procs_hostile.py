@@ -1,4 +1,6 @@
-"""Child-process functions for the restart, wipe and planted-object tests (spawn context).
+"""Child-process functions for the restart, wipe and planted-object tests (spawn context),
+and the test side: a wipe of /dev/shm, and the entry in flight the ``live_entry`` fixture
+starts.
 
 Each child reports through a multiprocessing queue ``out`` (``("error", traceback)`` on an
 unexpected exception, via :func:`xproc.reporting`); every wait is bounded.
@@ -8,10 +10,16 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
+import posix_ipc
 from xproc import WAIT, HashSink, forbidden_create, payload, read_head, reporting
 
+import ipc
 import streamcache
 
 
@@ -111,3 +119,34 @@ def fetch_with_planted_names(
             sink.write(data)
         created = s.created
     out.put(("fetched", sink.hexdigest(), sink.n, created, drawn))
+
+
+# -- the test side -----------------------------------------------------------------------------
+
+
+def wipe(cache_dir: Path) -> list[str]:
+    """Unlink every IPC object of the cache, as RemoveIPC does."""
+    names = []
+    for obj in ipc.list_objects(ipc.prefix_for(cache_dir)):
+        if obj.is_semaphore:
+            posix_ipc.unlink_semaphore(obj.name)
+        else:
+            posix_ipc.unlink_shared_memory(obj.name)
+        names.append(obj.name)
+    return names
+
+
+@dataclass
+class LiveEntry:
+    """An entry in flight: its :func:`producer`, which wrote its first chunk (a stalled one
+    waits for ``release``), and :func:`reader` processes that read their first chunk of it.
+    Each reports on its queue (``out``, ``reader_outs``)."""
+
+    producer: BaseProcess
+    out: Any
+    release: Any
+    readers: list[BaseProcess]
+    reader_outs: list[Any]
+
+
+StartLive = Callable[..., LiveEntry]  # the live_entry fixture

@@ -17,7 +17,7 @@ from pathlib import Path
 import procs_hostile
 import pytest
 from helpers import data_files, index_records, writing
-from test_shm_wipe import wipe
+from procs_hostile import StartLive, wipe
 from xproc import WAIT, expect, payload_sha
 
 import ipc
@@ -33,65 +33,48 @@ TOTAL, CHUNK = 300_000, 4096
 @pytest.mark.parametrize("inline", [True, False], ids=["inline-creator", "producer-thread"])
 @pytest.mark.parametrize("producer_state", ["stalled", "writing"])
 def test_after_everyone_is_killed_a_new_process_creates_afresh(
-    cache_dir: Path, spawn: SpawnContext, inline: bool, producer_state: str, reboot: bool
+    cache_dir: Path,
+    spawn: SpawnContext,
+    live_entry: StartLive,
+    inline: bool,
+    producer_state: str,
+    reboot: bool,
 ) -> None:
-    wrote, release, pout = spawn.Event(), spawn.Event(), spawn.Queue()
     pace = 0.002 if producer_state == "writing" else 0.0
     total = TOTAL * 100 if pace else TOTAL  # still writing when it is killed
-    prod = spawn.Process(
-        target=procs_hostile.producer,
-        args=(str(cache_dir), KEY, "old", total, CHUNK, inline, wrote, release),
-        kwargs={"out": pout, "pace": pace},
+    entry = live_entry(KEY, "old", total, CHUNK, inline=inline, pace=pace)
+    procs = [entry.producer, *entry.readers]
+    if pace:
+        time.sleep(0.05)  # let it write on a little: the kill lands mid-write
+    for p in procs:
+        assert p.pid is not None
+        os.kill(p.pid, signal.SIGKILL)
+    for p in procs:
+        p.join(WAIT)
+        assert p.exitcode == -signal.SIGKILL
+    assert Index(str(cache_dir / LAYOUT)).read(key_hash(KEY)) is not None, (
+        "the test must leave an unfinished entry behind"
     )
-    prod.start()
-    procs = [prod]
-    try:
-        assert wrote.wait(WAIT)
-        for _ in range(2):
-            q = spawn.Queue()
-            r = spawn.Process(
-                target=procs_hostile.reader, args=(str(cache_dir), KEY, CHUNK), kwargs={"out": q}
-            )
-            r.start()
-            procs.append(r)
-            expect(q, "first")
-        if pace:
-            time.sleep(0.05)  # let it write on a little: the kill lands mid-write
-        for p in procs:
-            assert p.pid is not None
-            os.kill(p.pid, signal.SIGKILL)
-        for p in procs:
-            p.join(WAIT)
-            assert p.exitcode == -signal.SIGKILL
-        assert Index(str(cache_dir / LAYOUT)).read(key_hash(KEY)) is not None, (
-            "the test must leave an unfinished entry behind"
-        )
-        if reboot:
-            wipe(cache_dir)
+    if reboot:
+        wipe(cache_dir)
 
-        q = spawn.Queue()
-        f = spawn.Process(
-            target=procs_hostile.fetch_once,
-            args=(str(cache_dir), KEY, "new", TOTAL, CHUNK),
-            kwargs={"out": q},
-        )
-        f.start()
-        assert expect(q, "fetched") == (payload_sha("new", TOTAL, CHUNK), TOTAL, True)
-        f.join(WAIT)
+    q = spawn.Queue()
+    f = spawn.Process(
+        target=procs_hostile.fetch_once,
+        args=(str(cache_dir), KEY, "new", TOTAL, CHUNK),
+        kwargs={"out": q},
+    )
+    f.start()
+    assert expect(q, "fetched") == (payload_sha("new", TOTAL, CHUNK), TOTAL, True)
+    f.join(WAIT)
 
-        report = StreamCache(cache_dir, cleanup_interval=0).gc()
-        assert report.ran
-        assert index_records(cache_dir) == []
-        assert ipc.list_objects(ipc.prefix_for(cache_dir)) == []
-        # The killed entry's data file may wait for the sweep (older than max_age);
-        # nothing but it and the new finished entry is on disk.
-        assert len(data_files(cache_dir)) <= 2
-    finally:
-        # (never release.set(): a process killed inside release.wait() leaves the
-        # event's condition in a state where set() blocks)
-        for p in procs:
-            p.kill()
-            p.join(WAIT)
+    report = StreamCache(cache_dir, cleanup_interval=0).gc()
+    assert report.ran
+    assert index_records(cache_dir) == []
+    assert ipc.list_objects(ipc.prefix_for(cache_dir)) == []
+    # The killed entry's data file may wait for the sweep (older than max_age);
+    # nothing but it and the new finished entry is on disk.
+    assert len(data_files(cache_dir)) <= 2
 
 
 def test_a_record_whose_pid_was_reused_is_not_trusted(cache_dir: Path) -> None:

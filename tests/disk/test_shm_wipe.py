@@ -23,6 +23,7 @@ import posix_ipc
 import procs_hostile
 import pytest
 from helpers import index_records
+from procs_hostile import StartLive, wipe
 from xproc import WAIT, expect, payload_sha
 
 import ipc
@@ -39,111 +40,83 @@ TOTAL, CHUNK = 400_000, 4096
 NOTICE = 10.0
 
 
-def wipe(cache_dir: Path) -> list[str]:
-    """Unlink every IPC object of the cache, as RemoveIPC does."""
-    names = []
-    for obj in ipc.list_objects(ipc.prefix_for(cache_dir)):
-        if obj.is_semaphore:
-            posix_ipc.unlink_semaphore(obj.name)
-        else:
-            posix_ipc.unlink_shared_memory(obj.name)
-        names.append(obj.name)
-    return names
-
-
 @pytest.mark.parametrize("inline", [True, False], ids=["inline-creator", "producer-thread"])
 @pytest.mark.parametrize("producer_state", ["stalled", "writing"])
 def test_wipe_fails_live_entries_cleanly_and_the_next_fetch_creates_afresh(
-    cache_dir: Path, spawn: SpawnContext, inline: bool, producer_state: str
+    cache_dir: Path,
+    spawn: SpawnContext,
+    live_entry: StartLive,
+    inline: bool,
+    producer_state: str,
 ) -> None:
-    wrote, release, pout = spawn.Event(), spawn.Event(), spawn.Queue()
     pace = 0.005 if producer_state == "writing" else 0.0
     total = TOTAL * 40 if pace else TOTAL  # a writing producer is still at it at the wipe
-    prod = spawn.Process(
-        target=procs_hostile.producer,
-        args=(str(cache_dir), KEY, "old", total, CHUNK, inline, wrote, release),
-        kwargs={"out": pout, "pace": pace},
-    )
-    prod.start()
-    readers, routs = [], []
-    try:
-        assert wrote.wait(WAIT)
-        for _ in range(2):
-            q = spawn.Queue()
-            r = spawn.Process(
-                target=procs_hostile.reader, args=(str(cache_dir), KEY, CHUNK), kwargs={"out": q}
-            )
-            r.start()
-            readers.append(r)
-            routs.append(q)
-        for q in routs:
-            expect(q, "first")
-        wiped_at = time.monotonic()
-        assert wipe(cache_dir), "the entry had no IPC objects to wipe"
-        if producer_state == "writing":
-            # The rest at once: paced to the end, a producer that never sees the wipe
-            # outlasted its readers' bound on a busy machine (TimeoutError).
-            release.set()
-
-        # A writing inline creator that had not yet found the channel its readers made
-        # when the wipe came never sees it: it goes on writing to its file, which the
-        # readers follow, and publishes the entry whole. Then the readers end with every
-        # byte (nothing unfinished is served as complete either way).
-        whole = ("ok", str(total))
-        may_finish = inline and producer_state == "writing"
-        finished = False
-        for q in routs:
-            kind, text, at = expect(q, "ended", timeout=WAIT)
-            if may_finish and (kind, text) == whole:
-                finished = True
-                continue
-            assert kind == "CreateError" and "SharedMemoryRemoved" in text, (kind, text)
-            assert at - wiped_at < NOTICE, f"a reader noticed {at - wiped_at:.1f}s after"
-        if producer_state == "writing":
-            kind, text, at = expect(pout, "ended", timeout=WAIT)
-            if finished:
-                assert (kind, text) == ("ok", f"{total} True"), (kind, text)
-            else:
-                assert kind == "CreateError" and "SharedMemoryRemoved" in text, (kind, text)
-                assert at - wiped_at < NOTICE
-
-        # The next fetch, from another process, creates afresh and gets its own bytes.
-        q = spawn.Queue()
-        f = spawn.Process(
-            target=procs_hostile.fetch_once,
-            args=(str(cache_dir), KEY, "new", TOTAL, CHUNK),
-            kwargs={"out": q},
-        )
-        f.start()
-        digest, written, created = expect(q, "fetched")
-        seed, size = ("new", TOTAL) if created else ("old", total)
-        assert created or finished, "only an entry published whole may be hit"
-        assert (digest, written) == (payload_sha(seed, size, CHUNK), size)
-        f.join(WAIT)
-
-        release.set()  # a stalled producer resumes: its entry fails, the new one stays
-        if producer_state == "stalled":
-            kind, text, _ = expect(pout, "ended", timeout=WAIT)
-            if inline and kind == "ok":
-                # It never saw the channel the readers made (wiped before it looked):
-                # its own client got every byte straight from create, and its entry,
-                # no longer in the index, was not published.
-                assert text == f"{TOTAL} True"
-            else:
-                assert kind == "CreateError" and "SharedMemoryRemoved" in text, (kind, text)
-        prod.join(WAIT)
-        assert prod.exitcode == 0
-        again = StreamCache(cache_dir, cleanup_interval=0)
-        sink: list[bytes] = []
-        res = again.fetch(KEY, _ListSink(sink), _forbidden, timeout=WAIT)
-        assert res.created is False and res.written == size
-        assert hashlib.sha256(b"".join(sink)).hexdigest() == payload_sha(seed, size, CHUNK)
-        assert index_records(cache_dir) == []
-    finally:
+    entry = live_entry(KEY, "old", total, CHUNK, inline=inline, pace=pace)
+    prod, pout, release = entry.producer, entry.out, entry.release
+    readers, routs = entry.readers, entry.reader_outs
+    wiped_at = time.monotonic()
+    assert wipe(cache_dir), "the entry had no IPC objects to wipe"
+    if producer_state == "writing":
+        # The rest at once: paced to the end, a producer that never sees the wipe
+        # outlasted its readers' bound on a busy machine (TimeoutError).
         release.set()
-        for r in readers:
-            r.join(WAIT)
-        prod.join(WAIT)
+
+    # A writing inline creator that had not yet found the channel its readers made
+    # when the wipe came never sees it: it goes on writing to its file, which the
+    # readers follow, and publishes the entry whole. Then the readers end with every
+    # byte (nothing unfinished is served as complete either way).
+    whole = ("ok", str(total))
+    may_finish = inline and producer_state == "writing"
+    finished = False
+    for q in routs:
+        kind, text, at = expect(q, "ended", timeout=WAIT)
+        if may_finish and (kind, text) == whole:
+            finished = True
+            continue
+        assert kind == "CreateError" and "SharedMemoryRemoved" in text, (kind, text)
+        assert at - wiped_at < NOTICE, f"a reader noticed {at - wiped_at:.1f}s after"
+    if producer_state == "writing":
+        kind, text, at = expect(pout, "ended", timeout=WAIT)
+        if finished:
+            assert (kind, text) == ("ok", f"{total} True"), (kind, text)
+        else:
+            assert kind == "CreateError" and "SharedMemoryRemoved" in text, (kind, text)
+            assert at - wiped_at < NOTICE
+
+    # The next fetch, from another process, creates afresh and gets its own bytes.
+    q = spawn.Queue()
+    f = spawn.Process(
+        target=procs_hostile.fetch_once,
+        args=(str(cache_dir), KEY, "new", TOTAL, CHUNK),
+        kwargs={"out": q},
+    )
+    f.start()
+    digest, written, created = expect(q, "fetched")
+    seed, size = ("new", TOTAL) if created else ("old", total)
+    assert created or finished, "only an entry published whole may be hit"
+    assert (digest, written) == (payload_sha(seed, size, CHUNK), size)
+    f.join(WAIT)
+
+    release.set()  # a stalled producer resumes: its entry fails, the new one stays
+    if producer_state == "stalled":
+        kind, text, _ = expect(pout, "ended", timeout=WAIT)
+        if inline and kind == "ok":
+            # It never saw the channel the readers made (wiped before it looked):
+            # its own client got every byte straight from create, and its entry,
+            # no longer in the index, was not published.
+            assert text == f"{TOTAL} True"
+        else:
+            assert kind == "CreateError" and "SharedMemoryRemoved" in text, (kind, text)
+    prod.join(WAIT)
+    assert prod.exitcode == 0
+    again = StreamCache(cache_dir, cleanup_interval=0)
+    sink: list[bytes] = []
+    res = again.fetch(KEY, _ListSink(sink), _forbidden, timeout=WAIT)
+    assert res.created is False and res.written == size
+    assert hashlib.sha256(b"".join(sink)).hexdigest() == payload_sha(seed, size, CHUNK)
+    assert index_records(cache_dir) == []
+    for r in readers:
+        r.join(WAIT)
 
 
 class _ListSink:

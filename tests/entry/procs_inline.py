@@ -21,7 +21,9 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.context import SpawnContext
+from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
@@ -194,6 +196,23 @@ def inline_creator_interrupted(dir: str, key: str, stop: Any, *, out: Any) -> No
 
 
 # -- the test's side ---------------------------------------------------------------------------
+
+
+@dataclass
+class GatedProducer:
+    """A spawned inline creator (gated_inline_producer, started by the ``gated_producer``
+    fixture) that has written its head and waits for ``go`` to write its tail; with a tail
+    gate it then sets ``wrote_tail`` and waits for ``hold``. It reports its fetch's
+    outcome on ``out``."""
+
+    proc: BaseProcess
+    out: Any
+    go: Any
+    wrote_tail: Any = None
+    hold: Any = None
+
+
+StartGated = Callable[..., GatedProducer]  # the gated_producer fixture
 
 
 def start_child(spawn: SpawnContext, target: Callable[..., None], *args: Any, **kwargs: Any) -> Any:

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import procs_inline
-from conftest import ipc_objects
-from helpers import finished_size
-from procs_inline import get_report, read_exactly, start_child, wait_event
+from helpers import finished_size, ipc_objects
+from procs_inline import StartGated, get_report, read_exactly, start_child, wait_event
 
 import ipc
 from ipc.channel import unlink_channel
@@ -84,78 +83,45 @@ def test_objects_of_an_attacher_killed_halfway_do_not_outlive_the_entry(
 
 
 def test_reader_after_an_attacher_killed_halfway_reads_the_entry(
-    cache_dir: Path, spawn: SpawnContext
+    cache_dir: Path, spawn: SpawnContext, gated_producer: StartGated
 ) -> None:
     """The killed attacher's leftovers name a live producer; the next reader replaces them
     (it may not open them) and the producer, which could not open the partial set, finds
     the new one and publishes to it: the reader gets every byte and the end."""
     cache = StreamCache(cache_dir, max_age=HOUR, liveness=0.2, cleanup_interval=0)
-    written, go = spawn.Event(), spawn.Event()
-    producer, pout = start_child(
-        spawn,
-        procs_inline.gated_inline_producer,
-        str(cache_dir),
-        KEY,
-        b"head ",
-        b"tail",
-        written,
-        go,
-    )
-    try:
-        wait_event(written, "the producer's first write")
-        base = _base(cache_dir, KEY)
-        proc, _ = start_child(spawn, procs_inline.attacher_killed_making_bells, str(cache_dir), KEY)
-        proc.join(WAIT)
-        assert proc.exitcode == -signal.SIGKILL
-        assert _objects_of(cache_dir, base), "the killed attacher left part of the objects"
-        with cache.stream(KEY, procs_inline.forbidden_create, timeout=WAIT) as s:
-            assert not s.created
-            assert read_exactly(s, 5) == b"head "
-            go.set()
-            assert s.read() == b"tail"
-        assert get_report(pout) == ("ok", 9, True)
-        producer.join(WAIT)
-        assert _objects_of(cache_dir, base) == []
-    finally:
-        go.set()
+    producer = gated_producer(KEY)
+    base = _base(cache_dir, KEY)
+    proc, _ = start_child(spawn, procs_inline.attacher_killed_making_bells, str(cache_dir), KEY)
+    proc.join(WAIT)
+    assert proc.exitcode == -signal.SIGKILL
+    assert _objects_of(cache_dir, base), "the killed attacher left part of the objects"
+    with cache.stream(KEY, procs_inline.forbidden_create, timeout=WAIT) as s:
+        assert not s.created
+        assert read_exactly(s, 5) == b"head "
+        producer.go.set()
+        assert s.read() == b"tail"
+    assert get_report(producer.out) == ("ok", 9, True)
+    producer.proc.join(WAIT)
+    assert _objects_of(cache_dir, base) == []
 
 
 # -- bytes written between an attach and the producer's next look ------------------------------
 
 
 def test_bytes_written_after_an_attach_reach_the_reader_while_create_blocks(
-    cache_dir: Path, spawn: SpawnContext
+    cache_dir: Path, gated_producer: StartGated
 ) -> None:
-    written, go, wrote_tail, hold = (spawn.Event() for _ in range(4))
-    proc, out = start_child(
-        spawn,
-        procs_inline.gated_inline_producer,
-        str(cache_dir),
-        KEY,
-        b"head ",
-        b"tail",
-        written,
-        go,
-        discovery_interval=HOUR,
-        wrote_tail=wrote_tail,
-        hold=hold,
-    )
+    producer = gated_producer(KEY, tail_gate=True, discovery_interval=HOUR)
     cache = StreamCache(cache_dir, max_age=HOUR, liveness=0.2, cleanup_interval=0)
-    try:
-        wait_event(written, "the producer's first write")
-        with cache.stream(KEY, procs_inline.forbidden_create, timeout=3.0) as s:
-            assert read_exactly(s, 5) == b"head "
-            go.set()
-            wait_event(wrote_tail, "the producer's second write")
-            try:
-                tail = read_exactly(s, 4)
-            except TimeoutError:
-                tail = b""
-            assert tail == b"tail", "the written tail never reached the attached reader"
-            hold.set()
-            assert s.read() == b""
-        assert get_report(out) == ("ok", 9, True)
-    finally:
-        go.set()
-        hold.set()
-        proc.join(WAIT)
+    with cache.stream(KEY, procs_inline.forbidden_create, timeout=3.0) as s:
+        assert read_exactly(s, 5) == b"head "
+        producer.go.set()
+        wait_event(producer.wrote_tail, "the producer's second write")
+        try:
+            tail = read_exactly(s, 4)
+        except TimeoutError:
+            tail = b""
+        assert tail == b"tail", "the written tail never reached the attached reader"
+        producer.hold.set()
+        assert s.read() == b""
+    assert get_report(producer.out) == ("ok", 9, True)

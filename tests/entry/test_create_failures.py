@@ -16,8 +16,7 @@ from typing import Any
 import procs_inline
 import pytest
 import xproc
-from conftest import ipc_objects
-from helpers import writing
+from helpers import ipc_objects, writing
 from procs_inline import get_report, start_child
 
 import ipc

@@ -15,9 +15,8 @@ import procs_inline
 import procs_producer_death
 import pytest
 import xproc
-from conftest import ipc_objects
-from helpers import finished_size, index_records, writing
-from procs_inline import read_exactly, start_child, wait_event
+from helpers import finished_size, index_records, ipc_objects, writing
+from procs_inline import StartGated, read_exactly, wait_event
 from xproc import payload_chunk
 
 import streamcache
@@ -67,84 +66,50 @@ def test_finished_record_survives_producer_killed_before_segment_done(
 
 
 def test_reader_of_an_entry_published_just_before_the_kill_gets_it_all(
-    cache_dir: Path, spawn: SpawnContext
+    cache_dir: Path, gated_producer: StartGated
 ) -> None:
-    written, go = spawn.Event(), spawn.Event()
-    producer, _ = start_child(
-        spawn,
-        procs_inline.gated_inline_producer,
-        str(cache_dir),
-        KEY,
-        b"head ",
-        b"tail",
-        written,
-        go,
-        die_after_publish=True,
-    )
+    producer = gated_producer(KEY, die_after_publish=True)
     cache = StreamCache(cache_dir, max_age=HOUR, liveness=0.2, cleanup_interval=0)
-    try:
-        wait_event(written, "the producer's first write")
-        got = b""
-        with cache.stream(KEY, procs_inline.forbidden_create, timeout=WAIT) as s:
-            got += read_exactly(s, 5)
-            go.set()
-            try:
-                got += s.read()
-                error = None
-            except streamcache.CreateError as exc:
-                error = exc
-        producer.join(WAIT)
-        assert producer.exitcode == -signal.SIGKILL
-        assert finished_size(cache_dir, KEY) == 9, "the entry was published complete"
-        assert error is None, f"the reader of a complete entry got {error!r}"
-        assert got == b"head tail"
-    finally:
-        go.set()
+    got = b""
+    with cache.stream(KEY, procs_inline.forbidden_create, timeout=WAIT) as s:
+        got += read_exactly(s, 5)
+        producer.go.set()
+        try:
+            got += s.read()
+            error = None
+        except streamcache.CreateError as exc:
+            error = exc
+    producer.proc.join(WAIT)
+    assert producer.proc.exitcode == -signal.SIGKILL
+    assert finished_size(cache_dir, KEY) == 9, "the entry was published complete"
+    assert error is None, f"the reader of a complete entry got {error!r}"
+    assert got == b"head tail"
 
 
 # -- a reader past the published offset --------------------------------------------------------
 
 
 def test_reader_past_the_published_offset_still_learns_the_producer_died(
-    cache_dir: Path, spawn: SpawnContext
+    cache_dir: Path, gated_producer: StartGated
 ) -> None:
     """A reader that has read bytes found in the file beyond the published offset (as in
     test_attach_races.py::test_bytes_written_after_an_attach_reach_the_reader_while_create_
     blocks); if the producer is then SIGKILLed, the reader still notices (ProducerDied)
     instead of waiting for an offset that will never rise."""
-    written, go, wrote_tail, hold = (spawn.Event() for _ in range(4))
-    proc, _out = start_child(
-        spawn,
-        procs_inline.gated_inline_producer,
-        str(cache_dir),
-        KEY,
-        b"head ",
-        b"tail",
-        written,
-        go,
-        discovery_interval=HOUR,
-        wrote_tail=wrote_tail,
-        hold=hold,
-    )
+    producer = gated_producer(KEY, tail_gate=True, discovery_interval=HOUR)
+    proc = producer.proc
     cache = StreamCache(cache_dir, max_age=HOUR, liveness=0.2, cleanup_interval=0)
-    try:
-        wait_event(written, "the producer's first write")
-        with cache.stream(KEY, procs_inline.forbidden_create, timeout=WAIT) as s:
-            assert read_exactly(s, 5) == b"head "
-            go.set()
-            wait_event(wrote_tail, "the producer's second write")
-            assert read_exactly(s, 4) == b"tail"
-            # (Its Events are never set after this: a multiprocessing Event's set() waits
-            # for every sleeper to wake, and a killed one never does.)
-            os.kill(proc.pid or 0, signal.SIGKILL)
-            proc.join(WAIT)
-            with pytest.raises(streamcache.ProducerDied):
-                s.read()
-    finally:
-        if proc.exitcode is None:
-            go.set()
-            hold.set()
-            proc.join(WAIT)
+    with cache.stream(KEY, procs_inline.forbidden_create, timeout=WAIT) as s:
+        assert read_exactly(s, 5) == b"head "
+        producer.go.set()
+        wait_event(producer.wrote_tail, "the producer's second write")
+        assert read_exactly(s, 4) == b"tail"
+        # (Its Events are never set after this: a multiprocessing Event's set() waits
+        # for every sleeper to wake, and a killed one never does.)
+        os.kill(proc.pid or 0, signal.SIGKILL)
+        proc.join(WAIT)
+        with pytest.raises(streamcache.ProducerDied):
+            s.read()
     cache.gc()
 
 
@@ -152,23 +117,12 @@ def test_reader_past_the_published_offset_still_learns_the_producer_died(
 
 
 def test_gc_after_killed_inline_producer_with_attached_reader_leaves_nothing(
-    cache_dir: Path, spawn: SpawnContext
+    cache_dir: Path, gated_producer: StartGated
 ) -> None:
     """An inline producer SIGKILLed after a reader made its IPC objects: the reader learns
     of the death (ProducerDied), and a cleanup pass leaves no object and no file."""
-    written, go = spawn.Event(), spawn.Event()
-    proc, _ = start_child(
-        spawn,
-        procs_inline.gated_inline_producer,
-        str(cache_dir),
-        KEY,
-        b"head ",
-        b"tail",
-        written,
-        go,
-    )
+    proc = gated_producer(KEY).proc
     cache = StreamCache(cache_dir, max_age=HOUR, liveness=0.2, cleanup_interval=0)
-    wait_event(written, "the producer's first write")
     with cache.stream(KEY, procs_inline.forbidden_create, timeout=WAIT) as s:
         assert read_exactly(s, 5) == b"head "
         assert ipc_objects(cache_dir), "the attaching reader made the objects"

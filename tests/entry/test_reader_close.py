@@ -19,7 +19,7 @@ import procs_inline
 import procs_reader_close
 import xproc
 from helpers import wait_until
-from procs_inline import get_report, read_exactly, start_child, wait_event
+from procs_inline import StartGated, get_report, read_exactly, wait_event
 from xproc import expect
 
 from streamcache import StreamCache
@@ -93,28 +93,16 @@ def _pause_at(fn: Callable[..., Any], needle: str, paused: threading.Event, resu
 
 
 def test_close_racing_the_end_of_a_read_releases_the_slot(
-    cache_dir: Path, spawn: SpawnContext
+    cache_dir: Path, gated_producer: StartGated
 ) -> None:
-    written, go = spawn.Event(), spawn.Event()
     # The creator's dst takes the head only: after the tail, this test's reader is the
     # entry's only reader. Window 0 (Gitaly's rule): the producer waits for that reader.
-    _producer, pout = start_child(
-        spawn,
-        procs_inline.gated_inline_producer,
-        str(cache_dir),
-        KEY,
-        b"head ",
-        b"tail",
-        written,
-        go,
-        dst_ok=1,
-        window=0,
-    )
+    producer = gated_producer(KEY, dst_ok=1, window=0)
+    go, pout = producer.go, producer.out
     cache = StreamCache(cache_dir, max_age=HOUR, liveness=0.2, cleanup_interval=0)
     paused, resume = threading.Event(), threading.Event()
     errors: dict[str, BaseException | None] = {}
     try:
-        wait_event(written, "the producer's first write")
         s = cache.stream(KEY, procs_inline.forbidden_create)
         assert read_exactly(s, 5) == b"head "
 
@@ -163,4 +151,3 @@ def test_close_racing_the_end_of_a_read_releases_the_slot(
         assert not problems, problems
     finally:
         resume.set()
-        go.set()

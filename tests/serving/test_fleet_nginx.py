@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import serving_checks as checks
 from apps.blob import MiB
-from conftest import settle
+from helpers import settle
 from servers import (
     Response,
     Server,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import serving_checks as checks
-from conftest import settle
+from helpers import settle
 from servers import Server, app_env, gunicorn
 
 LIVENESS = 1.0
