@@ -35,6 +35,8 @@ bytes, written repeatedly):
     startup      CPU time of a fresh ``python -c "import streamcache"`` vs ``python -c
                  pass``, and wall time of ``streamcache run -- cat F`` on a hit vs ``cat
                  F`` (64 KiB); both as the difference of medians and as a ratio
+    git-hook     wall time of ``git clone --no-local`` of a one-commit repository whose
+                 upload-pack has ``streamcache git-pack-objects-hook`` (a hit) vs no hook
     memory       peak RSS growth of a reader process streaming an entry, two sizes
                  (VmHWM reset through /proc/self/clear_refs: a spawned child's ru_maxrss
                  starts at its parent's peak; ru_maxrss growth is kept in --json)
@@ -1920,6 +1922,71 @@ def bench_startup(cfg: Config, data: bytes) -> list[Row]:
     ]
 
 
+def bench_git_hook(cfg: Config, data: bytes) -> list[Row]:
+    """What the pack-objects hook costs a fetch when it is a hit: ``git clone
+    --no-local`` of a one-commit repository with ``streamcache git-pack-objects-hook``
+    as uploadpack.packObjectsHook (the pack stored by the first clone) vs with no hook,
+    rounds interleaved. Skipped without git."""
+    git = shutil.which("git")
+    if git is None:
+        return [skipped("git hook hit (wall)", "<= +50 ms wall over base")]
+    py = sys.executable
+    rounds = cfg.startup_rounds
+    with scratch("git-hook") as d:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env["PYTHONPATH"] = os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
+        env["PYTHONPYCACHEPREFIX"] = os.path.join(d, "pycache")
+        env.update(HOME=d, GIT_CONFIG_NOSYSTEM="1", GIT_TERMINAL_PROMPT="0")
+        repo = os.path.join(d, "repo.git")
+        stream = b"commit refs/heads/main\ncommitter B <b@example.com> 1700000000 +0000\n"
+        stream += b"data 2\nb\nM 100644 inline f\ndata %d\n%s\n" % (
+            STARTUP_BYTES,
+            data[:STARTUP_BYTES],
+        )
+        subprocess.run([git, "init", "-q", "--bare", "-b", "main", repo], env=env, check=True)
+        subprocess.run([git, "fast-import", "--quiet"], input=stream, cwd=repo, env=env, check=True)
+        hooked, plain = os.path.join(d, "hooked.gitconfig"), os.path.join(d, "plain.gitconfig")
+        hook = f"{py} -m streamcache git-pack-objects-hook --dir {os.path.join(d, 'cache')}"
+        with open(hooked, "w") as f:
+            f.write(f"[uploadpack]\n\tpackObjectsHook = {hook} --min-occurrences 0\n")
+        with open(plain, "w") as f:
+            f.write("")
+        clone = [git, "clone", "-q", "--no-local", f"file://{repo}"]
+
+        def timed_clone(config: str, n: int) -> tuple[float, float]:
+            dest = os.path.join(d, f"clone{n}")
+            got = timed_process([*clone, dest], {**env, "GIT_CONFIG_GLOBAL": config}, d)
+            shutil.rmtree(dest)
+            return got
+
+        timed_clone(hooked, -1)  # the miss that stores the pack
+        samples: dict[str, list[tuple[float, float]]] = {"hook": [], "plain": []}
+        log(f"git-hook: {rounds} rounds of a clone with and without the hook")
+        for i in range(STARTUP_WARMUP + rounds):
+            for k, config in (("hook", hooked), ("plain", plain)):
+                got = timed_clone(config, i)
+                if i >= STARTUP_WARMUP:
+                    samples[k].append(got)
+        leak_check_dir(os.path.join(d, "cache"))
+    load = os.getloadavg()[0]
+    wall = {k: [w for _, w in v] for k, v in samples.items()}
+    cpu = {k: [c for c, _ in v] for k, v in samples.items()}
+    return [
+        startup_row(
+            f"git hook hit {fmt_size(STARTUP_BYTES)} (wall)",
+            wall["hook"],
+            wall["plain"],
+            0.050,
+            "wall",
+            f"git clone --no-local of a one-commit repository, upload-pack with "
+            f"streamcache git-pack-objects-hook (a hit) vs without a hook, medians of "
+            f"{rounds} interleaved rounds after {STARTUP_WARMUP}, load {load:.1f}; user+sys "
+            f"{fmt_time(statistics.median(cpu['hook']))} vs "
+            f"{fmt_time(statistics.median(cpu['plain']))}",
+        )
+    ]
+
+
 # -- main ----------------------------------------------------------------------------------
 
 BENCHES: dict[str, Callable[[Config, bytes], list[Row]]] = {
@@ -1937,6 +2004,7 @@ BENCHES: dict[str, Callable[[Config, bytes], list[Row]]] = {
     "storm": bench_storm,
     "memory": bench_memory,
     "startup": bench_startup,
+    "git-hook": bench_git_hook,
 }
 
 

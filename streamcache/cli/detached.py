@@ -282,6 +282,7 @@ def deliver(opts: Options, key: str, argv: list[str], stdin_fd: int | None) -> i
             f"{opts.prog}: cannot use the cache, running uncached: {os_error_text(exc)}",
             file=sys.stderr,
         )
+        counters.add(opts.cache_dir, **{counters.UNCACHED: 1})
         return run_uncached(argv, stdin_fd)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -295,8 +296,16 @@ def deliver(opts: Options, key: str, argv: list[str], stdin_fd: int | None) -> i
     out = Demux(sys.stdout.fileno(), sys.stderr.fileno())
     counts: dict[str, int] = {}
     try:
-        if target.peek(key) is None:
-            status = _relay(_spawn(opts, key, argv, stdin_fd), out, opts.prog)
+        try:
+            found = target.peek(key) is not None
+            relayed = None if found else _spawn(opts, key, argv, stdin_fd)
+        except OSError as exc:  # before the first byte: a cache problem fails nothing
+            print(f"{opts.prog}: running uncached: {os_error_text(exc)}", file=sys.stderr)
+            cache.stop()
+            counters.add(cache.dir, **{counters.UNCACHED: 1})
+            return run_uncached(argv, stdin_fd)
+        if relayed is not None:
+            status = _relay(relayed, out, opts.prog)
         else:
             if not opts.stderr_all:
                 out.err_fd = None

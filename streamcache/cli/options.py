@@ -70,6 +70,21 @@ def preview_chars(text: str) -> int:
     return value
 
 
+_SIZE = re.compile(r"(\d+)\s*([kmgt]?)i?b?", re.IGNORECASE)
+
+
+def size(text: str) -> int:
+    """Bytes from ``1000``, ``500K``, ``500M``, ``2G``, ``1T`` (powers of 1024)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None or int(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid size {text!r}: a number of bytes, or with a unit: 500K, 500M, 2G"
+        )
+    unit: str = match.group(2).lower() or " "
+    scale: int = 1024 ** " kmgt".index(unit)
+    return int(match.group(1)) * scale
+
+
 def default_dir() -> str:
     """$STREAMCACHE_DIR, else $XDG_CACHE_HOME/streamcache, else ~/.cache/streamcache.
 

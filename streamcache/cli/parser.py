@@ -27,6 +27,7 @@ from .options import (
     positive_int,
     preview_chars,
     quiet_stdout,
+    size,
 )
 
 if TYPE_CHECKING:
@@ -86,11 +87,9 @@ def _add_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", metavar="D", default=None, type=os.path.expanduser, help=DIR_HELP)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import demo as cli_demo
-    from . import run as cli_run
-    from . import stats as cli_stats
-
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``only``, one with that command alone, which imports no
+    other command's module (the git hook runs at every fetch: a hit must start fast)."""
     parser = argparse.ArgumentParser(
         prog="streamcache",
         description=(
@@ -111,156 +110,215 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="COMMAND", required=True, help="one of the commands below"
     )
 
-    run = sub.add_parser(
-        "run",
-        help="run a command once for all concurrent identical invocations",
-        description=cli_run.DESCRIPTION,
-        epilog=cli_run.EPILOG,
-        formatter_class=_formatter,
-    )
-    _add_dir(run)
-    run.add_argument(
-        "--key",
-        metavar="K",
-        help="the cache key (default: a hash of the command's arguments and the working directory)",
-    )
-    run.add_argument(
-        "--max-age",
-        metavar="DUR",
-        type=positive_duration,
-        default=cli_run.DEFAULT_MAX_AGE,
-        help="how long a successful run's output is served to later invocations: "
-        "90, 90s, 5m, 1h (default: %(default)gs)",
-    )
-    run.add_argument(
-        "--min-occurrences",
-        metavar="N",
-        type=nonnegative_int,
-        default=0,
-        help="cache a command only after it was asked N times within max-age; the "
-        "earlier invocations run it on their own (default: 0, share from the first)",
-    )
-    run.add_argument(
-        "--key-preview",
-        metavar="CHARS",
-        type=preview_chars,
-        default=0,
-        help="store the first CHARS characters of the key (the command line, by "
-        f"default) for 'streamcache stats' (0 to {config_max_preview()}; default 0: "
-        "none, as a command line may hold secrets)",
-    )
-    run.add_argument(
-        "--stdin",
-        action="store_true",
-        help="read stdin to its end and give it to the command; it is part of the key",
-    )
-    run.add_argument(
-        "--stderr",
-        choices=("all", "first"),
-        default="all",
-        help="replay the command's stderr to every invocation (all, the default) or "
-        "only to the one that started it (first)",
-    )
-    run.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="also show the cache's own warnings (an entry failed, a producer died); "
-        "without it run reports failures in its own words",
-    )
-    run.add_argument(
-        "argv",
-        nargs=argparse.REMAINDER,
-        metavar="-- CMD ARGS",
-        help="the command and its arguments, after '--'",
-    )
-    run.set_defaults(func=cli_run.main, parser=run)
+    if only in (None, "run"):
+        from . import run as cli_run
 
-    stats = sub.add_parser(
-        "stats",
-        help="show the entries of a cache: states, sizes, producers and readers",
-        description=cli_stats.STATS_DESCRIPTION,
-        epilog=cli_stats.STATS_EPILOG,
-        formatter_class=_formatter,
-    )
-    _add_dir(stats)
-    stats.add_argument(
-        "--json", action="store_true", help="print JSON (schema below) instead of a table"
-    )
-    stats.add_argument(
-        "--watch",
-        metavar="SECONDS",
-        nargs="?",
-        type=positive_duration,
-        const=1.0,
-        default=None,
-        help="refresh every SECONDS (default 1) until Ctrl-C; with --json, one JSON "
-        "document per line",
-    )
-    stats.set_defaults(func=cli_stats.stats_main)
+        run = sub.add_parser(
+            "run",
+            help="run a command once for all concurrent identical invocations",
+            description=cli_run.DESCRIPTION,
+            epilog=cli_run.EPILOG,
+            formatter_class=_formatter,
+        )
+        _add_dir(run)
+        run.add_argument(
+            "--key",
+            metavar="K",
+            help="the cache key (default: a hash of the command's arguments and the "
+            "working directory)",
+        )
+        run.add_argument(
+            "--max-age",
+            metavar="DUR",
+            type=positive_duration,
+            default=cli_run.DEFAULT_MAX_AGE,
+            help="how long a successful run's output is served to later invocations: "
+            "90, 90s, 5m, 1h (default: %(default)gs)",
+        )
+        run.add_argument(
+            "--min-occurrences",
+            metavar="N",
+            type=nonnegative_int,
+            default=0,
+            help="cache a command only after it was asked N times within max-age; the "
+            "earlier invocations run it on their own (default: 0, share from the first)",
+        )
+        run.add_argument(
+            "--key-preview",
+            metavar="CHARS",
+            type=preview_chars,
+            default=0,
+            help="store the first CHARS characters of the key (the command line, by "
+            f"default) for 'streamcache stats' (0 to {config_max_preview()}; default 0: "
+            "none, as a command line may hold secrets)",
+        )
+        run.add_argument(
+            "--stdin",
+            action="store_true",
+            help="read stdin to its end and give it to the command; it is part of the key",
+        )
+        run.add_argument(
+            "--stderr",
+            choices=("all", "first"),
+            default="all",
+            help="replay the command's stderr to every invocation (all, the default) or "
+            "only to the one that started it (first)",
+        )
+        run.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            help="also show the cache's own warnings (an entry failed, a producer died); "
+            "without it run reports failures in its own words",
+        )
+        run.add_argument(
+            "argv",
+            nargs=argparse.REMAINDER,
+            metavar="-- CMD ARGS",
+            help="the command and its arguments, after '--'",
+        )
+        run.set_defaults(func=cli_run.main, parser=run)
 
-    gc = sub.add_parser(
-        "gc",
-        help="run one cleanup pass and say what it removed",
-        description=cli_stats.GC_DESCRIPTION,
-        formatter_class=_formatter,
-    )
-    _add_dir(gc)
-    gc.add_argument(
-        "--max-age",
-        metavar="DUR",
-        type=duration,
-        default=config.DEFAULT_MAX_AGE,
-        help="data files that no entry owns are removed once older than this "
-        "(default: %(default)gs)",
-    )
-    gc.set_defaults(func=cli_stats.gc_main)
+    if only in (None, "git-pack-objects-hook"):
+        from . import hook as cli_hook
 
-    invalidate = sub.add_parser(
-        "invalidate",
-        help="drop one key's entry: the next request creates it afresh",
-        description=cli_stats.INVALIDATE_DESCRIPTION,
-        formatter_class=_formatter,
-    )
-    _add_dir(invalidate)
-    invalidate.add_argument("key", metavar="KEY", help="the cache key, as the caches were given it")
-    invalidate.set_defaults(func=cli_stats.invalidate_main)
+        hook = sub.add_parser(
+            "git-pack-objects-hook",
+            help="a pack-objects cache for git servers (uploadpack.packObjectsHook)",
+            description=cli_hook.DESCRIPTION,
+            formatter_class=_formatter,
+        )
+        _add_dir(hook)
+        hook.add_argument(
+            "--max-age",
+            metavar="DUR",
+            type=positive_duration,
+            default=cli_hook.DEFAULT_MAX_AGE,
+            help="how long a pack is served to identical fetches (default: %(default)gs)",
+        )
+        hook.add_argument(
+            "--min-occurrences",
+            metavar="N",
+            type=nonnegative_int,
+            default=cli_hook.DEFAULT_MIN_OCCURRENCES,
+            help="share a request only after it was seen N times within max-age; the earlier "
+            "ones run pack-objects on their own (default: %(default)s, as Gitaly)",
+        )
+        hook.add_argument(
+            "--max-bytes",
+            metavar="SIZE",
+            type=size,
+            default=None,
+            help="the cache's disk budget: 500M, 2G, ... (default: none)",
+        )
+        hook.add_argument(
+            "argv",
+            nargs=argparse.REMAINDER,
+            metavar="git pack-objects ARGS",
+            help="the command git gives the hook",
+        )
+        hook.set_defaults(func=cli_hook.main, parser=hook)
 
-    demo = sub.add_parser(
-        "demo",
-        help="worker processes hammering shared keys in a throwaway cache",
-        description=cli_demo.DESCRIPTION,
-        formatter_class=_formatter,
-    )
-    demo.add_argument(
-        "--workers",
-        metavar="N",
-        type=positive_int,
-        default=4,
-        help="worker processes (default: %(default)s)",
-    )
-    demo.add_argument(
-        "--keys",
-        metavar="N",
-        type=positive_int,
-        default=3,
-        help="distinct keys (default: %(default)s)",
-    )
-    demo.add_argument(
-        "--size",
-        metavar="MIB",
-        type=positive_int,
-        default=64,
-        help="MiB per key (default: %(default)s)",
-    )
-    demo.add_argument(
-        "--rounds",
-        metavar="N",
-        type=positive_int,
-        default=2,
-        help="times each worker fetches every key (default: %(default)s)",
-    )
-    demo.set_defaults(func=cli_demo.main)
+    if only in (None, "stats"):
+        from . import stats as cli_stats
+
+        stats = sub.add_parser(
+            "stats",
+            help="show the entries of a cache: states, sizes, producers and readers",
+            description=cli_stats.STATS_DESCRIPTION,
+            epilog=cli_stats.STATS_EPILOG,
+            formatter_class=_formatter,
+        )
+        _add_dir(stats)
+        stats.add_argument(
+            "--json", action="store_true", help="print JSON (schema below) instead of a table"
+        )
+        stats.add_argument(
+            "--watch",
+            metavar="SECONDS",
+            nargs="?",
+            type=positive_duration,
+            const=1.0,
+            default=None,
+            help="refresh every SECONDS (default 1) until Ctrl-C; with --json, one JSON "
+            "document per line",
+        )
+        stats.set_defaults(func=cli_stats.stats_main)
+
+    if only in (None, "gc"):
+        from . import stats as cli_stats
+
+        gc = sub.add_parser(
+            "gc",
+            help="run one cleanup pass and say what it removed",
+            description=cli_stats.GC_DESCRIPTION,
+            formatter_class=_formatter,
+        )
+        _add_dir(gc)
+        gc.add_argument(
+            "--max-age",
+            metavar="DUR",
+            type=duration,
+            default=config.DEFAULT_MAX_AGE,
+            help="data files that no entry owns are removed once older than this "
+            "(default: %(default)gs)",
+        )
+        gc.set_defaults(func=cli_stats.gc_main)
+
+    if only in (None, "invalidate"):
+        from . import stats as cli_stats
+
+        invalidate = sub.add_parser(
+            "invalidate",
+            help="drop one key's entry: the next request creates it afresh",
+            description=cli_stats.INVALIDATE_DESCRIPTION,
+            formatter_class=_formatter,
+        )
+        _add_dir(invalidate)
+        invalidate.add_argument(
+            "key", metavar="KEY", help="the cache key, as the caches were given it"
+        )
+        invalidate.set_defaults(func=cli_stats.invalidate_main)
+
+    if only in (None, "demo"):
+        from . import demo as cli_demo
+
+        demo = sub.add_parser(
+            "demo",
+            help="worker processes hammering shared keys in a throwaway cache",
+            description=cli_demo.DESCRIPTION,
+            formatter_class=_formatter,
+        )
+        demo.add_argument(
+            "--workers",
+            metavar="N",
+            type=positive_int,
+            default=4,
+            help="worker processes (default: %(default)s)",
+        )
+        demo.add_argument(
+            "--keys",
+            metavar="N",
+            type=positive_int,
+            default=3,
+            help="distinct keys (default: %(default)s)",
+        )
+        demo.add_argument(
+            "--size",
+            metavar="MIB",
+            type=positive_int,
+            default=64,
+            help="MiB per key (default: %(default)s)",
+        )
+        demo.add_argument(
+            "--rounds",
+            metavar="N",
+            type=positive_int,
+            default=2,
+            help="times each worker fetches every key (default: %(default)s)",
+        )
+        demo.set_defaults(func=cli_demo.main)
+
     return parser
 
 
@@ -279,8 +337,11 @@ def _log_to_stderr(logger: logging.Logger) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(
+        "git-pack-objects-hook" if words[:1] == ["git-pack-objects-hook"] else None
+    )
+    args = parser.parse_args(words)
     when_used(_log_to_stderr)
     try:
         result: int = args.func(args)

@@ -23,6 +23,7 @@ import ipc
 from ..cache import LAYOUT, StreamCache
 from ..disk.filestore import Filestore, entry_info
 from ..disk.inspection import in_flight, shard_files
+from . import counters
 from .options import CliError, default_dir
 
 SCHEMA_VERSION = 1
@@ -60,7 +61,13 @@ JSON schema (--json; version {SCHEMA_VERSION}; sizes in bytes, times in seconds)
                    "waiting": bool}}]}}],
    "totals": {{"entries": int, "states": {{state: int}}, "bytes": int (sum of "written"),
               "disk_bytes": int, "readers": int, "orphaned_data_files": int,
-              "ipc_objects": int}}}}
+              "ipc_objects": int}},
+   "commands": null or {{"hit": int, "miss": int, "uncached": int, "failed": int,
+                "served_bytes": int, "generated_bytes": int}}
+      (the counters of 'run' and 'git-pack-objects-hook' invocations on this cache:
+      lookups that read an entry, that ran the command, that could not use the cache;
+      invocations that did not deliver everything; bytes delivered to them and
+      written by their commands)}}
 With --watch --json, one such document per line, each on a single line.
 """
 
@@ -219,6 +226,7 @@ def collect(cache_dir: str, root: str) -> dict[str, Any]:
             "orphaned_data_files": orphans,
             "ipc_objects": len(ipc.list_objects(prefix)),
         },
+        "commands": counters.read(cache_dir),
     }
 
 
@@ -305,6 +313,13 @@ def render(doc: dict[str, Any]) -> str:
         f"{t['readers']} readers; {t['ipc_objects']} IPC objects; "
         f"{t['orphaned_data_files']} orphaned data files"
     )
+    c = doc.get("commands")
+    if c is not None:
+        lines.append(
+            f"commands: {c['hit']} hits, {c['miss']} misses, {c['uncached']} uncached, "
+            f"{c['failed']} failed; {human_bytes(c['served_bytes'])} served, "
+            f"{human_bytes(c['generated_bytes'])} generated"
+        )
     return "\n".join(lines)
 
 

@@ -110,3 +110,19 @@ assert [f.name for f in dataclasses.fields(Config)][:2] == ["dir", "enabled"]
 assert streamcache.Config is Config
 """
     assert "dataclasses" in loaded_after(code)
+
+
+def test_the_git_hook_imports_no_other_command() -> None:
+    """The hook runs at every fetch: its parser is built alone, without the modules of
+    run, stats and demo (nor any LAZY module)."""
+    code = """
+import sys
+from streamcache.cli.parser import build_parser
+args = build_parser("git-pack-objects-hook").parse_args(
+    ["git-pack-objects-hook", "--dir", "d", "--", "git", "pack-objects", "--stdout"]
+)
+assert args.argv[-2:] == ["pack-objects", "--stdout"], args.argv
+others = ("streamcache.cli.run", "streamcache.cli.stats", "streamcache.cli.demo")
+assert not [m for m in others if m in sys.modules], sys.modules.keys()
+"""
+    assert loaded_after(code) == []
