@@ -54,18 +54,11 @@ def rows(stdout: str) -> dict[str, dict[str, str]]:
     return found
 
 
-def has_hook_command() -> bool:
-    argv = [sys.executable, "-m", "streamcache", "git-pack-objects-hook", "--help"]
-    return subprocess.run(argv, capture_output=True, timeout=60).returncode == 0
-
-
 def test_the_table_shows_fewer_pack_objects_runs_than_clones_with_the_hook(
     tmp_path: Path,
 ) -> None:
     """3 clients: with the hook's default --min-occurrences 1 the first request of a key
     runs pack-objects on its own and the later ones share a run, so 2 runs, or 1."""
-    if not has_hook_command():
-        pytest.skip("streamcache git-pack-objects-hook is not there yet")
     r = bench(tmp_path, "--clients", "3", "--fsck-all")
     assert r.returncode == 0, r.stderr
     table = rows(r.stdout)
