@@ -58,6 +58,7 @@ import os
 import random
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -284,17 +285,22 @@ def leak_check(cache: str) -> None:
         raise BenchError(f"the hook's cache left IPC objects after its last process: {left}")
 
 
-def wait_for(procs: Sequence[subprocess.Popen[bytes]], deadline: float) -> None:
+def kill_clients(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    """SIGKILL to the process group of every client still running (each clone runs in a
+    session of its own, with its upload-pack), then reap them."""
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def wait_for(procs: Sequence[subprocess.Popen[bytes]], deadline: float, bound: float) -> None:
     for p in procs:
         try:
             p.wait(timeout=max(deadline - time.monotonic(), 0.01))
         except subprocess.TimeoutExpired:
-            for q in procs:
-                if q.poll() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(q.pid, 9)
-                    q.wait()
-            raise BenchError(f"clones still running after {WAIT:.0f} s") from None
+            raise BenchError(f"clones still running after {bound:.0f} s") from None
 
 
 def run_row(
@@ -341,10 +347,10 @@ def run_row(
                             start_new_session=True,
                         )
                     )
+            wait_for(procs, deadline, bound)
         except BaseException:
-            wait_for(procs, time.monotonic())
+            kill_clients(procs)
             raise
-        wait_for(procs, deadline)
         wall = time.perf_counter() - t0
         records = []
         while True:
@@ -497,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
         "--bound", type=float, default=WAIT * 4, help="seconds a row may take (1200)"
     )
     args = parser.parse_args(argv)
+    # SIGTERM unwinds as an exception: the clients are killed, the scratch directory removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     rounds = args.rounds
     if rounds < 1:
         parser.error("--rounds must be at least 1")
