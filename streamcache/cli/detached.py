@@ -494,7 +494,8 @@ def producer_main(argv: list[str]) -> int:
     if status != 0:
         message = b"" if text is None else frame(STDERR, f"{text}\n".encode())
         _tell(message + end_frame(status))
-    _quiet_fd(1)  # the invocation reads to its end: it is told all there is
+    # Counted before the invocation gets its end of file (it may exit at once, and who
+    # started it may read the counters then).
     counters.add(
         cache.dir,
         **{
@@ -502,6 +503,7 @@ def producer_main(argv: list[str]) -> int:
             counters.GENERATED: runner.generated,
         },
     )
+    _quiet_fd(1)  # the invocation reads to its end: it is told all there is
     if runner.started:
         with contextlib.suppress(Exception):
             cache.gc()  # the producer's chance to clear expired entries
