@@ -1,5 +1,6 @@
 """streamcache git-pack-objects-hook with real git: concurrent clones of a repository
-share one git pack-objects run (every clone complete, fsck clean, identical packs),
+(file:// with --no-local, and through git daemon on 127.0.0.1) share one git
+pack-objects run (every clone complete, fsck clean, identical packs),
 shallow and incremental fetches get their own keys, a client going away takes nobody
 else down, a failed pack-objects is never stored, and an unusable cache directory
 never fails a fetch.
@@ -17,6 +18,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -105,6 +107,37 @@ class Server:
             "GIT_TERMINAL_PROMPT": "0",
         }
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.url = f"file://{repo}"
+        self.daemon: subprocess.Popen[bytes] | None = None
+
+    def serve_with_daemon(self) -> None:
+        """Serve the repository with ``git daemon`` on 127.0.0.1 instead of file://."""
+        with socket.socket() as probe:  # a free port (the daemon cannot report one)
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.daemon = subprocess.Popen(
+            [
+                GIT or "git",
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--listen=127.0.0.1",
+                f"--port={port}",
+                f"--base-path={self.repo.parent}",
+                str(self.repo.parent),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=self.env,
+        )
+
+        def listening() -> bool:
+            assert self.daemon is not None and self.daemon.poll() is None, "git daemon ended"
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_until(listening, "git daemon to listen", WAIT)
+        self.url = f"git://127.0.0.1:{port}/{self.repo.name}"
 
     def runs(self) -> int:
         return len(self.runs_file.read_text().split()) if self.runs_file.exists() else 0
@@ -116,7 +149,7 @@ class Server:
 
     def clone(self, dest: Path, *options: str, own_group: bool = False) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            [GIT or "git", "clone", "--no-local", *options, f"file://{self.repo}", str(dest)],
+            [GIT or "git", "clone", "--no-local", *options, self.url, str(dest)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=self.env,
@@ -141,6 +174,9 @@ class Server:
                 p.kill()
             p.communicate(timeout=WAIT)
         self.kill.unlink(missing_ok=True)
+        if self.daemon is not None:
+            self.daemon.terminate()
+            self.daemon.wait(WAIT)
         # Every pack-objects run (and the process that ran it) ends.
         for line in self.runs_file.read_text().split() if self.runs_file.exists() else []:
             wait_until(lambda pid=int(line): not is_running(pid), "a pack-objects run to end")
@@ -182,7 +218,12 @@ def server(tmp_path: Path, origin: Path) -> Iterator[Server]:
     s.close()
 
 
-def test_eight_concurrent_clones_share_one_pack_objects_run(server: Server, tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["file://", "git daemon"])
+def test_eight_concurrent_clones_share_one_pack_objects_run(
+    server: Server, tmp_path: Path, transport: str
+) -> None:
+    if transport == "git daemon":
+        server.serve_with_daemon()
     server.gated.touch()
     clients = [server.clone(tmp_path / f"clone{i}") for i in range(8)]
     wait_until(lambda: server.runs() == 1, "pack-objects to start", timeout=WAIT)
