@@ -261,8 +261,8 @@ class Channel:
         """Why a reader at ``position`` waiting on this channel should wake now (see
         :meth:`wait_for_progress`), or None if it should sleep on."""
         offset, state = self.seg.progress()
-        if offset > position or state != STATE_WRITING:
-            return Wake.PROGRESS
+        if offset > position or state != STATE_WRITING or self.seg.stalled:
+            return Wake.PROGRESS  # (stalled: a reader declared it, see Segment.mark_stalled)
         if slot is not None and not slot.held:
             return Wake.PROGRESS  # closed by another thread: the caller sees it
         if waiter.check_due(now):

@@ -19,6 +19,9 @@ Python version and every process::
     word 10   sequence: changed after every change of progress; readers sleep on its
               low 32 bits with a futex (Linux)              (producer only)
     word 11   announced final size + 1; 0 while unknown     (producer only)
+    word 12   stalled (0/1): set once, by a reader that found the producer silent for
+              its stall_timeout, under the caller's lock for the entry's key (see
+              :meth:`Segment.mark_stalled`)
     bytes 128..511  error text, UTF-8                      (producer only)
     from byte 512: slots of 8 words (one cache line each, so readers never share one):
       word 0  position: bytes this reader has consumed     (its reader only)
@@ -30,8 +33,9 @@ Python version and every process::
 Invariants:
 
 - Every field has a single writer at a time, so no shared mutex is ever held by a
-  process that may die. The producer alone writes the header (word 8 aside), a
-  reader alone writes its slot. A slot changes owner only inside the caller's
+  process that may die. The producer alone writes the header (words 8 and 12
+  aside, written by readers inside the caller's critical section), a reader alone
+  writes its slot. A slot changes owner only inside the caller's
   critical section (the cache's index lock), when it is free or its owner is dead.
 - A slot's words are written only through the :class:`ReaderSlot` of the reader that
   holds it, and only while it holds it: once released (by any thread of that reader),
@@ -95,6 +99,7 @@ _W_PWAIT, _W_PPID, _W_PSTART, _W_USED, _W_ERRLEN = 5, 6, 7, 8, 9
 # bits, at the word's first bytes on little-endian machines, its last on big-endian).
 _W_SEQ = 10
 _W_SIZE = 11  # the size create announced, plus one (0: none announced)
+_W_STALLED = 12  # 1 once a reader declared the producer stalled
 _SEQ_BYTE = _W_SEQ * 8 + (4 if sys.byteorder == "big" else 0)
 _HEADER_WORDS = HEADER_BYTES // 8
 # Words of a slot (private to this module).
@@ -308,6 +313,23 @@ class Segment:
     def failure_code(self) -> int:
         """FAILED_BY_PRODUCER or FAILED_ABANDONED once failed; 0 before."""
         return self._words[_W_CODE]
+
+    @property
+    def stalled(self) -> bool:
+        """Whether a reader declared the producer stalled (see :meth:`mark_stalled`)."""
+        return bool(self._words[_W_STALLED])
+
+    def mark_stalled(self) -> bool:
+        """Declare the producer stalled; True if this call did (it was not yet).
+
+        The one header word a reader writes. Callers hold the caller's lock for the
+        entry's key, so two readers never race for it, and only ever set it: a reader
+        that sees it set fails, and the producer's next write or its end does too.
+        """
+        if self._words[_W_STALLED]:
+            return False
+        self._words[_W_STALLED] = 1
+        return True
 
     def set_producer_waiting(self, waiting: bool) -> None:
         self._words[_W_PWAIT] = int(waiting)

@@ -86,8 +86,9 @@ shared through the directory; other requests run create straight into dst.
 Public names: :class:`Config`, :func:`new`, :class:`StreamCache`,
 :class:`MinOccurrences`, :class:`NullCache`, :class:`LoggingCache`,
 :class:`LogEntry`, :class:`FetchResult`, :class:`Error`, :class:`CreateError`,
-:class:`ProducerDied`, :class:`UnsupportedFilesystem`; :class:`Writer` (the type of
-create's ``w``) and ``Create`` (the type of create); :class:`Stream` (``s.size``,
+:class:`ProducerDied`, :class:`ProducerStalled`, :class:`UnsupportedFilesystem`;
+:class:`Writer` (the type of create's ``w``) and ``Create`` (the type of create);
+:class:`Stream` (``s.size``,
 ``s.produced``, ``s.position``, ``s.finished_file()``), :class:`EntryInfo`
 (``cache.peek(key)``).
 
@@ -120,7 +121,7 @@ from .base import CacheBase
 from .cache import StreamCache
 from .entry.creator import Create, Writer
 from .entry.stream import AsyncStream, EntryInfo, FetchResult, FinishedFile, Stream
-from .errors import CreateError, Error, ProducerDied, UnsupportedFilesystem
+from .errors import CreateError, Error, ProducerDied, ProducerStalled, UnsupportedFilesystem
 from .metrics import DEFAULT_REGISTRY, DefaultRegistry
 from .null import NullCache
 from .testing import LogEntry, LoggingCache
@@ -147,6 +148,7 @@ __all__ = [
     "MinOccurrences",
     "NullCache",
     "ProducerDied",
+    "ProducerStalled",
     "Stream",
     "StreamCache",
     "UnsupportedFilesystem",

@@ -96,6 +96,11 @@ class StreamCache(CacheBase):
     system is refused (:class:`UnsupportedFilesystem`, see :mod:`.disk.filesystem`)
     unless ``allow_network_fs`` is True, and then one producer per key holds per host
     only; so is a /dev/shm that cannot hold an entry's shared memory.
+    ``stall_timeout``: an entry whose producer, alive, writes nothing for that long
+    while a reader of this cache waits for it fails for every reader with
+    :class:`ProducerStalled` and leaves the index (noticed on the waiting reader's
+    liveness check, so within ``stall_timeout`` plus ``liveness``); None (the
+    default): readers wait for as long as the producer lives.
     """
 
     def __init__(
@@ -112,6 +117,7 @@ class StreamCache(CacheBase):
         registry: CollectorRegistry | DefaultRegistry | None = DEFAULT_REGISTRY,
         key_preview: int = 0,
         allow_network_fs: bool = False,
+        stall_timeout: config.Duration | None = None,
     ) -> None:
         # Every argument is checked before anything touches the disk.
         path = config.directory(dir)
@@ -127,6 +133,11 @@ class StreamCache(CacheBase):
             raise ValueError(f"key_preview must be in 0..{MAX_KEY_PREVIEW}")
         if cleanup_interval is not None:
             cleanup_interval = config.seconds(cleanup_interval, "cleanup_interval")
+        self.stall_timeout = (
+            None
+            if stall_timeout is None
+            else config.seconds(stall_timeout, "stall_timeout", allow_zero=False)
+        )
         if not isinstance(allow_network_fs, bool):
             raise TypeError(
                 f"allow_network_fs must be a bool, not {type(allow_network_fs).__name__}"
@@ -197,6 +208,7 @@ class StreamCache(CacheBase):
             "registry": registry,
             "key_preview": self.key_preview,
             "allow_network_fs": self.allow_network_fs,
+            "stall_timeout": self.stall_timeout,
         }
 
     # -- public API -----------------------------------------------------------------
@@ -554,7 +566,15 @@ class StreamCache(CacheBase):
             return None
         slot = channel.seg.claim_slot(ipc.current_process())
         return PipeReader(
-            fd, channel, slot, self.liveness, self._store, rec, clock=self._clock, start=start
+            fd,
+            channel,
+            slot,
+            self.liveness,
+            self._store,
+            rec,
+            clock=self._clock,
+            start=start,
+            stall_timeout=self.stall_timeout,
         )
 
     def _create_locked(
@@ -607,7 +627,16 @@ class StreamCache(CacheBase):
         assert slot is not None and slot.index == CREATOR_SLOT
         producer = Producer(self._store, rec, channel, wfd, **options)
         reader = PipeReader(
-            rfd, mine, slot, self.liveness, self._store, rec, producer.outcome, self._clock, start
+            rfd,
+            mine,
+            slot,
+            self.liveness,
+            self._store,
+            rec,
+            producer.outcome,
+            self._clock,
+            start,
+            self.stall_timeout,
         )
         pending.append((producer, reader))  # from here on, failures go through abort()
         self._index.write(rec)

@@ -6,6 +6,7 @@
      └── Error                 base of everything streamcache raises on its own
           └── CreateError      the producer of an entry failed; every reader gets it
                ├── ProducerDied  the producing process died or vanished mid-stream
+               ├── ProducerStalled  the producer wrote nothing for stall_timeout
                └── AllReadersLeft  (internal) every reader left, so the producer stopped
           └── SharedMemoryRemoved  an entry's IPC objects were removed from under it
           └── UnsupportedFilesystem  (also an OSError) the cache dir or /dev/shm cannot
@@ -33,6 +34,12 @@ class CreateError(Error):
 
 class ProducerDied(CreateError):
     """The process producing an entry died or vanished before finishing it."""
+
+
+class ProducerStalled(CreateError):
+    """The producer of an entry, alive, wrote nothing for the cache's ``stall_timeout``
+    while readers waited: the entry failed for every reader and left the index, and
+    the producer's next write raises this too."""
 
 
 class AllReadersLeft(CreateError):

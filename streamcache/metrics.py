@@ -18,6 +18,9 @@ Every metric has a ``dir`` label (the cache directory's absolute path):
 - ``streamcache_evictions_total{dir,reason}``: entries removed, by reason: ``expired``
   (past max_age), ``dead_producer`` (its producer died), ``budget`` (over max_bytes),
   ``invalidated`` (dropped by ``cache.invalidate``).
+- ``streamcache_stalled_entries_total{dir}``: entries failed because their producer,
+  alive, wrote nothing for ``stall_timeout`` while readers waited (counted once, by the
+  reader that found it).
 - ``streamcache_index_entries{dir}``: entries in the directory (finished and in
   flight), ``streamcache_disk_bytes{dir}``: bytes of their files; both measured by
   each cleanup pass (host-wide, so the most recent measurement of any process wins).
@@ -132,6 +135,13 @@ class _Collectors:
         self.evictions = Counter(
             "streamcache_evictions", "Entries removed, by reason.", ["dir", "reason"], registry=r
         )
+        self.stalled = Counter(
+            "streamcache_stalled_entries",
+            "Entries failed because their producer wrote nothing for stall_timeout while "
+            "readers waited.",
+            ["dir"],
+            registry=r,
+        )
         self.entries = Gauge(
             "streamcache_index_entries",
             "Entries in the cache directory (finished and in flight), as last measured.",
@@ -201,6 +211,7 @@ class Metrics:
         self._generated = c.generated.labels(dir)
         self._served = c.served.labels(dir)
         self._backpressure = c.backpressure.labels(dir)
+        self._stalled = c.stalled.labels(dir)
         self._entries = c.entries.labels(dir)
         self._disk = c.disk.labels(dir)
         c.flusher.metrics.add(self)
@@ -243,6 +254,9 @@ class Metrics:
         if n:
             self._evictions[reason].inc(n)
 
+    def count_stalled(self) -> None:
+        self._stalled.inc()
+
     def set_usage(self, entries: int, disk_bytes: int) -> None:
         """A cleanup pass's measurement of the whole directory."""
         self._entries.set(entries)
@@ -277,6 +291,9 @@ class NullMetrics(Metrics):
         pass
 
     def count_eviction(self, reason: str, n: int = 1) -> None:
+        pass
+
+    def count_stalled(self) -> None:
         pass
 
     def set_usage(self, entries: int, disk_bytes: int) -> None:

@@ -243,6 +243,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             help="refresh every SECONDS (default 1) until Ctrl-C; with --json, one JSON "
             "document per line",
         )
+        stats.add_argument(
+            "--stalled-after",
+            metavar="SECONDS",
+            type=positive_duration,
+            default=cli_stats.STALLED_AFTER,
+            help="show an entry in flight as stalled once its producer has written "
+            f"nothing for SECONDS while a reader waits (default {cli_stats.STALLED_AFTER:g})",
+        )
         stats.set_defaults(func=cli_stats.stats_main)
 
     if only in (None, "gc"):

@@ -27,7 +27,10 @@ from . import counters
 from .options import CliError, default_dir
 
 SCHEMA_VERSION = 1
-STATES = ("writing", "done", "expired", "failed", "invalid")
+STATES = ("writing", "stalled", "done", "expired", "failed", "invalid")
+# ``stats``' default for --stalled-after: seconds without a write, while a reader waits,
+# after which an entry in flight is shown "stalled".
+STALLED_AFTER = 30.0
 
 STATS_DESCRIPTION = """\
 Show every entry of a cache: its key preview (when the cache stores one) or its
@@ -36,6 +39,9 @@ positions; then totals. Reads only: takes no lock and creates nothing.
 
 states:
   writing   being produced; new fetches attach to it and stream it
+  stalled   being produced, but its producer (alive) has written nothing for
+            --stalled-after seconds while a reader waits for it (a cache with
+            stall_timeout fails such an entry; without one, readers wait on)
   done      finished and unexpired: served from the file
   expired   past its max-age: no longer served (removed by the next cleanup)
   failed    its producer failed or died: no longer served
@@ -49,12 +55,13 @@ JSON schema (--json; version {SCHEMA_VERSION}; sizes in bytes, times in seconds)
       "key_sha256": hex str (the entry's name),
       "key_preview": str or null (the key's first characters, when stored),
       "key_length": int or null (the full key's length, when a preview is stored),
-      "state": "writing" | "done" | "expired" | "failed" | "invalid",
+      "state": "writing" | "stalled" | "done" | "expired" | "failed" | "invalid",
       "size": int or null (the final size: once finished, or once announced by create),
       "written": int (bytes produced so far; the size once finished),
       "disk_bytes": int (the entry's file on disk),
       "age": seconds or null (since the entry was created, when recorded),
       "expires_in": seconds or null (negative once expired),
+      "quiet": seconds or null (entries in flight: since their producer last wrote),
       "producer": {{"pid": int, "alive": bool}} or null (finished entries),
       "error": str or null (why it failed),
       "readers": [{{"slot": int, "pid": int, "alive": bool, "position": int,
@@ -131,6 +138,7 @@ def _blank(key_hash: str) -> dict[str, Any]:
         "disk_bytes": 0,
         "age": None,
         "expires_in": None,
+        "quiet": None,
         "producer": None,
         "error": None,
         "readers": [],
@@ -168,7 +176,7 @@ def _finished(root: str, now: float) -> Iterator[dict[str, Any]]:
 
 
 def _in_flight(
-    root: str, prefix: str, now: float, live_files: set[str]
+    root: str, prefix: str, now: float, live_files: set[str], stalled_after: float | None
 ) -> Iterator[dict[str, Any]]:
     for e in in_flight(root, prefix):
         item = _blank(e.key_hash)
@@ -186,6 +194,7 @@ def _in_flight(
             written=e.written,
             size=e.size,
             readers=[r._asdict() for r in e.readers],
+            quiet=None if e.modified is None else max(now - e.modified, 0.0),
         )
         if e.state == ipc.STATE_FAILED:
             item["state"] = "failed"
@@ -198,17 +207,28 @@ def _in_flight(
         elif e.state == ipc.STATE_DONE:
             item["state"] = "done"  # being published
             item["size"] = item["written"]
+        elif _stalled(item, stalled_after):
+            item["state"] = "stalled"
         else:
             item["state"] = "writing"
         yield item
 
 
-def collect(cache_dir: str, root: str) -> dict[str, Any]:
-    """The stats document (see STATS_EPILOG for its schema)."""
+def _stalled(item: dict[str, Any], stalled_after: float | None) -> bool:
+    """Nothing written for ``stalled_after`` seconds while a live reader waits."""
+    quiet = item["quiet"]
+    if stalled_after is None or quiet is None or quiet < stalled_after:
+        return False
+    return any(r["alive"] and r["waiting"] for r in item["readers"])
+
+
+def collect(cache_dir: str, root: str, stalled_after: float | None = None) -> dict[str, Any]:
+    """The stats document (see STATS_EPILOG for its schema); entries in flight are
+    "stalled" after ``stalled_after`` seconds without a write (None: never)."""
     now = time.time()
     prefix = ipc.prefix_for(cache_dir)
     live_files: set[str] = set()
-    entries = list(_in_flight(root, prefix, now, live_files))
+    entries = list(_in_flight(root, prefix, now, live_files, stalled_after))
     entries += list(_finished(root, now))
     orphans = sum(1 for e in shard_files(Filestore(root).data_dir) if e.name not in live_files)
     states = Counter(e["state"] for e in entries)
@@ -328,14 +348,14 @@ def stats_main(args: argparse.Namespace) -> int:
 
     cache_dir, root = cache_root(args.dir)
     if args.watch is None:
-        doc = collect(cache_dir, root)
+        doc = collect(cache_dir, root, args.stalled_after)
         print(json.dumps(doc, indent=2) if args.json else render(doc))
         return 0
     tty = sys.stdout.isatty()
     try:
         while True:
             cache_root(cache_dir)  # still a cache
-            doc = collect(cache_dir, root)
+            doc = collect(cache_dir, root, args.stalled_after)
             if args.json:
                 print(json.dumps(doc), flush=True)
             else:

@@ -40,6 +40,7 @@ class InFlight(NamedTuple):
     state: int  # the segment's ipc.STATE_*; STATE_WRITING with no segment
     error: str | None  # the segment's failure, when failed
     readers: list[Reader]
+    modified: float | None = None  # the data file's last write (epoch seconds, mtime)
 
 
 def shard_files(root: str) -> Iterator[os.DirEntry[str]]:
@@ -74,13 +75,15 @@ def in_flight(root: str, prefix: str) -> Iterator[InFlight]:
         path = files.path(rec.file)
         alive = ipc.is_alive(rec.pid, rec.start)
         disk_bytes = written = 0
+        modified = None
         try:
             fd = os.open(path, OPEN_READ)
         except OSError:
             fd = -1
         if fd >= 0:
             try:
-                disk_bytes = os.fstat(fd).st_size
+                st = os.fstat(fd)
+                disk_bytes, modified = st.st_size, st.st_mtime
                 written = written_so_far(fd)
             finally:
                 os.close(fd)
@@ -110,4 +113,6 @@ def in_flight(root: str, prefix: str) -> Iterator[InFlight]:
                 ]
             finally:
                 seg.close()
-        yield InFlight(h, rec, path, alive, disk_bytes, written, size, state, error, readers)
+        yield InFlight(
+            h, rec, path, alive, disk_bytes, written, size, state, error, readers, modified
+        )

@@ -19,12 +19,19 @@ Invariants:
   them and the publish takes the lock second sees the other's change: an entry evicted
   or invalidated in flight is never published, and a publish never lands over a newer
   entry of the key.
+- A stalled producer (:meth:`Store.stalled`) is declared by a waiting reader under the
+  key's lock, in one step with taking its record away: so the declaration and the
+  producer's publish are ordered by that lock. A stall declared first takes the record,
+  and the publish then finds none (the producer fails instead, seeing the mark); a
+  publish first leaves the entry finished, and no stall is declared. A finished entry
+  is therefore never marked stalled, and a stalled one is never published.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 
 import posix_ipc
 
@@ -149,6 +156,31 @@ class Store:
                 )
         self.files.remove(rec.file)
         return None
+
+    def stalled(self, rec: Record, fd: int, mark: Callable[[], bool], pid: int) -> bool:
+        """A waiting reader (reading ``fd``) found the live producer of ``rec`` silent for
+        its stall_timeout. Under the key's lock, unless the entry was published meanwhile
+        (then False: it is finished), ``mark`` the segment stalled and drop the entry's
+        record and data file, as :meth:`invalidate` drops an entry in flight, so the next
+        call creates afresh. Counted and logged once, by the reader whose ``mark`` set it.
+        """
+        with self.index.locked(rec.key, None):
+            st = os.fstat(fd)
+            if self.files.entry_identity(rec.key) == (st.st_dev, st.st_ino):
+                return False
+            first = mark()
+            if self.current(rec) is not None:
+                self.index.remove(rec.key)
+        self.files.remove(rec.file)
+        if first:
+            self.metrics.count_stalled()
+            log.warning(
+                "streamcache: entry %s failed: its producer (pid %d) wrote nothing for "
+                "stall_timeout while readers waited",
+                rec.key[:16],
+                pid,
+            )
+        return True
 
     def forget(self, rec: Record) -> None:
         """Drop the record of ``rec``'s entry, if it is still that entry's, so that no

@@ -12,6 +12,13 @@ Invariants kept here:
 - A reader never returns a byte at or past the entry's final size: beyond the
   published offset it trusts only :func:`filestore.written_so_far` (which never
   counts a trailer byte), and at "done" its position must equal the final size.
+- A stall is declared by a waiting reader only (``stall_timeout``): one that has
+  waited at one offset, its producer alive, for that long on its own clock, counted
+  from when it first waited there (its own observation: no clock is shared between
+  processes). It marks the segment under the key's lock (:meth:`Store.stalled`, whose
+  docstring gives the order against the producer's publish); every reader that sees
+  the mark raises :class:`ProducerStalled` at its next read, and the producer's next
+  write does. A finished ("done") entry is never marked.
 - This module calls nothing above it: what a reader needs from the cache (the store,
   to settle an entry whose producer died; the producer's own exception, when it ran
   in this process) is handed to it as objects.
@@ -35,7 +42,14 @@ from ..deadline import Deadline, reading_on
 from ..disk.filestore import written_so_far
 from ..disk.index import Record
 from ..disk.store import Store
-from ..errors import AllReadersLeft, CreateError, ProducerDied, SharedMemoryRemoved, describe
+from ..errors import (
+    AllReadersLeft,
+    CreateError,
+    ProducerDied,
+    ProducerStalled,
+    SharedMemoryRemoved,
+    describe,
+)
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -232,8 +246,12 @@ class PipeReader(_Reader):
         outcome: Outcome | None = None,
         clock: Clock = SYSTEM,
         start: int = 0,
+        stall_timeout: float | None = None,
     ) -> None:
         super().__init__(fd, start)
+        self._stall_timeout = stall_timeout
+        # (offset, when on the waiter's clock): where this reader first waited, silently
+        self._quiet: tuple[int, float] | None = None
         if slot is not None and start:
             slot.set_position(start)  # back pressure counts it from there
         self._channel = channel
@@ -288,6 +306,8 @@ class PipeReader(_Reader):
             offset, state = self._final, ipc.STATE_DONE
         else:
             offset, state = self._seg.progress()
+            if state != ipc.STATE_DONE and self._seg.stalled:
+                raise self._stalled()
             if state == ipc.STATE_WRITING:
                 offset = max(offset, self._in_file)
         if offset > self.position:
@@ -307,6 +327,8 @@ class PipeReader(_Reader):
             # Caught up with what a dead producer wrote: settle now, not a period later.
             self._check_producer()
             return self._ready()
+        if self._stall_timeout is not None and (self._quiet is None or self._quiet[0] != offset):
+            self._quiet = (offset, self._waiter.clock.monotonic())  # silence starts here
         return None
 
     def watch(self, deadline: Deadline | None) -> concurrent.futures.Future[Wake]:
@@ -339,6 +361,7 @@ class PipeReader(_Reader):
                 return
             if self._seg.still_named() or self._seg.state != ipc.STATE_WRITING:
                 self._report_check(began, alive=True)
+                self._check_stall()
                 return  # (the producer says how it ended before it unlinks the names)
             self._report_check(began, alive=False)
             self._removed()
@@ -360,6 +383,34 @@ class PipeReader(_Reader):
         channel (see :mod:`ipc.hub`): only waits on the hub read it."""
         if self._waits_on_hub:
             hub().checked(self._channel, self._waiter.clock, began, alive, self._in_file)
+
+    def _check_stall(self) -> None:
+        """With ``stall_timeout``: declare the live producer stalled once this reader
+        has waited at one offset for that long (see the module docstring)."""
+        quiet = self._quiet
+        if self._stall_timeout is None or quiet is None:
+            return
+        offset, state = self._seg.progress()
+        if state != ipc.STATE_WRITING or max(offset, self._in_file) != quiet[0]:
+            return  # (progress: the next wait starts a new silence)
+        if self._waiter.clock.monotonic() - quiet[1] < self._stall_timeout:
+            return
+        if self._store is not None and self._rec is not None:
+            if not self._store.stalled(
+                self._rec, self._fd, self._seg.mark_stalled, self._seg.producer.pid
+            ):
+                return  # finished meanwhile: "done" follows
+        else:
+            self._seg.mark_stalled()
+        self._channel.ring_all()  # the other readers here and elsewhere: see the mark
+        raise self._stalled()
+
+    def _stalled(self) -> ProducerStalled:
+        pid = self._seg.producer.pid
+        return ProducerStalled(
+            f"the producing process (pid {pid}) stalled: it wrote nothing for the cache's "
+            "stall_timeout while readers waited"
+        )
 
     def _removed(self) -> NoReturn:
         """The segment's name is gone while its live producer still writes: /dev/shm

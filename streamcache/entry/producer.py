@@ -33,7 +33,7 @@ from ..disk.filestore import TRAILER
 from ..disk.index import Record
 from ..disk.store import Store
 from ..disk.usage import Account, disk_full, is_disk_full
-from ..errors import CreateError, Error, SharedMemoryRemoved, describe
+from ..errors import CreateError, Error, ProducerStalled, SharedMemoryRemoved, describe
 from ..log import log
 from .creator import Create, call_create
 from .pipe import CREATOR_SLOT, Outcome, PipeReader
@@ -248,6 +248,8 @@ class Producer:
                     kept = store.publish(self.rec) is not None
                 except BaseException as exc:
                     error = disk_full(exc) if is_disk_full(exc) else exc
+            if error is None and not kept:
+                error = self._stalled(writer)  # declared stalled just before the publish
             if error is not None:
                 self.outcome.error = error  # before the segment says so: see Outcome
                 store.drop(self.rec)
@@ -269,6 +271,21 @@ class Producer:
             if not channels:  # none, or a partial set left by an attaching reader that died
                 unlink_channel(store.channel_base(self.rec.file))
             self._running.discard(self)
+
+    def _stalled(self, writer: EntryWriter) -> ProducerStalled | None:
+        """Whether a reader declared the entry stalled (see Store.stalled: a stall
+        declared before the publish made it find no record), as the error to end with."""
+        channel = writer.channel or self._open_channel()
+        if channel is None:
+            return None
+        try:
+            stalled = channel.seg.stalled
+        finally:
+            if channel is not writer.channel:
+                channel.close()
+        if not stalled:
+            return None
+        return ProducerStalled("a reader declared this producer stalled before the entry ended")
 
     def _settle(self, kept: bool) -> None:
         """Settle the entry's bytes with the usage total (never raises: the channel's

@@ -26,7 +26,7 @@ from ipc.segment import SegmentError
 from ipc.wait import Waiter
 
 from ..disk.usage import Account, disk_full, is_disk_full
-from ..errors import SharedMemoryRemoved
+from ..errors import ProducerStalled, SharedMemoryRemoved
 from ..metrics import NULL, Metrics
 from .sizes import AnnouncedSize
 
@@ -171,6 +171,7 @@ class EntryWriter:
         """The producer's close after ``create`` returned (which may have closed already)."""
         if self.failure is not None:
             raise self.failure  # create carried on past a failed write
+        self.check_stalled()
         if not self._closed:
             self.close()
         elif self.broken:
@@ -202,6 +203,7 @@ class EntryWriter:
             raise self.failure
         if self.removed:
             self._removed()
+        self.check_stalled()
         if isinstance(data, str):
             raise TypeError("write() needs bytes, not str")
         view = memoryview(data).cast("B")
@@ -256,6 +258,15 @@ class EntryWriter:
                 raise
             self.failure = disk_full(exc)
             raise self.failure from exc
+
+    def check_stalled(self) -> None:
+        """Raise :class:`ProducerStalled` if a reader declared this producer stalled
+        (every reader failed, and the entry left the index: nothing more is wanted)."""
+        if self.channel is not None and self.channel.seg.stalled:
+            raise ProducerStalled(
+                "a reader waited for this producer's next byte for the cache's "
+                "stall_timeout: the entry failed for every reader"
+            )
 
     def _broken(self) -> NoReturn:
         self.broken = True

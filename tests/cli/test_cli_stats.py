@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_helpers import (
@@ -26,6 +27,7 @@ from cli_helpers import (
 import ipc
 import streamcache
 from streamcache.cli.parser import build_parser
+from streamcache.cli.stats import cache_root, collect
 
 
 @pytest.mark.parametrize("command", ["stats", "gc"])
@@ -105,6 +107,37 @@ def test_stats_of_an_entry_in_flight(launch: Launcher, cache_dir: Path, tmp_path
     # (stdout in frames, with the command's end: a little more than its output)
     assert e["state"] == "done" and e["size"] == e["written"] > len(results[0][1])
     assert e["producer"] is None and e["readers"] == []
+
+
+def test_an_entry_whose_producer_writes_nothing_while_a_reader_waits_is_stalled(
+    launch: Launcher, cache_dir: Path, tmp_path: Path
+) -> None:
+    """The producer (a gated command) writes nothing while the follower waits: "writing"
+    until --stalled-after has passed since the data file's last write, then "stalled"."""
+    g = launch.gated(tmp_path)
+    args = ["run", "--dir", str(cache_dir), "--key", "slow", "--", *g.argv()]
+    runner = launch.start(*args)
+    wait_until(lambda: len(g.runs()) == 1, "the command to start")
+    follower = launch.start(*args)
+    wait_until(lambda: readers_of_entries_in_flight(cache_dir) == 2, "the follower to attach")
+
+    def entry(stalled_after: float | None) -> dict[str, Any]:
+        (e,) = collect(*cache_root(str(cache_dir)), stalled_after)["entries"]
+        return e
+
+    try:
+        assert entry(None)["state"] == "writing"
+        assert entry(3600.0)["state"] == "writing"
+        wait_until(lambda: entry(0.2)["state"] == "stalled", "the entry to show stalled")
+        e = entry(0.2)
+        assert e["quiet"] >= 0.2 and e["producer"]["alive"]
+        out = cli("stats", "--dir", str(cache_dir), "--stalled-after", "0.2")
+        assert out.returncode == 0, out.stderr
+    finally:
+        g.open()
+        results = finish([runner, follower])
+    assert [rc for rc, _, _ in results] == [0, 0]
+    assert "total: 1 entries" in out.stdout
 
 
 def test_without_a_preview_an_entry_is_labelled_by_its_hash(cache_dir: Path) -> None:
