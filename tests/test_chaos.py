@@ -134,3 +134,20 @@ def test_a_hung_worker_is_caught_and_named(tmp_path: Path) -> None:
     m = re.search(r"op#1 (\w+) key=(\S+) timeout=\S+ phase=reading", hang)
     assert m is not None and m[1] in chaos.OPS and m[2] in chaos.KEYS, report
     assert "_hang_for_good" in hang, report
+
+
+@pytest.mark.timeout(300)
+def test_a_worker_killed_by_a_signal_is_reported_with_its_threads_stacks(
+    tmp_path: Path,
+) -> None:
+    """A worker that dies of SIGSEGV is a violation that quotes its stderr, where
+    faulthandler wrote every thread's Python stack: the faulting access can be found
+    from the report alone."""
+    opts = chaos.Options(seconds=1.0, workers=1, seed=7, kill_interval=0.0, fault="segv")
+    summary = chaos.run(str(tmp_path / "cache"), opts, str(tmp_path / "logs"))
+    report = summary.format()
+    assert summary.violations, report
+    crash = summary.violations[0]
+    assert "exit code -11" in crash or "exited with -11" in crash, report
+    assert "Fatal Python error: Segmentation fault" in crash, report
+    assert "in _crash" in crash, report

@@ -71,6 +71,9 @@ Checked:
   started last, and holds a faulthandler dump of its threads (SIGUSR2); the longest
   silence and start-up seen, and how late after its deadline a TimeoutError came at
   worst, are in the summary (a TimeoutError over LATE seconds late is a note);
+- no worker dies on its own: an exit (during the run, or with a status other than 0
+  after the stop) is a violation that quotes the worker's stderr, kept in the log dir
+  with faulthandler enabled, so a fatal signal (SIGSEGV) comes with every thread's stack;
 - at the end, after every worker exited and one ``StreamCache(dir).gc()`` pass: nothing
   of the directory in /dev/shm, no record of an entry in flight, and every finished
   entry is intact (its trailer matches) and holds exactly ``content(key)``.
@@ -103,6 +106,7 @@ import hashlib
 import json
 import logging
 import math
+import mmap
 import multiprocessing as mp
 import os
 import random
@@ -150,11 +154,12 @@ SLOW_EXIT = 6.0  # seconds after the stop flag; slower exits are noted with a st
 LATE = 1.0  # seconds past its deadline; a later TimeoutError is noted
 STORM_SIGNAL = signal.SIGUSR1  # the storm's signal; workers handle it with a no-op
 DUMP_SIGNAL = signal.SIGUSR2  # faulthandler's stack dump
+STDERR_KEPT = 20000  # the characters of a worker's stderr a violation quotes, at most
 STORM_MODES = ("process", "producers", "relay")  # where a worker's storm lands (docstring)
 # Faults of a worker, for the driver's own tests: "slow-start" takes SLOW_START seconds
 # more to start, then only beats (no operation: nothing else may stay silent); "hang"
 # blocks for good in its first operation, while reading.
-FAULTS = ("", "slow-start", "hang")
+FAULTS = ("", "slow-start", "hang", "segv")
 SLOW_START = 2.0
 
 # Counters, one row per worker slot (int64, written only by the slot's current process).
@@ -575,6 +580,9 @@ class Worker:
         if self.a.fault == "hang":
             self.phase("reading")
             _hang_for_good()
+        if self.a.fault == "segv":
+            self.phase("reading")
+            _crash()
         try:
             if op == "fetch_sink":
                 sink = _Sink(got, self.beat)
@@ -766,6 +774,17 @@ def worker_main(args: WorkerArgs) -> None:
         os.path.join(args.logdir, f"w{args.slot}-{os.getpid()}.stack"), "w"
     )
     faulthandler.register(DUMP_SIGNAL, file=stack, all_threads=True)
+    # The worker's stderr goes to a file of its own, kept for the report of an exit on
+    # a signal or with an error: faulthandler writes every thread's stack there on a
+    # fatal signal (SIGSEGV, SIGBUS, SIGABRT...), and an uncaught exception lands there.
+    err = os.open(
+        os.path.join(args.logdir, f"w{args.slot}-{os.getpid()}.err"),
+        os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+        0o600,
+    )
+    os.dup2(err, 2)
+    os.close(err)
+    faulthandler.enable(all_threads=True)
     # Only a dedicated idle thread takes DUMP_SIGNAL: a signal landing in another
     # thread's blocking call (a doorbell's sem_timedwait) would interrupt it (EINTR), so
     # the stack dump would disturb what it looks at. Threads inherit the blocked mask.
@@ -781,6 +800,17 @@ def worker_main(args: WorkerArgs) -> None:
     finally:
         if args.storm_hz > 0:
             worker.end_storm()
+
+
+def _crash() -> None:
+    """A segmentation fault, for the driver's own tests (FAULTS): a read through the
+    address of a mapping after it was unmapped."""
+    mm = mmap.mmap(-1, mmap.PAGESIZE)
+    view = ctypes.c_char.from_buffer(mm)
+    address = ctypes.addressof(view)
+    del view
+    mm.close()
+    ctypes.string_at(address, 1)
 
 
 def _hang_for_good() -> None:
@@ -1082,6 +1112,16 @@ class Driver:
             text = ""
         return text or "(no stack dump)"
 
+    def stderr_of(self, slot: int) -> str:
+        """The end of a worker's stderr (faulthandler's stacks after a fatal signal)."""
+        path = os.path.join(self.logdir, f"w{slot}-{self.procs[slot].pid}.err")
+        try:
+            with open(path, errors="replace") as f:
+                text = f.read()
+        except OSError:
+            text = ""
+        return text[-STDERR_KEPT:] or "(nothing on stderr)"
+
     def hung(self, slot: int, why: str) -> None:
         state = self.describe(slot)
         dump = self.stack_dump(slot)
@@ -1109,7 +1149,7 @@ class Driver:
             p.join(1)
             self.summary.violations.append(
                 f"slot {slot} pid {p.pid} exited on its own (exit code {p.exitcode}) "
-                f"in state: {self.describe(slot)}"
+                f"in state: {self.describe(slot)}\n{_indent(self.stderr_of(slot))}"
             )
             self.restart(slot)
             return
@@ -1303,6 +1343,7 @@ class Driver:
                     if p.exitcode != 0:
                         self.summary.violations.append(
                             f"slot {slot} pid {p.pid} exited with {p.exitcode} after stop"
+                            f" in state: {self.describe(slot)}\n{_indent(self.stderr_of(slot))}"
                         )
                     continue
                 if not self.up(slot):  # it exits once started
