@@ -60,8 +60,12 @@ Stack dumps (below) use SIGUSR2, so they do not mix with the storm.
 Checked:
 - every completed read returned exactly ``content(key)``; every failed or abandoned
   read returned a prefix of it; ``created`` is true exactly when this call's create ran;
-- failures are only TimeoutError, ProducerDied, BrokenPipeError, or CreateError carrying
-  an injected failure or "BrokenPipeError" (a producer whose readers all left);
+- failures are only TimeoutError, ProducerDied, ProducerStalled, BrokenPipeError, or
+  CreateError carrying an injected failure, "BrokenPipeError" (a producer whose readers
+  all left) or "ProducerStalled" (the producer's own call, once a reader declared it
+  stalled); some producers stall (alive, writing nothing for 0.3 to 2.5 s), some caches
+  have a stall_timeout (STALL_TIMEOUTS) and some calls an idle_timeout (IDLE_TIMEOUTS),
+  counted apart ("stalled", "idle_timeout");
 - no worker hangs: a heartbeat older than --hang seconds (main loop or a producer), or a
   worker that does not exit within that bound after being told to stop, is a violation;
   the bound (default HANG, 60 s: generous, as it is there to catch hangs, never speed)
@@ -142,6 +146,8 @@ _EXPONENTS: tuple[int | None, ...] = (None, 3, 7, 11, 15, 18, 20, 21)
 WINDOWS = (0, 0, 1, 4096, 65536, MiB, 4 * MiB)
 TIMEOUTS = (0.05, 0.3, 1.0, 3.0, 5.0, 5.0)
 LIVENESS = 0.2
+STALL_TIMEOUTS = (None, None, 0.5, 1.0)  # a worker cache's stall_timeout
+IDLE_TIMEOUTS = (None, None, None, 0.3, 1.0)  # a call's idle_timeout
 MAX_SHOWN = 20  # violations printed in the summary
 _MEMO_BYTES = 128 * MiB  # a worker keeps at most about this much expected content
 # Hang bounds. A hang never ends, so a generous bound still catches one and a busy
@@ -168,6 +174,8 @@ OUTCOMES = (
     "partial",
     "timeout",
     "producer_died",
+    "stalled",
+    "idle_timeout",
     "create_failed",
     "create_broken_pipe",
     "broken_pipe",
@@ -320,7 +328,7 @@ class Worker:
         self.op_weights = op_weights(args.astream_share)
         self._contents: dict[str, bytes] = {}  # a bounded memo of content(key)
         self.registry = CollectorRegistry()  # every cache of this process counts here
-        self.caches: dict[tuple[int, float], streamcache.StreamCache] = {}
+        self.caches: dict[tuple[int, float, float | None], streamcache.StreamCache] = {}
         self.row = args.slot * len(COUNTERS)
         self.srow = args.slot * S_WORDS
         self._plock = threading.Lock()
@@ -389,7 +397,8 @@ class Worker:
         # Mostly long-lived entries; some expire within seconds, so cleanup passes run
         # in the workers (every second) and evict entries in flight.
         max_age = self.rng.choice((0.2, 0.5, 1.0, 2.0, 5.0))
-        c = self.caches.get((window, max_age))
+        stall_timeout = self.rng.choice(STALL_TIMEOUTS)
+        c = self.caches.get((window, max_age, stall_timeout))
         if c is None:
             c = streamcache.StreamCache(
                 self.a.dir,
@@ -398,8 +407,9 @@ class Worker:
                 max_age=max_age,
                 max_bytes=self.a.max_bytes,
                 registry=self.registry,
+                stall_timeout=stall_timeout,
             )
-            self.caches[(window, max_age)] = c
+            self.caches[(window, max_age, stall_timeout)] = c
         return c
 
     def make_create(self, ki: int, op: str, call: _Call) -> Callable[[Any], None]:
@@ -414,8 +424,8 @@ class Worker:
             mode = "panic"
         elif r < 0.26:
             mode = "slow"
-        elif r < 0.30:
-            mode = "stall"
+        elif r < 0.34:
+            mode = "stall"  # alive, writing nothing: long enough for STALL_TIMEOUTS
         fail_at = rng.choice((0, size, rng.randint(0, size))) if mode in ("fail", "panic") else -1
         stall_at = rng.randint(0, size)
         max_chunk = rng.choice((1, 4096, 65536, 300_000, 2 * MiB))
@@ -474,7 +484,7 @@ class Worker:
                         time.sleep(rng.uniform(0.001, 0.03))
                     elif mode == "stall" and not stalled and pos >= stall_at:
                         stalled = True
-                        time.sleep(rng.uniform(0.3, 1.5))
+                        time.sleep(rng.uniform(0.3, 2.5))
                     self.a.state[self.srow + S_PPROGRESS] = time.monotonic()
                 if empty_last:
                     write_empty(w)
@@ -563,6 +573,10 @@ class Worker:
         expected = self.expected(key)
         cache = self.cache()
         timeout = rng.choice(TIMEOUTS)
+        idle: dict[str, Any] = {}
+        idle_timeout = rng.choice(IDLE_TIMEOUTS)
+        if idle_timeout is not None:
+            idle["idle_timeout"] = idle_timeout
         op = rng.choices(OPS, weights=self.op_weights)[0]
         self.set(S_KEY, ki)
         self.set(S_TIMEOUT, timeout)
@@ -587,7 +601,7 @@ class Worker:
             if op == "fetch_sink":
                 sink = _Sink(got, self.beat)
                 self.phase("reading")
-                res = cache.fetch(key, sink, create, timeout=timeout)
+                res = cache.fetch(key, sink, create, timeout=timeout, **idle)
                 created, complete = res.created, True
                 if res.written != len(got):
                     self.violation(
@@ -600,7 +614,7 @@ class Worker:
                 file_dst = tempfile.TemporaryFile(dir=self.scratch, buffering=0)  # noqa: SIM115
                 self.phase("reading")
                 try:
-                    res = cache.fetch(key, file_dst, create, timeout=timeout)
+                    res = cache.fetch(key, file_dst, create, timeout=timeout, **idle)
                     created, complete = res.created, True
                 finally:
                     got[:] = os.pread(file_dst.fileno(), 1 << 30, 0)
@@ -612,10 +626,10 @@ class Worker:
                         received=len(got),
                     )
             elif op == "astream":
-                created = asyncio.run(self._astream(cache, key, create, timeout, got))
+                created = asyncio.run(self._astream(cache, key, create, timeout, got, idle))
                 complete = True
             else:
-                with cache.stream(key, create, timeout=timeout) as s:
+                with cache.stream(key, create, timeout=timeout, **idle) as s:
                     self.phase("reading")
                     created = s.created
                     if op == "stream_iter":
@@ -636,11 +650,14 @@ class Worker:
                         self.phase("closing")
             self.phase("verifying")
             outcome = "ok" if complete else "partial"
-        except TimeoutError:
+        except TimeoutError as exc:
             outcome = "timeout"
+            if "idle_timeout" in str(exc):
+                outcome = "idle_timeout"
             late = time.monotonic() - started - timeout
-            self.count_max("timeout_late_us", int(late * 1e6))
-            if late > LATE:
+            if outcome == "timeout":
+                self.count_max("timeout_late_us", int(late * 1e6))
+            if late > LATE and outcome == "timeout":
                 self.note(
                     f"TimeoutError {late:.2f}s after its deadline",
                     key=key,
@@ -651,12 +668,16 @@ class Worker:
                 )
         except streamcache.ProducerDied:
             outcome = "producer_died"
+        except streamcache.ProducerStalled:
+            outcome = "stalled"
         except streamcache.CreateError as exc:
             text = str(exc)
             if text.startswith(("ChaosFailure:", "ChaosPanic:")):
                 outcome = "create_failed"
             elif text.startswith("BrokenPipeError"):
                 outcome = "create_broken_pipe"
+            elif text.startswith("ProducerStalled"):
+                outcome = "stalled"  # the producer's own call: its write raised it
             else:
                 outcome = "unexpected"
                 self.violation(
@@ -748,8 +769,9 @@ class Worker:
         create: Any,
         timeout: float,
         got: bytearray,
+        idle: dict[str, Any],
     ) -> bool:
-        async with cache.astream(key, create, timeout) as s:
+        async with cache.astream(key, create, timeout, **idle) as s:
             self.phase("reading")
             async for chunk in s:
                 got += chunk
