@@ -503,10 +503,10 @@ def producer_main(argv: list[str]) -> int:
             counters.GENERATED: runner.generated,
         },
     )
-    _quiet_fd(1)  # the invocation reads to its end: it is told all there is
     if runner.started:
         with contextlib.suppress(Exception):
-            cache.gc()  # the producer's chance to clear expired entries
+            cache.gc()  # the producer's chance to clear expired entries (as before it ends)
+    _quiet_fd(1)  # the invocation reads to its end: it is told all there is
     cache.stop()
     return status
 

@@ -107,8 +107,12 @@ class Server:
             "GIT_TERMINAL_PROMPT": "0",
         }
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.url = f"file://{repo}"
+        self.daemon_url: str | None = None
         self.daemon: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return self.daemon_url or f"file://{self.repo}"
 
     def serve_with_daemon(self) -> None:
         """Serve the repository with ``git daemon`` on 127.0.0.1 instead of file://."""
@@ -137,7 +141,7 @@ class Server:
                 return s.connect_ex(("127.0.0.1", port)) == 0
 
         wait_until(listening, "git daemon to listen", WAIT)
-        self.url = f"git://127.0.0.1:{port}/{self.repo.name}"
+        self.daemon_url = f"git://127.0.0.1:{port}/{self.repo.name}"
 
     def runs(self) -> int:
         return len(self.runs_file.read_text().split()) if self.runs_file.exists() else 0
