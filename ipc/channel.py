@@ -2,8 +2,11 @@
 
 Readers sleep on the readers' bell, which the producer rings after publishing
 progress: on Linux a futex on the segment's sequence word (one ring wakes every
-sleeper, and a sleeper never misses a change made after it looked, see
-:mod:`ipc.futex`); elsewhere the ``r`` semaphore, rung once per sleeping reader.
+sleeper it names, each reader sleeping on its slot's bit, and a sleeper never misses
+a change made after it looked, see :mod:`ipc.futex`); elsewhere the ``r`` semaphore,
+rung once per sleeping reader. Wake-ups are coalesced: a reader may sleep until the
+producer reaches an offset further on (see :data:`COALESCE`), and the producer rings
+only once some sleeper's offset is reached (the protocol is in :mod:`ipc.segment`).
 The producer sleeps on the writer's bell (the ``w`` semaphore), which a reader rings
 after advancing while the producer waits.
 
@@ -20,6 +23,11 @@ Invariants:
   it waits on; the other side stores progress, then loads "waiting". A full fence
   sits between each store and the load after it (:func:`full_fence`). Every sleep is
   timed, so a wake-up lost anyway costs latency, never a hang.
+- A reader sleeping until an offset beyond the next byte sleeps at most ``linger``
+  seconds for it, then takes what has come (or, if nothing has, waits for any byte),
+  and the producer rings every sleeper before it blocks on its readers: so coalescing
+  delays bytes by at most ``linger``, and never leaves a producer and its readers
+  waiting on each other.
 """
 
 from __future__ import annotations
@@ -46,6 +54,11 @@ from ipc.wait import Waiter, Wake
 SEGMENT, READERS_BELL, WRITER_BELL = "s", "r", "w"
 # An unslotted reader (beyond the segment's slots) is rung by nobody: it re-checks.
 _UNSLOTTED_POLL = 0.005
+# A reader that keeps up with a fast producer may sleep until up to this many more
+# bytes are published (one wake-up for many writes) ...
+COALESCE = 4 << 20
+# ... but at most this long: it then takes what has come.
+LINGER = 0.05
 
 _fence_lock = threading.Lock()
 
@@ -69,18 +82,19 @@ class ReadersBell:
         self._bell = bell
         self._seg = seg
 
-    def ring(self, times: int = 1) -> None:
-        """Wake the ``times`` readers that sleep (all of them, with a futex)."""
+    def ring(self, times: int = 1, bits: int = futex.ALL_BITS) -> None:
+        """Wake the readers that sleep on ``bits`` (with a futex), or ``times`` sleepers
+        (with a semaphore)."""
         if futex.SUPPORTED:
-            futex.wake(self._seg.seq_address)
+            futex.wake(self._seg.seq_address, bits)
         else:
             self._bell.ring(times)
 
-    def wait(self, seen: int, timeout: float) -> bool:
-        """Sleep until rung or ``timeout`` passes (False); ``seen`` is the segment's
-        ``seq`` read before the caller last checked the progress."""
+    def wait(self, seen: int, timeout: float, bits: int = futex.ALL_BITS) -> bool:
+        """Sleep until rung (on one of ``bits``) or ``timeout`` passes (False); ``seen``
+        is the segment's ``seq`` read before the caller last checked the progress."""
         if futex.SUPPORTED:
-            return futex.wait(self._seg.seq_address, seen, timeout)
+            return futex.wait(self._seg.seq_address, seen, timeout, bits)
         return self._bell.wait(timeout)
 
     def close(self) -> None:
@@ -104,6 +118,7 @@ class Channel:
         # The producer's: set once it found the segment's name gone (or another's).
         self.removed = False
         self.held_back = 0.0
+        self._rung: dict[int, int] = {}  # the producer's: slot -> offset it was rung for
 
     @classmethod
     def create(
@@ -175,14 +190,15 @@ class Channel:
             self.removed = True
 
     def publish(self, offset: int, waiter: Waiter) -> Readers:
-        """Publish ``offset``, wake the readers waiting for it; the readers after it."""
+        """Publish ``offset``, wake the readers that wait for it (those whose offset it
+        reaches); the readers after it."""
         self.seg.publish_offset(offset)
-        full_fence()  # the offset is visible before we look at the waiting flags
+        full_fence()  # the offset is visible before we look at the waiting words
         if waiter.check_due():
             self.drop_dead_readers()
-        readers = self.readers()
-        if readers.waiting:
-            self.readers_bell.ring(readers.waiting)
+        readers = self.seg.scan(self._dead, offset, self._rung)
+        if readers.due:
+            self.readers_bell.ring(readers.waiting, readers.due)
         return readers
 
     def hold_back(
@@ -200,7 +216,7 @@ class Channel:
                 if waiter.check_due():
                     self.drop_dead_readers()
                 readers = self.readers()
-            live, best, _ = readers
+            live, best = readers.live, readers.best
             readers = None
             if live == 0 or offset - best <= window:
                 return live
@@ -208,8 +224,11 @@ class Channel:
             # check sees the flag and rings.
             seg.set_producer_waiting(True)
             full_fence()
-            live, best, _ = self.readers()
+            live, best, waiting, due, asleep = self.seg.scan(self._dead, offset, self._rung)
             if live and offset - best > window:
+                if asleep | due:  # nothing comes until a reader moves: see ipc.segment
+                    seg.bump()
+                    self.readers_bell.ring(waiting, asleep | due)
                 now = waiter.clock.monotonic()
                 self.writer_bell.wait(max(waiter.sleep_limit(now, None), 0.0))
                 self.held_back += waiter.clock.monotonic() - now
@@ -223,32 +242,49 @@ class Channel:
     # -- reader side --------------------------------------------------------------------
 
     def wait_for_progress(
-        self, slot: ReaderSlot | None, position: int, waiter: Waiter, deadline: float | None
+        self,
+        slot: ReaderSlot | None,
+        position: int,
+        waiter: Waiter,
+        deadline: float | None,
+        until: int = 0,
+        linger: float = LINGER,
     ) -> Wake:
         """Sleep until the producer passes ``position`` or leaves "writing" (PROGRESS),
         the liveness check of ``waiter`` falls due (CHECK), or ``deadline`` passes
         (DEADLINE). A wake-up that brings neither goes back to sleep for what is left
-        until the next check, never for a fresh ``period``."""
+        until the next check, never for a fresh ``period``.
+
+        ``until``: ask to be woken only once the producer reaches that offset (further
+        than ``position + 1``: several writes in one wake-up), for at most ``linger``
+        seconds; then any byte ends the wait. Any byte found on waking ends it too."""
         seg = self.seg
         clock = waiter.clock
+        until = max(until, position + 1)
+        patient = clock.monotonic() + linger if until > position + 1 else None
         while True:
             now = clock.monotonic()  # one reading for all decisions below
             wake = self.wake_for(slot, position, waiter, now, deadline)
             if wake is not None:
                 return wake
             timeout = waiter.sleep_limit(now, deadline)  # > 0: neither has come
+            if patient is not None:
+                if now >= patient:  # nothing came while coalescing: any byte will do
+                    until, patient = position + 1, None
+                else:
+                    timeout = min(timeout, patient - now)
             if slot is None:
                 clock.sleep(min(timeout, _UNSLOTTED_POLL))
                 return Wake.PROGRESS  # the caller re-checks (and may have been closed)
-            # Invariant: announce "waiting" before the last check of the offset, so a
-            # producer publishing after that check sees the flag and rings.
-            slot.set_waiting(True)
+            # Invariant (ipc.segment): publish the offset waited for before the last
+            # check of the offset, so a producer publishing after that check sees it.
+            slot.set_waiting(until)
             full_fence()
             seen = seg.seq
             offset, state = seg.progress()
             if offset <= position and state == STATE_WRITING:
-                self.readers_bell.wait(seen, timeout)
-            slot.set_waiting(False)
+                self.readers_bell.wait(seen, timeout, slot.bit)
+            slot.set_waiting(0)
 
     def wake_for(
         self,

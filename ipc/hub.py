@@ -131,7 +131,7 @@ class Hub:
         Every watch must end with :meth:`forget`."""
         w = Watch(channel, slot, position, waiter, deadline)
         if slot is not None:
-            slot.set_waiting(True)  # before the hub's check: see the module docstring
+            slot.set_waiting(position + 1)  # before the hub's check: see the docstring
             full_fence()
         with self._lock:
             self._watches[w] = None
@@ -157,7 +157,7 @@ class Hub:
         if repick:
             self._wake_thread()
         if w.slot is not None:
-            w.slot.set_waiting(False)
+            w.slot.set_waiting(0)
         complete(w.future, Wake.PROGRESS)
 
     def checked(

@@ -26,7 +26,7 @@ Python version and every process::
     from byte 512: slots of 8 words (one cache line each, so readers never share one):
       word 0  position: bytes this reader has consumed     (its reader only)
       word 1  active (0/1)                                 (its reader only)
-      word 2  waiting for the producer (0/1)               (its reader only)
+      word 2  waiting: 0, or the offset this reader sleeps until (its reader only)
       word 3  reader pid                                   (its reader only)
       word 4  reader start time, microseconds              (its reader only)
 
@@ -49,10 +49,30 @@ Invariants:
   final state with a stale offset (no ordering between two stores is needed,
   which weakly ordered CPUs would not give). The state leaves "writing" once,
   after the error text is written.
-- A reader sets its position only after it holds those bytes, and sets "waiting"
-  before re-checking the offset and sleeping; the producer checks "waiting" after
-  publishing a new offset. A wake-up lost to store/load reordering is recovered
-  by the reader's timed wait.
+- A reader sets its position only after it holds those bytes.
+- Coalesced wake-ups. A reader that has caught up publishes in its "waiting" word the
+  offset it waits for (its position + 1, or further on when it would rather take
+  several writes at once), then re-checks the offset, and sleeps only if no byte
+  beyond its position is published: a reader that is behind never sleeps. The
+  producer stores the offset, then changes the futex word, then loads the "waiting"
+  words, and wakes only the sleepers whose offset it has reached (on their slot's
+  futex bit, :attr:`ReaderSlot.bit`). The lost wake-up argument: each side has a full
+  fence between its store and its loads (``ipc.channel.full_fence``), so they cannot
+  both miss each other: either the producer sees the reader's word (and wakes it once
+  the offset reaches it), or the reader sees the new offset (and reads instead of
+  sleeping). The reader sleeps on the futex word's value loaded after its own store
+  and before its re-check, and the producer changes that word after storing the
+  offset and before it wakes anyone: a reader whose re-check missed the new offset
+  loaded the old word (stores become visible in order, and loads are not reordered
+  with loads, on x86), so its sleep returns at once if the wake came first. A reader
+  once rung for an offset is not rung again for it (``scan``'s ``rung``): it saw an
+  offset at or past it, so if it sleeps again it waits for a later one. A producer
+  about to block on its readers (``Channel.hold_back``) changes the word and wakes
+  every sleeper first, whatever it waits for: nothing more comes until a reader
+  moves. A sleep for an offset beyond the next byte is also bounded in time by the
+  reader (it then takes what is there), and every sleep by the reader's liveness
+  check, so a wake-up lost anyway (a weakly ordered CPU) costs latency, never a hang.
+  A reader of an older version stores 1: it is woken on every write, as before.
 """
 
 from __future__ import annotations
@@ -121,11 +141,15 @@ def _seconds(micros: int) -> float:
 
 class Readers(NamedTuple):
     """One scan of the slots: live readers, the largest position among them (-1 with
-    none), and how many of them wait for the producer."""
+    none), how many of them wait for the producer; the futex bits of the waiting
+    readers to wake, as the scan's offset reached theirs (``due``), and of those waiting
+    for more (``asleep``)."""
 
     live: int
     best: int
     waiting: int
+    due: int = 0
+    asleep: int = 0
 
 
 class ReaderInfo(NamedTuple):
@@ -273,7 +297,8 @@ class Segment:
         """The futex word: read it before checking progress, then sleep on it."""
         return self._words[_W_SEQ] & 0xFFFFFFFF
 
-    def _bump(self) -> None:
+    def bump(self) -> None:
+        """Change the futex word: a reader about to sleep on its old value does not."""
         w = self._words
         w[_W_SEQ] = (w[_W_SEQ] + 1) & 0xFFFFFFFF
 
@@ -288,12 +313,12 @@ class Segment:
 
     def publish_offset(self, offset: int) -> None:
         self._words[_W_PROGRESS] = offset  # state "writing" is 0
-        self._bump()
+        self.bump()
 
     def finish(self, offset: int) -> None:
         """Publish the final offset and the "done" state in one store."""
         self._words[_W_PROGRESS] = offset | (STATE_DONE << _STATE_SHIFT)
-        self._bump()
+        self.bump()
 
     def fail(self, error: str, code: int = FAILED_BY_PRODUCER) -> None:
         """Publish the error text and code, then the "failed" state."""
@@ -302,7 +327,7 @@ class Segment:
         self._words[_W_ERRLEN] = len(data)
         self._words[_W_CODE] = code
         self._words[_W_PROGRESS] = self.offset | (STATE_FAILED << _STATE_SHIFT)
-        self._bump()
+        self.bump()
 
     @property
     def error(self) -> str:
@@ -378,12 +403,22 @@ class Segment:
         base = _HEADER_WORDS + slot * _SLOT_WORDS
         return is_alive(self._words[base + _S_PID], _seconds(self._words[base + _S_START]))
 
-    def scan(self, skip: Collection[tuple[int, int, int]] = ()) -> Readers:
-        """Live readers, their best position and how many wait, from one snapshot of the
-        active slots. ``skip``: slots found dead, as (slot, pid, start) from
-        :meth:`dead_readers` (a slot re-claimed since by another reader counts again)."""
+    def scan(
+        self,
+        skip: Collection[tuple[int, int, int]] = (),
+        offset: int | None = None,
+        rung: dict[int, int] | None = None,
+    ) -> Readers:
+        """Live readers, their best position, how many wait and their futex bits, from
+        one snapshot of the active slots. ``skip``: slots found dead, as (slot, pid,
+        start) from :meth:`dead_readers` (a slot re-claimed since by another reader
+        counts again). ``offset``: a waiting reader is due once it reaches the offset
+        the reader waits for (None: every waiting reader is due; others are
+        ``asleep``). ``rung``: slot -> the offset its reader waited for when it was
+        last rung, kept by the caller: a reader rung for that offset is not due again
+        (it is awake, not yet scheduled; once it sleeps again it waits for more)."""
         words = self._snapshot()
-        live = waiting = 0
+        live = waiting = due = asleep = 0
         best = -1
         for i in range(0, len(words), _SLOT_WORDS):
             if not words[i + _S_ACTIVE]:
@@ -391,11 +426,21 @@ class Segment:
             if skip and (i // _SLOT_WORDS, words[i + _S_PID], words[i + _S_START]) in skip:
                 continue
             live += 1
-            waiting += words[i + _S_WAITING]
+            until = words[i + _S_WAITING]
+            if until:
+                waiting += 1
+                slot = i // _SLOT_WORDS
+                if offset is not None and until > offset:
+                    asleep |= 1 << (slot & 31)
+                elif rung is None:
+                    due |= 1 << (slot & 31)
+                elif rung.get(slot) != until:
+                    rung[slot] = until
+                    due |= 1 << (slot & 31)
             pos = words[i + _S_POSITION]
             if pos > best:
                 best = pos
-        return Readers(live, best, waiting)
+        return Readers(live, best, waiting, due, asleep)
 
     def dead_readers(self) -> set[tuple[int, int, int]]:
         """The active slots whose owner died, as (slot, pid, start) for :meth:`scan`."""
@@ -463,11 +508,12 @@ class ReaderSlot:
     lands in the slot, which may already belong to another reader.
     """
 
-    __slots__ = ("_base", "_held", "_lock", "_words", "index")
+    __slots__ = ("_base", "_held", "_lock", "_words", "bit", "index")
 
     def __init__(self, words: memoryview, index: int) -> None:
         self._words = words
         self.index = index
+        self.bit = 1 << (index & 31)  # the futex bit this reader sleeps on
         self._base = _HEADER_WORDS + index * _SLOT_WORDS
         self._lock = threading.Lock()
         self._held = True
@@ -481,10 +527,12 @@ class ReaderSlot:
             if self._held:
                 self._words[self._base + _S_POSITION] = position
 
-    def set_waiting(self, waiting: bool) -> None:
+    def set_waiting(self, until: int) -> None:
+        """Publish the offset this reader waits for (0 or False: it does not wait; True:
+        any byte after offset 0)."""
         with self._lock:
             if self._held:
-                self._words[self._base + _S_WAITING] = int(waiting)
+                self._words[self._base + _S_WAITING] = int(until)
 
     def release(self) -> bool:
         """Give the slot up (once); True if this call released it."""

@@ -466,3 +466,41 @@ def bell_peer(r_name: str, w_name: str, *, out: Any) -> None:
     finally:
         r.close()
         w.close()
+
+
+@reporting
+def wakeup_reader(base: str, claim: Any, end: int, ahead: int, period: float, *, out: Any) -> None:
+    """A reader of channel ``base`` that takes every byte as soon as it is published,
+    sleeping whenever it has caught up, until the offset reaches ``end``. ``ahead``:
+    each sleep asks to be woken only once that many more bytes are published (1: the next
+    byte), never giving up before ``period``. Every sleep has its own liveness check
+    ``period`` away, so a CHECK wake-up means one sleep outlasted the period while the
+    producer kept publishing: a lost wake-up. Reports the CHECKs and the sleeps."""
+    from ipc import futex
+    from ipc.channel import Channel
+
+    ch = Channel.open(base)
+    try:
+        with claim:  # slots are claimed under the caller's lock
+            slot = ch.seg.claim_slot(ipc.current_process())
+        assert slot is not None
+        out.put(("ready", slot.index))
+        position = checks = 0
+        waits0 = futex.counts.waits
+        while position < end:
+            offset, state = ch.seg.progress()
+            if offset > position:
+                position = offset
+                slot.set_position(position)
+                ch.advanced()
+                continue
+            assert state == ipc.STATE_WRITING, f"ended at {offset} before {end}"
+            waiter = ipc.Waiter(period)
+            wake = ch.wait_for_progress(slot, position, waiter, None, position + ahead, 2 * period)
+            if wake is ipc.Wake.CHECK:
+                checks += 1
+        slot.release()
+        ch.advanced()
+        out.put(("done", checks, futex.counts.waits - waits0))
+    finally:
+        ch.close()

@@ -19,6 +19,13 @@ Invariants kept here:
   docstring gives the order against the producer's publish); every reader that sees
   the mark raises :class:`ProducerStalled` at its next read, and the producer's next
   write does. A finished ("done") entry is never marked.
+- A reader that keeps up with a fast producer takes several writes per wake-up: it
+  sleeps until about the bytes the producer is expected to write in ``LINGER`` are
+  published (its rate measured over at least :data:`_RATE_SPAN`; at most ``COALESCE``
+  bytes, for at most ``LINGER``, see :mod:`ipc.channel`), rounded to a power of two
+  whose next multiple it waits for (so readers wake together). Where that is under
+  :data:`_MIN_COALESCE` (a slow producer: a few bytes now and then), or before it
+  measured a rate (the first byte), it is woken by the next write, as a pipe's reader.
 - This module calls nothing above it: what a reader needs from the cache (the store,
   to settle an entry whose producer died; the producer's own exception, when it ran
   in this process) is handed to it as objects.
@@ -32,7 +39,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 import ipc
-from ipc.channel import Channel
+from ipc.channel import COALESCE, LINGER, Channel
 from ipc.clock import SYSTEM, Clock
 from ipc.hub import Watch, hub
 from ipc.segment import FAILED_ABANDONED, ReaderSlot
@@ -56,6 +63,11 @@ if TYPE_CHECKING:
 
 CHUNK = 1 << 20  # a reader reads ahead at most this much
 CREATOR_SLOT = 0  # the creating process's reader slot in its entry's segment
+# A reader measures its producer's rate over at least this long before it changes how
+# many bytes it waits for (one write tells too little) ...
+_RATE_SPAN = 0.01
+# ... and waits for the next write where LINGER brings fewer bytes than this.
+_MIN_COALESCE = 256 << 10
 
 
 class Outcome:
@@ -266,6 +278,9 @@ class PipeReader(_Reader):
         self._watch: Watch | None = None  # an asynchronous wait in progress
         self._waits_on_hub = False  # its checks' verdicts are shared (see _report_check)
         self._producer_gone = False  # found dead by a liveness check
+        # Wait for the next multiple of this many bytes (0: for the next write).
+        self._ahead = 0
+        self._mark: tuple[float, int] | None = None  # (time, offset) the rate is measured from
 
     @property
     def size(self) -> int | None:
@@ -294,10 +309,34 @@ class PipeReader(_Reader):
             avail = self._ready()
             if avail is not None:
                 return avail
+            clock = self._waiter.clock
+            if self._mark is None:
+                self._mark = (clock.monotonic(), self.position)
             wake = self._channel.wait_for_progress(
-                self._slot, self.position, self._waiter, reading_on(deadline, self._waiter.clock)
+                self._slot,
+                self.position,
+                self._waiter,
+                reading_on(deadline, clock),
+                (self.position // self._ahead + 1) * self._ahead if self._ahead else 0,
             )
+            if wake is Wake.PROGRESS:
+                self._measure(clock.monotonic())
             self.after_wake(wake)
+
+    def _measure(self, now: float) -> None:
+        """After a wait: how many bytes the next ones wait for, from the producer's rate
+        since the last measurement (at least _RATE_SPAN ago)."""
+        assert self._mark is not None
+        since, offset = self._mark
+        if now - since < _RATE_SPAN:
+            return
+        produced = self._seg.offset
+        ahead = min(int((produced - offset) * LINGER / (now - since)), COALESCE)
+        # A power of two, and the next multiple of it is waited for: readers of one
+        # producer measure about the same rate, so they wait for the same offsets and
+        # one ring wakes them all.
+        self._ahead = 1 << (ahead.bit_length() - 1) if ahead >= _MIN_COALESCE else 0
+        self._mark = (now, produced)
 
     def _ready(self) -> int | None:
         if self._closed:

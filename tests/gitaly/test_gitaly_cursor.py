@@ -40,6 +40,7 @@ from helpers import wait_until as _wait_until
 
 import ipc
 import streamcache
+from ipc import futex
 from ipc.channel import Channel, unlink_channel
 from streamcache.cache import key_hash
 from streamcache.deadline import deadline_for
@@ -84,12 +85,12 @@ class RingCounter:
         self._bell = bell
         self.rings = 0
 
-    def ring(self, times: int = 1) -> None:
+    def ring(self, times: int = 1, bits: int = futex.ALL_BITS) -> None:
         self.rings += times
-        self._bell.ring(times)
+        self._bell.ring(times, bits)
 
-    def wait(self, seen: int, timeout: float) -> bool:
-        return bool(self._bell.wait(seen, timeout))
+    def wait(self, seen: int, timeout: float, bits: int = futex.ALL_BITS) -> bool:
+        return bool(self._bell.wait(seen, timeout, bits))
 
     def close(self) -> None:
         self._bell.close()
