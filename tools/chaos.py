@@ -103,6 +103,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import ctypes
 import faulthandler
@@ -792,10 +793,7 @@ class _Sink:
 
 def worker_main(args: WorkerArgs) -> None:
     """Entry point of a worker process (spawn)."""
-    stack = open(  # noqa: SIM115 - kept open for faulthandler
-        os.path.join(args.logdir, f"w{args.slot}-{os.getpid()}.stack"), "w"
-    )
-    faulthandler.register(DUMP_SIGNAL, file=stack, all_threads=True)
+    take_stack_dumps(os.path.join(args.logdir, f"w{args.slot}-{os.getpid()}.stack"))
     # The worker's stderr goes to a file of its own, kept for the report of an exit on
     # a signal or with an error: faulthandler writes every thread's stack there on a
     # fatal signal (SIGSEGV, SIGBUS, SIGABRT...), and an uncaught exception lands there.
@@ -807,11 +805,6 @@ def worker_main(args: WorkerArgs) -> None:
     os.dup2(err, 2)
     os.close(err)
     faulthandler.enable(all_threads=True)
-    # Only a dedicated idle thread takes DUMP_SIGNAL: a signal landing in another
-    # thread's blocking call (a doorbell's sem_timedwait) would interrupt it (EINTR), so
-    # the stack dump would disturb what it looks at. Threads inherit the blocked mask.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {DUMP_SIGNAL})
-    threading.Thread(target=_take_dump_signals, name="chaos-dump", daemon=True).start()
     # Every injected failure is a WARNING line of the library: thousands in a long run.
     logging.getLogger("streamcache").setLevel(logging.ERROR)
     if args.fault == "slow-start":
@@ -840,12 +833,40 @@ def _hang_for_good() -> None:
     threading.Event().wait()
 
 
+_dumps_end = threading.Event()
+
+
+def take_stack_dumps(path: str) -> None:
+    """Write every thread's stack to ``path`` on each DUMP_SIGNAL, from now until the
+    interpreter exits (call it in the main thread, before starting any other).
+
+    Only a dedicated idle thread takes DUMP_SIGNAL: a signal landing in another
+    thread's blocking call (a doorbell's sem_timedwait) would interrupt it (EINTR), so
+    the stack dump would disturb what it looks at. Threads inherit the blocked mask.
+    That thread ends (and the signal then stays pending, blocked everywhere) at exit,
+    before the interpreter finalizes: faulthandler reads the other threads' frames
+    from a signal handler, and a dump while finalization frees them crashes the
+    process with SIGSEGV (a dump asked for by a slow exit's note did so)."""
+    stack = open(path, "w")  # noqa: SIM115 - kept open for faulthandler
+    faulthandler.register(DUMP_SIGNAL, file=stack, all_threads=True)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {DUMP_SIGNAL})
+    taker = threading.Thread(target=_take_dump_signals, name="chaos-dump", daemon=True)
+    taker.start()
+    # atexit runs after the threads are joined, before the interpreter finalizes.
+    atexit.register(_end_dumps, taker)
+
+
 def _take_dump_signals() -> None:
     # This thread takes stack dumps, not the storm (it would only soak signals up).
     signal.pthread_sigmask(signal.SIG_BLOCK, {STORM_SIGNAL})
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {DUMP_SIGNAL})
-    while True:
-        time.sleep(3600)  # PEP 475: the sleep resumes after the handler ran
+    _dumps_end.wait()  # PEP 475: the wait resumes after the handler ran
+    signal.pthread_sigmask(signal.SIG_BLOCK, {DUMP_SIGNAL})
+
+
+def _end_dumps(taker: threading.Thread) -> None:
+    _dumps_end.set()
+    taker.join(HANG)  # a bound only: it ends at once
 
 
 # -- parent -----------------------------------------------------------------------------
