@@ -4,7 +4,8 @@
   carrying a prefix derived from an owner directory, and enumeration of a
   prefix's objects for cleanup.
 - :mod:`ipc.liveness`: process identity as (pid, start time), so a reused pid is
-  never mistaken for the process that died.
+  never mistaken for the process that died; the boot's tag, and the probe of a
+  kernel-held lock that a live producer keeps.
 - :mod:`ipc.clock`: the one injectable clock (wall, monotonic, sleep).
 - :mod:`ipc.doorbell`: a named semaphore with timed waits; :mod:`ipc.futex`: a
   broadcast wake-up on a word of shared memory (Linux).
@@ -19,7 +20,7 @@
 from ipc.channel import Channel, full_fence, unlink_channel
 from ipc.clock import SYSTEM, Clock
 from ipc.doorbell import Doorbell
-from ipc.liveness import ProcessId, current_process, is_alive, start_time
+from ipc.liveness import BOOT, ProcessId, current_process, is_alive, lock_held, start_time
 from ipc.naming import NAME_MAX, ObjectName, list_objects, new_base, prefix_for
 from ipc.segment import (
     FAILED_ABANDONED,
@@ -36,6 +37,7 @@ from ipc.segment import (
 from ipc.wait import Waiter, Wake
 
 __all__ = [
+    "BOOT",
     "FAILED_ABANDONED",
     "FAILED_BY_PRODUCER",
     "NAME_MAX",
@@ -59,6 +61,7 @@ __all__ = [
     "full_fence",
     "is_alive",
     "list_objects",
+    "lock_held",
     "new_base",
     "prefix_for",
     "start_time",

@@ -11,10 +11,18 @@ from the wall clock, which moves when the clock is stepped (NTP, a VM resume):
 every recorded identity would then look dead at once. Elsewhere psutil's
 ``create_time`` is used (psutil is imported only there: it costs about 20 ms at
 start-up, which every short-lived process would pay).
+
+Start times count from boot, so after a reboot a new process can match a recorded
+``(pid, start)``: what outlives a reboot (a record on disk) carries the boot's id too
+(:func:`boot_tag`). And a pid names any process, not only one that produces: a
+producer also holds an flock on its entry's data file for as long as it produces,
+which the kernel releases when it dies and which no forged or stale record can fake
+(:func:`lock_held`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 from typing import NamedTuple
@@ -102,3 +110,36 @@ def is_alive(pid: int, start: float) -> bool:
         return False
     except psutil.AccessDenied:
         return True
+
+
+def boot_tag() -> str:
+    """This boot's tag: the first 8 hex digits of ``/proc/sys/kernel/random/boot_id``
+    (random per boot), or ``"0"`` where there is no boot id (macOS: kern.boottime moves
+    with the wall clock, so it is not used; the kernel lock still tells a record from
+    before a reboot, since no lock survives one)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            raw = f.read(64)
+    except OSError:
+        return "0"
+    tag = raw.strip().replace(b"-", b"")[:8].decode("ascii", "replace").lower()
+    return tag if len(tag) == 8 and all(c in "0123456789abcdef" for c in tag) else "0"
+
+
+BOOT = boot_tag()
+
+
+def lock_held(fd: int) -> bool:
+    """Whether another open file description holds an exclusive flock on the file of
+    ``fd`` (an ``fd`` of its own: a shared probe on the holder's own description would
+    turn its lock into a shared one). Probes with a shared lock, released at once
+    (two syscalls); where the file system refuses flock, answers True (nothing can be
+    told, and the pid's check stands alone)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False

@@ -248,7 +248,7 @@ class StreamCache(CacheBase):
         rec = None if text is None else Record.from_text(h, text)
         if rec is None or rec.expires <= self._clock.wall():
             return None
-        if not ipc.is_alive(rec.pid, rec.start):
+        if not self._store.producer_alive(rec):
             return None
         try:
             channel = Channel.open(self._store.channel_base(rec.file))
@@ -539,13 +539,17 @@ class StreamCache(CacheBase):
         if rec.expires <= self._clock.wall():
             self._store.evict(rec)
             return None
-        if not ipc.is_alive(rec.pid, rec.start):
+        if rec.boot != ipc.BOOT or not ipc.is_alive(rec.pid, rec.start):
             self._store.discard(rec)
             return None
         try:
             fd = self._files.open(rec.file)
         except FileNotFoundError:  # gone, or not a file of ours (then it goes too)
             self._store.evict(rec)
+            return None
+        if not ipc.lock_held(fd):  # a live process, but not producing: see filestore.py
+            os.close(fd)
+            self._store.discard(rec)
             return None
         try:
             channel = self._store.open_channel(rec, fd, self.reader_slots)

@@ -66,7 +66,7 @@ def collect(store: Store, clock: Clock, max_age: float) -> GCReport:
     live_files: set[str] = set()
     for h in list(index.keys()):
         rec = index.read(h)
-        if rec is not None and rec.expires > now and ipc.is_alive(rec.pid, rec.start):
+        if rec is not None and rec.expires > now and store.producer_alive(rec):
             live_files.add(rec.file)
             continue
         with index.locked(h, None):
@@ -77,7 +77,7 @@ def collect(store: Store, clock: Clock, max_age: float) -> GCReport:
             elif rec.expires <= now:
                 store.evict(rec)
                 report.expired += 1
-            elif not ipc.is_alive(rec.pid, rec.start):
+            elif not store.producer_alive(rec):
                 # Its channel goes with it, so the sweep below never sees it: count here.
                 report.ipc_removed += store.discard(rec)
                 report.discarded += 1

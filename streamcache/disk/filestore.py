@@ -21,6 +21,12 @@ index record and no lock: one ``open`` by name. Invariants:
   every hit reads).
 - It is replaced or removed only under the key's index lock; readers that have it
   open keep reading the unlinked inode (Unix semantics).
+- A data file is flock'ed (exclusive) by its producer from the moment it is made
+  (:meth:`Filestore.create`) until its outcome is published (the producer's
+  ``_finalize`` lets go of it last): a reader takes the producer for alive only while
+  that lock is held (``ipc.lock_held``), so neither a stale record from before a reboot
+  nor a forged one naming some live process makes anyone wait. Taken once per entry,
+  never on the write path.
 - Whatever else is found where a file of ours goes (a directory, FIFO, socket or
   symlink, a file under a name that is not ours) is garbage: never served, never
   followed, never waited on (paths are opened with O_NOFOLLOW and O_NONBLOCK and
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import itertools
 import os
 import stat
@@ -292,7 +299,8 @@ class Filestore:
         return f"{self.data_dir}/{name[:2]}/{name}"
 
     def create(self) -> tuple[str, int]:
-        """Create a new empty data file (mode 0600); return its name and a descriptor."""
+        """Create a new empty data file (mode 0600), locked (see the module's
+        invariants); return its name and a descriptor."""
         name = f"{random_token()}-{os.getpid():x}-{next(_counter):x}"
         path = self.path(name)
         try:
@@ -300,6 +308,13 @@ class Filestore:
         except FileNotFoundError:  # (ENOTDIR reaches the caller, as in Gitaly)
             make_private_dirs(os.path.dirname(path))
             fd = os.open(path, OPEN_WRITE, WRITING_MODE)
+        try:
+            # A new file (O_EXCL) nobody else has a name for yet: never contended. A file
+            # system that refuses flock leaves it unlocked; its readers' probe then
+            # answers "held" too, and the pid's check stands alone.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pass
         return name, fd
 
     def open(self, name: str) -> int:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import math
 import os
 import stat
 import threading
@@ -39,6 +38,7 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from ipc.clock import SYSTEM, Clock
+from ipc.liveness import BOOT
 
 from .filestore import (
     clear_non_regular,
@@ -49,18 +49,26 @@ from .filestore import (
     shard_entries,
 )
 
-RECORD_VERSION = 3
+RECORD_VERSION = 4
 _LOCK_POLL = 0.001
 _ABSENT = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP}
+_B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 class Record(NamedTuple):
     """What the index knows of one key's entry in flight.
 
-    Stored as one short line of text, ``"<version> <file> <start> <expires>"`` (the
-    data file's name carries the producer's pid, see filestore.py): short enough
-    (under 60 bytes) to live inside a symlink's inode on ext4, so writing and
-    removing a record allocates and frees no data block.
+    Stored as one short line of text, ``"<version> <file> <start> <expires> <boot>"``
+    (the data file's name carries the producer's pid, see filestore.py; the times in
+    milliseconds, base 36; the boot's tag, :data:`ipc.liveness.BOOT`): short enough (58 bytes
+    at most, for the largest pid and a start time a year after boot) to live inside
+    a symlink's inode on ext4, so writing and removing a record allocates and frees
+    no data block. Version 3 records (no boot tag) are garbage to this version.
+
+    The producer is (boot, pid, start): a record of another boot names no live
+    process, whatever its pid and start time (they count from boot). And it is alive
+    only while it holds the flock it took on its data file when it made it
+    (:meth:`Store.producer_alive`).
     """
 
     key: str  # sha256 of the cache key, hex (the record's name; not stored)
@@ -68,31 +76,46 @@ class Record(NamedTuple):
     pid: int  # producer process
     start: float  # producer start time
     expires: float  # epoch seconds: creation + the creating cache's max_age
+    boot: str = BOOT  # the tag of the boot the producer ran in
 
     def to_text(self) -> str:
-        return f"{RECORD_VERSION} {self.file} {_short(self.start)} {_short(self.expires)}"
+        return f"{RECORD_VERSION} {self.file} {_b36(self.start)} {_b36(self.expires)} {self.boot}"
 
     @classmethod
     def from_text(cls, key: str, text: str) -> Record | None:
         """The record of ``key`` in ``text``, or None if it is garbage."""
         parts = text.split(" ")
-        if len(parts) != 4 or parts[0] != str(RECORD_VERSION):
+        if len(parts) != 5 or parts[0] != str(RECORD_VERSION):
             return None
-        _, file, start, expires = parts
+        _, file, start, expires, boot = parts
         pid = producer_pid(file)
-        if pid is None:
+        start_s, expires_s = _from_b36(start), _from_b36(expires)
+        if pid is None or start_s is None or expires_s is None:
             return None
-        try:
-            start_s, expires_s = float(start), float(expires)
-        except ValueError:
+        if not (1 <= len(boot) <= 8 and all(c in "0123456789abcdef" for c in boot)):
             return None
-        if not (0 <= start_s < math.inf and 0 <= expires_s < math.inf):
-            return None  # NaN, infinite or negative: garbage, never trusted
-        return cls(key, file, pid, start_s, expires_s)
+        return cls(key, file, pid, start_s, expires_s, boot)
 
 
-def _short(x: float) -> str:
-    return f"{x:.3f}".rstrip("0").rstrip(".")
+def _b36(x: float) -> str:
+    """Milliseconds of ``x`` seconds in base 36 (non-negative, finite)."""
+    n = max(round(x * 1000), 0)
+    digits = ""
+    while True:
+        n, d = divmod(n, 36)
+        digits = _B36[d] + digits
+        if not n:
+            return digits
+
+
+def _from_b36(token: str) -> float | None:
+    """Seconds from :func:`_b36`'s text; None if it is not that (garbage, never trusted:
+    no sign, no space or underscore, under 2**50 ms, some 35,000 years, so that it
+    reads back to the same text)."""
+    if not 1 <= len(token) <= 10 or not all(c in _B36 for c in token):
+        return None
+    ms = int(token, 36)
+    return ms / 1000 if ms < 2**50 else None
 
 
 class LockFile:

@@ -73,7 +73,7 @@ def in_flight(root: str, prefix: str) -> Iterator[InFlight]:
             yield InFlight(h, None, None, False, 0, 0, None, ipc.STATE_WRITING, None, [])
             continue
         path = files.path(rec.file)
-        alive = ipc.is_alive(rec.pid, rec.start)
+        alive = rec.boot == ipc.BOOT and ipc.is_alive(rec.pid, rec.start)
         disk_bytes = written = 0
         modified = None
         try:
@@ -85,6 +85,7 @@ def in_flight(root: str, prefix: str) -> Iterator[InFlight]:
                 st = os.fstat(fd)
                 disk_bytes, modified = st.st_size, st.st_mtime
                 written = written_so_far(fd)
+                alive = alive and ipc.lock_held(fd)  # see filestore.py
             finally:
                 os.close(fd)
         size = error = None

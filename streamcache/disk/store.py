@@ -38,7 +38,7 @@ import posix_ipc
 import ipc
 from ipc.channel import Channel, unlink_channel
 from ipc.clock import SYSTEM, Clock
-from ipc.liveness import same_process
+from ipc.liveness import BOOT, same_process
 from ipc.naming import BASE_HEX
 from ipc.segment import SegmentError
 
@@ -102,6 +102,24 @@ class Store:
         """The key's record if it is still that of ``rec``'s entry."""
         cur = self.index.read(rec.key)
         return cur if cur is not None and cur.file == rec.file else None
+
+    def producer_alive(self, rec: Record, fd: int | None = None) -> bool:
+        """Whether ``rec``'s producer is still producing: of this boot, its process
+        (pid and start time) running, and its lock on the data file held. ``fd``: a
+        descriptor of the data file opened by the caller (never the producer's own),
+        else the file is opened here; a record whose file is gone is dead."""
+        if rec.boot != BOOT or not ipc.is_alive(rec.pid, rec.start):
+            return False
+        if fd is not None:
+            return ipc.lock_held(fd)
+        try:
+            fd = self.files.open(rec.file)
+        except OSError:
+            return False
+        try:
+            return ipc.lock_held(fd)
+        finally:
+            os.close(fd)
 
     def publish(self, rec: Record) -> Record | None:
         """Make the sealed data file of ``rec`` its key's finished entry; returns the

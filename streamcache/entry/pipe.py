@@ -26,6 +26,9 @@ Invariants kept here:
   whose next multiple it waits for (so readers wake together). Where that is under
   :data:`_MIN_COALESCE` (a slow producer: a few bytes now and then), or before it
   measured a rate (the first byte), it is woken by the next write, as a pipe's reader.
+- The producer is alive only while its process runs and it holds its lock on the
+  data file (:meth:`PipeReader._producer_locked`); the probe is two syscalls, made on
+  each liveness check (once per ``liveness`` of waiting), never per read.
 - This module calls nothing above it: what a reader needs from the cache (the store,
   to settle an entry whose producer died; the producer's own exception, when it ran
   in this process) is handed to it as objects.
@@ -394,7 +397,10 @@ class PipeReader(_Reader):
         # producer never rewrites).
         began = self._waiter.clock.monotonic()
         self._in_file = max(self._in_file, written_so_far(self._fd))
-        if not self._producer_gone and self._seg.producer_alive():
+        if self._seg.state != ipc.STATE_WRITING:
+            self._report_check(began, alive=True)
+            return  # it ended (and may have let go of its lock since): _ready reads how
+        if not self._producer_gone and self._seg.producer_alive() and self._producer_locked():
             if self._in_file > self.position:
                 self._report_check(began, alive=True)
                 return
@@ -415,6 +421,11 @@ class PipeReader(_Reader):
             self._final = self._store.producer_died(self._rec, self._fd)
         if self._final is None:
             pid = self._seg.producer.pid
+            if self._seg.producer_alive():  # a stale or forged record, or one it let go
+                raise ProducerDied(
+                    f"the process named as the entry's producer (pid {pid}) holds no lock "
+                    "on its data file: it is not producing the entry"
+                )
             raise ProducerDied(f"the producing process (pid {pid}) died before finishing the entry")
 
     def _report_check(self, began: float, alive: bool) -> None:
@@ -450,6 +461,14 @@ class PipeReader(_Reader):
             f"the producing process (pid {pid}) stalled: it wrote nothing for the cache's "
             "stall_timeout while readers waited"
         )
+
+    def _producer_locked(self) -> bool:
+        """Whether the producer still holds its lock on the data file (see
+        filestore.py): a live pid alone may be any process (a forged or stale record).
+        A reader in the producer's own process (``outcome`` given) skips the probe:
+        its descriptor may share the producer's open file description (the inline
+        creator's follower), on which a probe would give the lock away."""
+        return self._outcome is not None or ipc.lock_held(self._fd)
 
     def _removed(self) -> NoReturn:
         """The segment's name is gone while its live producer still writes: /dev/shm

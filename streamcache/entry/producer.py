@@ -15,6 +15,9 @@ The order of publishing, kept in :meth:`Producer._finalize`:
    failed, or every reader left), every reader is rung and the channel's names are
    unlinked. So a reader that saw the end finds a hit on its next fetch, and one that
    saw a failure creates afresh.
+4. Last, the lock on the data file goes (see filestore.py): a reader that finds it
+   free while the producer's process lives reads the outcome in the segment, or
+   takes the entry for abandoned if there is none.
 """
 
 from __future__ import annotations
@@ -121,6 +124,11 @@ class Producer:
         self.rec = rec
         self._channel = channel
         self._fd = fd
+        # The data file's lock (taken by Filestore.create) must outlive the descriptor
+        # the producer closes before publishing: a reader that finds it free while the
+        # process lives takes the entry for abandoned. This duplicate holds it until
+        # the outcome is in the segment (the end of _finalize).
+        self._lock_fd = os.dup(fd)
         self._window = window
         self._liveness = liveness
         self._running = running
@@ -271,6 +279,7 @@ class Producer:
             if not channels:  # none, or a partial set left by an attaching reader that died
                 unlink_channel(store.channel_base(self.rec.file))
             self._running.discard(self)
+            os.close(self._lock_fd)  # last: the outcome is published by now
 
     def _stalled(self, writer: EntryWriter) -> ProducerStalled | None:
         """Whether a reader declared the entry stalled (see Store.stalled: a stall

@@ -25,7 +25,7 @@ import ipc
 from streamcache import StreamCache
 from streamcache.cache import LAYOUT, key_hash
 from streamcache.disk.filestore import _MAGIC, TRAILER, Filestore
-from streamcache.disk.index import RECORD_VERSION, Index
+from streamcache.disk.index import RECORD_VERSION, Index, Record
 
 KEY = "hostile"
 SIZE = 70_000  # over the size a hit reads whole: the entry is opened and streamed
@@ -117,8 +117,9 @@ class Plant:
     def live_record(self) -> None:
         """A record of an entry in flight whose producer (this test process) is alive,
         naming the data file ``self.data``."""
-        start = ipc.current_process().start
-        self.record_text(f"{RECORD_VERSION} {self.data_name} {start} 9999999999")
+        me = ipc.current_process()
+        rec = Record(self.record.name[:-4], self.data_name, me.pid, me.start, 9999999999)
+        self.record_text(rec.to_text())
 
 
 def _intact_lookalike() -> bytes:

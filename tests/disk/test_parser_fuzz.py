@@ -16,6 +16,7 @@ import tempfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import ipc
 from streamcache.disk.filestore import (
     _MAGIC,
     SEALING_MODE,
@@ -26,7 +27,7 @@ from streamcache.disk.filestore import (
     trailer_size,
     written_so_far,
 )
-from streamcache.disk.index import RECORD_VERSION, Record
+from streamcache.disk.index import RECORD_VERSION, Record, _b36
 
 KEY = "ab" * 32
 FAST = settings(max_examples=300, deadline=None)
@@ -39,7 +40,8 @@ hexdigits = st.text(alphabet="0123456789abcdef", min_size=1, max_size=20)
 number_tokens = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.integers(-(10**20), 10**20).map(str),
-    st.sampled_from(["nan", "inf", "-inf", "1e309", "1_000", "0x10", "", "-0", "١٢"]),
+    st.sampled_from(["nan", "inf", "-inf", "1e309", "1_000", "0x10", "", "-0", "١٢", "zzzz"]),
+    st.integers(0, 36**14).map(lambda n: _b36(n / 1000)),
     st.text(max_size=12),
 )
 file_tokens = st.one_of(
@@ -51,12 +53,14 @@ file_tokens = st.one_of(
 version_tokens = st.one_of(
     st.just(str(RECORD_VERSION)), st.integers(-5, 100).map(str), st.text(max_size=3)
 )
+boot_tokens = st.one_of(st.just(ipc.BOOT), hexdigits, st.text(max_size=10))
 near_records = st.builds(
-    lambda v, f, s, e, sep: sep.join([v, f, s, e]),
+    lambda v, f, s, e, b, sep: sep.join([v, f, s, e, b]),
     version_tokens,
     file_tokens,
     number_tokens,
     number_tokens,
+    boot_tokens,
     st.sampled_from([" ", "  ", "\t", " \x00"]),
 )
 
@@ -204,8 +208,9 @@ def test_written_so_far_never_counts_a_trailer_byte(content: bytes, mode: int) -
 def test_the_garbage_outcome_is_reachable() -> None:
     """The checks above can fail: a sound record and trailer parse, garbage does not."""
     name = f"{'0' * 16}-{os.getpid():x}-0"
-    assert Record.from_text(KEY, f"{RECORD_VERSION} {name} 1.5 2") is not None
-    assert Record.from_text(KEY, f"{RECORD_VERSION + 1} {name} 1.5 2") is None
+    assert Record.from_text(KEY, f"{RECORD_VERSION} {name} 1a 2 {ipc.BOOT}") is not None
+    assert Record.from_text(KEY, f"{RECORD_VERSION + 1} {name} 1a 2 {ipc.BOOT}") is None
+    assert Record.from_text(KEY, f"{RECORD_VERSION} {name} 1a 2") is None
     assert trailer_size(TRAILER.pack(_MAGIC, 7)) == 7
     assert trailer_size(TRAILER.pack(b"SCdone\x00\x02", 7)) is None
     assert set(string.hexdigits) >= set(name.replace("-", ""))

@@ -117,11 +117,24 @@ def test_record_round_trip_stays_a_fast_symlink(cache_dir: Path) -> None:
     assert parsed is not None and ipc.is_alive(parsed.pid, parsed.start)
 
 
-@pytest.mark.parametrize("start, expires", [("nan", "1"), ("1", "inf"), ("-5", "1"), ("1", "-inf")])
-def test_a_record_with_a_non_finite_or_negative_time_is_garbage(start: str, expires: str) -> None:
+@pytest.mark.parametrize(
+    "start, expires",
+    [
+        ("-5", "1"),
+        ("1", "-1"),
+        ("1.5", "1"),
+        ("+1", "1"),
+        ("1", "1_0"),
+        ("1\t", "1"),
+        ("\u0661", "1"),
+    ],
+)
+def test_a_record_with_a_time_not_in_base_36_digits_is_garbage(start: str, expires: str) -> None:
+    """Times are milliseconds in base-36 digits: no sign, point, separator or other
+    digits (and so nothing negative or non-finite) is taken."""
     from streamcache.disk.index import RECORD_VERSION, Record
 
-    text = f"{RECORD_VERSION} {'ab' * 8}-{os.getpid():x}-0 {start} {expires}"
+    text = f"{RECORD_VERSION} {'ab' * 8}-{os.getpid():x}-0 {start} {expires} {ipc.BOOT}"
     assert Record.from_text("k" * 64, text) is None
     assert Record.from_text("k" * 64, text.replace(f"{start} {expires}", "1 2")) is not None
 

@@ -23,7 +23,7 @@ from xproc import WAIT, expect, payload_sha
 import ipc
 from streamcache import StreamCache
 from streamcache.cache import LAYOUT, key_hash
-from streamcache.disk.index import Index
+from streamcache.disk.index import Index, Record
 
 KEY = "restart"
 TOTAL, CHUNK = 300_000, 4096
@@ -88,7 +88,7 @@ def test_a_record_whose_pid_was_reused_is_not_trusted(cache_dir: Path) -> None:
     name = f"{'0' * 16}-{me.pid:x}-0"
     path = Path(index.record_path(h))
     path.parent.mkdir(parents=True, exist_ok=True)
-    os.symlink(f"3 {name} {me.start + 1000:.3f} 9999999999", path)
+    os.symlink(Record(h, name, me.pid, me.start + 1000, 9999999999).to_text(), path)
     data = cache_dir / LAYOUT / "data" / "00" / name
     data.parent.mkdir(parents=True, exist_ok=True)
     data.write_bytes(b"half an entry")
