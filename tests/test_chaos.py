@@ -7,12 +7,8 @@ pass, that nothing is left in /dev/shm and every index record is a sound finishe
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -155,56 +151,3 @@ def test_a_worker_killed_by_a_signal_is_reported_with_its_threads_stacks(
     assert "exit code -11" in crash or "exited with -11" in crash, report
     assert "Fatal Python error: Segmentation fault" in crash, report
     assert "in _crash" in crash, report
-
-
-_DUMPED_AT_EXIT = """
-import sys, threading
-sys.path.insert(0, sys.argv[1])
-import chaos
-
-chaos.take_stack_dumps(sys.argv[2])
-
-
-def churn() -> None:
-    def down(n: int) -> int:
-        return 0 if n == 0 else down(n - 1) + 1
-
-    while True:
-        down(30)
-
-
-for _ in range(2):
-    threading.Thread(target=churn, daemon=True).start()
-print("up", flush=True)
-sys.stdin.readline()
-sys.exit(0)
-"""
-
-
-@pytest.mark.timeout(600)
-def test_stack_dumps_during_a_workers_exit_do_not_crash_it(tmp_path: Path) -> None:
-    """The driver asks a worker slow to exit for its stacks (DUMP_SIGNAL): a dump
-    landing while the worker's interpreter finalizes must not kill it. Before, the
-    dumping thread lived on into finalization, and faulthandler's walk over the
-    other threads' frames, freed meanwhile, ended about a third of such exits with
-    SIGSEGV (exit -11), as it once ended a worker of the stress run."""
-    codes = []
-    for i in range(10):
-        child = subprocess.Popen(
-            [sys.executable, "-c", _DUMPED_AT_EXIT, str(TOOLS), str(tmp_path / f"{i}.stack")],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert child.stdin is not None and child.stdout is not None
-        assert child.stdout.readline() == "up\n"
-        child.stdin.write("exit\n")
-        child.stdin.close()
-        until = time.monotonic() + 60.0  # a bound only: the child exits at once
-        while child.poll() is None and time.monotonic() < until:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child.pid, chaos.DUMP_SIGNAL)
-            time.sleep(0.0005)
-        codes.append(child.wait(60.0))
-        child.stdout.close()
-    assert codes == [0] * 10

@@ -22,6 +22,7 @@ The order of publishing, kept in :meth:`Producer._finalize`:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from typing import Any
@@ -279,7 +280,10 @@ class Producer:
             if not channels:  # none, or a partial set left by an attaching reader that died
                 unlink_channel(store.channel_base(self.rec.file))
             self._running.discard(self)
-            os.close(self._lock_fd)  # last: the outcome is published by now
+            # Last: the outcome is published by now. A create that closed the data
+            # file's descriptors under the producer (EBADF) has released the lock already.
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
 
     def _stalled(self, writer: EntryWriter) -> ProducerStalled | None:
         """Whether a reader declared the entry stalled (see Store.stalled: a stall

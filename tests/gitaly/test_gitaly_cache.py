@@ -508,15 +508,16 @@ def test_cache_un_closeable_file(cache_dir: Path, spawn: SpawnContext) -> None:
 
     A close error on the data file reaches the caller. Gitaly hands the cache a file it
     already closed; here (in a child process, to keep descriptor games out of the test
-    runner) create closes the producer's write descriptor, found through /proc/self/fd,
-    so the producer's own close fails with EBADF: CreateError caused by that OSError.
+    runner) create closes the producer's write descriptors, found through /proc/self/fd
+    (the one it writes with and the duplicate that holds its liveness lock), so the
+    producer's own close fails with EBADF: CreateError caused by that OSError.
     The entry is dropped and the next fetch creates afresh.
     """
     proc, q = start(spawn, child_fetch_closing_producer_fd, str(cache_dir), "key")
     result = result_of(q, proc)
     assert result[0] == "CreateError", result
     _, text, cause, cause_errno, closed = result
-    assert len(closed) == 1, "create found exactly the producer's descriptor"
+    assert len(closed) == 2, "create found exactly the producer's write and lock descriptors"
     assert cause == "OSError"
     assert cause_errno == errno.EBADF
     assert "Bad file descriptor" in text
