@@ -70,13 +70,13 @@ entries that expire first; when the budget is still taken (all in flight), or th
 disk was found full within the back-off, it bypasses: create runs straight into
 the caller, as with NullCache. Data on disk stays within max_bytes plus one entry.
 
-Calls go one way: ``cache`` -> ``producer`` -> ``pipe``/``writer`` -> ``store`` ->
-``usage`` -> ``index``/``filestore``, and everything -> ``ipc``, which knows
-nothing of caches.
+Calls go one way: ``cache`` -> ``lookup`` -> ``producer`` -> ``pipe``/``writer`` ->
+``store`` -> ``usage`` -> ``index``/``filestore``, and everything -> ``ipc``, which
+knows nothing of caches.
 The folders are those layers: ``cli/`` and ``serving/`` above the caches
-(``admission``, ``cache``,
-``testing``, ``null``, ``base``), above one entry's life (``entry/``), above the
-directory (``disk/``); ``lint-imports`` checks that no import runs back up.
+(``admission``, ``cache``, ``testing``, ``lookup``, ``options``, ``null``, ``base``),
+above one entry's life (``entry/``), above the directory (``disk/``);
+``lint-imports`` checks that no import runs back up.
 Time comes from one injected ``ipc.Clock``.
 
 **Admission** (``admission.py``). MinOccurrences sends a key to the cache only

@@ -1,57 +1,50 @@
-"""StreamCache: the public API and the lookup; index, filestore, pipe and producer
-put together across processes.
+"""StreamCache: the public API; index, filestore, pipe and producer put together
+across processes.
 
-The walk of one fetch, all downward: :meth:`StreamCache.fetch` -> the lookup under
-the key's lock (:meth:`StreamCache._lookup_locked`) -> a reader (``pipe``) or a new
-producer (``producer``) -> the channel (``ipc``).
+The walk of one fetch, all downward: :meth:`StreamCache.fetch` -> the small-hit memo
+(``disk/memo.py``) -> the lookup under the key's lock (``lookup.py``) -> a reader
+(``pipe``) or a new producer (``producer``) -> the channel (``ipc``). The options are
+checked in ``options.py``.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import ipc
-from ipc.channel import Channel, unlink_channel
+from ipc.channel import Channel
 from ipc.clock import SYSTEM, Clock, clock_of
-from ipc.segment import DEFAULT_SLOTS, HEADER_BYTES, MAX_SLOTS, SLOT_BYTES, SegmentError
+from ipc.segment import DEFAULT_SLOTS, HEADER_BYTES, SLOT_BYTES, SegmentError
 
 from . import config
-from .base import (
-    CacheBase,
-    check_create,
-    check_dst,
-    check_key,
-    check_start,
-)
+from .base import CacheBase, check_create, check_dst, check_key, check_start
 from .deadline import Deadline, Idle, deadline_for, idle_for, remaining, wait_limit
 from .disk.eviction import Cleaner, GCReport, collect
 from .disk.filestore import (
-    MAX_KEY_PREVIEW,
     TREE,
     Finished,
     check_usable,
     make_private_dirs,
     prepare_dir,
-    set_entry_info,
     written_so_far,
 )
 from .disk.filesystem import check_cache_fs, check_shm
 from .disk.index import Record
+from .disk.memo import SmallHits
 from .disk.store import LAYOUT, Store, channel_base, key_hash
-from .disk.usage import is_disk_full
 from .entry.creator import Create
-from .entry.pipe import CREATOR_SLOT, FileReader, PipeReader
-from .entry.producer import Producer, Producers, check_not_creating
+from .entry.pipe import FileReader, PipeReader
+from .entry.producer import Producers, check_not_creating
 from .entry.sink import write_all
 from .entry.stream import EntryInfo, FetchResult, Source, Stream
-from .log import log
+from .lookup import Found, Lookup
 from .metrics import BYPASS, DEFAULT_REGISTRY, ERROR, HIT, MISS, DefaultRegistry, for_dir
 from .null import NullCache, start_create
+from .options import check_options
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -61,20 +54,6 @@ __all__ = ["LAYOUT", "GCReport", "StreamCache", "channel_base", "key_hash", "pre
 
 # fetch reads a finished entry up to this size whole, in one pread with its trailer.
 _READ_WHOLE = 64 * 1024
-# The bytes of the small entries a cache keeps after serving them (see _seen_hit).
-_SEEN_BYTES = 1024 * 1024
-
-
-class Found(NamedTuple):
-    """What the lookup under the key's lock gave: a reader on the entry (``created``:
-    this call made the entry, its producer runs in a thread), or no reader because
-    this call created the entry inline and copied ``written`` bytes to its dst; or
-    none because the miss must bypass the cache (``bypass``: why)."""
-
-    reader: FileReader | PipeReader | None
-    created: bool
-    written: int = 0
-    bypass: str | None = None
 
 
 class StreamCache(CacheBase):
@@ -121,28 +100,25 @@ class StreamCache(CacheBase):
     ) -> None:
         # Every argument is checked before anything touches the disk.
         path = config.directory(dir)
-        self.max_age = config.seconds(max_age, "max_age")
-        self.window = config.nonnegative_int(window, "window")
-        self.max_bytes = config.optional_budget(max_bytes, "max_bytes")
-        self.liveness = config.seconds(liveness, "liveness", allow_zero=False)
-        self.reader_slots = config.nonnegative_int(reader_slots, "reader_slots")
-        if not 1 <= self.reader_slots <= MAX_SLOTS:
-            raise ValueError(f"reader_slots must be in 1..{MAX_SLOTS}")
-        self.key_preview = config.nonnegative_int(key_preview, "key_preview")
-        if self.key_preview > MAX_KEY_PREVIEW:
-            raise ValueError(f"key_preview must be in 0..{MAX_KEY_PREVIEW}")
-        if cleanup_interval is not None:
-            cleanup_interval = config.seconds(cleanup_interval, "cleanup_interval")
-        self.stall_timeout = (
-            None
-            if stall_timeout is None
-            else config.seconds(stall_timeout, "stall_timeout", allow_zero=False)
+        opts = check_options(
+            max_age=max_age,
+            window=window,
+            max_bytes=max_bytes,
+            liveness=liveness,
+            cleanup_interval=cleanup_interval,
+            reader_slots=reader_slots,
+            key_preview=key_preview,
+            allow_network_fs=allow_network_fs,
+            stall_timeout=stall_timeout,
         )
-        if not isinstance(allow_network_fs, bool):
-            raise TypeError(
-                f"allow_network_fs must be a bool, not {type(allow_network_fs).__name__}"
-            )
-        self.allow_network_fs = allow_network_fs
+        self.max_age = opts.max_age
+        self.window = opts.window
+        self.max_bytes = opts.max_bytes
+        self.liveness = opts.liveness
+        self.reader_slots = opts.reader_slots
+        self.key_preview = opts.key_preview
+        self.stall_timeout = opts.stall_timeout
+        self.allow_network_fs = opts.allow_network_fs
         # Before the directory is made: a refused one is left as it was.
         check_cache_fs(path, allow_network_fs)
         check_shm(HEADER_BYTES + self.reader_slots * SLOT_BYTES)
@@ -163,15 +139,11 @@ class StreamCache(CacheBase):
         )
         self._index = self._store.index
         self._files = self._store.files
-        if cleanup_interval is None:
-            cleanup_interval = max(min(self.max_age, 60.0), 1.0)
-        self._cleaner = Cleaner(self.gc, cleanup_interval)
+        self._cleaner = Cleaner(self.gc, opts.cleanup_interval)
         self._running = Producers()
+        self._lookup = Lookup(self._store, self._clock, opts, self._running)
         self._registry = registry
-        # Small entries served lately, by key hash: (tag, expiry, bytes), oldest first.
-        self._seen: dict[str, tuple[bytes, float, bytes]] = {}
-        self._seen_bytes = 0
-        self._seen_lock = threading.Lock()
+        self._seen = SmallHits(self._files, self._clock)
         self._null = NullCache(clock=self._clock)  # what a miss that bypasses runs
         _live_caches.add(self)
         self.metrics.set_enabled(self.max_age)
@@ -240,7 +212,7 @@ class StreamCache(CacheBase):
         """The state of ``key``'s entry, or None: never creates, waits or counts."""
         check_key(key)
         h = key_hash(key)
-        fin = self._finished(h)
+        fin = self._lookup.finished(h)
         if fin is not None:
             os.close(fin.fd)
             return EntryInfo(fin.size, fin.size, True)
@@ -278,7 +250,7 @@ class StreamCache(CacheBase):
         :meth:`Store.invalidate`). Whether anything was dropped."""
         check_key(key)
         h = key_hash(key)
-        self._forget(h)
+        self._seen.forget(h)
         return self._store.invalidate(h)
 
     def fetch(
@@ -300,14 +272,14 @@ class StreamCache(CacheBase):
             check_dst(dst)
             idle = None if idle_timeout is None else idle_for(idle_timeout, self._clock)
             h, deadline = self._begin(key, create, timeout)
-            data = self._seen_hit(h)
+            data = self._seen.get(h)
             if data is not None:
                 write_all(dst, data, deadline)
                 self.metrics.count_hit(len(data))
                 return FetchResult(len(data), False)
-            fin = self._finished(h, _READ_WHOLE, tagged=True)
+            fin = self._lookup.finished(h, _READ_WHOLE, tagged=True)
             if fin is not None and fin.data is not None:  # small: one write, no reader
-                self._remember(h, fin)
+                self._seen.remember(h, fin)
                 write_all(dst, fin.data, deadline)
                 self.metrics.count_hit(fin.size)
                 return FetchResult(fin.size, False)
@@ -335,7 +307,7 @@ class StreamCache(CacheBase):
             found = Found(FileReader(fin.fd, fin.size), False)
         else:
             inline_dst = dst if deadline is None and idle is None else None
-            found = self._find_or_claim(key, h, create, deadline, inline_dst, 0)
+            found = self._lookup.find_or_claim(key, h, create, deadline, inline_dst, 0)
         if found.bypass is not None:
             idle_timeout = None if idle is None else idle.seconds
             null = self._null.fetch(
@@ -421,229 +393,14 @@ class StreamCache(CacheBase):
         """A reader on the entry of ``h`` from byte ``start``, whether this call
         created it (then its producer runs in a thread, or, bypassing the cache,
         straight into the reader), and whether it bypassed the cache."""
-        hit = self._open_finished(h, start)
+        hit = self._lookup.open_finished(h, start)
         if hit is not None:
             return hit, False, False
-        found = self._find_or_claim(key, h, create, deadline, None, start)
+        found = self._lookup.find_or_claim(key, h, create, deadline, None, start)
         if found.bypass is not None:
             return start_create(create, start), True, True
         assert found.reader is not None
         return found.reader, found.created, False
-
-    def _find_or_claim(
-        self, key: str, h: str, create: Create, deadline: Deadline | None, dst: Any, start: int
-    ) -> Found:
-        """Under the key's lock: a reader on the entry (from byte ``start``), or a new
-        entry of ours, whose producer runs in a thread (``dst`` None) or here, copying
-        to ``dst``; or neither, when the miss must bypass the cache."""
-        # A created entry is put here before its record is written, so that an
-        # exception anywhere up to the producer's start (a signal handler's, say)
-        # fails it instead of leaving a record that nobody will ever finish.
-        pending: list[tuple[Producer, PipeReader | None]] = []
-        self._store.usage.make_room()
-        try:
-            try:
-                with self._index.locked(h, remaining(deadline)):
-                    reader = self._lookup_locked(h, start)
-                    if reader is not None:
-                        return Found(reader, False)
-                    bypass = self._store.usage.admit()
-                    if bypass is not None:
-                        return _bypass(bypass)
-                    self._create_locked(key, h, pending, with_reader=dst is None, start=start)
-            except OSError as exc:
-                if not is_disk_full(exc):
-                    raise
-                # No room for a lock, record or data file: nothing ran create yet.
-                _abort(pending, exc)
-                pending.clear()
-                self._store.usage.mark_full()
-                return _bypass("disk full")
-            producer, reader = pending[0]
-            if dst is not None:
-                return Found(None, True, producer.run_inline(create, dst))
-            producer.start(create)
-            assert reader is not None
-            return Found(reader, True)
-        except BaseException as exc:
-            _abort(pending, exc)
-            raise
-
-    # -- lookup -----------------------------------------------------------------------
-
-    def _seen_hit(self, h: str) -> bytes | None:
-        """The bytes of ``h``'s small finished entry if this cache served it before and
-        the file at the entry's name is still that one, unexpired: one getxattr, no
-        open. A data file's name is never used twice and a finished entry's bytes and
-        mtime never change (filestore.py), so the tag that names the file stands for
-        the bytes whose trailer was checked when they were read."""
-        seen = self._seen.get(h)
-        if seen is None:
-            return None
-        tag, expires, data = seen
-        if expires > self._clock.wall() and self._files.entry_tag(h) == tag:
-            return data
-        self._forget(h)  # replaced, removed or expired: the lookup decides
-        return None
-
-    def _remember(self, h: str, fin: Finished) -> None:
-        """Keep the small entry ``fin`` just read, if its file has a tag; the oldest
-        kept go beyond :data:`_SEEN_BYTES`."""
-        if fin.tag is None or fin.data is None:
-            return
-        with self._seen_lock:
-            old = self._seen.pop(h, None)
-            if old is not None:
-                self._seen_bytes -= len(old[2])
-            self._seen[h] = (fin.tag, fin.expires, fin.data)
-            self._seen_bytes += len(fin.data)
-            while self._seen_bytes > _SEEN_BYTES:
-                gone = self._seen.pop(next(iter(self._seen)))
-                self._seen_bytes -= len(gone[2])
-
-    def _forget(self, h: str) -> None:
-        with self._seen_lock:
-            old = self._seen.pop(h, None)
-            if old is not None:
-                self._seen_bytes -= len(old[2])
-
-    def _finished(self, h: str, read_up_to: int = -1, tagged: bool = False) -> Finished | None:
-        """The finished, unexpired entry of ``h`` (read whole up to ``read_up_to``
-        bytes, with its tag if ``tagged``); no lock needed: the file at the entry's
-        name is complete and immutable."""
-        fin = self._files.open_entry(h, read_up_to, tagged)
-        if fin is not None and fin.expires <= self._clock.wall():
-            if fin.fd >= 0:
-                os.close(fin.fd)
-            return None
-        return fin
-
-    def _open_finished(self, h: str, start: int = 0) -> FileReader | None:
-        fin = self._finished(h)
-        return None if fin is None else FileReader(fin.fd, fin.size, start)
-
-    def _lookup_locked(self, h: str, start: int) -> FileReader | PipeReader | None:
-        """A reader on the entry of ``h`` from byte ``start``, or None if there is none
-        to read (lock held)."""
-        hit = self._open_finished(h, start)
-        if hit is not None:
-            return hit
-        self._store.expire_finished(h)  # expired or not intact (if any): never served
-        text = self._index.read_text(h)
-        if text is None:
-            return None  # (a non-record in its place is replaced when one is written)
-        rec = Record.from_text(h, text)
-        if rec is None:
-            self._index.remove(h)  # garbage: never served
-            return None
-        if rec.expires <= self._clock.wall():
-            self._store.evict(rec)
-            return None
-        if rec.boot != ipc.BOOT or not ipc.is_alive(rec.pid, rec.start):
-            self._store.discard(rec)
-            return None
-        try:
-            fd = self._files.open(rec.file)
-        except FileNotFoundError:  # gone, or not a file of ours (then it goes too)
-            self._store.evict(rec)
-            return None
-        if not ipc.lock_held(fd):  # a live process, but not producing: see filestore.py
-            os.close(fd)
-            self._store.discard(rec)
-            return None
-        try:
-            channel = self._store.open_channel(rec, fd, self.reader_slots)
-        except BaseException:
-            os.close(fd)
-            raise
-        if channel is None:  # its names are taken by objects not ours: create afresh
-            os.close(fd)
-            return None
-        # Every announced byte written: the producer publishes it whole even with no
-        # reader left (writer.EntryWriter), so a new fetch attaches to it.
-        if not channel.seg.takes_new_readers():
-            # Failed, or every reader left so the producer is bound to fail: a
-            # new fetch creates afresh instead of attaching.
-            channel.close()
-            os.close(fd)
-            self._index.remove(h)
-            return None
-        slot = channel.seg.claim_slot(ipc.current_process())
-        return PipeReader(
-            fd,
-            channel,
-            slot,
-            self.liveness,
-            self._store,
-            rec,
-            clock=self._clock,
-            start=start,
-            stall_timeout=self.stall_timeout,
-        )
-
-    def _create_locked(
-        self,
-        key: str,
-        h: str,
-        pending: list[tuple[Producer, PipeReader | None]],
-        *,
-        with_reader: bool,
-        start: int = 0,
-    ) -> None:
-        """Create the entry of ``key`` (hash ``h``) and append its producer (and,
-        ``with_reader``, the creator's reader) to ``pending``; the caller runs the
-        producer."""
-        me = ipc.current_process()
-        name, wfd, channel = self._store.new_data_file(me, with_reader, self.reader_slots)
-        now = self._clock.wall()
-        set_entry_info(wfd, name, now, key, self.key_preview)
-        rec = Record(h, name, me.pid, me.start, now + self.max_age)
-        options: dict[str, Any] = {
-            "window": self.window,
-            "liveness": self.liveness,
-            "running": self._running,
-            "clock": self._clock,
-        }
-        if not with_reader:  # inline: a channel only once another reader attaches
-            producer = Producer(self._store, rec, None, wfd, **options)
-            pending.append((producer, None))  # from here on, failures go through abort()
-            self._index.write(rec)
-            return
-        assert channel is not None
-        try:
-            try:
-                mine = Channel.open(channel.base)
-                try:
-                    rfd = self._files.open(name)
-                except BaseException:
-                    mine.close()
-                    raise
-            except BaseException:
-                channel.close()
-                unlink_channel(channel.base)
-                raise
-        except BaseException:
-            os.close(wfd)
-            self._files.remove(name)
-            raise
-        # The creator is the first reader; its slot is one that nobody else claimed.
-        slot = mine.seg.claim_slot(me)
-        assert slot is not None and slot.index == CREATOR_SLOT
-        producer = Producer(self._store, rec, channel, wfd, **options)
-        reader = PipeReader(
-            rfd,
-            mine,
-            slot,
-            self.liveness,
-            self._store,
-            rec,
-            producer.outcome,
-            self._clock,
-            start,
-            self.stall_timeout,
-        )
-        pending.append((producer, reader))  # from here on, failures go through abort()
-        self._index.write(rec)
 
     # -- fork ------------------------------------------------------------------------
 
@@ -651,22 +408,7 @@ class StreamCache(CacheBase):
         # Threads do not survive fork: the child has no producers and no cleaner.
         self._running.after_fork_in_child()
         self._cleaner.after_fork()
-        self._seen_lock = threading.Lock()  # another thread may have held it
-
-
-def _bypass(reason: str) -> Found:
-    """A miss that runs create straight into its caller, with no cache entry: the budget
-    is all taken by entries in flight, or the disk is full (outcome "bypass")."""
-    log.debug("streamcache: a miss bypasses the cache (%s)", reason)
-    return Found(None, False, bypass=reason)
-
-
-def _abort(pending: list[tuple[Producer, PipeReader | None]], exc: BaseException) -> None:
-    """Fail the entries created by a lookup that did not get to run them."""
-    for producer, reader in pending:
-        if reader is not None:
-            reader.close()
-        producer.abort(exc)
+        self._seen.after_fork_in_child()
 
 
 _live_caches: weakref.WeakSet[StreamCache] = weakref.WeakSet()

@@ -32,6 +32,7 @@ from helpers import FailingDst, writing
 import ipc
 import streamcache.entry.writer
 from streamcache import CreateError, StreamCache
+from streamcache.lookup import Lookup
 
 WAIT = 20.0
 HOUR = 3600.0
@@ -167,11 +168,11 @@ def attacher_killed_making_bells(dir: str, key: str, *, out: Any) -> None:
 def inline_creator_interrupted(dir: str, key: str, stop: Any, *, out: Any) -> None:
     """A fetch that misses is interrupted (KeyboardInterrupt, as from a SIGINT handler)
     after it claimed the entry and before its create started: raised by a trace function
-    at the line of ``_find_or_claim`` that calls ``run_inline``. The process then lives on (a
+    at the line of ``Lookup.find_or_claim`` that calls ``run_inline``. The process then lives on (a
     server whose request failed) until ``stop``."""
     cache = StreamCache(dir, max_age=HOUR, liveness=0.2, cleanup_interval=0)
-    code = StreamCache._find_or_claim.__code__
-    lines, first = inspect.getsourcelines(StreamCache._find_or_claim)
+    code = Lookup.find_or_claim.__code__
+    lines, first = inspect.getsourcelines(Lookup.find_or_claim)
     target = next(first + i for i, line in enumerate(lines) if "run_inline(" in line)
 
     def local(frame: FrameType, event: str, arg: Any) -> Any:
