@@ -7,6 +7,7 @@
   never mistaken for the process that died; the boot's tag, and the probe of a
   kernel-held lock that a live producer keeps.
 - :mod:`ipc.clock`: the one injectable clock (wall, monotonic, sleep).
+- :mod:`ipc.digest`: sha256 without OpenSSL's start-up cost.
 - :mod:`ipc.doorbell`: a named semaphore with timed waits; :mod:`ipc.futex`: a
   broadcast wake-up on a word of shared memory (Linux).
 - :mod:`ipc.segment`: a shared-memory segment with a header written only by one

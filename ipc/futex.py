@@ -20,11 +20,14 @@ newer); where that is missing, :data:`WAITV_SUPPORTED` is False.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ctypes
 
 _SYSCALL_NUMBERS = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}
 _FUTEX_WAIT, _FUTEX_WAKE = 0, 1  # shared (not FUTEX_PRIVATE): across processes
@@ -34,19 +37,52 @@ ALL_BITS = 0xFFFFFFFF  # every sleeper, whatever bits it sleeps on
 
 _nr = _SYSCALL_NUMBERS.get(os.uname().machine.lower(), -1) if sys.platform == "linux" else -1
 SUPPORTED = _nr >= 0
-if SUPPORTED:
-    _libc = ctypes.CDLL(None, use_errno=True)
-    _syscall = _libc.syscall
-    _syscall.restype = ctypes.c_long
 # futex_waitv: the same number on every architecture (the generic table).
 _NR_WAITV = 449
 _FUTEX2_SIZE_U32 = 0x02  # shared (not FUTEX2_PRIVATE)
 _CLOCK_MONOTONIC = 1
 WAITV_MAX = 128  # the kernel's limit of words in one futex_waitv
 
+if TYPE_CHECKING:
+    WAITV_SUPPORTED: bool  # probed at its first use, see __getattr__
 
-class _Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+class _Native:
+    """The system call through ctypes, set up at the first call: importing ctypes costs
+    a few milliseconds of start-up, which a process that never sleeps on a word (a
+    command-line hit of a finished entry) should not pay."""
+
+    def __init__(self) -> None:
+        import ctypes
+
+        class Timespec(ctypes.Structure):
+            _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+        class WaitV(ctypes.Structure):
+            _fields_ = [
+                ("val", ctypes.c_uint64),
+                ("uaddr", ctypes.c_uint64),
+                ("flags", ctypes.c_uint32),
+                ("reserved", ctypes.c_uint32),
+            ]
+
+        self.Timespec = Timespec
+        self.WaitV = WaitV
+        self.syscall = ctypes.CDLL(None, use_errno=True).syscall
+        self.syscall.restype = ctypes.c_long
+
+    def timespec(self, seconds: float) -> ctypes.Structure:
+        return self.Timespec(int(seconds), int((seconds % 1.0) * 1e9))
+
+
+_native: _Native | None = None
+
+
+def _calls() -> _Native:
+    global _native
+    if _native is None:
+        _native = _Native()  # two threads racing build two equal ones: harmless
+    return _native
 
 
 class Counts:
@@ -68,6 +104,9 @@ def wait(address: int, expected: int, timeout: float, bits: int = ALL_BITS) -> b
     seconds; ``bits``: woken only by a :func:`wake` naming one of them. False when the
     timeout passed; True otherwise (woken, the word already differed, or a signal
     arrived): the caller re-checks what it waits for."""
+    import ctypes as c  # a dictionary lookup once loaded
+
+    n = _native or _calls()
     timeout = max(timeout, 0.0)
     counts.waits += 1
     if bits == ALL_BITS:
@@ -75,42 +114,36 @@ def wait(address: int, expected: int, timeout: float, bits: int = ALL_BITS) -> b
     else:  # FUTEX_WAIT_BITSET takes an absolute time on CLOCK_MONOTONIC
         op = _FUTEX_WAIT_BITSET
         timeout += time.clock_gettime(time.CLOCK_MONOTONIC)
-    ts = _Timespec(int(timeout), int((timeout % 1.0) * 1e9))
-    r = _syscall(
-        ctypes.c_long(_nr),
-        ctypes.c_void_p(address),
-        ctypes.c_long(op),
-        ctypes.c_long(expected & 0xFFFFFFFF),
-        ctypes.byref(ts),
-        ctypes.c_void_p(0),
-        ctypes.c_long(bits & ALL_BITS),
+    ts = n.timespec(timeout)
+    r = n.syscall(
+        c.c_long(_nr),
+        c.c_void_p(address),
+        c.c_long(op),
+        c.c_long(expected & 0xFFFFFFFF),
+        c.byref(ts),
+        c.c_void_p(0),
+        c.c_long(bits & ALL_BITS),
     )
-    return r == 0 or ctypes.get_errno() != errno.ETIMEDOUT
+    return r == 0 or c.get_errno() != errno.ETIMEDOUT
 
 
 def wake(address: int, bits: int = ALL_BITS) -> None:
     """Wake every process and thread sleeping on the word at ``address`` on one of
     ``bits`` (a sleep without bits, such as :func:`wait_any`'s, matches any)."""
-    r = _syscall(
-        ctypes.c_long(_nr),
-        ctypes.c_void_p(address),
-        ctypes.c_long(_FUTEX_WAKE if bits == ALL_BITS else _FUTEX_WAKE_BITSET),
-        ctypes.c_long(_WAKE_ALL),
-        ctypes.c_void_p(0),
-        ctypes.c_void_p(0),
-        ctypes.c_long(bits & ALL_BITS),
+    import ctypes as c  # a dictionary lookup once loaded
+
+    n = _native or _calls()
+    r = n.syscall(
+        c.c_long(_nr),
+        c.c_void_p(address),
+        c.c_long(_FUTEX_WAKE if bits == ALL_BITS else _FUTEX_WAKE_BITSET),
+        c.c_long(_WAKE_ALL),
+        c.c_void_p(0),
+        c.c_void_p(0),
+        c.c_long(bits & ALL_BITS),
     )
     counts.wakes += 1
     counts.woken += max(r, 0)
-
-
-class _WaitV(ctypes.Structure):
-    _fields_ = [
-        ("val", ctypes.c_uint64),
-        ("uaddr", ctypes.c_uint64),
-        ("flags", ctypes.c_uint32),
-        ("reserved", ctypes.c_uint32),
-    ]
 
 
 def wait_any(words: list[tuple[int, int]], deadline: float) -> int | None:
@@ -119,20 +152,22 @@ def wait_any(words: list[tuple[int, int]], deadline: float) -> int | None:
     most :data:`WAITV_MAX` words. Returns the index of the word that was woken, or
     None: the timeout passed, a word already differed, a signal arrived, or a word's
     memory is gone. The caller re-checks."""
-    waiters = (_WaitV * len(words))()
+    import ctypes as c  # a dictionary lookup once loaded
+
+    n = _native or _calls()
+    waiters = (n.WaitV * len(words))()
     for w, (address, expected) in zip(waiters, words, strict=True):
         w.val = expected & 0xFFFFFFFF
         w.uaddr = address
         w.flags = _FUTEX2_SIZE_U32
-    deadline = max(deadline, 0.0)
-    ts = _Timespec(int(deadline), int((deadline % 1.0) * 1e9))
-    r = _syscall(
-        ctypes.c_long(_NR_WAITV),
-        ctypes.byref(waiters),
-        ctypes.c_uint(len(words)),
-        ctypes.c_uint(0),
-        ctypes.byref(ts),
-        ctypes.c_int(_CLOCK_MONOTONIC),
+    ts = n.timespec(max(deadline, 0.0))
+    r = n.syscall(
+        c.c_long(_NR_WAITV),
+        c.byref(waiters),
+        c.c_uint(len(words)),
+        c.c_uint(0),
+        c.byref(ts),
+        c.c_int(_CLOCK_MONOTONIC),
     )
     return r if r >= 0 else None
 
@@ -142,20 +177,29 @@ def _probe_waitv() -> bool:
     expected value fails at once with EAGAIN where it exists, ENOSYS where not."""
     if not SUPPORTED:
         return False
-    word = ctypes.c_uint32(1)
-    waiters = (_WaitV * 1)()
-    waiters[0].val, waiters[0].uaddr = 0, ctypes.addressof(word)
+    import ctypes as c
+
+    n = _calls()
+    word = c.c_uint32(1)
+    waiters = (n.WaitV * 1)()
+    waiters[0].val, waiters[0].uaddr = 0, c.addressof(word)
     waiters[0].flags = _FUTEX2_SIZE_U32
-    ts = _Timespec(0, 0)
-    r = _syscall(
-        ctypes.c_long(_NR_WAITV),
-        ctypes.byref(waiters),
-        ctypes.c_uint(1),
-        ctypes.c_uint(0),
-        ctypes.byref(ts),
-        ctypes.c_int(_CLOCK_MONOTONIC),
+    ts = n.timespec(0.0)
+    r = n.syscall(
+        c.c_long(_NR_WAITV),
+        c.byref(waiters),
+        c.c_uint(1),
+        c.c_uint(0),
+        c.byref(ts),
+        c.c_int(_CLOCK_MONOTONIC),
     )
-    return r >= 0 or ctypes.get_errno() in (errno.EAGAIN, errno.ETIMEDOUT)
+    return r >= 0 or c.get_errno() in (errno.EAGAIN, errno.ETIMEDOUT)
 
 
-WAITV_SUPPORTED = _probe_waitv()
+def __getattr__(name: str) -> object:
+    """:data:`WAITV_SUPPORTED`, probed at its first use (the probe needs ctypes)."""
+    if name == "WAITV_SUPPORTED":
+        supported = _probe_waitv()
+        globals()[name] = supported
+        return supported
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -37,7 +37,6 @@ Invariants:
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 from typing import TYPE_CHECKING
@@ -114,6 +113,8 @@ class Hub:
         # channel's sequence word it uses, the value seen). Under the lock.
         self._words: dict[str, tuple[Watch, int]] = {}
         self._new: list[Watch] = []  # watched since the hub last looked
+        import ctypes  # here: only a process that waits needs it
+
         self._poke = ctypes.c_uint32(0)
         self._poke_address = ctypes.addressof(self._poke)
         self._poked = threading.Event()  # the poke where futex_waitv is missing
@@ -309,18 +310,28 @@ def complete(future: concurrent.futures.Future[Wake], outcome: Wake | BaseExcept
         pass  # completed or cancelled already
 
 
-_hub = Hub()
+_hub: Hub | None = None
+_hub_lock = threading.Lock()
 
 
 def hub() -> Hub:
-    """This process's hub."""
-    return _hub
+    """This process's hub, made at the first call (a process that never waits on a
+    channel does without it, and without the ctypes it needs)."""
+    global _hub
+    made = _hub
+    if made is None:
+        with _hub_lock:
+            made = _hub
+            if made is None:
+                made = _hub = Hub()
+    return made
 
 
 def _after_fork_in_child() -> None:
-    # The hub thread does not survive fork; the child starts its own when needed.
-    global _hub
-    _hub = Hub()
+    # The hub thread does not survive fork; the child makes its own when needed.
+    global _hub, _hub_lock
+    _hub = None
+    _hub_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

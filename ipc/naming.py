@@ -12,11 +12,12 @@ as ours.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import sys
 from typing import NamedTuple
+
+from ipc.digest import sha256
 
 NAME_MAX = 30
 PREFIX_LEN = 8  # "sc" + 6 hex digits
@@ -28,7 +29,7 @@ _SHM_DIR = "/dev/shm"
 def prefix_for(owner_dir: str | os.PathLike[str]) -> str:
     """Return the name prefix of every IPC object belonging to ``owner_dir``."""
     real = os.path.realpath(os.fspath(owner_dir))
-    return "sc" + hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()[:6]
+    return "sc" + sha256(real.encode("utf-8", "surrogateescape")).hexdigest()[:6]
 
 
 def new_base(prefix: str) -> str:

@@ -77,7 +77,6 @@ Invariants:
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 import stat
@@ -558,6 +557,8 @@ def _ours(st: os.stat_result) -> bool:
 def _address_of(mm: mmap.mmap, offset: int) -> int:
     """The address of byte ``offset`` of the mapping (valid while it is mapped). The
     ctypes view is dropped at once: a live export would keep the mapping from closing."""
+    import ctypes  # here: a process that never maps a segment does without it
+
     view = ctypes.c_char.from_buffer(mm, offset)
     try:
         return ctypes.addressof(view)

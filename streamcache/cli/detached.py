@@ -23,7 +23,6 @@ only when its next output finds no reader left, the cache's "all readers left" r
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import signal
@@ -31,6 +30,8 @@ import sys
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
+
+from ipc.digest import sha256
 
 from ..admission import MinOccurrences
 from ..base import CacheBase
@@ -153,6 +154,8 @@ def _child_setup(parent: int) -> Callable[[], None]:
     that no orphan goes on working for nobody. Runs between fork and exec."""
     prctl = None
     if sys.platform.startswith("linux"):
+        import ctypes  # here: only the process that runs the command needs it
+
         with contextlib.suppress(OSError, AttributeError):
             prctl = ctypes.CDLL(None, use_errno=True).prctl
 
@@ -409,10 +412,8 @@ def buffer_stdin(near: str) -> tuple[int, bytes]:
     """This process's stdin read to its end into an unlinked temporary file (in
     ``near``'s file system when it can be, else the system's temporary directory),
     hashed as it is read: the file's descriptor and the sha256 digest."""
-    import hashlib
-
     fd = _unlinked_file(near)
-    digest = hashlib.sha256()
+    digest = sha256()
     try:
         while chunk := os.read(0, 1 << 16):
             digest.update(chunk)

@@ -12,13 +12,19 @@ a fetch: pack-objects then runs uncached."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import struct
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ipc.digest import sha256
 
 from .detached import Options, buffer_stdin, deliver
-from .options import default_dir
+from .options import default_dir, nonnegative_int, positive_duration, size
+
+if TYPE_CHECKING:
+    import argparse
 
 PROG = "streamcache git-pack-objects-hook"
 
@@ -67,24 +73,93 @@ def cacheable(argv: list[str]) -> bool:
 def key_of(repo: str, protocol: str, argv: list[str], stdin_digest: bytes) -> str:
     """sha256 over length-prefixed parts: the format, the repository's real path,
     GIT_PROTOCOL, each argument but --progress, and the digest of stdin."""
-    import hashlib
-
     parts = [FORMAT, repo.encode(), protocol.encode()]
     parts += [a.encode() for a in argv if a != "--progress"]
     parts.append(stdin_digest)
-    h = hashlib.sha256()
+    h = sha256()
     for part in parts:
         h.update(struct.pack(">Q", len(part)))
         h.update(part)
     return f"git-pack-objects {h.hexdigest()}"
 
 
+class Request:
+    """What a command line asks the hook: the command git gave, and the options."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        cache_dir: str | None = None,
+        max_age: float = DEFAULT_MAX_AGE,
+        min_occurrences: int = DEFAULT_MIN_OCCURRENCES,
+        max_bytes: int | None = None,
+    ) -> None:
+        self.argv = argv
+        self.cache_dir = cache_dir
+        self.max_age = max_age
+        self.min_occurrences = min_occurrences
+        self.max_bytes = max_bytes
+
+    def fields(self) -> tuple[object, ...]:
+        return (self.argv, self.cache_dir, self.max_age, self.min_occurrences, self.max_bytes)
+
+
 def main(args: argparse.Namespace) -> int:
+    """The hook, as the parser read its command line."""
+    return serve(request_of(args))
+
+
+def request_of(args: argparse.Namespace) -> Request:
+    """The Request of a command line the parser read."""
     argv: list[str] = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
         args.parser.error("needs the command git gives: git pack-objects ARGS...")
+    return Request(argv, args.dir, args.max_age, args.min_occurrences, args.max_bytes)
+
+
+# The options of a plain command line, as :func:`quick` reads them: the parser's
+# conversions (the same functions), and the attribute of Request each sets.
+_QUICK: dict[str, tuple[Callable[[str], object], str]] = {
+    "--dir": (os.path.expanduser, "cache_dir"),
+    "--max-age": (positive_duration, "max_age"),
+    "--min-occurrences": (nonnegative_int, "min_occurrences"),
+    "--max-bytes": (size, "max_bytes"),
+}
+
+
+def quick(words: list[str]) -> Request | None:
+    """A plain command line (the words after the command's name) read without argparse,
+    which costs more than a cache hit: the options above, each as ``--name VALUE`` or
+    ``--name=VALUE`` with a value the parser accepts, then the command git gives,
+    starting with a word that is not an option. Anything else (help, an abbreviated or
+    unknown option, a bad value, ``--``) gives None, and the parser reads it: the same
+    way for what both accept, with its messages for the rest."""
+    request = Request([])
+    i = 0
+    while i < len(words) and words[i].startswith("-"):
+        name, has_value, value = words[i].partition("=")
+        if name not in _QUICK:
+            return None
+        if not has_value:
+            i += 1
+            if i == len(words) or words[i].startswith("-"):
+                return None
+            value = words[i]
+        convert, attribute = _QUICK[name]
+        try:
+            setattr(request, attribute, convert(value))
+        except Exception:  # the parser's ArgumentTypeError: it reports it
+            return None
+        i += 1
+    request.argv = words[i:]
+    return request if request.argv else None
+
+
+def serve(request: Request) -> int:
+    """Run or share the command git gave; its exit status."""
+    argv = request.argv
     if not cacheable(argv):
         sys.stdout.flush()
         try:
@@ -92,7 +167,9 @@ def main(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"{PROG}: cannot run {argv[0]}: {exc.strerror}", file=sys.stderr)
             return 127 if isinstance(exc, FileNotFoundError) else 126
-    cache_dir = os.path.abspath(args.dir if args.dir is not None else default_dir())
+    cache_dir = os.path.abspath(
+        request.cache_dir if request.cache_dir is not None else default_dir()
+    )
     stdin_fd, digest = buffer_stdin(cache_dir)
     try:
         repo = os.path.realpath(os.environ.get("GIT_DIR") or ".")
@@ -100,9 +177,9 @@ def main(args: argparse.Namespace) -> int:
         opts = Options(
             PROG,
             cache_dir,
-            args.max_age,
-            min_occurrences=args.min_occurrences,
-            max_bytes=args.max_bytes,
+            request.max_age,
+            min_occurrences=request.min_occurrences,
+            max_bytes=request.max_bytes,
         )
         return deliver(opts, key, argv, stdin_fd)
     finally:

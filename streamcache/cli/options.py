@@ -4,7 +4,6 @@ it; it imports none of them."""
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import re
@@ -20,6 +19,15 @@ DIR_HELP = (
     "$XDG_CACHE_HOME/streamcache, else ~/.cache/streamcache)"
 )
 
+
+def _invalid(message: str) -> Exception:
+    """argparse's error for a bad value (imported here: the git hook's plain command
+    lines are parsed without argparse, see :func:`streamcache.cli.hook.quick`)."""
+    import argparse
+
+    return argparse.ArgumentTypeError(message)
+
+
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -28,20 +36,20 @@ def duration(text: str) -> float:
     """Seconds from ``90``, ``90s``, ``1.5m``, ``5m``, ``1h``, ``1d`` or ``250ms``."""
     match = _DURATION.fullmatch(text.strip())
     if match is None:
-        raise argparse.ArgumentTypeError(
+        raise _invalid(
             f"invalid duration {text!r}: use seconds (90), or a number with a unit: "
             "90s, 5m, 1h, 1d, 250ms"
         )
     value = float(match.group(1)) * _UNIT[match.group(2)]
     if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: too large")
+        raise _invalid(f"invalid duration {text!r}: too large")
     return value
 
 
 def positive_duration(text: str) -> float:
     value = duration(text)
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be more than 0")
+        raise _invalid(f"invalid duration {text!r}: must be more than 0")
     return value
 
 
@@ -49,9 +57,9 @@ def _whole_number(text: str, least: int, says: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}: a whole number") from None
+        raise _invalid(f"invalid number {text!r}: a whole number") from None
     if value < least:
-        raise argparse.ArgumentTypeError(f"must be {says}, got {value}")
+        raise _invalid(f"must be {says}, got {value}")
     return value
 
 
@@ -66,7 +74,7 @@ def nonnegative_int(text: str) -> int:
 def preview_chars(text: str) -> int:
     value = nonnegative_int(text)
     if value > config_max_preview():
-        raise argparse.ArgumentTypeError(f"must be at most {config_max_preview()}, got {value}")
+        raise _invalid(f"must be at most {config_max_preview()}, got {value}")
     return value
 
 
@@ -77,9 +85,7 @@ def size(text: str) -> int:
     """Bytes from ``1000``, ``500K``, ``500M``, ``2G``, ``1T`` (powers of 1024)."""
     match = _SIZE.fullmatch(text.strip())
     if match is None or int(match.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(
-            f"invalid size {text!r}: a number of bytes, or with a unit: 500K, 500M, 2G"
-        )
+        raise _invalid(f"invalid size {text!r}: a number of bytes, or with a unit: 500K, 500M, 2G")
     unit: str = match.group(2).lower() or " "
     scale: int = 1024 ** " kmgt".index(unit)
     return int(match.group(1)) * scale

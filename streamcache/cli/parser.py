@@ -1,4 +1,4 @@
-"""The parser of the command line and its dispatch (``streamcache.cli.main``).
+"""The parser of the command line (:func:`streamcache.cli.main` runs what it parsed).
 
 What the commands share (exit statuses, the option types, the cache directory,
 CliError) is in options, and each command is in its own module (run, stats, demo),
@@ -10,28 +10,18 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from .. import config
-from ..log import when_used
 from .options import (
     DIR_HELP,
-    EXIT_BROKEN_PIPE,
-    EXIT_USAGE,
-    CliError,
     config_max_preview,
     duration,
     nonnegative_int,
-    os_error_text,
     positive_duration,
     positive_int,
     preview_chars,
-    quiet_stdout,
     size,
 )
-
-if TYPE_CHECKING:
-    import logging
 
 
 def version() -> str:
@@ -328,43 +318,3 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         demo.set_defaults(func=cli_demo.main)
 
     return parser
-
-
-def _log_to_stderr(logger: logging.Logger) -> None:
-    """The library logs through ``logging.getLogger("streamcache")``; the command line
-    shows its warnings as they are, one line each (set up when the library first logs,
-    so that a command that logs nothing does not import logging)."""
-    import logging
-
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
-    logger.setLevel(logging.WARNING)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    words = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(
-        "git-pack-objects-hook" if words[:1] == ["git-pack-objects-hook"] else None
-    )
-    args = parser.parse_args(words)
-    when_used(_log_to_stderr)
-    try:
-        result: int = args.func(args)
-    except BrokenPipeError:
-        # Our stdout's reader went away (``| head``): end quietly, as a command killed
-        # by SIGPIPE does, with nothing left to fail when Python flushes it at exit.
-        quiet_stdout()
-        return EXIT_BROKEN_PIPE
-    except CliError as exc:
-        print(f"streamcache {args.command}: {exc}", file=sys.stderr)
-        return exc.status
-    except OSError as exc:  # a cache this process cannot use (read-only, say)
-        print(f"streamcache {args.command}: error: {os_error_text(exc)}", file=sys.stderr)
-        return EXIT_USAGE
-    except (ValueError, TypeError) as exc:
-        print(f"streamcache {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    return result

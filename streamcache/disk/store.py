@@ -29,7 +29,6 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 
@@ -38,6 +37,7 @@ import posix_ipc
 import ipc
 from ipc.channel import Channel, unlink_channel
 from ipc.clock import SYSTEM, Clock
+from ipc.digest import sha256
 from ipc.liveness import BOOT, same_process
 from ipc.naming import BASE_HEX
 from ipc.segment import SegmentError
@@ -60,7 +60,7 @@ def key_hash(key: str) -> str:
     about as much as hashing a key)."""
     h = _hashes.get(key)
     if h is None:
-        h = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+        h = sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
         if len(_hashes) >= 4096:
             _hashes.clear()
         if len(key) <= 1024:

@@ -7,6 +7,7 @@ and reads its ``sys.modules``."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,16 +28,30 @@ LAZY = (
 )
 
 
-def loaded_after(code: str, *argv: str) -> list[str]:
-    """The LAZY modules loaded once ``code`` ran in a fresh interpreter."""
-    probe = f"{code}\nimport json, sys\nprint(json.dumps([m for m in {LAZY} if m in sys.modules]))"
-    done = subprocess.run(
-        [sys.executable, "-c", probe, *argv],
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
-        check=True,
-    )
+# Nor, on a hit, by the git hook, which runs at every fetch: the parser (argparse), ctypes
+# (for futex waits), OpenSSL (hashlib's), and what runs a command or buffers its stdin.
+HOOK_LAZY = (*LAZY, "argparse", "gettext", "ctypes", "_hashlib", "subprocess", "tempfile")
+
+
+def loaded_after(
+    code: str,
+    *argv: str,
+    lazy: tuple[str, ...] = LAZY,
+    stdin: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> list[str]:
+    """The ``lazy`` modules loaded once ``code`` ran in a fresh interpreter."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps([m for m in {lazy} if m in sys.modules]))"
+    with open(stdin if stdin is not None else os.devnull, "rb") as given:
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *argv],
+            stdin=given,
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            check=True,
+            env=env,
+        )
     loaded: list[str] = json.loads(done.stdout.splitlines()[-1])
     return loaded
 
@@ -126,3 +141,51 @@ others = ("streamcache.cli.run", "streamcache.cli.stats", "streamcache.cli.demo"
 assert not [m for m in others if m in sys.modules], sys.modules.keys()
 """
     assert loaded_after(code) == []
+
+
+def test_a_git_hook_hit_loads_none_of_them(cache_dir: Path, tmp_path: Path) -> None:
+    """A miss stores the pack of a ``git`` that prints one (first in the PATH, as
+    upload-pack's exec-path is), then the same request is a hit."""
+    pack = tmp_path / "pack"
+    pack.write_bytes(bytes(range(256)) * 256)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    git = bin_dir / "git"
+    git.write_text(f'#!/bin/sh\ncat "{pack}"\n')
+    git.chmod(0o755)
+    request = tmp_path / "request"
+    request.write_bytes(b"0123456789abcdef0123456789abcdef01234567\n--not\n\n")
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    # The pack goes to a file: stdout carries the probe's answer.
+    code = """
+import sys
+from streamcache.cli import main
+with open(sys.argv[2], "wb") as out:
+    sys.stdout.flush()
+    saved = sys.stdout
+    sys.stdout = out
+    status = main(
+        ["git-pack-objects-hook", "--dir", sys.argv[1], "--min-occurrences", "0",
+         "git", "pack-objects", "--revs", "--thin", "--stdout", "--delta-base-offset"]
+    )
+    sys.stdout = saved
+assert status == 0, status
+"""
+    for outcome in ("miss", "hit"):
+        got = tmp_path / outcome
+        loaded = loaded_after(
+            code, str(cache_dir), str(got), lazy=HOOK_LAZY, stdin=request, env=env
+        )
+        assert got.read_bytes() == pack.read_bytes(), outcome
+    assert loaded == []
+    counts = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "streamcache", "stats", "--dir", str(cache_dir), "--json"],
+            capture_output=True,
+            timeout=WAIT,
+            check=True,
+            env=env,
+        ).stdout
+    )["commands"]
+    assert (counts["miss"], counts["hit"]) == (1, 1)
