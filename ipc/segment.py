@@ -11,8 +11,9 @@ Python version and every process::
     word  4   failure code, once failed: 1 the producer failed, 2 abandoned (every
               reader left, so nothing more was produced)      (producer only)
     word  5   producer waiting for readers (0/1)           (producer only)
-    word  6   producer pid                                 (producer only)
-    word  7   producer start time, microseconds            (producer only)
+    word  6   producer pid                                 (producer only; a new
+              producer of a resumed entry takes it over, see :meth:`Segment.take_over`)
+    word  7   producer start time, microseconds            (producer only; likewise)
     word  8   slots used: high-water mark of claimed slots (slot claimers, under the
               caller's lock; never lowered)
     word  9   error text length                            (producer only)
@@ -277,6 +278,18 @@ class Segment:
 
     def producer_alive(self) -> bool:
         return is_alive(self._words[_W_PPID], _seconds(self._words[_W_PSTART]))
+
+    def take_over(self, producer: ProcessId) -> None:
+        """Name ``producer`` as the one writing the entry from now on (a resumed entry).
+
+        The header's producer words change hands only here, and only once the previous
+        producer is dead and its successor holds the entry's data-file lock, inside the
+        caller's critical section for the entry's key: so they still have one writer at
+        a time. The start time is stored before the pid: a reader that loads the pair
+        in between sees a process that is not alive, and looks again under that lock.
+        """
+        self._words[_W_PSTART] = _micros(producer.start)
+        self._words[_W_PPID] = producer.pid
 
     @property
     def offset(self) -> int:

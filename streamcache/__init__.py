@@ -86,7 +86,8 @@ shared through the directory; other requests run create straight into dst.
 Public names: :class:`Config`, :func:`new`, :class:`StreamCache`,
 :class:`MinOccurrences`, :class:`NullCache`, :class:`LoggingCache`,
 :class:`LogEntry`, :class:`FetchResult`, :class:`Error`, :class:`CreateError`,
-:class:`ProducerDied`, :class:`ProducerStalled`, :class:`UnsupportedFilesystem`;
+:class:`ProducerDied`, :class:`ProducerStalled`, :class:`NotDeterministic`,
+:class:`UnsupportedFilesystem`;
 :class:`Writer` (the type of create's ``w``) and ``Create`` (the type of create);
 :class:`Stream` (``s.size``,
 ``s.produced``, ``s.position``, ``s.finished_file()``), :class:`EntryInfo`
@@ -121,7 +122,14 @@ from .base import CacheBase
 from .cache import StreamCache
 from .entry.creator import Create, Writer
 from .entry.stream import AsyncStream, EntryInfo, FetchResult, FinishedFile, Stream
-from .errors import CreateError, Error, ProducerDied, ProducerStalled, UnsupportedFilesystem
+from .errors import (
+    CreateError,
+    Error,
+    NotDeterministic,
+    ProducerDied,
+    ProducerStalled,
+    UnsupportedFilesystem,
+)
 from .metrics import DEFAULT_REGISTRY, DefaultRegistry
 from .null import NullCache
 from .testing import LogEntry, LoggingCache
@@ -146,6 +154,7 @@ __all__ = [
     "LogEntry",
     "LoggingCache",
     "MinOccurrences",
+    "NotDeterministic",
     "NullCache",
     "ProducerDied",
     "ProducerStalled",

@@ -33,6 +33,7 @@ from .base import (
     check_create,
     check_dst,
     check_key,
+    check_resume,
     check_start,
 )
 from .cache import StreamCache, key_hash
@@ -186,6 +187,7 @@ class MinOccurrences(CacheBase):
         timeout: float | None = None,
         *,
         idle_timeout: float | None = None,
+        resume: bool = False,
     ) -> FetchResult:
         # Arguments are checked before the request is counted: a call that fails on
         # them is no occurrence of its key.
@@ -193,8 +195,9 @@ class MinOccurrences(CacheBase):
         check_create(create)
         check_timeout(timeout)
         check_idle(idle_timeout)
+        check_resume(resume)
         target = self._target(key)
-        kw = _start_kw(0, idle_timeout)
+        kw = _start_kw(0, idle_timeout, resume)
         if target is self.cache:
             return target.fetch(key, dst, create, timeout, **kw)
         try:
@@ -213,15 +216,17 @@ class MinOccurrences(CacheBase):
         *,
         start: int = 0,
         idle_timeout: float | None = None,
+        resume: bool = False,
     ) -> Stream:
         check_create(create)
         check_timeout(timeout)
         check_start(start)
         check_idle(idle_timeout)
+        check_resume(resume)
         target = self._target(key)
         if target is not self.cache:
             self._metrics.count_fetch(BYPASS)
-        return target.stream(key, create, timeout, **_start_kw(start, idle_timeout))
+        return target.stream(key, create, timeout, **_start_kw(start, idle_timeout, resume))
 
     def peek(self, key: str) -> EntryInfo | None:
         """The wrapped cache's entry of ``key``; not an occurrence."""

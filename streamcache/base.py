@@ -43,13 +43,26 @@ def check_start(start: object) -> None:
         raise ValueError(f"start must be >= 0, not {start}")
 
 
-def _start_kw(start: int = 0, idle_timeout: float | None = None) -> dict[str, Any]:
-    """``start`` and ``idle_timeout`` for a wrapped cache's call, each passed only when
-    set: a wrapper must keep working around caches written before they existed."""
+def _start_kw(
+    start: int = 0, idle_timeout: float | None = None, resume: bool = False
+) -> dict[str, Any]:
+    """``start``, ``idle_timeout`` and ``resume`` for a wrapped cache's call, each passed
+    only when set: a wrapper must keep working around caches written before they
+    existed."""
     kw: dict[str, Any] = {"start": start} if start else {}
     if idle_timeout is not None:
         kw["idle_timeout"] = idle_timeout
+    if resume:
+        kw["resume"] = True
     return kw
+
+
+def check_resume(resume: object) -> bool:
+    """``resume`` (a bool: the caller declares create deterministic, see
+    :mod:`streamcache.entry.resume`)."""
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be a bool, not {type(resume).__name__}")
+    return resume
 
 
 def check_dst(dst: object) -> None:
@@ -71,6 +84,7 @@ class CacheBase:
         *,
         start: int = 0,
         idle_timeout: float | None = None,
+        resume: bool = False,
     ) -> Stream:
         raise NotImplementedError
 
@@ -95,10 +109,12 @@ class CacheBase:
         timeout: float | None = None,
         *,
         idle_timeout: float | None = None,
+        resume: bool = False,
     ) -> FetchResult:
         """Find or create the entry of ``key`` and copy it to ``dst``."""
         check_dst(dst)
-        with self.stream(key, create, timeout, **_start_kw(0, idle_timeout)) as s:
+        check_resume(resume)
+        with self.stream(key, create, timeout, **_start_kw(0, idle_timeout, resume)) as s:
             return FetchResult(s.copy_to(dst), s.created)
 
     def astream(
@@ -109,6 +125,7 @@ class CacheBase:
         *,
         start: int = 0,
         idle_timeout: float | None = None,
+        resume: bool = False,
     ) -> AsyncStream:
         """``async with cache.astream(key, create) as s: async for chunk in s: ...``"""
         check_key(key)
@@ -116,7 +133,8 @@ class CacheBase:
         check_timeout(timeout)
         check_start(start)
         check_idle(idle_timeout)
-        kw = _start_kw(start, idle_timeout)
+        check_resume(resume)
+        kw = _start_kw(start, idle_timeout, resume)
         return AsyncStream(lambda: self.stream(key, create, timeout, **kw))
 
     def stop(self) -> None:

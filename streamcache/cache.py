@@ -21,7 +21,7 @@ from ipc.clock import SYSTEM, Clock, clock_of
 from ipc.segment import DEFAULT_SLOTS, HEADER_BYTES, SLOT_BYTES, SegmentError
 
 from . import config
-from .base import CacheBase, check_create, check_dst, check_key, check_start
+from .base import CacheBase, check_create, check_dst, check_key, check_resume, check_start
 from .deadline import Deadline, Idle, deadline_for, idle_for, remaining, wait_limit
 from .disk.eviction import Cleaner, GCReport, collect
 from .disk.filestore import (
@@ -39,6 +39,7 @@ from .disk.store import LAYOUT, Store, channel_base, key_hash
 from .entry.creator import Create
 from .entry.pipe import FileReader, PipeReader
 from .entry.producer import Producers, check_not_creating
+from .entry.resume import Takeover
 from .entry.sink import write_all
 from .entry.stream import EntryInfo, FetchResult, Source, Stream
 from .lookup import Found, Lookup
@@ -193,19 +194,21 @@ class StreamCache(CacheBase):
         *,
         start: int = 0,
         idle_timeout: float | None = None,
+        resume: bool = False,
     ) -> Stream:
         try:
             check_start(start)
             idle = idle_for(idle_timeout, self._clock)
             h, deadline = self._begin(key, create, timeout)
-            source, created, bypassed = self._open(key, h, create, deadline, start)
+            takeover = self._takeover(create, resume)
+            source, created, bypassed = self._open(key, h, create, deadline, start, takeover)
         except Exception:
             self.metrics.count_fetch(ERROR)
             raise
         if bypassed:
             self.metrics.count_fetch(BYPASS)
         return self._stream(
-            key, h, source, created, create, deadline, start, idle, outcome=not bypassed
+            key, h, source, created, create, deadline, start, idle, takeover, outcome=not bypassed
         )
 
     def peek(self, key: str) -> EntryInfo | None:
@@ -261,6 +264,7 @@ class StreamCache(CacheBase):
         timeout: float | None = None,
         *,
         idle_timeout: float | None = None,
+        resume: bool = False,
     ) -> FetchResult:
         """Find or create the entry of ``key`` and copy it to ``dst``.
 
@@ -272,6 +276,7 @@ class StreamCache(CacheBase):
             check_dst(dst)
             idle = None if idle_timeout is None else idle_for(idle_timeout, self._clock)
             h, deadline = self._begin(key, create, timeout)
+            takeover = self._takeover(create, resume)
             data = self._seen.get(h)
             if data is not None:
                 write_all(dst, data, deadline)
@@ -283,7 +288,7 @@ class StreamCache(CacheBase):
                 write_all(dst, fin.data, deadline)
                 self.metrics.count_hit(fin.size)
                 return FetchResult(fin.size, False)
-            result, outcome = self._fetch(key, h, dst, create, deadline, idle, fin)
+            result, outcome = self._fetch(key, h, dst, create, deadline, idle, fin, takeover)
         except Exception:
             self.metrics.count_fetch(ERROR)
             raise
@@ -299,6 +304,7 @@ class StreamCache(CacheBase):
         deadline: Deadline | None,
         idle: Idle | None,
         fin: Finished | None,
+        takeover: Takeover | None = None,
     ) -> tuple[FetchResult, str]:
         """fetch beyond a small hit: a reader on ``fin``, the finished entry if there is
         one, or on the entry found or created under the key's lock, or create straight
@@ -307,7 +313,7 @@ class StreamCache(CacheBase):
             found = Found(FileReader(fin.fd, fin.size), False)
         else:
             inline_dst = dst if deadline is None and idle is None else None
-            found = self._lookup.find_or_claim(key, h, create, deadline, inline_dst, 0)
+            found = self._lookup.find_or_claim(key, h, create, deadline, inline_dst, 0, takeover)
         if found.bypass is not None:
             idle_timeout = None if idle is None else idle.seconds
             null = self._null.fetch(
@@ -317,8 +323,9 @@ class StreamCache(CacheBase):
         if found.reader is None:
             self.metrics.count_served(found.written)
             return FetchResult(found.written, True), MISS
-        with self._stream(key, h, found.reader, found.created, create, deadline, 0, idle) as s:
-            return FetchResult(s.copy_to(dst), found.created), MISS if found.created else HIT
+        reader, created = found.reader, found.created
+        with self._stream(key, h, reader, created, create, deadline, 0, idle, takeover) as s:
+            return FetchResult(s.copy_to(dst), created), MISS if created else HIT
 
     def stop(self) -> None:
         """End this process's background cleanup. fetch still works afterwards."""
@@ -361,6 +368,20 @@ class StreamCache(CacheBase):
         self._cleaner.ensure_started()
         return h, deadline
 
+    def _takeover(self, create: Create, resume: object) -> Takeover | None:
+        """With ``resume``: how this call's reader carries its entry on if the producer
+        dies (see :mod:`.entry.resume`)."""
+        if not check_resume(resume):
+            return None
+        return Takeover(
+            self._store,
+            create,
+            window=self.window,
+            liveness=self.liveness,
+            running=self._running,
+            clock=self._clock,
+        )
+
     def _stream(
         self,
         key: str,
@@ -371,6 +392,7 @@ class StreamCache(CacheBase):
         deadline: Deadline | None,
         start: int,
         idle: Idle | None = None,
+        takeover: Takeover | None = None,
         *,
         outcome: bool = False,
     ) -> Stream:
@@ -378,17 +400,29 @@ class StreamCache(CacheBase):
         it is closed); one that attached to an entry in flight may reopen."""
         reopen = None
         if isinstance(source, PipeReader) and not created:
-            reopen = functools.partial(self._reopen, key, h, create, deadline, start)
+            reopen = functools.partial(self._reopen, key, h, create, deadline, start, takeover)
         return Stream(source, created, deadline, reopen, self.metrics, outcome, idle)
 
     def _reopen(
-        self, key: str, h: str, create: Create, deadline: Deadline | None, start: int
+        self,
+        key: str,
+        h: str,
+        create: Create,
+        deadline: Deadline | None,
+        start: int,
+        takeover: Takeover | None,
     ) -> tuple[Source, bool]:
-        source, created, _ = self._open(key, h, create, deadline, start)
+        source, created, _ = self._open(key, h, create, deadline, start, takeover)
         return source, created
 
     def _open(
-        self, key: str, h: str, create: Create, deadline: Deadline | None, start: int
+        self,
+        key: str,
+        h: str,
+        create: Create,
+        deadline: Deadline | None,
+        start: int,
+        takeover: Takeover | None = None,
     ) -> tuple[Source, bool, bool]:
         """A reader on the entry of ``h`` from byte ``start``, whether this call
         created it (then its producer runs in a thread, or, bypassing the cache,
@@ -396,7 +430,7 @@ class StreamCache(CacheBase):
         hit = self._lookup.open_finished(h, start)
         if hit is not None:
             return hit, False, False
-        found = self._lookup.find_or_claim(key, h, create, deadline, None, start)
+        found = self._lookup.find_or_claim(key, h, create, deadline, None, start, takeover)
         if found.bypass is not None:
             return start_create(create, start), True, True
         assert found.reader is not None

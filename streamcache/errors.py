@@ -42,6 +42,12 @@ class ProducerStalled(CreateError):
     the producer's next write raises this too."""
 
 
+class NotDeterministic(CreateError):
+    """A resumed entry (``resume=True``) was re-created with bytes that differ from those
+    its dead producer had written: create is not deterministic. The entry fails for
+    every reader; no byte of the new run is ever spliced after the old ones."""
+
+
 class AllReadersLeft(CreateError):
     """The producer stopped because every reader had left (its write raised
     BrokenPipeError). A reader that attached just then, before any byte reached its

@@ -20,6 +20,7 @@ from .disk.usage import is_disk_full
 from .entry.creator import Create
 from .entry.pipe import CREATOR_SLOT, FileReader, PipeReader
 from .entry.producer import Producer, Producers
+from .entry.resume import Takeover
 from .log import log
 from .options import CacheOptions
 
@@ -49,11 +50,19 @@ class Lookup:
         self._running = running
 
     def find_or_claim(
-        self, key: str, h: str, create: Create, deadline: Deadline | None, dst: Any, start: int
+        self,
+        key: str,
+        h: str,
+        create: Create,
+        deadline: Deadline | None,
+        dst: Any,
+        start: int,
+        takeover: Takeover | None = None,
     ) -> Found:
         """Under the key's lock: a reader on the entry (from byte ``start``), or a new
         entry of ours, whose producer runs in a thread (``dst`` None) or here, copying
-        to ``dst``; or neither, when the miss must bypass the cache."""
+        to ``dst``; or neither, when the miss must bypass the cache. A reader with
+        ``takeover`` (the call's ``resume``) carries the entry on if its producer dies."""
         # A created entry is put here before its record is written, so that an
         # exception anywhere up to the producer's start (a signal handler's, say)
         # fails it instead of leaving a record that nobody will ever finish.
@@ -62,7 +71,7 @@ class Lookup:
         try:
             try:
                 with self.index.locked(h, remaining(deadline)):
-                    reader = self._locked(h, start)
+                    reader = self._locked(h, start, takeover)
                     if reader is not None:
                         return Found(reader, False)
                     bypass = self.store.usage.admit()
@@ -102,7 +111,9 @@ class Lookup:
         fin = self.finished(h)
         return None if fin is None else FileReader(fin.fd, fin.size, start)
 
-    def _locked(self, h: str, start: int) -> FileReader | PipeReader | None:
+    def _locked(
+        self, h: str, start: int, takeover: Takeover | None = None
+    ) -> FileReader | PipeReader | None:
         """A reader on the entry of ``h`` from byte ``start``, or None if there is none
         to read (lock held)."""
         hit = self.open_finished(h, start)
@@ -159,6 +170,7 @@ class Lookup:
             clock=self._clock,
             start=start,
             stall_timeout=self.opts.stall_timeout,
+            takeover=takeover,
         )
 
     def _create_locked(

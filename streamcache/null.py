@@ -14,7 +14,14 @@ from ipc.clock import SYSTEM, Clock
 from ipc.hub import complete
 from ipc.wait import Wake
 
-from .base import CacheBase, check_create, check_dst, check_key, check_start
+from .base import (
+    CacheBase,
+    check_create,
+    check_dst,
+    check_key,
+    check_resume,
+    check_start,
+)
 from .deadline import Deadline, check_idle, deadline_for, idle_for
 from .entry.creator import Create, Writer, call_create
 from .entry.sink import write_all
@@ -279,10 +286,12 @@ class NullCache(CacheBase):
         timeout: float | None = None,
         *,
         idle_timeout: float | None = None,
+        resume: bool = False,
     ) -> FetchResult:
         check_key(key)
         check_dst(dst)
         check_create(create)
+        check_resume(resume)  # (every call runs create: nothing to resume)
         if check_idle(idle_timeout) is not None:
             # create's silence can be timed only from outside it: through the stream,
             # create in a thread, as on every other path.
@@ -311,10 +320,12 @@ class NullCache(CacheBase):
         *,
         start: int = 0,
         idle_timeout: float | None = None,
+        resume: bool = False,
     ) -> Stream:
         check_key(key)
         check_create(create)
         check_start(start)
+        check_resume(resume)
         deadline = deadline_for(timeout, self._clock)
         idle = idle_for(idle_timeout, self._clock)
         return Stream(start_create(create, start), True, deadline, idle=idle)

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from .base import CacheBase, _start_kw, check_start
+from .base import CacheBase, _start_kw, check_resume, check_start
 from .entry.creator import BytesLike, Create, Writer
 from .entry.stream import EntryInfo, FetchResult, Stream
 
@@ -72,9 +72,10 @@ class LoggingCache(CacheBase):
         timeout: float | None = None,
         *,
         idle_timeout: float | None = None,
+        resume: bool = False,
     ) -> FetchResult:
         tracked = _Tracked(create)
-        kw = _start_kw(0, idle_timeout)
+        kw = _start_kw(0, idle_timeout, check_resume(resume))
         try:
             result = self.cache.fetch(key, dst, tracked.create, timeout, **kw)
         except BaseException as exc:
@@ -91,10 +92,11 @@ class LoggingCache(CacheBase):
         *,
         start: int = 0,
         idle_timeout: float | None = None,
+        resume: bool = False,
     ) -> Stream:
         check_start(start)
         tracked = _Tracked(create)
-        kw = _start_kw(start, idle_timeout)
+        kw = _start_kw(start, idle_timeout, check_resume(resume))
         try:
             s = self.cache.stream(key, tracked.create, timeout, **kw)
         except BaseException as exc:

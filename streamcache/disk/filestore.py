@@ -27,6 +27,13 @@ index record and no lock: one ``open`` by name. Invariants:
   that lock is held (``ipc.lock_held``), so neither a stale record from before a reboot
   nor a forged one naming some live process makes anyone wait. Taken once per entry,
   never on the write path.
+- A data file's name carries the pid of the process producing it. A resumed entry
+  (``resume=True``: its producer died, a reader re-runs create) changes producer
+  without changing file: its successor takes the flock on a descriptor of its own
+  (:meth:`Filestore.take_over`; only possible once the dead producer's descriptors are
+  closed) and renames the file to a name with its own pid and the same random part
+  (so the same channel), all under the key's index lock, before it rewrites the
+  record. Readers keep their descriptors; the inode, and its bytes, are the same.
 - Whatever else is found where a file of ours goes (a directory, FIFO, socket or
   symlink, a file under a name that is not ours) is garbage: never served, never
   followed, never waited on (paths are opened with O_NOFOLLOW and O_NONBLOCK and
@@ -264,6 +271,22 @@ def is_key_hash(name: str) -> bool:
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
+def _take_lock(fd: int, tries: int) -> bool:
+    """The exclusive flock of ``fd``, tried ``tries`` times a millisecond apart."""
+    import time
+
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < tries:
+                time.sleep(0.001)
+        except OSError:
+            return True  # a file system without flock: as Filestore.create
+    return False
+
+
 def producer_pid(name: str) -> int | None:
     """The pid of the process that created the data file ``name`` (None: not one of
     ours)."""
@@ -334,6 +357,38 @@ class Filestore:
 
     def remove(self, name: str) -> bool:
         return remove_path(self.path(name))
+
+    def take_over(self, name: str, same_as: int, tries: int) -> tuple[str, int] | None:
+        """Become the producer of the data file ``name`` (an entry being resumed; the
+        key's lock held): a write descriptor on it, positioned at its end and holding
+        its flock, the file renamed to a name of this process with the same random
+        part. None if the file is not the one open as ``same_as`` any more, is no longer
+        being written (sealing: its trailer may be in it), or its lock stays taken for
+        ``tries`` attempts (a descriptor of the dead producer survives elsewhere: a
+        child it forked, say). Readers' probes (``ipc.lock_held``) hold a shared lock
+        for two syscalls, so a few tries are expected under load."""
+        path = self.path(name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            st, mine = os.fstat(fd), os.fstat(same_as)
+            if (
+                not stat.S_ISREG(st.st_mode)
+                or (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino)
+                or not st.st_mode & stat.S_IWUSR
+                or not _take_lock(fd, tries)
+            ):
+                os.close(fd)
+                return None
+            new = f"{name.split('-')[0]}-{os.getpid():x}-{next(_counter):x}"
+            os.rename(path, self.path(new))  # same shard: the same first two digits
+            os.lseek(fd, 0, os.SEEK_END)
+        except BaseException:
+            os.close(fd)
+            raise
+        return new, fd
 
     # -- finished entries --------------------------------------------------------------
 

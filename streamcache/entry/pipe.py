@@ -29,6 +29,11 @@ Invariants kept here:
 - The producer is alive only while its process runs and it holds its lock on the
   data file (:meth:`PipeReader._producer_locked`); the probe is two syscalls, made on
   each liveness check (once per ``liveness`` of waiting), never per read.
+- A reader of a resumable entry (``takeover`` given: its call passed ``resume=True``)
+  that finds the producer dead asks :class:`Takeover` first: one such reader, elected
+  under the key's lock, becomes the producer (:mod:`resume`); the others, and any
+  reader whose next check finds the successor alive and locked, keep waiting at their
+  positions. Only when the entry cannot go on does the reader fail as before.
 - This module calls nothing above it: what a reader needs from the cache (the store,
   to settle an entry whose producer died; the producer's own exception, when it ran
   in this process) is handed to it as objects.
@@ -39,13 +44,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 import ipc
 from ipc.channel import COALESCE, LINGER, Channel
 from ipc.clock import SYSTEM, Clock
 from ipc.hub import Watch, hub
-from ipc.segment import FAILED_ABANDONED, ReaderSlot
+from ipc.segment import FAILED_ABANDONED, ReaderSlot, Segment
 from ipc.wait import Waiter, Wake
 
 from ..deadline import Deadline, reading_on
@@ -82,6 +87,14 @@ class Outcome:
 
     def __init__(self) -> None:
         self.error: BaseException | None = None
+
+
+class Takeover(Protocol):
+    """What a reader of a resumable entry (``resume=True``) calls when it finds the
+    producer dead: the entry's record once a live producer writes it again (one
+    reader is elected to, see :mod:`resume`), or None: the reader fails as without."""
+
+    def __call__(self, rec: Record, fd: int, seg: Segment) -> Record | None: ...
 
 
 class _Reader:
@@ -262,9 +275,11 @@ class PipeReader(_Reader):
         clock: Clock = SYSTEM,
         start: int = 0,
         stall_timeout: float | None = None,
+        takeover: Takeover | None = None,
     ) -> None:
         super().__init__(fd, start)
         self._stall_timeout = stall_timeout
+        self._takeover = takeover
         # (offset, when on the waiter's clock): where this reader first waited, silently
         self._quiet: tuple[int, float] | None = None
         if slot is not None and start:
@@ -410,6 +425,12 @@ class PipeReader(_Reader):
                 return  # (the producer says how it ended before it unlinks the names)
             self._report_check(began, alive=False)
             self._removed()
+        if not self._producer_gone and self._takeover is not None and self._rec is not None:
+            rec = self._takeover(self._rec, self._fd, self._seg)
+            if rec is not None:  # a live producer carries the entry on: wait for it
+                self._rec = rec
+                self._report_check(began, alive=True)
+                return
         # Dead: the bytes it wrote but never published are read first (they are
         # data: the file is still 0600); once caught up, _ready comes back here.
         if not self._producer_gone:

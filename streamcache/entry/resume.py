@@ -1,0 +1,233 @@
+"""Resuming an entry whose producer died (``resume=True``: create is deterministic).
+
+A reader that finds its producer dead (:meth:`pipe.PipeReader._check_producer`) and
+whose call passed ``resume=True`` asks its :class:`Takeover` to carry the entry on
+instead of failing. Under the key's index lock, one such reader is elected (the first
+to take the lock while the entry's producer is still dead); it becomes the entry's
+producer, in a thread of its process, and re-runs create: the bytes create gives up
+to the data file's length (everything the dead producer wrote, so every reader's
+position and the published offset too) are compared with those in the file and not
+written again; the rest is appended to the same file and published on the same
+channel. Readers keep their descriptors, slots and positions: they never see the seam.
+
+Invariants (cross-process):
+
+- **Who may take over.** Only a reader of the entry, under the key's lock, while the
+  key's record still names the entry's data file (its random part: the name's pid
+  changes with the producer), the segment still says "writing" and not stalled, and
+  the record's producer is not producing (:meth:`Store.producer_alive`: of this boot,
+  its pid running and the data file's flock held). A producer that ended has
+  published its outcome before letting go of its lock (producer.py), so "writing"
+  with the lock free means dead. Every other reader that finds the producer dead
+  comes here too, finds the successor alive under the same lock, and goes back to
+  waiting: so there is one producer at a time, host-wide.
+- **How the identity changes hands**, all inside that critical section and in this
+  order: the successor takes the data file's exclusive flock on a descriptor of its
+  own (:meth:`Filestore.take_over`: impossible while any descriptor of the dead
+  producer's lives), renames the file to a name carrying its own pid (same random
+  part, so the same channel), names itself producer in the segment
+  (:meth:`ipc.segment.Segment.take_over`), publishes the file's length as the offset,
+  and rewrites the record (this boot, its pid and start time, the old expiry). A
+  reader's liveness check that sees the new pid therefore also finds the lock held;
+  one that sees the old pid finds it dead, comes here, and waits for the lock.
+- **Never spliced.** The successor appends nothing until create has given every byte
+  already in the file and each was equal; create giving a different byte, ending
+  short or announcing another size fails the entry for every reader with
+  :class:`NotDeterministic` (a CreateError), as any failing create does. So the
+  bytes after the seam always follow bytes of the same run of create that made
+  them, as far as a deterministic create can tell. (Readers that had not reached
+  the first differing byte could go on with the new bytes; they fail too: the
+  simple rule.)
+- Without ``resume`` a reader has no Takeover and behaves as before: ProducerDied.
+  A reader without it that finds the successor alive keeps reading.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ipc
+from ipc.channel import Channel
+from ipc.clock import SYSTEM, Clock
+from ipc.naming import BASE_HEX
+from ipc.segment import Segment, SegmentError
+
+from ..disk.index import Record
+from ..disk.store import Store
+from ..errors import NotDeterministic
+from ..log import log
+from .creator import Create
+from .pipe import CHUNK
+from .producer import Producer, Producers, Tee
+from .writer import EntryWriter
+
+# Attempts (a millisecond apart) at the data file's flock: readers' probes hold it
+# shared for two syscalls each.
+_LOCK_TRIES = 200
+
+
+class Takeover:
+    """A resumable reader's way to carry its entry on (see the module docstring):
+    ``create`` is the reader's own call's, the options those of its cache."""
+
+    def __init__(
+        self,
+        store: Store,
+        create: Create,
+        *,
+        window: int,
+        liveness: float,
+        running: Producers,
+        clock: Clock = SYSTEM,
+    ) -> None:
+        self._store = store
+        self._create = create
+        self._options: dict[str, Any] = {
+            "window": window,
+            "liveness": liveness,
+            "running": running,
+            "clock": clock,
+        }
+
+    def __call__(self, rec: Record, fd: int, seg: Segment) -> Record | None:
+        """For a reader of ``rec``'s entry (data file open as ``fd``, segment ``seg``)
+        that found its producer dead: the entry's record once a live producer writes
+        it (this reader's, newly elected, or another's), or None if it cannot go on
+        (gone from the index, or its data file cannot be taken over): the reader
+        then fails as without resume."""
+        store = self._store
+        producer: ResumedProducer | None = None
+        with store.index.locked(rec.key, None):
+            cur = store.index.read(rec.key)
+            if cur is None or cur.file[:BASE_HEX] != rec.file[:BASE_HEX]:
+                return None  # finished, failed, evicted or replaced meanwhile
+            if seg.state != ipc.STATE_WRITING or seg.stalled:
+                return cur  # ended: the reader reads how
+            if store.producer_alive(cur, fd):
+                return cur  # taken over already (or never dead)
+            taken = store.files.take_over(cur.file, fd, _LOCK_TRIES)
+            if taken is None:
+                return None
+            name, wfd = taken
+            try:
+                channel = Channel.open(store.channel_base(name))
+            except SegmentError:
+                channel = None
+            if channel is None or channel.seg.inode != seg.inode:
+                if channel is not None:
+                    channel.close()
+                os.close(wfd)
+                return None  # its names are gone (wiped): it fails as without resume
+            me = ipc.current_process()
+            new = Record(rec.key, name, me.pid, me.start, cur.expires)
+            try:
+                prefix = os.fstat(wfd).st_size
+                channel.seg.take_over(me)
+                if prefix > channel.seg.offset:
+                    channel.seg.publish_offset(prefix)  # all of it is the entry's
+                store.index.write(new)
+                producer = ResumedProducer(store, new, channel, wfd, prefix, **self._options)
+            except BaseException:
+                if producer is None:
+                    channel.close()
+                    os.close(wfd)
+                raise
+        log.info(
+            "streamcache: entry %s resumed by pid %d after %d bytes (its producer, pid %d, died)",
+            rec.key[:16],
+            me.pid,
+            prefix,
+            cur.pid,
+        )
+        channel.ring_all()
+        producer.start(self._create)
+        return new
+
+
+class ResumedProducer(Producer):
+    """The producer of a resumed entry: its writer checks the first ``prefix`` bytes."""
+
+    def __init__(
+        self,
+        store: Store,
+        rec: Record,
+        channel: Channel,
+        fd: int,
+        prefix: int,
+        **options: Any,
+    ) -> None:
+        super().__init__(store, rec, channel, fd, **options)
+        self._prefix = prefix
+
+    def _writer(self, tee: Tee | None = None) -> EntryWriter:
+        writer = ResumingWriter(
+            self._fd,
+            self._channel,
+            self._window,
+            self._liveness,
+            None,
+            self._store.channel_base(self.rec.file),
+            self._clock,
+            self._store.metrics,
+            self._account,
+        )
+        writer.resume_at(self._prefix)
+        return writer
+
+
+class ResumingWriter(EntryWriter):
+    """An EntryWriter that starts at byte ``prefix`` of a file already holding that
+    many bytes: create's first ``prefix`` bytes are compared with them, not written."""
+
+    _prefix = 0
+    _checked = 0  # bytes of the prefix create has given (and found equal)
+
+    def resume_at(self, prefix: int) -> None:
+        self._prefix = prefix
+        self.offset = self._counted = prefix
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._checked >= self._prefix:
+            return super().write(data)
+        if self._closed:
+            raise ValueError("write to a closed streamcache writer")
+        if isinstance(data, str):
+            raise TypeError("write() needs bytes, not str")
+        self.check_stalled()
+        view = memoryview(data).cast("B")
+        take = min(len(view), self._prefix - self._checked)
+        self._compare(view[:take])
+        if take < len(view):
+            super().write(view[take:])
+        return len(view)
+
+    def _compare(self, view: memoryview) -> None:
+        done = 0
+        while done < len(view):
+            at = self._checked + done
+            old = os.pread(self._fd, min(len(view) - done, CHUNK), at)
+            new = view[done : done + len(old)]
+            if not old or old != new:
+                first = at + next((i for i, b in enumerate(old) if b != new[i]), len(old))
+                self._not_deterministic(f"its output differs at byte {first}")
+            done += len(old)
+        self._checked += done
+
+    def set_size(self, size: int) -> int:
+        before = None if self.channel is None else self.channel.seg.announced_size
+        if before is not None and before != size:
+            self._not_deterministic(f"it announced {size} bytes, not {before}")
+        return super().set_size(size)
+
+    def close(self) -> None:
+        if not self._closed and self._checked < self._prefix:
+            self._closed = True
+            self._not_deterministic(f"it ended after {self._checked} bytes")
+        super().close()
+
+    def _not_deterministic(self, why: str) -> None:
+        raise NotDeterministic(
+            f"create is not deterministic: re-run to carry on the entry after its producer "
+            f"died, {why} (the dead producer had written {self._prefix} bytes)"
+        )

@@ -1,0 +1,121 @@
+"""Child-process functions for tests/entry/test_resume_after_producer_death.py (spawn
+context). Each child reports through its queue ``out``; every wait is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from typing import Any
+
+from xproc import WAIT, payload, reporting
+
+import streamcache
+
+
+class Payload:
+    """A deterministic create: the payload ``seed`` of ``total`` bytes in ``chunk``-byte
+    writes (picklable, so a spawned child can take one). ``flip_at``: that byte is
+    changed (a create that is not deterministic). ``gate`` (started, go): after the
+    first write, say so and wait for go. ``stop`` (at, reached): once ``at`` bytes are
+    written, say so and write nothing more (the test kills the process then)."""
+
+    def __init__(
+        self,
+        seed: str,
+        total: int,
+        chunk: int,
+        *,
+        flip_at: int | None = None,
+        gate: tuple[Any, Any] | None = None,
+        stop: tuple[int, Any] | None = None,
+    ) -> None:
+        self.seed, self.total, self.chunk = seed, total, chunk
+        self.flip_at, self.gate, self.stop = flip_at, gate, stop
+
+    def __call__(self, w: Any) -> None:
+        done = 0
+        for i, c in enumerate(payload(self.seed, self.total, self.chunk)):
+            if self.flip_at is not None and done <= self.flip_at < done + len(c):
+                b = bytearray(c)
+                b[self.flip_at - done] ^= 0xFF
+                c = bytes(b)
+            w.write(c)
+            done += len(c)
+            if i == 0 and self.gate is not None:
+                started, go = self.gate
+                started.set()
+                if not go.wait(WAIT):
+                    raise TimeoutError("never let go")
+            if self.stop is not None and done >= self.stop[0]:
+                self.stop[1].set()
+                time.sleep(WAIT)  # killed here
+                raise TimeoutError("never killed")
+
+
+@reporting
+def producer(dir: str, key: str, mode: str, create: Payload, *, out: Any) -> None:
+    """Create ``key`` with ``resume=True``: inline (``fetch``, no timeout) or in a
+    producer thread (``stream``); the test kills this process mid-entry."""
+    cache = streamcache.StreamCache(dir, liveness=0.2, cleanup_interval=0)
+    if mode == "inline":
+        cache.fetch(key, _Sink(None, 0), create, resume=True)
+    else:
+        with cache.stream(key, create, timeout=WAIT, resume=True) as s:
+            for _ in s:
+                pass
+    out.put(("finished",))
+
+
+class _Sink:
+    """A dst keeping the sha256 and length of what it got; says "attached" on the
+    first bytes and notes when it first got a byte past ``mark``."""
+
+    def __init__(self, out: Any, mark: int) -> None:
+        self._h = hashlib.sha256()
+        self.n = 0
+        self._out = out
+        self._mark = mark
+        self.past_mark: float | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        b = bytes(data)
+        if not self.n and b and self._out is not None:
+            self._out.put(("attached",))
+        self._h.update(b)
+        self.n += len(b)
+        if self.past_mark is None and self.n > self._mark:
+            self.past_mark = time.monotonic()
+        return len(b)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+@reporting
+def reader(
+    dir: str, key: str, mode: str, create: Payload, mark: int, resume: bool, *, out: Any
+) -> None:
+    """Read ``key`` by ``mode`` (fetch, stream or astream); report ("ok", bytes, sha256,
+    when the first byte past ``mark`` came) or ("raised", type, message, bytes, sha256)."""
+    cache = streamcache.StreamCache(dir, liveness=0.2, cleanup_interval=0)
+    sink = _Sink(out, mark)
+    try:
+        if mode == "fetch":
+            cache.fetch(key, sink, create, timeout=WAIT, resume=resume)
+        elif mode == "stream":
+            with cache.stream(key, create, timeout=WAIT, resume=resume) as s:
+                for c in s:
+                    sink.write(c)
+        else:
+
+            async def main() -> None:
+                async with cache.astream(key, create, timeout=WAIT, resume=resume) as s:
+                    async for c in s:
+                        sink.write(c)
+
+            asyncio.run(main())
+    except Exception as exc:
+        out.put(("raised", type(exc).__name__, str(exc), sink.n, sink.hexdigest()))
+        return
+    out.put(("ok", sink.n, sink.hexdigest(), sink.past_mark))

@@ -1,0 +1,151 @@
+"""``resume=True``: a producer SIGKILLed mid-entry is replaced by one of its readers,
+which re-runs create, checks the bytes already written and carries the same entry on.
+Readers in other processes (fetch, stream, astream) get every byte, as from an
+unkilled run; a create that is not deterministic fails the entry and is never
+spliced; without resume, ProducerDied as before. Children live in procs_resume.py.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import time
+from multiprocessing.context import SpawnContext
+from pathlib import Path
+from typing import Any
+
+import procs_resume
+import pytest
+import xproc
+from procs_resume import Payload
+from xproc import payload_sha
+
+import streamcache
+
+WAIT = 60.0
+TOTAL = 2 << 20
+CHUNK = 16 << 10
+SEED = "resume"
+MODES = ("fetch", "stream", "astream")
+
+
+def _kill_mid_entry(
+    cache_dir: Path,
+    spawn: SpawnContext,
+    key: str,
+    producer_mode: str,
+    kill_at: int,
+    readers: list[tuple[str, Payload, bool]],
+) -> tuple[list[tuple[Any, ...]], float]:
+    """Start a producer of ``key`` (``resume=True``), attach ``readers`` (mode, create,
+    resume) in processes of their own, let the producer write ``kill_at`` bytes, wait
+    until they are published, SIGKILL it; the readers' reports and the kill's time."""
+    started, go, reached = spawn.Event(), spawn.Event(), spawn.Event()
+    create = Payload(SEED, TOTAL, CHUNK, gate=(started, go), stop=(kill_at, reached))
+    pout = spawn.Queue()
+    producer = spawn.Process(
+        target=procs_resume.producer,
+        args=(str(cache_dir), key, producer_mode, create),
+        kwargs={"out": pout},
+    )
+    producer.start()
+    assert started.wait(WAIT), "the producer never wrote its first chunk"
+    procs = []
+    for mode, reader_create, resume in readers:
+        out = spawn.Queue()
+        p = spawn.Process(
+            target=procs_resume.reader,
+            args=(str(cache_dir), key, mode, reader_create, kill_at, resume),
+            kwargs={"out": out},
+        )
+        p.start()
+        procs.append((p, out))
+    for _, out in procs:
+        xproc.expect(out, "attached", WAIT)
+    go.set()
+    assert reached.wait(WAIT), "the producer never reached the kill point"
+    cache = streamcache.StreamCache(cache_dir, liveness=0.2, cleanup_interval=0)
+    xproc.wait_until(
+        lambda: (info := cache.peek(key)) is not None and info.produced >= kill_at,
+        WAIT,
+        "the kill point published",
+    )
+    killed = time.monotonic()
+    assert producer.pid is not None
+    os.kill(producer.pid, signal.SIGKILL)
+    producer.join(WAIT)
+    assert producer.exitcode == -signal.SIGKILL
+    reports = []
+    for p, out in procs:
+        msg = out.get(timeout=WAIT)
+        assert msg[0] != "error", msg[1]
+        reports.append(msg)
+        p.join(WAIT)
+        assert p.exitcode == 0
+    return reports, killed
+
+
+@pytest.mark.parametrize(
+    ("fraction", "producer_mode"),
+    [(0.1, "thread"), (0.5, "inline"), (0.99, "thread"), (0.99, "inline")],
+)
+def test_every_reader_gets_every_byte_after_the_producer_is_killed(
+    cache_dir: Path, spawn: SpawnContext, fraction: float, producer_mode: str
+) -> None:
+    kill_at = int(TOTAL * fraction) // CHUNK * CHUNK
+    deterministic = Payload(SEED, TOTAL, CHUNK)
+    readers = [(mode, deterministic, True) for mode in MODES]
+    reports, killed = _kill_mid_entry(
+        cache_dir, spawn, "resume-key", producer_mode, kill_at, readers
+    )
+    want = payload_sha(SEED, TOTAL, CHUNK)
+    for (mode, _, _), report in zip(readers, reports, strict=True):
+        assert report[:3] == ("ok", TOTAL, want), (mode, report)
+    resumed = [r[3] - killed for r in reports]
+    print(f"killed at {kill_at} bytes; first byte past it {min(resumed):.3f} s after the kill")
+    # The resumed entry was published whole: a hit, with the same bytes.
+    cache = streamcache.StreamCache(cache_dir, liveness=0.2, cleanup_interval=0)
+    hit = xproc.HashSink()
+    assert cache.fetch("resume-key", hit, xproc.forbidden_create, timeout=WAIT) == (TOTAL, False)
+    assert hit.hexdigest() == want
+
+
+@pytest.mark.parametrize("differs_at", ["first byte", "last byte before the kill"])
+def test_a_create_that_is_not_deterministic_is_never_spliced(
+    cache_dir: Path, spawn: SpawnContext, differs_at: str
+) -> None:
+    kill_at = TOTAL // 2
+    flip = 0 if differs_at == "first byte" else kill_at - 1
+    other = Payload(SEED, TOTAL, CHUNK, flip_at=flip)
+    readers = [(mode, other, True) for mode in MODES]
+    reports, _ = _kill_mid_entry(cache_dir, spawn, "nondet-key", "thread", kill_at, readers)
+    for (mode, _, _), report in zip(readers, reports, strict=True):
+        assert report[:2] == ("raised", "CreateError"), (mode, report)
+        assert "create is not deterministic" in report[2], (mode, report)
+        # Nothing past the old bytes reached anyone: what each got is the old prefix.
+        got = report[3]
+        assert got <= kill_at, (mode, report)
+        assert report[4] == _prefix_sha(got), (mode, report)
+    # Nothing was published: the next call creates afresh.
+    cache = streamcache.StreamCache(cache_dir, liveness=0.2, cleanup_interval=0)
+    dst = io.BytesIO()
+    assert cache.fetch("nondet-key", dst, Payload(SEED, TOTAL, CHUNK), timeout=WAIT) == (
+        TOTAL,
+        True,
+    )
+
+
+def test_without_resume_readers_get_producer_died(cache_dir: Path, spawn: SpawnContext) -> None:
+    kill_at = TOTAL // 2
+    readers = [(mode, Payload(SEED, TOTAL, CHUNK), False) for mode in MODES]
+    reports, _ = _kill_mid_entry(cache_dir, spawn, "plain-key", "thread", kill_at, readers)
+    for (mode, _, _), report in zip(readers, reports, strict=True):
+        assert report[:2] == ("raised", "ProducerDied"), (mode, report)
+        assert report[3] <= kill_at
+
+
+def _prefix_sha(n: int) -> str:
+    import hashlib
+
+    return hashlib.sha256(xproc.payload_bytes(SEED, TOTAL, CHUNK)[:n]).hexdigest()
