@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -19,6 +20,23 @@ from streamcache.disk.filestore import Filestore
 from streamcache.disk.index import Record
 
 WAIT = 20.0  # bound for every wait in the tests that use these helpers
+
+
+class FakeMonotonic:
+    """A monotonic clock (for ``ipc.Clock(monotonic=...)``) that moves only when the test
+    moves it."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += seconds
 
 
 def writing(*chunks: bytes) -> Callable[[Writer], None]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import WAIT, recv
+from helpers import WAIT, FakeMonotonic, recv
 
 import ipc
 import streamcache
@@ -38,22 +38,6 @@ FAKE_TIMEOUT = 0.1  # the fake clock's cases: seconds on the fake clock
 STILL = 1.5  # real seconds the fake clock stands still: 15 times the timeout
 REAL_TIMEOUT = 0.3  # the system clock's cases: a real timeout that does pass
 KEY = "clock-key"
-
-
-class FakeMonotonic:
-    """A monotonic clock that moves only when the test moves it."""
-
-    def __init__(self) -> None:
-        self._now = 0.0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
 
 
 class Gate:
@@ -128,7 +112,7 @@ def clocked(request: pytest.FixtureRequest) -> tuple[ipc.Clock, FakeMonotonic | 
     """(clock, its fake monotonic or None, the calls' timeout)."""
     if request.param == "system":
         return ipc.SYSTEM, None, REAL_TIMEOUT
-    fake = FakeMonotonic()
+    fake = FakeMonotonic(start=0.0)
     return ipc.Clock(monotonic=fake), fake, FAKE_TIMEOUT
 
 

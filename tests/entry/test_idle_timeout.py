@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import WAIT
+from helpers import WAIT, FakeMonotonic
 
 import ipc
 import streamcache
@@ -39,22 +39,6 @@ IDLE = 10.0  # seconds on the fake clock
 STEPS = 5  # chunks written 0.6 IDLE apart: 3 IDLE in all
 CHUNK = b"0123456789" * 10
 IDLE_ERROR = f"streamcache: no new byte of the entry for {IDLE:g} s (idle_timeout)"
-
-
-class FakeMonotonic:
-    """A monotonic clock that moves only when the test moves it."""
-
-    def __init__(self) -> None:
-        self._now = 1000.0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
 
 
 def paced(orders: Any) -> Callable[[Writer], None]:

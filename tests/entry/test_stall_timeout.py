@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import WAIT, index_records
+from helpers import WAIT, FakeMonotonic, index_records
 
 import ipc
 import streamcache
@@ -157,22 +157,6 @@ def _writing(data: bytes) -> Any:
         w.write(data)
 
     return create
-
-
-class FakeMonotonic:
-    """A monotonic clock that moves only when the test moves it."""
-
-    def __init__(self) -> None:
-        self._now = 1000.0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
 
 
 STALL = 10.0  # seconds on the fake clock
