@@ -77,6 +77,27 @@ def _add_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", metavar="D", default=None, type=os.path.expanduser, help=DIR_HELP)
 
 
+def add_cache_options(
+    p: argparse.ArgumentParser,
+    max_age: float,
+    max_age_help: str,
+    min_occurrences: int,
+    min_occurrences_help: str,
+) -> None:
+    """``--max-age`` and ``--min-occurrences``, the cache options of the commands that
+    fetch (run, git-pack-objects-hook), with each command's defaults and words."""
+    p.add_argument(
+        "--max-age", metavar="DUR", type=positive_duration, default=max_age, help=max_age_help
+    )
+    p.add_argument(
+        "--min-occurrences",
+        metavar="N",
+        type=nonnegative_int,
+        default=min_occurrences,
+        help=min_occurrences_help,
+    )
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; with ``only``, one with that command alone, which imports no
     other command's module (the git hook runs at every fetch: a hit must start fast)."""
@@ -117,20 +138,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             help="the cache key (default: a hash of the command's arguments and the "
             "working directory)",
         )
-        run.add_argument(
-            "--max-age",
-            metavar="DUR",
-            type=positive_duration,
-            default=cli_run.DEFAULT_MAX_AGE,
-            help="how long a successful run's output is served to later invocations: "
+        add_cache_options(
+            run,
+            cli_run.DEFAULT_MAX_AGE,
+            "how long a successful run's output is served to later invocations: "
             "90, 90s, 5m, 1h (default: %(default)gs)",
-        )
-        run.add_argument(
-            "--min-occurrences",
-            metavar="N",
-            type=nonnegative_int,
-            default=0,
-            help="cache a command only after it was asked N times within max-age; the "
+            0,
+            "cache a command only after it was asked N times within max-age; the "
             "earlier invocations run it on their own (default: 0, share from the first)",
         )
         run.add_argument(
@@ -179,19 +193,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             formatter_class=_formatter,
         )
         _add_dir(hook)
-        hook.add_argument(
-            "--max-age",
-            metavar="DUR",
-            type=positive_duration,
-            default=cli_hook.DEFAULT_MAX_AGE,
-            help="how long a pack is served to identical fetches (default: %(default)gs)",
-        )
-        hook.add_argument(
-            "--min-occurrences",
-            metavar="N",
-            type=nonnegative_int,
-            default=cli_hook.DEFAULT_MIN_OCCURRENCES,
-            help="share a request only after it was seen N times within max-age; the earlier "
+        add_cache_options(
+            hook,
+            cli_hook.DEFAULT_MAX_AGE,
+            "how long a pack is served to identical fetches (default: %(default)gs)",
+            cli_hook.DEFAULT_MIN_OCCURRENCES,
+            "share a request only after it was seen N times within max-age; the earlier "
             "ones run pack-objects on their own (default: %(default)s, as Gitaly)",
         )
         hook.add_argument(
