@@ -129,6 +129,19 @@ def child_concurrent_fetches(
         cache.stop()
 
 
+def put_outcome(q: Any, cache: StreamCache, key: str, create: Any, seen: list[Any]) -> None:
+    """Fetch ``key`` with ``create`` and put how it ended on ``q``: ("ok", ``seen``), or
+    ("CreateError", its text, its cause's type and errno, ``seen``); then stop ``cache``."""
+    try:
+        cache.fetch(key, io.BytesIO(), create)
+        q.put(("ok", seen))
+    except CreateError as exc:
+        cause = exc.__cause__
+        q.put(("CreateError", str(exc), type(cause).__name__, getattr(cause, "errno", None), seen))
+    finally:
+        cache.stop()
+
+
 def child_fetch_with_file_size_limit(
     cache_dir: str, key: str, limit: int, size: int, q: Any
 ) -> None:
@@ -147,16 +160,7 @@ def child_fetch_with_file_size_limit(
             returned.append(f"write raised errno {exc.errno}")
             raise
 
-    try:
-        cache.fetch(key, io.BytesIO(), create)
-        q.put(("ok",))
-    except CreateError as exc:
-        cause = exc.__cause__
-        q.put(
-            ("CreateError", str(exc), type(cause).__name__, getattr(cause, "errno", None), returned)
-        )
-    finally:
-        cache.stop()
+    put_outcome(q, cache, key, create, returned)
 
 
 def write_fds_under(root: str) -> list[int]:
@@ -194,16 +198,7 @@ def child_fetch_closing_producer_fd(cache_dir: str, key: str, q: Any) -> None:
             os.close(fd)
             closed.append(fd)
 
-    try:
-        cache.fetch(key, io.BytesIO(), create)
-        q.put(("ok", closed))
-    except CreateError as exc:
-        cause = exc.__cause__
-        q.put(
-            ("CreateError", str(exc), type(cause).__name__, getattr(cause, "errno", None), closed)
-        )
-    finally:
-        cache.stop()
+    put_outcome(q, cache, key, create, closed)
 
 
 # -- tests ---------------------------------------------------------------------------------
@@ -473,6 +468,22 @@ def test_cache_fail_create_file(cache_dir: Path) -> None:
         cache.stop()
 
 
+def assert_dropped_and_created_afresh(cache_dir: Path, data: bytes) -> None:
+    """The failed entry of "key" left no record and no data file, and the next fetch
+    creates it afresh with ``data``."""
+    assert index_records(cache_dir) == []
+    assert data_files(cache_dir) == [], "the partial file is not kept"
+
+    cache = StreamCache(cache_dir, max_age=HOUR)
+    try:
+        out = io.BytesIO()
+        res = cache.fetch("key", out, writer(data))
+        assert res.created
+        assert out.getvalue() == data
+    finally:
+        cache.stop()
+
+
 def test_cache_un_writeable_file(cache_dir: Path, spawn: SpawnContext) -> None:
     """Go: TestCache_unWriteableFile.
 
@@ -490,17 +501,7 @@ def test_cache_un_writeable_file(cache_dir: Path, spawn: SpawnContext) -> None:
     assert cause_errno == errno.EFBIG
     assert "File too large" in text
     assert returned == [f"write raised errno {errno.EFBIG}"], "the error came from w.write"
-    assert index_records(cache_dir) == []
-    assert data_files(cache_dir) == [], "the partial file is not kept"
-
-    cache = StreamCache(cache_dir, max_age=HOUR)
-    try:
-        out = io.BytesIO()
-        res = cache.fetch("key", out, writer(b"x" * size))
-        assert res.created
-        assert out.getvalue() == b"x" * size
-    finally:
-        cache.stop()
+    assert_dropped_and_created_afresh(cache_dir, b"x" * size)
 
 
 def test_cache_un_closeable_file(cache_dir: Path, spawn: SpawnContext) -> None:
@@ -521,17 +522,7 @@ def test_cache_un_closeable_file(cache_dir: Path, spawn: SpawnContext) -> None:
     assert cause == "OSError"
     assert cause_errno == errno.EBADF
     assert "Bad file descriptor" in text
-    assert index_records(cache_dir) == []
-    assert data_files(cache_dir) == []
-
-    cache = StreamCache(cache_dir, max_age=HOUR)
-    try:
-        out = io.BytesIO()
-        res = cache.fetch("key", out, writer(b"hello"))
-        assert res.created
-        assert out.getvalue() == b"hello"
-    finally:
-        cache.stop()
+    assert_dropped_and_created_afresh(cache_dir, b"hello")
 
 
 def test_cache_cannot_open_file_for_reading(cache_dir: Path, spawn: SpawnContext) -> None:
