@@ -197,22 +197,32 @@ class _Reader:
     def sendfile(
         self, out_fd: int, deadline: Deadline | None, wait_writable: Callable[[], None]
     ) -> int:
-        """Copy the next available bytes to ``out_fd`` with os.sendfile; 0 at the end."""
+        """Move every byte available now to ``out_fd`` with os.sendfile, none through
+        this process; how many (0 at the end). The kernel moves at most what ``out_fd``
+        takes without blocking plus what it waits for (a pipe: its capacity, 64 KiB by
+        default), so this loops without returning, and the reader's place advances
+        after each call (the producer's back pressure counts it)."""
         self._enter()
         try:
             avail = self._available(deadline)
             if not avail:
                 return 0
-            while True:
+            fd, begin = self._fd, self.position
+            end = begin + avail
+            while self.position < end:
                 try:
-                    n = os.sendfile(out_fd, self._fd, self.position, min(avail, CHUNK))
-                    break
+                    n = os.sendfile(out_fd, fd, self.position, end - self.position)
                 except BlockingIOError:
                     wait_writable()
-            if not n:
-                raise CreateError(self._SHORT)
-            self._advance(n)
-            return n
+                    continue
+                except OSError:
+                    if self.position == begin:
+                        raise
+                    break  # what went out is counted; the next call raises it again
+                if not n:
+                    raise CreateError(self._SHORT)
+                self._advance(n)
+            return self.position - begin
         finally:
             self._exit()
 
