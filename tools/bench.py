@@ -14,6 +14,9 @@ bytes, written repeatedly):
                  (docs/design.md's baseline)
     fanout       producer + N reader processes attached before the first byte, vs one
                  process writing a file then N processes reading it at once
+    fanout-fd    the same N readers each copying into a pipe (drained by cat): through
+                 its file object (sendfile) vs an object without fileno (pread + write);
+                 the readers' CPU seconds per GiB beside the times
     wakes        producer at 200 MiB/s (1 MiB and 64 KiB writes) + N reader processes
                  that keep up: futex wake calls, sleepers woken and reader sleeps per GiB
                  (ipc.futex.counts of every process; reference figures, no baseline)
@@ -135,6 +138,27 @@ class NullSink:
 
     def write(self, b: bytes) -> int:
         return len(b)
+
+
+class FdWriter:
+    """Writes to a descriptor it does not offer (no ``fileno``): fetch copies into it."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.n = 0
+
+    def write(self, b: bytes) -> int:
+        view = memoryview(b)
+        while len(view):
+            view = view[os.write(self.fd, view) :]
+        self.n += len(b)
+        return len(b)
+
+
+def cpu_seconds() -> float:
+    """User and system CPU seconds of this process (all its threads) so far."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 class CountingSink:
@@ -324,13 +348,22 @@ def _attach_reader(
     barrier: Barrier | None,
     out: Queue[Msg],
     role: str,
+    into: str = "sink",
 ) -> None:
     """Once the producer has started: attach with ``stream`` (a create that raises), signal
-    ``attached`` / wait on ``barrier``, then copy everything to a counting sink."""
+    ``attached`` / wait on ``barrier``, then copy everything to a counting sink, or with
+    ``into`` "pipe" or "pipe-copy" to a pipe a ``cat`` process drains (its write end
+    as a file object, which takes sendfile, or behind an object without ``fileno``);
+    the reader's CPU seconds for the copy go in its report."""
     with reporting(out, role):
         cache = StreamCache(cache_dir, cleanup_interval=0)
+        drain = None
         try:
-            sink = CountingSink()
+            sink: Any = CountingSink()
+            if into != "sink":
+                drain = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+                assert drain.stdin is not None
+                sink = drain.stdin if into == "pipe" else FdWriter(drain.stdin.fileno())
             out.put(("ready", role, {}))
             if not started.wait(READY_WAIT):
                 raise RuntimeError("the producer never started")
@@ -342,14 +375,22 @@ def _attach_reader(
                     attached.set()
                 if barrier is not None:
                     barrier.wait(READY_WAIT)
+                cpu0 = cpu_seconds()
                 n = s.copy_to(sink)
+                cpu = cpu_seconds() - cpu0
                 created = s.created
             end = time.perf_counter()
             rss1 = peak()
             maxrss1 = maxrss_bytes()
         finally:
             cache.stop()
-        payload: dict[str, Any] = {"end": end, "n": n, "sink": sink.n, "created": created}
+            if drain is not None:
+                assert drain.stdin is not None
+                drain.stdin.close()
+                drain.wait(WAIT)
+        got = sink.n if isinstance(sink, (CountingSink, FdWriter)) else n
+        payload: dict[str, Any] = {"end": end, "n": n, "sink": got, "created": created}
+        payload["cpu"] = cpu
         payload["futex"] = futex_counts()
         payload |= {"rss0": rss0, "rss1": rss1, "method": method}
         payload |= {"maxrss0": maxrss0, "maxrss1": maxrss1}
@@ -787,6 +828,7 @@ def producer_and_readers(
     piece: int = 0,
     rate: float = 0.0,
     producer_out: list[dict[str, Any]] | None = None,
+    into: str = "sink",
 ) -> tuple[float, list[dict[str, Any]]]:
     """One producer process creates ``key`` while ``readers`` reader processes attach
     (one: via an attached event; several: all attach, then a barrier with the producer's
@@ -799,7 +841,9 @@ def producer_and_readers(
         attached = None if use_barrier else ch.ctx.Event()
         barrier = ch.ctx.Barrier(readers + 1) if use_barrier else None
         for i in range(readers):
-            ch.start(_attach_reader, cache_dir, KEY, started, attached, barrier, ch.out, f"r{i}")
+            ch.start(
+                _attach_reader, cache_dir, KEY, started, attached, barrier, ch.out, f"r{i}", into
+            )
         ch.collect("ready", readers, READY_WAIT, "readers to start")
         ch.start(
             _producer,
@@ -921,6 +965,45 @@ def bench_fanout(cfg: Config, data: bytes) -> list[Row]:
     total = size * readers
     row = throughput_row(f"fan-out {readers}x {fmt_size(size)}", ours, base, total, 0.8, note)
     row.extra["readers"] = readers
+    return [row]
+
+
+def bench_fanout_fd(cfg: Config, data: bytes) -> list[Row]:
+    """Followers whose dst is a descriptor: N reader processes each copy the entry into a
+    pipe drained by a ``cat`` process, through the pipe's file object (sendfile from the
+    data file) vs an object without ``fileno`` (pread into Python, then write); ours and
+    the copy interleaved. The figure that matters is the followers' CPU per GiB."""
+    size, readers = cfg.fanout_bytes, cfg.fanout_readers
+    times: dict[str, list[float]] = {"pipe": [], "pipe-copy": []}
+    cpu: dict[str, list[float]] = {"pipe": [], "pipe-copy": []}
+    loads: list[str] = []
+    for rep in range(cfg.reps):
+        load0 = load_average()
+        for into in ("pipe", "pipe-copy"):
+            log(f"fanout-fd rep {rep + 1}/{cfg.reps} {into} ({readers} readers, load {load0})")
+            with scratch("fanout-fd") as d:
+                cache_dir = os.path.join(d, "cache")
+                t, rdrs = producer_and_readers(data, size, cache_dir, readers, True, into=into)
+                leak_check_dir(cache_dir)
+            times[into].append(t)
+            cpu[into].append(sum(r["cpu"] for r in rdrs) / (size * readers / GiB))
+        loads.append(f"{load0}..{load_average()}")
+    med = {k: statistics.median(v) for k, v in cpu.items()}
+    note = (
+        f"{readers} followers into pipes drained by cat: sendfile vs pread + write; followers' "
+        f"CPU s/GiB, medians {med['pipe']:.3f} (sendfile) / {med['pipe-copy']:.3f} (copy), "
+        f"ratio {med['pipe'] / med['pipe-copy']:.2f}; load {', '.join(loads)}"
+    )
+    total = size * readers
+    row = throughput_row(
+        f"fan-out {readers}x {fmt_size(size)} into pipes",
+        times["pipe"],
+        times["pipe-copy"],
+        total,
+        1.0,
+        note,
+    )
+    row.extra |= {"cpu_per_gib": cpu, "loads": loads, "readers": readers}
     return [row]
 
 
@@ -1992,6 +2075,7 @@ def bench_git_hook(cfg: Config, data: bytes) -> list[Row]:
 BENCHES: dict[str, Callable[[Config, bytes], list[Row]]] = {
     "stream": bench_stream,
     "fanout": bench_fanout,
+    "fanout-fd": bench_fanout_fd,
     "wakes": bench_wakes,
     "stream-api": bench_stream_api,
     "hit": bench_hit,
