@@ -67,7 +67,8 @@ Checked:
   have a stall_timeout (STALL_TIMEOUTS) and some calls an idle_timeout (IDLE_TIMEOUTS),
   counted apart ("stalled", "idle_timeout");
 - no worker hangs: a heartbeat older than --hang seconds (main loop or a producer), or a
-  worker that does not exit within that bound after being told to stop, is a violation;
+  worker that does not exit within twice that bound (or --startup, if longer: exiting is
+  slow on a busy machine, as starting is) after being told to stop, is a violation;
   the bound (default HANG, 60 s: generous, as it is there to catch hangs, never speed)
   runs from a worker's first heartbeat: its start-up (spawn, imports, slow on a busy
   machine) has a bound of its own, --startup seconds (default STARTUP, 120 s); the
@@ -1366,10 +1367,10 @@ class Driver:
 
     def finish_workers(self) -> None:
         """Wait for every worker to exit after the stop flag. A stale heartbeat (main
-        loop or producer) or no exit within 2 x hang (of the flag, or of the worker's
-        start-up if later) is a hang, and so is no start-up within the startup bound; an
-        exit slower than SLOW_EXIT gets the worker's state and threads recorded as a
-        note."""
+        loop or producer) or no exit within 2 x hang or the start-up bound, whichever is
+        longer (from the flag, or from the worker's start-up if later), is a hang, and so
+        is no start-up within the startup bound; an exit slower than SLOW_EXIT gets the
+        worker's state and threads recorded as a note."""
         t0 = time.monotonic()
         left = set(range(self.n)) - self.final_killed
         noted: set[int] = set()
@@ -1402,7 +1403,10 @@ class Driver:
                 producer_stale = (
                     self.st(slot, S_PRODUCERS) > 0 and now - self.st(slot, S_PPROGRESS) > self.hang
                 )
-                if main_stale or producer_stale or now - since > 2 * self.hang:
+                # Exiting (joining threads, finalizing) takes seconds on a busy machine, as
+                # starting does: the whole exit has the start-up bound when that is longer.
+                exit_bound = max(2 * self.hang, self.startup)
+                if main_stale or producer_stale or now - since > exit_bound:
                     self.hung(slot, "did not exit after stop")
                     left.discard(slot)
                 elif now - since > SLOW_EXIT and slot not in noted:

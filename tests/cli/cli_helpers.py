@@ -76,7 +76,9 @@ class Gated:
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    """The invocations' environment: this interpreter's path, and faulthandler on, so
+    an invocation that hangs shows its threads' stacks when ``finish`` aborts it."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PYTHONFAULTHANDLER": "1"}
 
 
 def cli_cmd(*args: str) -> list[str]:
@@ -183,9 +185,14 @@ def finish(
     results = []
     for i, p in enumerate(procs):
         if i not in outputs:
-            p.kill()
-            _, err = p.communicate()
-            raise AssertionError(f"invocation {p.args} did not end in time: {err!r}")
+            p.send_signal(signal.SIGABRT)  # faulthandler writes every thread's stack
+            try:
+                _, err = p.communicate(timeout=WAIT)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                _, err = p.communicate()
+            text = err.decode(errors="replace")
+            raise AssertionError(f"invocation {p.args} did not end in time:\n{text}")
         out, err = outputs[i]
         results.append((p.returncode, out, err))
     return results

@@ -79,8 +79,11 @@ def test_stats_of_an_entry_in_flight(launch: Launcher, cache_dir: Path, tmp_path
     follower = launch.start(*args)
     wait_until(lambda: readers_of_entries_in_flight(cache_dir) == 2, "the follower to attach")
     try:
-        text = cli("stats", "--dir", str(cache_dir))
-        as_json = cli("stats", "--dir", str(cache_dir), "--json")
+        # The gated command wrote once and waits: past the default --stalled-after (30 s,
+        # reached on a busy machine) the entry would show as "stalled", not "writing".
+        quiet_ok = ("--stalled-after", "3600")
+        text = cli("stats", "--dir", str(cache_dir), *quiet_ok)
+        as_json = cli("stats", "--dir", str(cache_dir), "--json", *quiet_ok)
     finally:
         g.open()
         results = finish([runner, follower])

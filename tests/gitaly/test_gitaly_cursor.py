@@ -50,6 +50,7 @@ from streamcache.errors import describe
 
 LIVENESS = 0.2
 WAIT = 20.0  # bound for every wait in these tests
+STORM_WAIT = 150.0  # bound for a whole storm (below pytest-timeout's 180 s)
 _POS, _ACTIVE, _WAITING = 0, 1, 2  # slot words
 
 
@@ -397,7 +398,9 @@ def test_cursor_concurrency(cache_dir: Path, spawn: Any) -> None:
         for i in range(0, size, piece):
             w.write(data[i : i + piece])
 
-    s0 = cache.stream(key, create, timeout=WAIT)
+    # s0's timeout is a total deadline: it spans the spawns and the whole storm, which
+    # take longer than WAIT on a busy machine (it timed out at load 30).
+    s0 = cache.stream(key, create, timeout=STORM_WAIT)
     try:
         assert s0.created
         rec = cache._index.read(key_hash(key))
