@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+
+from ipc.tuples import NamedTuple
 
 
 class Clock(NamedTuple):

@@ -25,7 +25,8 @@ from __future__ import annotations
 import fcntl
 import os
 import sys
-from typing import NamedTuple
+
+from ipc.tuples import NamedTuple
 
 # Start times are computed the same way by every process on the host, so they
 # match exactly; the tolerance only absorbs float rounding.

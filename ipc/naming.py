@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from typing import NamedTuple
 
 from ipc.digest import sha256
+from ipc.tuples import NamedTuple
 
 NAME_MAX = 30
 PREFIX_LEN = 8  # "sc" + 6 hex digits

@@ -84,11 +84,11 @@ import stat
 import sys
 import threading
 from collections.abc import Collection
-from typing import NamedTuple
 
 import posix_ipc
 
 from ipc.liveness import ProcessId, is_alive
+from ipc.tuples import NamedTuple
 
 MAGIC = int.from_bytes(b"SCSEG\x00\x00\x01", "little")
 VERSION = 3

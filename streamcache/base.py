@@ -13,7 +13,7 @@ cache.
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from ipc.clock import SYSTEM, Clock
 
@@ -22,8 +22,12 @@ from .entry.creator import Create
 from .entry.sink import dst_problem
 from .entry.stream import AsyncStream, EntryInfo, FetchResult, Stream
 
-# ``with StreamCache(...) as c`` gives a StreamCache, not a CacheBase (typing.Self is 3.11+).
-_Cache = TypeVar("_Cache", bound="CacheBase")
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    # ``with StreamCache(...) as c`` gives a StreamCache, not a CacheBase (typing.Self is
+    # 3.11+). For type checkers only: a string bound is compiled at run time.
+    _Cache = TypeVar("_Cache", bound="CacheBase")
 
 
 def check_key(key: object) -> None:

@@ -10,9 +10,9 @@ on a clock that runs apart from the kernel's is still seen within ``RECHECK``.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 from ipc.clock import Clock
+from ipc.tuples import NamedTuple
 
 # A finite timeout longer than this is effectively no deadline: it is clamped here, so
 # no wait derived from it (a lock's, a poll's, a queue's) overflows a platform limit.

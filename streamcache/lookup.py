@@ -6,11 +6,12 @@ bypass the cache. :class:`StreamCache` calls it; nothing here is public API.
 from __future__ import annotations
 
 import os
-from typing import Any, NamedTuple
+from typing import Any
 
 import ipc
 from ipc.channel import Channel, unlink_channel
 from ipc.clock import Clock
+from ipc.tuples import NamedTuple
 
 from .deadline import Deadline, remaining
 from .disk.filestore import Finished, set_entry_info

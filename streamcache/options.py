@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from ipc.segment import MAX_SLOTS
+from ipc.tuples import NamedTuple
 
 from . import config
 from .disk.filestore import MAX_KEY_PREVIEW

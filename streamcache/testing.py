@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any
+
+from ipc.tuples import NamedTuple
 
 from .base import CacheBase, _start_kw, check_resume, check_start
 from .entry.creator import BytesLike, Create, Writer

@@ -51,7 +51,8 @@ import os
 import stat
 import struct
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple
+
+from ipc.tuples import NamedTuple
 
 _counter = itertools.count()
 

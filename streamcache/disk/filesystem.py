@@ -25,7 +25,8 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from typing import NamedTuple
+
+from ipc.tuples import NamedTuple
 
 from ..errors import UnsupportedFilesystem
 from ..log import log

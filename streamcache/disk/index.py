@@ -35,10 +35,10 @@ import os
 import stat
 import threading
 from collections.abc import Iterator
-from typing import NamedTuple
 
 from ipc.clock import SYSTEM, Clock
 from ipc.liveness import BOOT
+from ipc.tuples import NamedTuple
 
 from .filestore import (
     clear_non_regular,

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import NamedTuple
 
 import ipc
 from ipc.channel import open_segment
+from ipc.tuples import NamedTuple
 
 from .filestore import OPEN_READ, Filestore, written_so_far
 from .index import Index, Record

@@ -53,10 +53,10 @@ import stat
 import struct
 import threading
 from collections.abc import Iterator
-from typing import NamedTuple
 
 import ipc
 from ipc.clock import SYSTEM, Clock
+from ipc.tuples import NamedTuple
 
 from ..log import log
 from ..metrics import BUDGET, NULL, Metrics

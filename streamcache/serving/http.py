@@ -15,7 +15,9 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
+
+from ipc.tuples import NamedTuple
 
 from ..deadline import check_idle, check_timeout
 from ..errors import CreateError

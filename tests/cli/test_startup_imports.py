@@ -189,3 +189,23 @@ assert status == 0, status
         ).stdout
     )["commands"]
     assert (counts["miss"], counts["hit"]) == (1, 1)
+
+
+def test_start_up_compiles_no_annotation() -> None:
+    """typing.NamedTuple compiles each string annotation, and the first compile() of a
+    process sets up the interpreter's AST types: the package and the hook's modules
+    define their named tuples without it (ipc.tuples), and no TypeVar with a string
+    bound exists at run time."""
+    code = """
+import builtins
+evals = []
+real = builtins.compile
+def counting(source, filename, mode, *args, **kwargs):
+    if mode == "eval":
+        evals.append(source)
+    return real(source, filename, mode, *args, **kwargs)
+builtins.compile = counting
+import streamcache, streamcache.cli.dispatch, streamcache.cli.hook
+assert evals == [], evals
+"""
+    assert loaded_after(code) == []
