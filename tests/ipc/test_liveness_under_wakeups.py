@@ -24,7 +24,11 @@ from xproc import expect
 
 pytestmark = pytest.mark.timeout(120)
 
-MARGIN = 0.5  # seconds beyond ``liveness``: scheduling on a loaded shared machine
+# Seconds beyond ``liveness``, for scheduling on a busy machine (0.86 s was seen at load 30
+# against the 0.8 s a 0.5 s margin allowed). The defects these tests catch are far beyond
+# it: a wait that restarts its clock at each signal of a 0.1 s storm never notices, and
+# twelve readers that notice one after another take 12 x liveness (12 s).
+MARGIN = 5.0
 
 
 @contextmanager
@@ -71,7 +75,7 @@ def test_a_reader_under_a_signal_storm_notices_its_killed_producer(
         time.sleep(0.3)  # let the storm run while the producer is alive (not a sync)
         producer.kill()
         killed = time.monotonic()
-        how, when = expect(rout, "ended", timeout=15)
+        how, when = expect(rout, "ended", timeout=30)
     producer.join(5)
     reader.join(10)
     assert how == "ProducerDied"
@@ -95,7 +99,7 @@ def test_a_window0_producer_under_a_signal_storm_notices_its_killed_reader(
         time.sleep(0.3)  # the producer is blocked by its one live reader meanwhile
         reader.kill()
         killed = time.monotonic()
-        msg = pout.get(timeout=15)
+        msg = pout.get(timeout=30)
     reader.join(5)
     assert msg[0] == "broken", f"the producer never noticed: {msg!r}"
     assert msg[1] - killed <= liveness + MARGIN, f"noticed after {msg[1] - killed:.2f} s"
