@@ -23,6 +23,8 @@ Python version and every process::
     word 12   stalled (0/1): set once, by a reader that found the producer silent for
               its stall_timeout, under the caller's lock for the entry's key (see
               :meth:`Segment.mark_stalled`)
+    word 13   resumable (0/1): set by a reader whose call may resume the entry if its
+              producer dies (``resume=True``), under the caller's lock for the key
     bytes 128..511  error text, UTF-8                      (producer only)
     from byte 512: slots of 8 words (one cache line each, so readers never share one):
       word 0  position: bytes this reader has consumed     (its reader only)
@@ -34,7 +36,7 @@ Python version and every process::
 Invariants:
 
 - Every field has a single writer at a time, so no shared mutex is ever held by a
-  process that may die. The producer alone writes the header (words 8 and 12
+  process that may die. The producer alone writes the header (words 8, 12 and 13
   aside, written by readers inside the caller's critical section), a reader alone
   writes its slot. A slot changes owner only inside the caller's
   critical section (the cache's index lock), when it is free or its owner is dead.
@@ -120,6 +122,7 @@ _W_PWAIT, _W_PPID, _W_PSTART, _W_USED, _W_ERRLEN = 5, 6, 7, 8, 9
 _W_SEQ = 10
 _W_SIZE = 11  # the size create announced, plus one (0: none announced)
 _W_STALLED = 12  # 1 once a reader declared the producer stalled
+_W_RESUMABLE = 13  # 1 once a reader that may resume the entry attached
 _SEQ_BYTE = _W_SEQ * 8 + (4 if sys.byteorder == "big" else 0)
 _HEADER_WORDS = HEADER_BYTES // 8
 # Words of a slot (private to this module).
@@ -367,6 +370,17 @@ class Segment:
             return False
         self._words[_W_STALLED] = 1
         return True
+
+    @property
+    def resumable(self) -> bool:
+        """Whether a reader that may resume the entry attached (cleanup then leaves a
+        dead producer's entry to its live readers)."""
+        return bool(self._words[_W_RESUMABLE])
+
+    def mark_resumable(self) -> None:
+        """Set by a resumable reader as it attaches, under the caller's lock for the
+        entry's key (like word 12: readers only ever set it)."""
+        self._words[_W_RESUMABLE] = 1
 
     def set_producer_waiting(self, waiting: bool) -> None:
         self._words[_W_PWAIT] = int(waiting)

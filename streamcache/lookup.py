@@ -11,6 +11,7 @@ from typing import Any
 import ipc
 from ipc.channel import Channel, unlink_channel
 from ipc.clock import Clock
+from ipc.segment import ReaderSlot
 from ipc.tuples import NamedTuple
 
 from .deadline import Deadline, remaining
@@ -132,8 +133,7 @@ class Lookup:
             self.store.evict(rec)
             return None
         if rec.boot != ipc.BOOT or not ipc.is_alive(rec.pid, rec.start):
-            self.store.discard(rec)
-            return None
+            return self._dead(rec, start, takeover)
         try:
             fd = self.files.open(rec.file)
         except FileNotFoundError:  # gone, or not a file of ours (then it goes too)
@@ -141,8 +141,7 @@ class Lookup:
             return None
         if not ipc.lock_held(fd):  # a live process, but not producing: see filestore.py
             os.close(fd)
-            self.store.discard(rec)
-            return None
+            return self._dead(rec, start, takeover)
         try:
             channel = self.store.open_channel(rec, fd, self.opts.reader_slots)
         except BaseException:
@@ -161,6 +160,19 @@ class Lookup:
             self.index.remove(h)
             return None
         slot = channel.seg.claim_slot(ipc.current_process())
+        if takeover is not None:
+            channel.seg.mark_resumable()  # cleanup leaves it to us if the producer dies
+        return self._reader(fd, channel, slot, rec, start, takeover)
+
+    def _reader(
+        self,
+        fd: int,
+        channel: Channel,
+        slot: ReaderSlot | None,
+        rec: Record,
+        start: int,
+        takeover: Takeover | None,
+    ) -> PipeReader:
         return PipeReader(
             fd,
             channel,
@@ -173,6 +185,19 @@ class Lookup:
             stall_timeout=self.opts.stall_timeout,
             takeover=takeover,
         )
+
+    def _dead(self, rec: Record, start: int, takeover: Takeover | None) -> PipeReader | None:
+        """The entry of ``rec``, whose producer is dead (lock held): resumed by this
+        call, which reads it from byte ``start``, if it passed ``resume`` and the entry
+        has readers waiting (see :mod:`.entry.resume`); else discarded."""
+        if takeover is not None:
+            reader = takeover.in_lookup(
+                rec, lambda fd, ch, slot, new: self._reader(fd, ch, slot, new, start, takeover)
+            )
+            if reader is not None:
+                return reader
+        self.store.discard(rec)
+        return None
 
     def _create_locked(
         self,

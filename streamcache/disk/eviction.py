@@ -5,7 +5,8 @@ A pass (:func:`collect`, run by ``StreamCache.gc`` under the directory's cleanup
 so across all processes sharing a directory one runs it at a time):
 
 1. records: evict those past their recorded expiry, discard those whose producer died
-   and garbage that does not parse;
+   (unless readers that may resume it still wait: ``Store.awaits_resume``) and garbage
+   that does not parse;
 2. finished entries: remove those past their expiry (the file's mtime); and garbage
    (foreign names, directories, FIFOs, symlinks) under entries/ and index/, whatever
    its age;
@@ -77,7 +78,7 @@ def collect(store: Store, clock: Clock, max_age: float) -> GCReport:
             elif rec.expires <= now:
                 store.evict(rec)
                 report.expired += 1
-            elif not store.producer_alive(rec):
+            elif not store.producer_alive(rec) and not store.awaits_resume(rec):
                 # Its channel goes with it, so the sweep below never sees it: count here.
                 report.ipc_removed += store.discard(rec)
                 report.discarded += 1

@@ -363,11 +363,11 @@ class Filestore:
         """Become the producer of the data file ``name`` (an entry being resumed; the
         key's lock held): a write descriptor on it, positioned at its end and holding
         its flock, the file renamed to a name of this process with the same random
-        part. None if the file is not the one open as ``same_as`` any more, is no longer
-        being written (sealing: its trailer may be in it), or its lock stays taken for
-        ``tries`` attempts (a descriptor of the dead producer survives elsewhere: a
-        child it forked, say). Readers' probes (``ipc.lock_held``) hold a shared lock
-        for two syscalls, so a few tries are expected under load."""
+        part. None if the file is not the one open as ``same_as`` any more, or is no
+        longer being written (sealing: its trailer may be in it). BlockingIOError if its
+        lock stays taken for ``tries`` attempts: readers' probes (``ipc.lock_held``)
+        hold a shared lock for two syscalls, which a loaded machine may stretch; or a
+        descriptor of the dead producer survives elsewhere (a child it forked)."""
         path = self.path(name)
         try:
             fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -379,10 +379,11 @@ class Filestore:
                 not stat.S_ISREG(st.st_mode)
                 or (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino)
                 or not st.st_mode & stat.S_IWUSR
-                or not _take_lock(fd, tries)
             ):
                 os.close(fd)
                 return None
+            if not _take_lock(fd, tries):
+                raise BlockingIOError(errno.EAGAIN, "the data file's lock is taken", path)
             new = f"{name.split('-')[0]}-{os.getpid():x}-{next(_counter):x}"
             os.rename(path, self.path(new))  # same shard: the same first two digits
             os.lseek(fd, 0, os.SEEK_END)

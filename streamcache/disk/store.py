@@ -35,7 +35,7 @@ from collections.abc import Callable
 import posix_ipc
 
 import ipc
-from ipc.channel import Channel, unlink_channel
+from ipc.channel import Channel, open_segment, unlink_channel
 from ipc.clock import SYSTEM, Clock
 from ipc.digest import sha256
 from ipc.liveness import BOOT, same_process
@@ -66,6 +66,12 @@ def key_hash(key: str) -> str:
         if len(key) <= 1024:
             _hashes[key] = h
     return h
+
+
+def _same_entry(a: str, b: str) -> bool:
+    """Whether data file names ``a`` and ``b`` are one entry's (the random part: a
+    resumed entry's file is renamed for its new producer, see entry/resume.py)."""
+    return a[:BASE_HEX] == b[:BASE_HEX]
 
 
 def channel_base(prefix: str, file: str) -> str:
@@ -151,10 +157,15 @@ class Store:
     def producer_died(self, rec: Record, fd: int) -> int | None:
         """A reader (reading ``fd``) found the producer of ``rec`` dead: drop the entry,
         unless it was published just before the producer died (its data file is the
-        finished entry, even if the record is still there). Returns its size, if so."""
-        unlink_channel(self.channel_base(rec.file))
+        finished entry, even if the record is still there). Returns its size, if so.
+        An entry resumed meanwhile (its record names the same random part under another
+        producer's name, see entry/resume.py) is left to its new producer."""
         with self.index.locked(rec.key, None):
-            is_current = self.current(rec) is not None
+            cur = self.index.read(rec.key)
+            if cur is not None and cur.file != rec.file and _same_entry(cur.file, rec.file):
+                return None
+            unlink_channel(self.channel_base(rec.file))
+            is_current = cur is not None and cur.file == rec.file
             st = os.fstat(fd)
             if self.files.entry_identity(rec.key) == (st.st_dev, st.st_ino):
                 if is_current:
@@ -174,6 +185,24 @@ class Store:
                 )
         self.files.remove(rec.file)
         return None
+
+    def awaits_resume(self, rec: Record) -> bool:
+        """Whether the entry of ``rec``, its producer dead, is left to its readers: a
+        reader that may resume it attached (its segment says so) and one is alive
+        (they resume it, or drop it, within their liveness)."""
+        try:
+            seg = open_segment(self.channel_base(rec.file))
+        except SegmentError:
+            return False
+        try:
+            return (
+                seg.resumable
+                and seg.state == ipc.STATE_WRITING
+                and not seg.stalled
+                and seg.has_live_reader()
+            )
+        finally:
+            seg.close()
 
     def stalled(self, rec: Record, fd: int, mark: Callable[[], bool], pid: int) -> bool:
         """A waiting reader (reading ``fd``) found the live producer of ``rec`` silent for

@@ -38,33 +38,52 @@ Invariants (cross-process):
   them, as far as a deterministic create can tell. (Readers that had not reached
   the first differing byte could go on with the new bytes; they fail too: the
   simple rule.)
+- A call with ``resume`` whose lookup finds the producer dead (before any reader
+  noticed) takes the entry over there, in the same critical section
+  (:meth:`Takeover.in_lookup`), if the entry has a channel that still takes readers
+  (nobody waiting means nothing to carry on: it is discarded and created afresh).
+- Cleanup leaves a dead producer's entry whose segment is marked resumable (a reader
+  with ``resume`` attached, word 13) while a reader is alive in it: its readers resume
+  it or drop it within their liveness (``Store.awaits_resume``). A reader that drops
+  an entry (``Store.producer_died``) first checks, under the key's lock, that it was
+  not resumed meanwhile, so it never unlinks a successor's channel.
 - Without ``resume`` a reader has no Takeover and behaves as before: ProducerDied.
   A reader without it that finds the successor alive keeps reading.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable
 from typing import Any
 
 import ipc
 from ipc.channel import Channel
 from ipc.clock import SYSTEM, Clock
+from ipc.liveness import same_process
 from ipc.naming import BASE_HEX
-from ipc.segment import Segment, SegmentError
+from ipc.segment import ReaderSlot, Segment, SegmentError
 
 from ..disk.index import Record
 from ..disk.store import Store
-from ..errors import NotDeterministic
+from ..errors import CreateError, NotDeterministic
 from ..log import log
 from .creator import Create
-from .pipe import CHUNK
+from .pipe import CHUNK, PipeReader
 from .producer import Producer, Producers, Tee
 from .writer import EntryWriter
 
 # Attempts (a millisecond apart) at the data file's flock: readers' probes hold it
-# shared for two syscalls each.
+# shared for two syscalls each ...
 _LOCK_TRIES = 200
+# ... and liveness checks on which a reader finds it taken before it gives up (a
+# descriptor of the dead producer's may live on in a child it forked).
+_BUSY_CHECKS = 5
+
+# How the lookup makes its reader of an entry it resumes: (data file descriptor,
+# channel, slot, the entry's new record) -> the reader.
+MakeReader = Callable[[int, Channel, ReaderSlot | None, Record], PipeReader]
 
 
 class Takeover:
@@ -83,6 +102,7 @@ class Takeover:
     ) -> None:
         self._store = store
         self._create = create
+        self._busy = 0  # liveness checks that found the dead producer's file locked
         self._options: dict[str, Any] = {
             "window": window,
             "liveness": liveness,
@@ -97,7 +117,6 @@ class Takeover:
         (gone from the index, or its data file cannot be taken over): the reader
         then fails as without resume."""
         store = self._store
-        producer: ResumedProducer | None = None
         with store.index.locked(rec.key, None):
             cur = store.index.read(rec.key)
             if cur is None or cur.file[:BASE_HEX] != rec.file[:BASE_HEX]:
@@ -106,43 +125,103 @@ class Takeover:
                 return cur  # ended: the reader reads how
             if store.producer_alive(cur, fd):
                 return cur  # taken over already (or never dead)
-            taken = store.files.take_over(cur.file, fd, _LOCK_TRIES)
-            if taken is None:
+            try:
+                producer = self._elect(cur, fd, seg)
+            except BlockingIOError:
+                self._busy += 1
+                return cur if self._busy < _BUSY_CHECKS else None  # again next check
+        if producer is None:
+            return None
+        self._start(producer, cur)
+        return producer.rec
+
+    def in_lookup(self, rec: Record, make_reader: MakeReader) -> PipeReader | None:
+        """For a call with ``resume`` whose lookup (key's lock held) found ``rec``'s
+        producer dead: a reader of the entry, which this call now produces, or None if
+        it cannot go on (no channel, so no reader is waiting; ended; every reader
+        left): the lookup then discards it as without resume."""
+        store = self._store
+        try:
+            fd = store.files.open(rec.file)
+        except FileNotFoundError:
+            return None
+        try:
+            channel = Channel.open(store.channel_base(rec.file))
+        except SegmentError:
+            os.close(fd)
+            return None
+        seg = channel.seg
+        producer = None
+        slot = None
+        try:
+            if (
+                same_process(seg.producer, ipc.ProcessId(rec.pid, rec.start))
+                and not seg.stalled
+                and seg.takes_new_readers()
+            ):
+                slot = seg.claim_slot(ipc.current_process())
+                with contextlib.suppress(BlockingIOError):
+                    producer = self._elect(rec, fd, seg)
+            if producer is None:
+                if slot is not None:
+                    slot.release()
+                channel.close()
+                os.close(fd)
                 return None
-            name, wfd = taken
-            try:
-                channel = Channel.open(store.channel_base(name))
-            except SegmentError:
-                channel = None
-            if channel is None or channel.seg.inode != seg.inode:
-                if channel is not None:
-                    channel.close()
-                os.close(wfd)
-                return None  # its names are gone (wiped): it fails as without resume
-            me = ipc.current_process()
-            new = Record(rec.key, name, me.pid, me.start, cur.expires)
-            try:
-                prefix = os.fstat(wfd).st_size
-                channel.seg.take_over(me)
-                if prefix > channel.seg.offset:
-                    channel.seg.publish_offset(prefix)  # all of it is the entry's
-                store.index.write(new)
-                producer = ResumedProducer(store, new, channel, wfd, prefix, **self._options)
-            except BaseException:
-                if producer is None:
-                    channel.close()
-                    os.close(wfd)
-                raise
+            seg.mark_resumable()
+            reader = make_reader(fd, channel, slot, producer.rec)
+        except BaseException:
+            if producer is not None:
+                producer.abort(CreateError("the entry could not be resumed"))
+            raise
+        self._start(producer, rec)
+        return reader
+
+    def _elect(self, cur: Record, fd: int, seg: Segment) -> ResumedProducer | None:
+        """Become the producer of ``cur``'s entry (key's lock held, its producer dead):
+        the steps and their order are the module docstring's."""
+        store = self._store
+        try:
+            channel = Channel.open(store.channel_base(cur.file))
+        except SegmentError:
+            return None  # its names are gone (wiped): it fails as without resume
+        if channel.seg.inode != seg.inode:
+            channel.close()
+            return None
+        try:
+            taken = store.files.take_over(cur.file, fd, _LOCK_TRIES)
+        except BaseException:
+            channel.close()
+            raise
+        if taken is None:
+            channel.close()
+            return None
+        name, wfd = taken
+        me = ipc.current_process()
+        new = Record(cur.key, name, me.pid, me.start, cur.expires)
+        try:
+            prefix = os.fstat(wfd).st_size
+            channel.seg.take_over(me)
+            if prefix > channel.seg.offset:
+                channel.seg.publish_offset(prefix)  # all of it is the entry's
+            store.index.write(new)
+            return ResumedProducer(store, new, channel, wfd, prefix, **self._options)
+        except BaseException:
+            channel.close()
+            os.close(wfd)
+            raise
+
+    def _start(self, producer: ResumedProducer, dead: Record) -> None:
         log.info(
             "streamcache: entry %s resumed by pid %d after %d bytes (its producer, pid %d, died)",
-            rec.key[:16],
-            me.pid,
-            prefix,
-            cur.pid,
+            dead.key[:16],
+            producer.rec.pid,
+            producer.prefix,
+            dead.pid,
         )
-        channel.ring_all()
+        assert producer.channel is not None
+        producer.channel.ring_all()  # readers waiting on the old offset: there is more
         producer.start(self._create)
-        return new
 
 
 class ResumedProducer(Producer):
@@ -158,7 +237,8 @@ class ResumedProducer(Producer):
         **options: Any,
     ) -> None:
         super().__init__(store, rec, channel, fd, **options)
-        self._prefix = prefix
+        self.channel = channel
+        self.prefix = prefix
 
     def _writer(self, tee: Tee | None = None) -> EntryWriter:
         writer = ResumingWriter(
@@ -172,7 +252,7 @@ class ResumedProducer(Producer):
             self._store.metrics,
             self._account,
         )
-        writer.resume_at(self._prefix)
+        writer.resume_at(self.prefix)
         return writer
 
 

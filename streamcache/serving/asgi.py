@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import IO, Any, TypeVar
 
-from ..base import CacheBase
+from ..base import CacheBase, check_resume
 from ..entry.creator import Create
 from ..entry.stream import AsyncStream
 from ..errors import CreateError
@@ -66,9 +66,10 @@ async def serve(
     *,
     timeout: float | None = None,
     idle_timeout: float | None = None,
+    resume: bool = False,
 ) -> None:
     """Answer the http request of ``scope`` with the entry of ``key`` (``create`` makes
-    it on a miss). ``timeout`` and ``idle_timeout`` are ``cache.astream``'s."""
+    it on a miss). ``timeout``, ``idle_timeout`` and ``resume`` are ``cache.astream``'s."""
     extra = http.check_arguments(key, create, content_type, headers, timeout, idle_timeout)
     if not isinstance(scope, Mapping):
         raise TypeError(f"scope must be a mapping, not {type(scope).__name__}")
@@ -90,7 +91,7 @@ async def serve(
         cache,
         key,
         create,
-        http.Waits(timeout, idle_timeout),
+        http.Waits(timeout, idle_timeout, check_resume(resume)),
         http.wanted_range(
             method,
             http.header_value(fields, b"range"),

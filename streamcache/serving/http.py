@@ -164,16 +164,21 @@ def is_http10(protocol: object) -> bool:
 
 
 class Waits(NamedTuple):
-    """A serve() call's ``timeout`` and ``idle_timeout``, for each stream it opens."""
+    """A serve() call's ``timeout``, ``idle_timeout`` and ``resume``, for each stream
+    it opens."""
 
     timeout: float | None
     idle_timeout: float | None = None
+    resume: bool = False
 
     def kw(self, start: int) -> dict[str, Any]:
-        """The stream's keyword arguments (``idle_timeout`` only when set)."""
+        """The stream's keyword arguments (``idle_timeout`` and ``resume`` only when
+        set)."""
         kw: dict[str, Any] = {"start": start}
         if self.idle_timeout is not None:
             kw["idle_timeout"] = self.idle_timeout
+        if self.resume:
+            kw["resume"] = True
         return kw
 
 

@@ -49,7 +49,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any
 
-from ..base import CacheBase
+from ..base import CacheBase, check_resume
 from ..entry.creator import Create
 from ..entry.stream import FinishedFile, Stream
 from ..errors import CreateError
@@ -78,10 +78,11 @@ def serve(
     *,
     timeout: float | None = None,
     idle_timeout: float | None = None,
+    resume: bool = False,
 ) -> Iterable[bytes]:
     """Answer the request in ``environ`` with the entry of ``key`` (``create`` makes it
-    on a miss); return the WSGI body iterable. ``timeout`` and ``idle_timeout`` are
-    ``cache.stream``'s."""
+    on a miss); return the WSGI body iterable. ``timeout``, ``idle_timeout`` and
+    ``resume`` are ``cache.stream``'s."""
     extra = http.check_arguments(key, create, content_type, headers, timeout, idle_timeout)
     if not isinstance(environ, Mapping):
         raise TypeError(f"environ must be a mapping, not {type(environ).__name__}")
@@ -103,7 +104,7 @@ def serve(
             cache,
             key,
             create,
-            http.Waits(timeout, idle_timeout),
+            http.Waits(timeout, idle_timeout, check_resume(resume)),
             spec,
             # uWSGI frames a body of unknown length by closing the connection (its
             # http-socket never chunks), so a cut would look complete: it gets lengths.

@@ -11,6 +11,7 @@ from typing import Any
 from xproc import WAIT, payload, reporting
 
 import streamcache
+from streamcache import asgi, wsgi
 
 
 class Payload:
@@ -94,11 +95,19 @@ class _Sink:
 
 @reporting
 def reader(
-    dir: str, key: str, mode: str, create: Payload, mark: int, resume: bool, *, out: Any
+    dir: str,
+    key: str,
+    mode: str,
+    create: Payload,
+    mark: int,
+    resume: bool,
+    liveness: float,
+    *,
+    out: Any,
 ) -> None:
     """Read ``key`` by ``mode`` (fetch, stream or astream); report ("ok", bytes, sha256,
     when the first byte past ``mark`` came) or ("raised", type, message, bytes, sha256)."""
-    cache = streamcache.StreamCache(dir, liveness=0.2, cleanup_interval=0)
+    cache = streamcache.StreamCache(dir, liveness=liveness, cleanup_interval=0)
     sink = _Sink(out, mark)
     try:
         if mode == "fetch":
@@ -107,7 +116,7 @@ def reader(
             with cache.stream(key, create, timeout=WAIT, resume=resume) as s:
                 for c in s:
                     sink.write(c)
-        else:
+        elif mode == "astream":
 
             async def main() -> None:
                 async with cache.astream(key, create, timeout=WAIT, resume=resume) as s:
@@ -115,7 +124,42 @@ def reader(
                         sink.write(c)
 
             asyncio.run(main())
+        elif mode == "wsgi":
+            environ = {"REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/1.1"}
+            body = wsgi.serve(
+                cache, key, create, environ, lambda status, headers: None, resume=resume
+            )
+            try:
+                for c in body:
+                    sink.write(c)
+            finally:
+                body.close()  # type: ignore[attr-defined]
+        else:
+            asyncio.run(_asgi_get(cache, key, create, resume, sink))
     except Exception as exc:
         out.put(("raised", type(exc).__name__, str(exc), sink.n, sink.hexdigest()))
         return
     out.put(("ok", sink.n, sink.hexdigest(), sink.past_mark))
+
+
+async def _asgi_get(
+    cache: streamcache.StreamCache, key: str, create: Payload, resume: bool, sink: _Sink
+) -> None:
+    """One GET through the ASGI helper; the body's bytes go to ``sink``. The client never
+    goes away; a body cut short raises."""
+    scope = {"type": "http", "method": "GET", "headers": [], "http_version": "1.1"}
+    ended = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.wait_for(ended.wait(), WAIT)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            sink.write(message.get("body", b""))
+            if not message.get("more_body", False):
+                ended.set()
+
+    await asgi.serve(cache, key, create, scope, receive, send, timeout=WAIT, resume=resume)
+    if not ended.is_set():
+        raise ConnectionError("the body was cut short")

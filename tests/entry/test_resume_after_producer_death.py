@@ -11,6 +11,7 @@ import io
 import os
 import signal
 import time
+from collections.abc import Callable
 from multiprocessing.context import SpawnContext
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,13 @@ def _kill_mid_entry(
     producer_mode: str,
     kill_at: int,
     readers: list[tuple[str, Payload, bool]],
+    liveness: float = 0.2,
+    after_kill: Callable[[streamcache.StreamCache], None] | None = None,
 ) -> tuple[list[tuple[Any, ...]], float]:
     """Start a producer of ``key`` (``resume=True``), attach ``readers`` (mode, create,
-    resume) in processes of their own, let the producer write ``kill_at`` bytes, wait
-    until they are published, SIGKILL it; the readers' reports and the kill's time."""
+    resume) in processes of their own (with ``liveness``), let the producer write
+    ``kill_at`` bytes, wait until they are published, SIGKILL it, run ``after_kill``;
+    the readers' reports and the kill's time."""
     started, go, reached = spawn.Event(), spawn.Event(), spawn.Event()
     create = Payload(SEED, TOTAL, CHUNK, gate=(started, go), stop=(kill_at, reached))
     pout = spawn.Queue()
@@ -56,7 +60,7 @@ def _kill_mid_entry(
         out = spawn.Queue()
         p = spawn.Process(
             target=procs_resume.reader,
-            args=(str(cache_dir), key, mode, reader_create, kill_at, resume),
+            args=(str(cache_dir), key, mode, reader_create, kill_at, resume, liveness),
             kwargs={"out": out},
         )
         p.start()
@@ -76,6 +80,8 @@ def _kill_mid_entry(
     os.kill(producer.pid, signal.SIGKILL)
     producer.join(WAIT)
     assert producer.exitcode == -signal.SIGKILL
+    if after_kill is not None:
+        after_kill(cache)
     reports = []
     for p, out in procs:
         msg = out.get(timeout=WAIT)
@@ -95,7 +101,7 @@ def test_every_reader_gets_every_byte_after_the_producer_is_killed(
 ) -> None:
     kill_at = int(TOTAL * fraction) // CHUNK * CHUNK
     deterministic = Payload(SEED, TOTAL, CHUNK)
-    readers = [(mode, deterministic, True) for mode in MODES]
+    readers = [(mode, deterministic, True) for mode in (*MODES, "wsgi", "asgi")]
     reports, killed = _kill_mid_entry(
         cache_dir, spawn, "resume-key", producer_mode, kill_at, readers
     )
@@ -143,6 +149,50 @@ def test_without_resume_readers_get_producer_died(cache_dir: Path, spawn: SpawnC
     for (mode, _, _), report in zip(readers, reports, strict=True):
         assert report[:2] == ("raised", "ProducerDied"), (mode, report)
         assert report[3] <= kill_at
+
+
+def test_a_resumable_call_that_finds_the_producer_dead_takes_the_entry_over(
+    cache_dir: Path, spawn: SpawnContext
+) -> None:
+    """The readers would notice the death only after 30 s (their liveness); a call with
+    resume=True that comes first resumes the entry at its lookup instead of dropping
+    it, and the readers, woken by its writes, go on."""
+    kill_at = TOTAL // 2
+    deterministic = Payload(SEED, TOTAL, CHUNK)
+    got: list[tuple[Any, ...]] = []
+
+    def fetch_after_kill(cache: streamcache.StreamCache) -> None:
+        sink = xproc.HashSink()
+        got.append((cache.fetch("late-key", sink, deterministic, timeout=WAIT, resume=True), sink))
+
+    readers = [(mode, deterministic, True) for mode in MODES]
+    reports, _ = _kill_mid_entry(
+        cache_dir, spawn, "late-key", "thread", kill_at, readers, 30.0, fetch_after_kill
+    )
+    want = payload_sha(SEED, TOTAL, CHUNK)
+    ((result, sink),) = got
+    assert result == (TOTAL, False) and sink.hexdigest() == want
+    for (mode, _, _), report in zip(readers, reports, strict=True):
+        assert report[:3] == ("ok", TOTAL, want), (mode, report)
+
+
+def test_a_cleanup_pass_leaves_a_dead_producers_entry_to_its_resumable_readers(
+    cache_dir: Path, spawn: SpawnContext
+) -> None:
+    kill_at = TOTAL // 2
+    deterministic = Payload(SEED, TOTAL, CHUNK)
+    passes: list[streamcache.cache.GCReport] = []
+    readers = [(mode, deterministic, True) for mode in MODES]
+    reports, _ = _kill_mid_entry(
+        cache_dir, spawn, "gc-key", "thread", kill_at, readers, 1.0, lambda c: passes.append(c.gc())
+    )
+    assert passes[0].discarded == 0, passes
+    want = payload_sha(SEED, TOTAL, CHUNK)
+    for (mode, _, _), report in zip(readers, reports, strict=True):
+        assert report[:3] == ("ok", TOTAL, want), (mode, report)
+    cache = streamcache.StreamCache(cache_dir, liveness=0.2, cleanup_interval=0)
+    assert cache.gc().discarded == 0
+    assert len(xproc.data_files(cache_dir)) == 1  # the finished entry, nothing else
 
 
 def _prefix_sha(n: int) -> str:
