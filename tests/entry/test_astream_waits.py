@@ -13,7 +13,7 @@ from typing import Any
 
 import procs.astream
 import pytest
-from helpers import WAIT, writing
+from helpers import NOTICE_MARGIN, WAIT, writing
 from procs.astream import gated_producer
 from xproc import forbidden_create
 
@@ -112,7 +112,7 @@ def test_a_parked_astream_notices_its_killed_producer(cache_dir: Path, spawn: An
 
     noticed = asyncio.run(main())
     producer.join(WAIT)
-    assert noticed < 0.3 + 0.5, f"noticed after {noticed:.2f} s"  # liveness + 0.5 s
+    assert noticed < 0.3 + NOTICE_MARGIN, f"noticed after {noticed:.2f} s"  # liveness + margin
 
 
 def test_astream_timeout_is_a_timeout_error(cache_dir: Path) -> None:
@@ -185,7 +185,7 @@ def test_a_producer_killed_between_writing_and_publishing_is_noticed_within_live
                 got += chunk
         noticed = time.monotonic() - killed
     assert got == HEAD + TAIL
-    assert noticed < liveness + 0.5, f"noticed {noticed:.2f} s after the kill"
+    assert noticed < liveness + NOTICE_MARGIN, f"noticed {noticed:.2f} s after the kill"
     cache.stop()
 
 

@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import NOTICE_MARGIN
 from xproc import expect
 
 pytestmark = pytest.mark.timeout(120)
 
-# Seconds beyond ``liveness``, for scheduling on a busy machine (0.86 s was seen at load 30
-# against the 0.8 s a 0.5 s margin allowed). The defects these tests catch are far beyond
-# it: a wait that restarts its clock at each signal of a 0.1 s storm never notices, and
-# twelve readers that notice one after another take 12 x liveness (12 s).
-MARGIN = 5.0
+# The defects caught here are far beyond the margin: a wait that restarts its clock at
+# each signal of a 0.1 s storm never notices; twelve readers that notice one after
+# another take 12 x liveness (12 s).
+MARGIN = NOTICE_MARGIN
 
 
 @contextmanager

@@ -21,10 +21,12 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from apps.blob import MiB, pattern
+from helpers import NOTICE_MARGIN
 from servers import Response, Server, get, read_events, together
 
 SIZE = 64 * MiB
 RATE = 50 * MiB
+KILL_RATE = 4 * MiB  # check_killed_producer's: it kills at 8 MiB, long before the end
 WAIT = 30.0  # bound for every wait on a server
 
 
@@ -192,7 +194,7 @@ def check_killed_producer(
 ) -> dict[str, Any]:
     """SIGKILL the worker running create while ``clients`` stream the entry: each client
     sees a body it can tell is incomplete (short of Content-Length, or no chunked
-    terminator) within ``liveness`` + 0.5 s of its death; the next request creates afresh.
+    terminator) within ``liveness`` + NOTICE_MARGIN of its death; the next request creates afresh.
 
     ``streams_unknown`` False: the server cannot frame a body of unknown size (uWSGI's
     http-socket never chunks), so such clients wait for the end; killed before it,
@@ -207,7 +209,8 @@ def check_killed_producer(
             streaming[i].set()
 
         # Not hashed: a client that keeps up keeps its reader waiting on the producer.
-        path = blob(key, announce=announce)
+        # Paced to 16 s: at RATE the producer finished before the kill at load 20-30.
+        path = blob(key, rate=KILL_RATE, announce=announce)
         return get(server.port, path, timeout=WAIT, on_body=on_body, hash_body=False)
 
     results: list[Response] = []
@@ -246,7 +249,7 @@ def check_killed_producer(
     # The bound runs from the producer's death: SIGKILL takes the kernel a while to
     # carry out on a loaded machine (it is reported, as dying_ms).
     late = notice[-1] - dying
-    assert late <= liveness + 0.5, f"noticed after {notice} s, dead after {dying} s"
+    assert late <= liveness + NOTICE_MARGIN, f"noticed after {notice} s, dead after {dying} s"
     # No traceback per reader in the server's log.
     log = server.log_text()[log_before:]
     assert log.count("Traceback") == 0, log[-4000:]

@@ -155,4 +155,4 @@ def test_killed_producer_behind_nginx(fleet: Fleet, announce: bool) -> None:
         assert r.status == 200 and not r.complete and r.length < SIZE, checks.describe(r)
     notice = sorted(r.t_end - t_kill for r in results)
     print(f"\n[fleet] killed producer (dead after {dying} s) noticed after {notice} s")
-    assert notice[-1] - dying <= LIVENESS + 0.5, (notice, dying)
+    assert notice[-1] - dying <= LIVENESS + checks.NOTICE_MARGIN, (notice, dying)
