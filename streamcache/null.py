@@ -34,13 +34,12 @@ if TYPE_CHECKING:
 
 
 class _CountingWriter:
-    """NullCache's ``w``: hands each write to ``dst`` and counts it. The first error of
-    ``dst`` (a client gone, the deadline passed) is kept: it, not ``create``'s reaction
-    to it, is what the fetch raises."""
+    """NullCache's ``w`` for a fetch without a deadline: hands each write to ``dst``
+    and counts it. The first error of ``dst`` (a client gone) is kept: it, not
+    ``create``'s reaction to it, is what the fetch raises."""
 
-    def __init__(self, dst: Any, deadline: Deadline | None) -> None:
+    def __init__(self, dst: Any) -> None:
         self._dst = dst
-        self._deadline = deadline
         self.written = 0
         self.error: BaseException | None = None
         self.announced = AnnouncedSize()
@@ -66,7 +65,7 @@ class _CountingWriter:
             return 0
         self.announced.check_write(self.written, n)
         try:
-            write_all(self._dst, bytes(data), self._deadline)
+            write_all(self._dst, bytes(data), None)
         except Exception as exc:
             self.error = exc
             raise
@@ -292,11 +291,12 @@ class NullCache(CacheBase):
         check_dst(dst)
         check_create(create)
         check_resume(resume)  # (every call runs create: nothing to resume)
-        if check_idle(idle_timeout) is not None:
-            # create's silence can be timed only from outside it: through the stream,
-            # create in a thread, as on every other path.
+        if check_idle(idle_timeout) is not None or timeout is not None:
+            # A deadline, or create's silence, can be kept only from outside create:
+            # through the stream, create in a thread, as on the cached path (run here,
+            # a create that kept writing held the call past its timeout until it ended).
             return super().fetch(key, dst, create, timeout, idle_timeout=idle_timeout)
-        w = _CountingWriter(dst, deadline_for(timeout, self._clock))
+        w = _CountingWriter(dst)
         try:
             run_create(create, w)
             try:

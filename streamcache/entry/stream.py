@@ -291,6 +291,11 @@ class Stream:
         import asyncio  # here, not at the top: a process that never awaits skips its import
 
         source = self._source
+        if deadline is not None and deadline.passed():
+            # A read that must wait once its deadline passed times out, on every source:
+            # a producer that keeps trickling bytes would otherwise complete every wait
+            # (the queue of the uncached paths ended only when create did).
+            raise TimeoutError("timed out waiting for the producer")
         future = asyncio.wrap_future(source.watch(deadline))
         try:
             if deadline is None:
