@@ -16,6 +16,7 @@ connection's close (never provably complete). It hashes bodies as they arrive.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -26,11 +27,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+
+from helpers import settle
 
 import streamcache
 
@@ -215,6 +218,22 @@ def start(
     except BaseException:
         server.stop()
         raise
+
+
+@contextlib.contextmanager
+def serving(
+    tmp: Path, run: Callable[[Path, dict[str, str]], Server], liveness: float
+) -> Iterator[Server]:
+    """The test app served by ``run(tmp, env)``, its cache in ``tmp/cache`` with
+    ``liveness``; stopped at the end, which must leave no IPC object behind."""
+    env = app_env(tmp / "cache", tmp / "events", STREAMCACHE_APP_LIVENESS=str(liveness))
+    srv = run(tmp, env)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+    left = settle(tmp / "cache")
+    assert not left, f"IPC objects leaked: {left}"
 
 
 @dataclass

@@ -8,6 +8,8 @@ and its bytes reach the clients through nginx while it is being produced.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import statistics
 import threading
 import time
@@ -18,16 +20,15 @@ from pathlib import Path
 import pytest
 import serving_checks as checks
 from apps.blob import MiB
-from helpers import settle
 from servers import (
     Response,
     Server,
-    app_env,
     get,
     gunicorn,
     nginx,
     nginx_binary,
     read_events,
+    serving,
     together,
 )
 
@@ -70,21 +71,16 @@ class Fleet:
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    started: list[Server] = []
-    try:
+    host = functools.partial(gunicorn, workers=2, worker_class="gthread", threads=8)
+    with contextlib.ExitStack() as stack:
+        hosts: list[Server] = []
         for i in range(HOSTS):
             tmp = tmp_path / f"host{i}"
             tmp.mkdir()
-            env = app_env(tmp / "cache", tmp / "events", STREAMCACHE_APP_LIVENESS=str(LIVENESS))
-            started.append(gunicorn(tmp, env, workers=2, worker_class="gthread", threads=8))
-        started.append(nginx(tmp_path, [s.port for s in started]))
-        yield Fleet(started[-1], started[:-1])
-    finally:
-        for s in reversed(started):
-            s.stop()
-    for i in range(HOSTS):
-        left = settle(tmp_path / f"host{i}" / "cache")
-        assert not left, f"IPC objects leaked: {left}"
+            hosts.append(stack.enter_context(serving(tmp, host, LIVENESS)))
+        front = nginx(tmp_path, [s.port for s in hosts])
+        stack.callback(front.stop)
+        yield Fleet(front, hosts)
 
 
 def test_each_key_produced_once_across_the_fleet(fleet: Fleet) -> None:

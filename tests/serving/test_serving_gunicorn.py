@@ -6,13 +6,13 @@ each test uses keys of its own. The checks are in serving_checks.py.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import serving_checks as checks
-from helpers import settle
-from servers import Server, app_env, gunicorn
+from servers import Server, gunicorn, serving
 
 LIVENESS = 1.0
 
@@ -28,14 +28,8 @@ def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp(f"gunicorn-{request.param}")
-    env = app_env(tmp / "cache", tmp / "events", STREAMCACHE_APP_LIVENESS=str(LIVENESS))
-    srv = gunicorn(tmp, env, **MODELS[request.param])
-    try:
+    with serving(tmp, functools.partial(gunicorn, **MODELS[request.param]), LIVENESS) as srv:
         yield srv
-    finally:
-        srv.stop()
-    left = settle(tmp / "cache")
-    assert not left, f"IPC objects leaked: {left}"
 
 
 def concurrency(server: Server) -> int:

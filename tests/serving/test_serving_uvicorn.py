@@ -6,14 +6,14 @@ The checks of the gunicorn tests (serving_checks.py), plus: /ping answers within
 
 from __future__ import annotations
 
+import functools
 import statistics
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import serving_checks as checks
-from helpers import settle
-from servers import Server, app_env, uvicorn
+from servers import Server, serving, uvicorn
 
 LIVENESS = 1.0
 WORKERS = 2
@@ -34,14 +34,8 @@ def ping_bounds(producer_s: float) -> tuple[float, float]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("uvicorn")
-    env = app_env(tmp / "cache", tmp / "events", STREAMCACHE_APP_LIVENESS=str(LIVENESS))
-    srv = uvicorn(tmp, env, workers=WORKERS)
-    try:
+    with serving(tmp, functools.partial(uvicorn, workers=WORKERS), LIVENESS) as srv:
         yield srv
-    finally:
-        srv.stop()
-    left = settle(tmp / "cache")
-    assert not left, f"IPC objects leaked: {left}"
 
 
 def report(server: Server, figures: dict[str, Any]) -> None:

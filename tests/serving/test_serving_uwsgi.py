@@ -7,13 +7,13 @@ The checks are those of the gunicorn tests (serving_checks.py).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import serving_checks as checks
-from helpers import settle
-from servers import Server, app_env, uwsgi, uwsgi_binary
+from servers import Server, serving, uwsgi, uwsgi_binary
 
 LIVENESS = 1.0
 
@@ -34,14 +34,8 @@ def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp(f"uwsgi-{request.param}")
-    env = app_env(tmp / "cache", tmp / "events", STREAMCACHE_APP_LIVENESS=str(LIVENESS))
-    srv = uwsgi(tmp, env, **MODELS[request.param])
-    try:
+    with serving(tmp, functools.partial(uwsgi, **MODELS[request.param]), LIVENESS) as srv:
         yield srv
-    finally:
-        srv.stop()
-    left = settle(tmp / "cache")
-    assert not left, f"IPC objects leaked: {left}"
 
 
 def concurrency(server: Server) -> int:
