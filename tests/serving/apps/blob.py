@@ -1,13 +1,16 @@
 """What the test apps serve, configured through the environment.
 
-``GET /blob/<key>?size=N&rate=R&announce=1`` streams the entry ``key`` of the cache in
-``$STREAMCACHE_APP_DIR``. Its bytes are :func:`pattern` of the key, so a test checks any
-range of any body without keeping it. The create that makes an entry appends a line
-``<epoch> create <pid> <key>`` to ``$STREAMCACHE_APP_EVENTS`` before its first byte and
-``<epoch> end <pid> <key>`` after its last (one ``write`` on an O_APPEND file: lines
-from many processes never mix), so a test counts creates and finds the producing
-process. ``rate`` paces the producer (bytes per second), ``announce=1`` makes create
-call ``w.set_size(size)`` first. ``GET /ping`` answers ``pong`` at once.
+``GET /blob/<key>?size=N&rate=R&announce=1&resume=1&hold=H`` streams the entry ``key``
+of the cache in ``$STREAMCACHE_APP_DIR``. Its bytes are :func:`pattern` of the key, so a
+test checks any range of any body without keeping it. The create that makes an entry
+appends a line ``<epoch> create <pid> <key>`` to ``$STREAMCACHE_APP_EVENTS`` before its
+first byte and ``<epoch> end <pid> <key>`` after its last (one ``write`` on an O_APPEND
+file: lines from many processes never mix), so a test counts creates and finds the
+producing process. ``rate`` paces the producer (bytes per second), ``announce=1`` makes
+create call ``w.set_size(size)`` first, ``resume=1`` passes ``resume=True`` (the create
+is deterministic: a reader carries the entry on if its producer dies), ``hold=H`` makes
+create stop after its first H bytes until the file :func:`go_file` of the key exists
+(up to HOLD_LIMIT seconds). ``GET /ping`` answers ``pong`` at once.
 
 Environment: ``STREAMCACHE_APP_DIR`` (required), ``STREAMCACHE_APP_EVENTS`` (required),
 ``STREAMCACHE_APP_LIVENESS`` (seconds, default 1), ``STREAMCACHE_APP_SIZE`` and
@@ -28,6 +31,7 @@ from urllib.parse import parse_qs
 MiB = 1 << 20
 PERIOD = 1_048_573  # a prime: the pattern never lines up with power-of-two chunks
 CHUNK = 256 * 1024
+HOLD_LIMIT = 300.0  # seconds a held create waits for its go file, at most
 
 
 @functools.lru_cache(maxsize=64)
@@ -57,6 +61,8 @@ class Request:
     size: int
     rate: float
     announce: bool
+    resume: bool = False
+    hold: int | None = None
 
 
 def parse(path: str, query: str) -> Request | None:
@@ -69,6 +75,8 @@ def parse(path: str, query: str) -> Request | None:
         size=int(q.get("size", os.environ.get("STREAMCACHE_APP_SIZE", 64 * MiB))),
         rate=float(q.get("rate", os.environ.get("STREAMCACHE_APP_RATE", 50 * MiB))),
         announce=q.get("announce", "1") == "1",
+        resume=q.get("resume", "0") == "1",
+        hold=int(q["hold"]) if "hold" in q else None,
     )
 
 
@@ -81,6 +89,19 @@ def log_event(event: str, key: str) -> None:
         os.close(fd)
 
 
+def go_file(key: str) -> str:
+    """The file whose existence lets a held create of ``key`` go on (``hold=``)."""
+    return f"{os.environ['STREAMCACHE_APP_EVENTS']}.{key}.go"
+
+
+def _wait_for_go(key: str) -> None:
+    deadline = time.monotonic() + HOLD_LIMIT
+    while not os.path.exists(go_file(key)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {go_file(key)} within {HOLD_LIMIT} s")
+        time.sleep(0.01)
+
+
 def creator(req: Request) -> Callable[[Any], None]:
     """The create for ``req``: the key's pattern at ``req.rate`` bytes per second."""
 
@@ -91,7 +112,11 @@ def creator(req: Request) -> Callable[[Any], None]:
         t0 = time.monotonic()
         pos = 0
         while pos < req.size:
+            if pos == req.hold:
+                _wait_for_go(req.key)
             n = min(CHUNK, req.size - pos)
+            if req.hold is not None and pos < req.hold:
+                n = min(n, req.hold - pos)
             w.write(pattern(req.key, pos, n))
             pos += n
             ahead = t0 + pos / req.rate - time.monotonic()

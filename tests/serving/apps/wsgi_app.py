@@ -25,4 +25,4 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     if req is None:
         start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "9")])
         return [b"not found"]
-    return serve(cache, req.key, blob.creator(req), environ, start_response)
+    return serve(cache, req.key, blob.creator(req), environ, start_response, resume=req.resume)
