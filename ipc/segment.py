@@ -25,6 +25,9 @@ Python version and every process::
               :meth:`Segment.mark_stalled`)
     word 13   resumable (0/1): set by a reader whose call may resume the entry if its
               producer dies (``resume=True``), under the caller's lock for the key
+    word 14   rewinds: times a resumed entry's producer went back to a byte that create
+              now gives differently (see :meth:`Segment.rewind`)  (producer only)
+    word 15   rewound at: the byte the last rewind went back to  (producer only)
     bytes 128..511  error text, UTF-8                      (producer only)
     from byte 512: slots of 8 words (one cache line each, so readers never share one):
       word 0  position: bytes this reader has consumed     (its reader only)
@@ -46,8 +49,18 @@ Invariants:
   owner. Nothing outside this module knows the slot words' offsets.
 - Words are written with single aligned 8-byte stores (memoryview of format
   ``Q``), so a concurrent reader never sees a torn value.
-- The offset only grows. The producer publishes the offset after the bytes are in
-  the data file, so a reader that sees offset N can read N bytes from the file.
+- The offset only grows, with one exception: a rewind (:meth:`Segment.rewind`). The
+  producer publishes the offset after the bytes are in the data file, so a reader
+  that sees offset N can read N bytes from the file.
+- A rewind: the producer of a resumed entry whose create gives byte D differently
+  stores D (word 15), then the rewind count (word 14), then the offset D, and only
+  then truncates the data file to D and writes the new bytes. A reader compares the
+  count with the one it last saw before every read and again after it: a reader
+  whose bytes went past D fails (they were the old run's), one at or before D goes
+  on with the new bytes (the file's bytes before D are the same in both runs). A
+  read that overlapped the rewind sees the new count after it (its pread or
+  sendfile saw the file change, which followed the count's store), so it is never
+  taken for old bytes it may not have got.
 - Offset and state share one word, stored at once, so a reader never sees a
   final state with a stale offset (no ordering between two stores is needed,
   which weakly ordered CPUs would not give). The state leaves "writing" once,
@@ -123,6 +136,7 @@ _W_SEQ = 10
 _W_SIZE = 11  # the size create announced, plus one (0: none announced)
 _W_STALLED = 12  # 1 once a reader declared the producer stalled
 _W_RESUMABLE = 13  # 1 once a reader that may resume the entry attached
+_W_REWINDS, _W_REWOUND_AT = 14, 15  # see Segment.rewind
 _SEQ_BYTE = _W_SEQ * 8 + (4 if sys.byteorder == "big" else 0)
 _HEADER_WORDS = HEADER_BYTES // 8
 # Words of a slot (private to this module).
@@ -381,6 +395,27 @@ class Segment:
         """Set by a resumable reader as it attaches, under the caller's lock for the
         entry's key (like word 12: readers only ever set it)."""
         self._words[_W_RESUMABLE] = 1
+
+    def rewind(self, offset: int) -> None:
+        """Go back to ``offset`` (a resumed entry's create gives that byte differently
+        from its dead producer's run): readers past it fail, the others will read the
+        new bytes. The producer stores this before it truncates the data file (see the
+        module docstring's invariants)."""
+        w = self._words
+        w[_W_REWOUND_AT] = offset
+        w[_W_REWINDS] += 1
+        w[_W_PROGRESS] = offset  # state "writing" is 0
+        self.bump()
+
+    @property
+    def rewinds(self) -> int:
+        """How many times the entry was rewound (see :meth:`rewind`)."""
+        return self._words[_W_REWINDS]
+
+    @property
+    def rewound_at(self) -> int:
+        """The byte the last rewind went back to."""
+        return self._words[_W_REWOUND_AT]
 
     def set_producer_waiting(self, waiting: bool) -> None:
         self._words[_W_PWAIT] = int(waiting)

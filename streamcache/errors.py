@@ -44,8 +44,10 @@ class ProducerStalled(CreateError):
 
 class NotDeterministic(CreateError):
     """A resumed entry (``resume=True``) was re-created with bytes that differ from those
-    its dead producer had written: create is not deterministic. The entry fails for
-    every reader; no byte of the new run is ever spliced after the old ones."""
+    its dead producer had written: create is not deterministic. Raised to every reader
+    that had read past the first differing byte (and to all, if create announced
+    another size); readers behind it go on with the new bytes. No byte of the new run
+    is ever spliced after old bytes that differ."""
 
 
 class AllReadersLeft(CreateError):

@@ -60,6 +60,7 @@ from ..disk.store import Store
 from ..errors import (
     AllReadersLeft,
     CreateError,
+    NotDeterministic,
     ProducerDied,
     ProducerStalled,
     SharedMemoryRemoved,
@@ -152,7 +153,9 @@ class _Reader:
             return b""
         self._enter()
         try:
-            return self._take(n, self._available(deadline))
+            while (data := self._take(n, self._available(deadline))) is None:
+                pass  # rewound to this reader's position: wait for the new bytes
+            return data
         finally:
             self._exit()
 
@@ -162,19 +165,42 @@ class _Reader:
             return b""
         self._enter()
         try:
-            avail = self._ready()
-            return None if avail is None else self._take(n, avail)
+            while True:
+                avail = self._ready()
+                if avail is None:
+                    return None
+                data = self._take(n, avail)
+                if data is not None:
+                    return data
         finally:
             self._exit()
 
-    def _take(self, n: int, avail: int) -> bytes:
+    def _take(self, n: int, avail: int) -> bytes | None:
+        """Up to ``n`` of the ``avail`` bytes; None if the entry was rewound to this
+        reader's position meanwhile (nothing of what the pread got is the entry's)."""
         if not avail:
             return b""
         data = os.pread(self._fd, min(avail, n, CHUNK), self.position)
+        at = self._rewound()
+        if at is not None:
+            # Only bytes before the rewind are surely the same in both runs of create.
+            if self.position > at:
+                raise self._diverged(at)
+            data = data[: at - self.position]
+            if not data:
+                return None
         if not data:
             raise CreateError(self._SHORT)
         self._advance(len(data))
         return data
+
+    def _rewound(self) -> int | None:
+        """The byte a rewind of a resumed entry went back to, if one happened since this
+        reader last asked (see :meth:`ipc.segment.Segment.rewind`), else None."""
+        return None
+
+    def _diverged(self, at: int) -> CreateError:
+        raise NotImplementedError
 
     def watch(self, deadline: Deadline | None) -> concurrent.futures.Future[Wake]:
         """After :meth:`read_nowait` gave None: a future completed (by the process's
@@ -204,27 +230,40 @@ class _Reader:
         after each call (the producer's back pressure counts it)."""
         self._enter()
         try:
-            avail = self._available(deadline)
-            if not avail:
-                return 0
-            fd, begin = self._fd, self.position
-            end = begin + avail
-            while self.position < end:
-                try:
-                    n = os.sendfile(out_fd, fd, self.position, end - self.position)
-                except BlockingIOError:
-                    wait_writable()
-                    continue
-                except OSError:
-                    if self.position == begin:
-                        raise
-                    break  # what went out is counted; the next call raises it again
-                if not n:
-                    raise CreateError(self._SHORT)
-                self._advance(n)
-            return self.position - begin
+            while (sent := self._send(out_fd, deadline, wait_writable)) is None:
+                pass  # rewound to this reader's position: wait for the new bytes
+            return sent
         finally:
             self._exit()
+
+    def _send(
+        self, out_fd: int, deadline: Deadline | None, wait_writable: Callable[[], None]
+    ) -> int | None:
+        avail = self._available(deadline)
+        if not avail:
+            return 0
+        fd, begin = self._fd, self.position
+        end = begin + avail
+        while self.position < end:
+            try:
+                n = os.sendfile(out_fd, fd, self.position, end - self.position)
+            except BlockingIOError:
+                wait_writable()
+                continue
+            except OSError:
+                if self.position == begin:
+                    raise
+                break  # what went out is counted; the next call raises it again
+            at = self._rewound()
+            if at is not None:
+                if self.position + n > at:  # some of what went out was the old run's
+                    raise self._diverged(at)
+                self._advance(n)  # all of it before the rewind: the same in both runs
+                return (self.position - begin) or None
+            if not n:
+                raise CreateError(self._SHORT)
+            self._advance(n)
+        return self.position - begin
 
     def _advance(self, n: int) -> None:
         self.position += n
@@ -306,6 +345,8 @@ class PipeReader(_Reader):
         self._watch: Watch | None = None  # an asynchronous wait in progress
         self._waits_on_hub = False  # its checks' verdicts are shared (see _report_check)
         self._producer_gone = False  # found dead by a liveness check
+        self._rewinds = channel.seg.rewinds  # the rewinds this reader knows of
+        self._divergence: NotDeterministic | None = None  # once it read a rewound byte
         # Wait for the next multiple of this many bytes (0: for the next write).
         self._ahead = 0
         self._mark: tuple[float, int] | None = None  # (time, offset) the rate is measured from
@@ -369,6 +410,9 @@ class PipeReader(_Reader):
     def _ready(self) -> int | None:
         if self._closed:
             raise ValueError("I/O operation on a closed stream")
+        at = self._rewound()
+        if (at is not None and self.position > at) or self._divergence is not None:
+            raise self._diverged(at or 0)
         if self._final is not None:
             offset, state = self._final, ipc.STATE_DONE
         else:
@@ -458,6 +502,28 @@ class PipeReader(_Reader):
                     "on its data file: it is not producing the entry"
                 )
             raise ProducerDied(f"the producing process (pid {pid}) died before finishing the entry")
+
+    def _rewound(self) -> int | None:
+        count = self._seg.rewinds
+        if count == self._rewinds:
+            return None
+        # Rewound more than once since this reader last looked: it cannot tell to where
+        # each went, so it takes its start (whatever it read may be the old run's).
+        at = self._seg.rewound_at if count == self._rewinds + 1 else self.start
+        self._rewinds = count
+        self._in_file = min(self._in_file, at)
+        return at
+
+    def _diverged(self, at: int) -> NotDeterministic:
+        """The error of a reader that read bytes of a resumed entry from before a rewind
+        to ``at``: those bytes are not the entry's any more. Raised by every later read."""
+        if self._divergence is None:
+            self._divergence = NotDeterministic(
+                f"create is not deterministic: re-run to carry on the entry after its "
+                f"producer died, it gave byte {at} differently, and this reader had read "
+                f"past it (to byte {self.position})"
+            )
+        return self._divergence
 
     def _report_check(self, began: float, alive: bool) -> None:
         """Share a check's verdict with this process's other waiting readers of the

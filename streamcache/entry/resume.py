@@ -31,13 +31,14 @@ Invariants (cross-process):
   reader's liveness check that sees the new pid therefore also finds the lock held;
   one that sees the old pid finds it dead, comes here, and waits for the lock.
 - **Never spliced.** The successor appends nothing until create has given every byte
-  already in the file and each was equal; create giving a different byte, ending
-  short or announcing another size fails the entry for every reader with
-  :class:`NotDeterministic` (a CreateError), as any failing create does. So the
-  bytes after the seam always follow bytes of the same run of create that made
-  them, as far as a deterministic create can tell. (Readers that had not reached
-  the first differing byte could go on with the new bytes; they fail too: the
-  simple rule.)
+  already in the file and each was equal. If create gives byte D differently (or ends
+  at D, short of them), the entry is *rewound* to D (:meth:`ipc.segment.Segment.rewind`:
+  the segment says so before the file is truncated): every reader that had read past
+  D fails with :class:`NotDeterministic` (a CreateError), and every other reader goes
+  on with the new run's bytes from D, which are then appended and published. So no
+  reader ever gets bytes of one run after bytes of the other that differ from them;
+  the entry finishes with the new run's bytes only. Create announcing another size
+  fails the entry for every reader (their Content-Length may be out already).
 - A call with ``resume`` whose lookup finds the producer dead (before any reader
   noticed) takes the entry over there, in the same critical section
   (:meth:`Takeover.in_lookup`), if the entry has a channel that still takes readers
@@ -277,22 +278,47 @@ class ResumingWriter(EntryWriter):
         self.check_stalled()
         view = memoryview(data).cast("B")
         take = min(len(view), self._prefix - self._checked)
-        self._compare(view[:take])
-        if take < len(view):
-            super().write(view[take:])
+        same = self._compare(view[:take])
+        if same < take:
+            self._rewind()
+        if same < len(view):
+            super().write(view[same:])
         return len(view)
 
-    def _compare(self, view: memoryview) -> None:
+    def _compare(self, view: memoryview) -> int:
+        """How many of ``view``'s bytes equal the file's at the bytes checked so far
+        (all of them, or up to the first that differs); counted as checked."""
         done = 0
         while done < len(view):
-            at = self._checked + done
-            old = os.pread(self._fd, min(len(view) - done, CHUNK), at)
+            old = os.pread(self._fd, min(len(view) - done, CHUNK), self._checked + done)
             new = view[done : done + len(old)]
-            if not old or old != new:
-                first = at + next((i for i, b in enumerate(old) if b != new[i]), len(old))
-                self._not_deterministic(f"its output differs at byte {first}")
+            if not old:
+                break  # the file ends here (it never does before the prefix's end)
+            if old != new:
+                done += next(i for i, b in enumerate(old) if b != new[i])
+                break
             done += len(old)
         self._checked += done
+        return done
+
+    def _rewind(self) -> None:
+        """Create gave byte ``_checked`` differently from the dead producer's run: the
+        entry goes back to it (readers past it fail, the others read on from the new
+        run), and from here the writer appends. Order: the segment first, then the
+        file (see :meth:`ipc.segment.Segment.rewind`)."""
+        at = self._checked
+        log.warning(
+            "streamcache: a resumed entry's create is not deterministic: it gave byte %d "
+            "differently; readers past it fail, the others go on with the new bytes",
+            at,
+        )
+        if self.channel is not None:
+            self.channel.seg.rewind(at)
+        os.ftruncate(self._fd, at)
+        os.lseek(self._fd, at, os.SEEK_SET)
+        self._prefix = self.offset = self._counted = at
+        if self.channel is not None:
+            self.channel.ring_all()  # readers waiting past it: they fail now
 
     def set_size(self, size: int) -> int:
         before = None if self.channel is None else self.channel.seg.announced_size
@@ -302,8 +328,7 @@ class ResumingWriter(EntryWriter):
 
     def close(self) -> None:
         if not self._closed and self._checked < self._prefix:
-            self._closed = True
-            self._not_deterministic(f"it ended after {self._checked} bytes")
+            self._rewind()  # it ended short: the entry ends there
         super().close()
 
     def _not_deterministic(self, why: str) -> None:

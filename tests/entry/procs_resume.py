@@ -13,6 +13,10 @@ from xproc import WAIT, payload, reporting
 import streamcache
 from streamcache import asgi, wsgi
 
+# The producer's gate stays shut while the test spawns and attaches every reader, one
+# after another (each bounded by the test): at load 40 that took more than WAIT.
+GATE_WAIT = 10 * WAIT
+
 
 class Payload:
     """A deterministic create: the payload ``seed`` of ``total`` bytes in ``chunk``-byte
@@ -46,7 +50,7 @@ class Payload:
             if i == 0 and self.gate is not None:
                 started, go = self.gate
                 started.set()
-                if not go.wait(WAIT):
+                if not go.wait(GATE_WAIT):
                     raise TimeoutError("never let go")
             if self.stop is not None and done >= self.stop[0]:
                 self.stop[1].set()
@@ -70,19 +74,23 @@ def producer(dir: str, key: str, mode: str, create: Payload, *, out: Any) -> Non
 
 class _Sink:
     """A dst keeping the sha256 and length of what it got; says "attached" on the
-    first bytes and notes when it first got a byte past ``mark``."""
+    first bytes (then, given ``hold``, waits for it to be set: its reader stays where it
+    is meanwhile) and notes when it first got a byte past ``mark``."""
 
-    def __init__(self, out: Any, mark: int) -> None:
+    def __init__(self, out: Any, mark: int, hold: Any = None) -> None:
         self._h = hashlib.sha256()
         self.n = 0
         self._out = out
         self._mark = mark
+        self._hold = hold
         self.past_mark: float | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         b = bytes(data)
         if not self.n and b and self._out is not None:
             self._out.put(("attached",))
+            if self._hold is not None and not self._hold.wait(GATE_WAIT):
+                raise TimeoutError("never let go")
         self._h.update(b)
         self.n += len(b)
         if self.past_mark is None and self.n > self._mark:
@@ -104,11 +112,13 @@ def reader(
     liveness: float,
     *,
     out: Any,
+    hold: Any = None,
 ) -> None:
     """Read ``key`` by ``mode`` (fetch, stream or astream); report ("ok", bytes, sha256,
-    when the first byte past ``mark`` came) or ("raised", type, message, bytes, sha256)."""
+    when the first byte past ``mark`` came) or ("raised", type, message, bytes, sha256).
+    ``hold``: an Event the reader waits for once it got its first bytes."""
     cache = streamcache.StreamCache(dir, liveness=liveness, cleanup_interval=0)
-    sink = _Sink(out, mark)
+    sink = _Sink(out, mark, hold)
     try:
         if mode == "fetch":
             cache.fetch(key, sink, create, timeout=WAIT, resume=resume)

@@ -7,7 +7,6 @@ spliced; without resume, ProducerDied as before. Children live in procs_resume.p
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import time
@@ -25,6 +24,8 @@ from xproc import payload_sha
 import streamcache
 
 WAIT = 60.0
+# Spawning and attaching six readers, each bounded by WAIT, may take minutes at load 40.
+pytestmark = pytest.mark.timeout(900)
 TOTAL = 2 << 20
 CHUNK = 16 << 10
 SEED = "resume"
@@ -40,12 +41,14 @@ def _kill_mid_entry(
     readers: list[tuple[str, Payload, bool]],
     liveness: float = 0.2,
     after_kill: Callable[[streamcache.StreamCache], None] | None = None,
+    held: int = 0,
 ) -> tuple[list[tuple[Any, ...]], float]:
     """Start a producer of ``key`` (``resume=True``), attach ``readers`` (mode, create,
     resume) in processes of their own (with ``liveness``), let the producer write
     ``kill_at`` bytes, wait until they are published, SIGKILL it, run ``after_kill``;
-    the readers' reports and the kill's time."""
-    started, go, reached = spawn.Event(), spawn.Event(), spawn.Event()
+    the readers' reports and the kill's time. The last ``held`` readers stop after
+    their first bytes (the producer's first chunk) until the others have reported."""
+    started, go, reached, release = spawn.Event(), spawn.Event(), spawn.Event(), spawn.Event()
     create = Payload(SEED, TOTAL, CHUNK, gate=(started, go), stop=(kill_at, reached))
     pout = spawn.Queue()
     producer = spawn.Process(
@@ -56,12 +59,13 @@ def _kill_mid_entry(
     producer.start()
     assert started.wait(WAIT), "the producer never wrote its first chunk"
     procs = []
-    for mode, reader_create, resume in readers:
+    for i, (mode, reader_create, resume) in enumerate(readers):
         out = spawn.Queue()
+        hold = release if i >= len(readers) - held else None
         p = spawn.Process(
             target=procs_resume.reader,
             args=(str(cache_dir), key, mode, reader_create, kill_at, resume, liveness),
-            kwargs={"out": out},
+            kwargs={"out": out, "hold": hold},
         )
         p.start()
         procs.append((p, out))
@@ -83,7 +87,9 @@ def _kill_mid_entry(
     if after_kill is not None:
         after_kill(cache)
     reports = []
-    for p, out in procs:
+    for i, (p, out) in enumerate(procs):
+        if i == len(procs) - held:
+            release.set()
         msg = out.get(timeout=WAIT)
         assert msg[0] != "error", msg[1]
         reports.append(msg)
@@ -127,19 +133,51 @@ def test_a_create_that_is_not_deterministic_is_never_spliced(
     readers = [(mode, other, True) for mode in MODES]
     reports, _ = _kill_mid_entry(cache_dir, spawn, "nondet-key", "thread", kill_at, readers)
     for (mode, _, _), report in zip(readers, reports, strict=True):
-        assert report[:2] == ("raised", "CreateError"), (mode, report)
+        assert report[:2] == ("raised", "NotDeterministic"), (mode, report)
         assert "create is not deterministic" in report[2], (mode, report)
         # Nothing past the old bytes reached anyone: what each got is the old prefix.
         got = report[3]
         assert got <= kill_at, (mode, report)
         assert report[4] == _prefix_sha(got), (mode, report)
-    # Nothing was published: the next call creates afresh.
+    # The next call gets the new run's bytes, if it joins that run before its producer
+    # finds every reader gone, or its own: never the old ones spliced.
     cache = streamcache.StreamCache(cache_dir, liveness=0.2, cleanup_interval=0)
-    dst = io.BytesIO()
-    assert cache.fetch("nondet-key", dst, Payload(SEED, TOTAL, CHUNK), timeout=WAIT) == (
-        TOTAL,
-        True,
-    )
+    dst = xproc.HashSink()
+    total, created = cache.fetch("nondet-key", dst, Payload(SEED, TOTAL, CHUNK), timeout=WAIT)
+    new = xproc.HashSink()
+    other(new)
+    assert total == TOTAL
+    assert dst.hexdigest() == (payload_sha(SEED, TOTAL, CHUNK) if created else new.hexdigest())
+
+
+@pytest.mark.parametrize("rerun", ["differs", "ends short"])
+def test_readers_behind_the_first_differing_byte_go_on_with_the_new_bytes(
+    cache_dir: Path, spawn: SpawnContext, rerun: str
+) -> None:
+    """The re-run of create differs at byte D (or ends there), halfway to the kill
+    point: the readers past D (every byte up to the kill) fail; the two held at the
+    first chunk get the whole entry as the new run gives it, and so does the next
+    call, a hit."""
+    kill_at = TOTAL // 2
+    flip = kill_at // 2
+    if rerun == "differs":
+        other = Payload(SEED, TOTAL, CHUNK, flip_at=flip)
+    else:
+        other = Payload(SEED, flip, CHUNK)
+    readers = [(mode, other, True) for mode in (*MODES, "fetch", "stream")]
+    reports, _ = _kill_mid_entry(cache_dir, spawn, "rewind-key", "thread", kill_at, readers, held=2)
+    for (mode, _, _), report in zip(readers[:3], reports[:3], strict=True):
+        assert report[:2] == ("raised", "NotDeterministic"), (mode, report)
+        assert f"byte {flip} differently" in report[2], (mode, report)
+        assert flip < report[3] <= kill_at and report[4] == _prefix_sha(report[3])
+    new = xproc.HashSink()
+    other(new)
+    for (mode, _, _), report in zip(readers[3:], reports[3:], strict=True):
+        assert report[:3] == ("ok", new.n, new.hexdigest()), (mode, report)
+    cache = streamcache.StreamCache(cache_dir, liveness=0.2, cleanup_interval=0)
+    hit = xproc.HashSink()
+    assert cache.fetch("rewind-key", hit, xproc.forbidden_create, timeout=WAIT) == (new.n, False)
+    assert hit.hexdigest() == new.hexdigest()
 
 
 def test_without_resume_readers_get_producer_died(cache_dir: Path, spawn: SpawnContext) -> None:
