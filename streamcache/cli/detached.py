@@ -39,7 +39,7 @@ from ..cache import StreamCache
 from ..errors import CreateError, ProducerDied
 from ..log import when_used
 from . import counters
-from .frames import MAX_PAYLOAD, STDERR, STDOUT, Demux, end_frame, frame
+from .frames import HANDOFF, MAX_PAYLOAD, STDERR, STDOUT, Demux, end_frame, frame
 from .options import EXIT_BROKEN_PIPE, os_error_text, quiet_stdout
 
 if TYPE_CHECKING:
@@ -307,9 +307,8 @@ def deliver(opts: Options, key: str, argv: list[str], stdin_fd: int | None) -> i
             cache.stop()
             counters.add(cache.dir, **{counters.UNCACHED: 1})
             return run_uncached(argv, stdin_fd)
-        if relayed is not None:
-            status = _relay(relayed, out, opts.prog)
-        else:
+        status = None if relayed is None else _relay(relayed, out, opts.prog)
+        if status is None:  # found, or handed back by the detached producer
             if not opts.stderr_all:
                 out.err_fd = None
             status = _read(opts.prog, target, key, out, Runner(argv, stdin_fd), counts)
@@ -379,11 +378,18 @@ def _spawn(opts: Options, key: str, argv: list[str], stdin_fd: int | None) -> in
     return r
 
 
-def _relay(r: int, out: Demux, prog: str) -> int:
-    """Copy the detached producer's frames to this invocation's stdout and stderr."""
+def _relay(r: int, out: Demux, prog: str) -> int | None:
+    """Copy the detached producer's frames to this invocation's stdout and stderr; None
+    if it handed the entry back (:data:`HANDOFF`: another process produces it, and
+    this invocation reads it itself). The handoff is written alone, in one write of
+    fewer than PIPE_BUF bytes, before anything else: it comes as the first read."""
     try:
-        while chunk := os.read(r, MAX_PAYLOAD + 5):
+        chunk = os.read(r, MAX_PAYLOAD + 5)
+        if chunk == HANDOFF:
+            return None
+        while chunk:
             out.write(chunk)
+            chunk = os.read(r, MAX_PAYLOAD + 5)
     finally:
         os.close(r)
     if out.status is None:
@@ -484,6 +490,12 @@ def producer_main(argv: list[str]) -> int:
     except (OSError, ValueError) as exc:
         _tell(frame(STDERR, f"{opts.prog}: {os_error_text(exc)}\n".encode()) + end_frame(125))
         return EXIT_RUN_FAILED
+    if target.peek(key) is not None:
+        # Another process produces it (or it is stored): relaying it would copy every
+        # byte through this process too; the invocation reads it itself.
+        _tell(HANDOFF)
+        cache.stop()
+        return 0
     try:
         target.fetch(key, dst, runner)
     except CreateError as exc:

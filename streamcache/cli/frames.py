@@ -29,6 +29,12 @@ def end_frame(status: int) -> bytes:
     return frame(END, bytes([status & 0xFF]))
 
 
+# What a detached producer tells its invocation, alone, when it finds the entry there
+# already (another process produces it): read it yourself. Never in an entry (band 4
+# is not a frame there), so it cannot be taken for a command's output.
+HANDOFF = HEADER.pack(4, 0)
+
+
 class FrameError(ValueError):
     """Bytes that are not frames: an entry not written by a shared command."""
 
