@@ -12,6 +12,15 @@ the detached producer, in a process group of its own, its stdout and stderr goin
 into the entry only, as frames (:mod:`streamcache.cli.frames`). An invocation that
 finds the entry (finished or in flight) reads it itself.
 
+One detached producer per key at a time: an invocation that finds no entry takes the
+key's *spawn lock* (:class:`SpawnLock`, a flock on one of a few files in the cache
+directory) before it looks again and starts one, and hands the lock to it; the
+detached producer lets go once its create starts (the entry is then in the index, or
+this is an admission's uncached run), once it relays its first bytes, or when it
+ends (the kernel releases the lock of a process that dies). Invocations that arrive
+meanwhile wait for the lock, then find the entry and read it themselves, instead of
+each starting a process that would relay the whole entry once more.
+
 Every invocation replays both bands to its own stdout and stderr and exits with the
 command's status. A signal (SIGTERM, SIGINT, SIGHUP, SIGPIPE) or a broken stdout ends
 only that invocation's delivery: its reader leaves, or its pipe breaks and the
@@ -56,6 +65,7 @@ STOP_GRACE = 5.0
 _MODULE = "streamcache.cli.detached"  # this module, also when run as __main__
 _STATUS = re.compile(r"\(exit status (\d+)\)\s*$")
 _PR_SET_PDEATHSIG = 1
+_SPAWN_LOCK_FD = 3  # the detached producer's descriptor of its key's spawn lock
 
 
 class Options:
@@ -126,6 +136,52 @@ class Options:
         return cache, target
 
 
+class SpawnLock:
+    """The key's spawn lock (see the module docstring), held by this process on ``fd``
+    until :meth:`release` (idempotent)."""
+
+    STRIPES = 16  # keys share these files: a collision only delays a start a little
+    WAIT = 10.0  # after this long an invocation starts a detached producer anyway
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    @classmethod
+    def take(cls, cache_dir: str, key: str) -> SpawnLock | None:
+        """Wait (at most :attr:`WAIT`, polling) for ``key``'s spawn lock; None if it did
+        not come, or the lock file cannot be used (then nothing is serialised)."""
+        import fcntl
+        import time
+
+        stripe = sha256(key.encode()).digest()[0] % cls.STRIPES
+        path = os.path.join(cache_dir, "command-spawn", f"{stripe:02x}")
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return None
+        deadline = time.monotonic() + cls.WAIT
+        pause = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return cls(fd)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(pause)
+                pause = min(pause * 2, 0.02)
+            except OSError:
+                break
+        os.close(fd)
+        return None
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)  # the last descriptor of the lock's open file: released
+
+
 class CommandFailed(Exception):
     """The command's run failed; its message ends with ``(exit status N)``, which every
     invocation streaming the entry reads back."""
@@ -174,9 +230,12 @@ class Runner:
     start, or /dev/null) and writes its stdout and stderr into the entry as frames, then
     the end frame. Fails the entry unless the command exits 0."""
 
-    def __init__(self, argv: list[str], stdin_fd: int | None) -> None:
+    def __init__(
+        self, argv: list[str], stdin_fd: int | None, spawn_lock: SpawnLock | None = None
+    ) -> None:
         self.argv = argv
         self.stdin_fd = stdin_fd
+        self.spawn_lock = spawn_lock  # let go as the command starts
         self.started = False  # this process ran the command
         self.status: int | None = None
         self.message: str | None = None  # why the command could not run
@@ -184,6 +243,8 @@ class Runner:
 
     def __call__(self, w: Any) -> None:
         self.started = True
+        if self.spawn_lock is not None:
+            self.spawn_lock.release()
         import subprocess  # only the process that runs the command needs it
 
         stdin: int = subprocess.DEVNULL
@@ -301,7 +362,16 @@ def deliver(opts: Options, key: str, argv: list[str], stdin_fd: int | None) -> i
     try:
         try:
             found = target.peek(key) is not None
-            relayed = None if found else _spawn(opts, key, argv, stdin_fd)
+            if not found:
+                spawn_lock = SpawnLock.take(cache.dir, key)
+                try:
+                    found = target.peek(key) is not None
+                    relayed = None if found else _spawn(opts, key, argv, stdin_fd, spawn_lock)
+                finally:
+                    if spawn_lock is not None:
+                        spawn_lock.release()  # (the detached producer holds it now)
+            else:
+                relayed = None
         except OSError as exc:  # before the first byte: a cache problem fails nothing
             print(f"{opts.prog}: running uncached: {os_error_text(exc)}", file=sys.stderr)
             cache.stop()
@@ -352,8 +422,11 @@ def _read(
     return out.status
 
 
-def _spawn(opts: Options, key: str, argv: list[str], stdin_fd: int | None) -> int:
-    """Start the detached producer (in a session of its own); the read end of its pipe."""
+def _spawn(
+    opts: Options, key: str, argv: list[str], stdin_fd: int | None, spawn_lock: SpawnLock | None
+) -> int:
+    """Start the detached producer (in a session of its own), giving it ``spawn_lock``
+    as its descriptor 3; the read end of its pipe."""
     r, w = os.pipe()
     devnull = os.open(os.devnull, os.O_RDWR)
     try:
@@ -363,10 +436,14 @@ def _spawn(opts: Options, key: str, argv: list[str], stdin_fd: int | None) -> in
             # Verbose, the cache's own warnings of its run go to our stderr.
             (os.POSIX_SPAWN_DUP2, 2 if opts.verbose else devnull, 2),
         ]
+        if spawn_lock is not None and spawn_lock.fd is not None:
+            actions.append((os.POSIX_SPAWN_DUP2, spawn_lock.fd, _SPAWN_LOCK_FD))
         if stdin_fd is not None:
             os.lseek(stdin_fd, 0, os.SEEK_SET)
         stdin = "-" if stdin_fd is None else "stdin"
-        args = [sys.executable, "-m", _MODULE, *opts.to_argv(), stdin, key.encode().hex(), "--"]
+        lock = "-" if spawn_lock is None else str(_SPAWN_LOCK_FD)
+        args = [sys.executable, "-m", _MODULE, *opts.to_argv(), stdin, lock, key.encode().hex()]
+        args.append("--")
         args += argv
         os.posix_spawn(sys.executable, args, os.environ, file_actions=actions, setsid=True)
     except BaseException:
@@ -461,6 +538,11 @@ class _Relay(Demux):
         self._stderr_all = stderr_all
         self._runner = runner
 
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._runner.spawn_lock is not None:
+            self._runner.spawn_lock.release()  # another process produces the entry
+        return super().write(data)
+
     def _passed(self, band: int) -> bool:
         return band != STDERR or self._stderr_all or self._runner.started
 
@@ -476,13 +558,14 @@ def producer_main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     split = argv.index("--")
-    opts = Options.from_argv(argv[: split - 2])
-    stdin_fd = None if argv[split - 2] == "-" else 0
+    opts = Options.from_argv(argv[: split - 3])
+    stdin_fd = None if argv[split - 3] == "-" else 0
+    spawn_lock = None if argv[split - 2] == "-" else SpawnLock(int(argv[split - 2]))
     key = bytes.fromhex(argv[split - 1]).decode()
     command = argv[split + 1 :]
     if not opts.verbose:
         when_used(lambda logger: logger.setLevel("ERROR"))
-    runner = Runner(command, stdin_fd)
+    runner = Runner(command, stdin_fd, spawn_lock)
     dst = _Relay(opts.stderr_all, runner)
     status, text = 0, None
     try:
@@ -495,7 +578,7 @@ def producer_main(argv: list[str]) -> int:
         # byte through this process too; the invocation reads it itself.
         _tell(HANDOFF)
         cache.stop()
-        return 0
+        return 0  # (the spawn lock is let go as this process ends)
     try:
         target.fetch(key, dst, runner)
     except CreateError as exc:
