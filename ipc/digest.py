@@ -7,7 +7,6 @@ speed does not show. ``hashlib``'s where neither module is built."""
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
 
 
 def _builtin_sha256() -> object:
@@ -20,6 +19,7 @@ def _builtin_sha256() -> object:
     return hashlib.sha256
 
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
 if TYPE_CHECKING:
     from hashlib import sha256
 else:

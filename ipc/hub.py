@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING
 
 from ipc import futex
 from ipc.channel import Channel, full_fence
@@ -47,6 +46,7 @@ from ipc.clock import SYSTEM
 from ipc.segment import ReaderSlot
 from ipc.wait import Waiter, Wake
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
 if TYPE_CHECKING:
     import concurrent.futures
 

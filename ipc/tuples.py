@@ -13,7 +13,6 @@ typing's too."""
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
 
 # What a class body may not set, and what it sets that is not copied (typing's lists).
 _PROHIBITED = frozenset(
@@ -21,6 +20,10 @@ _PROHIBITED = frozenset(
     | {"_make", "_replace", "_asdict", "_source"}
 )
 _SPECIAL = frozenset({"__module__", "__name__", "__annotations__"})
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class _NamedTupleMeta(type):

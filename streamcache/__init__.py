@@ -114,13 +114,10 @@ Example::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from . import config, metrics
 from .admission import MinOccurrences
 from .base import CacheBase
 from .cache import StreamCache
-from .entry.creator import Create, Writer
 from .entry.stream import AsyncStream, EntryInfo, FetchResult, FinishedFile, Stream
 from .errors import (
     CreateError,
@@ -134,9 +131,11 @@ from .metrics import DEFAULT_REGISTRY, DefaultRegistry
 from .null import NullCache
 from .testing import LogEntry, LoggingCache
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from .entry.create_types import Create, Writer
     from .settings import Config
 
 __version__ = "0.1.0"
@@ -167,12 +166,20 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    """``Config``, imported at its first use (see :mod:`streamcache.settings`)."""
+    """``Config``, imported at its first use (see :mod:`streamcache.settings`), and
+    ``Writer`` and ``Create``, which import typing (see
+    :mod:`streamcache.entry.create_types`)."""
     if name == "Config":
         from .settings import Config
 
         globals()["Config"] = Config
         return Config
+    if name in ("Writer", "Create"):
+        from .entry import create_types
+
+        value: object = getattr(create_types, name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -22,7 +22,6 @@ import functools
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from ipc.clock import Clock, clock_of
 
@@ -39,10 +38,15 @@ from .base import (
 from .cache import StreamCache, key_hash
 from .deadline import check_idle, check_timeout
 from .disk.filestore import make_private_dirs
-from .entry.creator import Create
 from .entry.stream import EntryInfo, FetchResult, Stream
 from .metrics import BYPASS, ERROR, NULL, Metrics
 from .null import NullCache
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .entry.create_types import Create
 
 _APPEND = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 

@@ -13,17 +13,18 @@ cache.
 from __future__ import annotations
 
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
 
 from ipc.clock import SYSTEM, Clock
 
 from .deadline import check_idle, check_timeout
-from .entry.creator import Create
 from .entry.sink import dst_problem
 from .entry.stream import AsyncStream, EntryInfo, FetchResult, Stream
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
 if TYPE_CHECKING:
-    from typing import TypeVar
+    from typing import Any, TypeVar
+
+    from .entry.create_types import Create
 
     # ``with StreamCache(...) as c`` gives a StreamCache, not a CacheBase (typing.Self is
     # 3.11+). For type checkers only: a string bound is compiled at run time.

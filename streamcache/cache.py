@@ -13,7 +13,6 @@ import functools
 import os
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 import ipc
 from ipc.channel import Channel
@@ -36,19 +35,24 @@ from .disk.filesystem import check_cache_fs, check_shm
 from .disk.index import Record
 from .disk.memo import SmallHits
 from .disk.store import LAYOUT, Store, channel_base, key_hash
-from .entry.creator import Create
 from .entry.pipe import FileReader, PipeReader
 from .entry.producer import Producers, check_not_creating
 from .entry.resume import Takeover
 from .entry.sink import write_all
-from .entry.stream import EntryInfo, FetchResult, Source, Stream
+from .entry.stream import EntryInfo, FetchResult, Stream
 from .lookup import Found, Lookup
 from .metrics import BYPASS, DEFAULT_REGISTRY, ERROR, HIT, MISS, DefaultRegistry, for_dir
 from .null import NullCache, start_create
 from .options import check_options
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
 if TYPE_CHECKING:
+    from typing import Any
+
     from prometheus_client import CollectorRegistry
+
+    from .entry.create_types import Create
+    from .entry.stream import Source
 
 __all__ = ["LAYOUT", "GCReport", "StreamCache", "channel_base", "key_hash", "prepare_dir"]
 

@@ -6,8 +6,8 @@ import errno
 import math
 import os
 import stat
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
 if TYPE_CHECKING:
     import datetime
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
 if TYPE_CHECKING:
     import logging
+    from typing import Any
 
 __all__ = ["log", "when_used"]
 
@@ -41,4 +42,7 @@ class _Logger:
         return getattr(logger, name)
 
 
-log = cast("logging.Logger", _Logger())
+if TYPE_CHECKING:
+    log = logging.getLogger("streamcache")  # what type checkers see: the real logger
+else:
+    log = _Logger()

@@ -6,7 +6,6 @@ bypass the cache. :class:`StreamCache` calls it; nothing here is public API.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import ipc
 from ipc.channel import Channel, unlink_channel
@@ -19,12 +18,17 @@ from .disk.filestore import Finished, set_entry_info
 from .disk.index import Record
 from .disk.store import Store
 from .disk.usage import is_disk_full
-from .entry.creator import Create
 from .entry.pipe import CREATOR_SLOT, FileReader, PipeReader
 from .entry.producer import Producer, Producers
 from .entry.resume import Takeover
 from .log import log
 from .options import CacheOptions
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .entry.create_types import Create
 
 
 class Found(NamedTuple):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from ipc.clock import SYSTEM, Clock
 from ipc.hub import complete
@@ -23,14 +22,18 @@ from .base import (
     check_start,
 )
 from .deadline import Deadline, check_idle, deadline_for, idle_for
-from .entry.creator import Create, Writer, call_create
+from .entry.creator import call_create
 from .entry.sink import write_all
 from .entry.sizes import AnnouncedSize
 from .entry.stream import FetchResult, Stream
 from .errors import CreateError, describe
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
 if TYPE_CHECKING:
     import concurrent.futures
+    from typing import Any
+
+    from .entry.create_types import Create, Writer
 
 
 class _CountingWriter:

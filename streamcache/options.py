@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ipc.segment import MAX_SLOTS
 from ipc.tuples import NamedTuple
 
 from . import config
 from .disk.filestore import MAX_KEY_PREVIEW
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
 if TYPE_CHECKING:
     from .config import Duration
 

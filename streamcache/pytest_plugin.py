@@ -39,7 +39,7 @@ import pytest
 
 from .cache import StreamCache
 from .config import seconds
-from .entry.creator import Create
+from .entry.create_types import Create
 from .errors import ProducerDied
 
 __all__ = ["SharedArtifacts"]

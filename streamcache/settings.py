@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from .config import (
     DEFAULT_MAX_AGE,
@@ -20,6 +19,7 @@ from .config import (
     seconds,
 )
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
 if TYPE_CHECKING:
     from .config import Duration
 

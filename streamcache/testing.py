@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from typing import Any
 
 from ipc.tuples import NamedTuple
 
 from .base import CacheBase, _start_kw, check_resume, check_start
-from .entry.creator import BytesLike, Create, Writer
+from .entry.creator import BytesLike
 from .entry.stream import EntryInfo, FetchResult, Stream
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .entry.create_types import Create, Writer
 
 
 class LogEntry(NamedTuple):

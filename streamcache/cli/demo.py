@@ -14,11 +14,14 @@ import hashlib
 import os
 import sys
 import time
-from typing import Any
 
 import ipc
 
 from ..cache import StreamCache
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
 
 MiB = 1 << 20
 WINDOW = 4 * MiB

@@ -38,7 +38,6 @@ import signal
 import sys
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
 
 from ipc.digest import sha256
 
@@ -51,8 +50,10 @@ from . import counters
 from .frames import HANDOFF, MAX_PAYLOAD, STDERR, STDOUT, Demux, end_frame, frame
 from .options import EXIT_BROKEN_PIPE, os_error_text, quiet_stdout
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
 if TYPE_CHECKING:
     import subprocess
+    from typing import Any
 
 # Exit statuses of the invocations' own failures, as env(1), timeout(1) and docker use them.
 EXIT_RUN_FAILED = 125  # the shared run failed for another reason than the command's status

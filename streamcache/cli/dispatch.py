@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from ..log import when_used
 from .options import EXIT_BROKEN_PIPE, EXIT_USAGE, CliError, os_error_text, quiet_stdout
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
 if TYPE_CHECKING:
     import logging
 

@@ -16,13 +16,13 @@ import os
 import struct
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from ipc.digest import sha256
 
 from .detached import Options, buffer_stdin, deliver
 from .options import default_dir, nonnegative_int, positive_duration, size
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
 if TYPE_CHECKING:
     import argparse
 

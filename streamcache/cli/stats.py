@@ -16,7 +16,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
 import ipc
 
@@ -25,6 +24,10 @@ from ..disk.filestore import Filestore, entry_info
 from ..disk.inspection import in_flight, shard_files
 from . import counters
 from .options import CliError, default_dir
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
 
 SCHEMA_VERSION = 1
 STATES = ("writing", "stalled", "done", "expired", "failed", "invalid")

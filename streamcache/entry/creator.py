@@ -1,5 +1,5 @@
-"""What ``create`` is: the public :class:`Writer` it is given, its type
-:data:`Create`, and :func:`call_create`, the one way every path runs it.
+"""How every path runs ``create``: :func:`call_create` (the public types, ``Writer``
+and ``Create``, are in :mod:`streamcache.entry.create_types`).
 
 ``create(w)`` writes the entry to ``w`` and returns None. It may instead return an
 iterable of bytes-like chunks (a generator function ``def create(w): yield chunk``):
@@ -13,29 +13,16 @@ refused too: ``return data`` is a mistake, not a list of chunks.
 from __future__ import annotations
 
 import types
-from collections.abc import Callable, Iterable
-from typing import Protocol
 
-__all__ = ["BytesLike", "Create", "Writer", "call_create"]
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from .create_types import Create, Writer
+
+__all__ = ["BytesLike", "call_create"]
 
 BytesLike = bytes | bytearray | memoryview
-
-
-class Writer(Protocol):
-    """The binary writer handed to ``create``, whichever way the call goes."""
-
-    def write(self, data: BytesLike, /) -> int:
-        """Append ``data`` to the entry; returns ``len(data)``. ``write(b"")`` does
-        nothing. BrokenPipeError once no reader is left."""
-        ...
-
-    def set_size(self, size: int, /) -> int:
-        """Announce the entry's final size (readers see it at once); ending with any
-        other size fails the entry."""
-        ...
-
-
-Create = Callable[[Writer], Iterable[BytesLike] | None]
 
 # Iterable, yet refused as what create returns.
 _NOT_CHUNKS = (bytes, bytearray, memoryview, str)

@@ -44,7 +44,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NoReturn, Protocol
 
 import ipc
 from ipc.channel import COALESCE, LINGER, Channel
@@ -67,8 +66,10 @@ from ..errors import (
     describe,
 )
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
 if TYPE_CHECKING:
     import concurrent.futures
+    from typing import NoReturn, Protocol
 
 CHUNK = 1 << 20  # a reader reads ahead at most this much
 CREATOR_SLOT = 0  # the creating process's reader slot in its entry's segment
@@ -90,12 +91,14 @@ class Outcome:
         self.error: BaseException | None = None
 
 
-class Takeover(Protocol):
-    """What a reader of a resumable entry (``resume=True``) calls when it finds the
-    producer dead: the entry's record once a live producer writes it again (one
-    reader is elected to, see :mod:`resume`), or None: the reader fails as without."""
+if TYPE_CHECKING:  # a Protocol, for type checkers only
 
-    def __call__(self, rec: Record, fd: int, seg: Segment) -> Record | None: ...
+    class Takeover(Protocol):
+        """What a reader of a resumable entry (``resume=True``) calls when it finds the
+        producer dead: the entry's record once a live producer writes it again (one
+        reader is elected to, see :mod:`resume`), or None: the reader fails as without."""
+
+        def __call__(self, rec: Record, fd: int, seg: Segment) -> Record | None: ...
 
 
 class _Reader:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import Any
 
 import ipc
 from ipc.channel import Channel, unlink_channel
@@ -39,11 +38,17 @@ from ..disk.store import Store
 from ..disk.usage import Account, disk_full, is_disk_full
 from ..errors import CreateError, Error, ProducerStalled, SharedMemoryRemoved, describe
 from ..log import log
-from .creator import Create, call_create
+from .creator import call_create
 from .pipe import CREATOR_SLOT, Outcome, PipeReader
 from .sink import usable_fd, write_all
 from .stream import Stream
 from .writer import EntryWriter
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .create_types import Create
 
 # Once others read too, an inline creator whose client took longer than this for one
 # write hands its copy to a thread, so that client paces nobody else.

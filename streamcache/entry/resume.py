@@ -57,7 +57,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from typing import Any
 
 import ipc
 from ipc.channel import Channel
@@ -70,10 +69,15 @@ from ..disk.index import Record
 from ..disk.store import Store
 from ..errors import CreateError, NotDeterministic
 from ..log import log
-from .creator import Create
 from .pipe import CHUNK, PipeReader
 from .producer import Producer, Producers, Tee
 from .writer import EntryWriter
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .create_types import Create
 
 # Attempts (a millisecond apart) at the data file's flock: readers' probes hold it
 # shared for two syscalls each ...

@@ -16,12 +16,13 @@ import math
 import select
 import sys
 import time
-from typing import TYPE_CHECKING, Any, TypeGuard
 
 from ..deadline import Deadline, remaining, wait_limit
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
 if TYPE_CHECKING:
     import socket
+    from typing import Any, TypeGuard
 
 NO_SENDFILE = {errno.EINVAL, errno.ENOSYS, errno.ENOTSOCK, errno.EOPNOTSUPP, errno.ESPIPE}
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
 
 from ipc.tuples import NamedTuple
 from ipc.wait import Wake
@@ -16,8 +15,10 @@ from ..metrics import ERROR, HIT, MISS, NULL, Metrics
 from .pipe import CHUNK
 from .sink import NO_SENDFILE, usable_fd, wait_writable, write_all
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
 if TYPE_CHECKING:
     import concurrent.futures
+    from typing import Any, Protocol
 
 
 class FetchResult(NamedTuple):
@@ -27,37 +28,39 @@ class FetchResult(NamedTuple):
     created: bool
 
 
-class Source(Protocol):
-    """Where a stream's bytes come from (a finished file, a pipe, an in-process queue)."""
+if TYPE_CHECKING:  # a Protocol, for type checkers only
 
-    position: int
+    class Source(Protocol):
+        """Where a stream's bytes come from (a finished file, a pipe, an in-process queue)."""
 
-    @property
-    def size(self) -> int | None: ...
+        position: int
 
-    @property
-    def produced(self) -> int: ...
+        @property
+        def size(self) -> int | None: ...
 
-    def finished_size(self) -> int | None: ...
+        @property
+        def produced(self) -> int: ...
 
-    @property
-    def fd(self) -> int: ...
+        def finished_size(self) -> int | None: ...
 
-    def read(self, n: int, deadline: Deadline | None) -> bytes: ...
+        @property
+        def fd(self) -> int: ...
 
-    def read_nowait(self, n: int) -> bytes | None: ...
+        def read(self, n: int, deadline: Deadline | None) -> bytes: ...
 
-    def watch(self, deadline: Deadline | None) -> concurrent.futures.Future[Wake]: ...
+        def read_nowait(self, n: int) -> bytes | None: ...
 
-    def end_watch(self) -> None: ...
+        def watch(self, deadline: Deadline | None) -> concurrent.futures.Future[Wake]: ...
 
-    def after_wake(self, wake: Wake) -> None: ...
+        def end_watch(self) -> None: ...
 
-    def sendfile(
-        self, out_fd: int, deadline: Deadline | None, wait_writable: Callable[[], None]
-    ) -> int: ...
+        def after_wake(self, wake: Wake) -> None: ...
 
-    def close(self) -> None: ...
+        def sendfile(
+            self, out_fd: int, deadline: Deadline | None, wait_writable: Callable[[], None]
+        ) -> int: ...
+
+        def close(self) -> None: ...
 
 
 Reopen = Callable[[], "tuple[Source, bool]"]

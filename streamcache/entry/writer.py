@@ -16,7 +16,6 @@ so dead readers stop counting however often it is woken.
 from __future__ import annotations
 
 import os
-from typing import NoReturn, Protocol
 
 import ipc
 from ipc.channel import Channel
@@ -30,6 +29,10 @@ from ..errors import ProducerStalled, SharedMemoryRemoved
 from ..metrics import NULL, Metrics
 from .sizes import AnnouncedSize
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from typing import NoReturn, Protocol
+
 # How often an inline producer looks for the channel that an attaching reader made.
 _DISCOVERY_INTERVAL = 0.001
 # A producer counts its bytes and back pressure into the metrics every this many bytes
@@ -37,14 +40,16 @@ _DISCOVERY_INTERVAL = 0.001
 _COUNT_EVERY = 1 << 20
 
 
-class CreatorCopy(Protocol):
-    """The inline creator's own copy of each write to its ``dst`` (see producer.Tee)."""
+if TYPE_CHECKING:  # a Protocol, for type checkers only
 
-    alive: bool
+    class CreatorCopy(Protocol):
+        """The inline creator's own copy of each write to its ``dst`` (see producer.Tee)."""
 
-    def copy(self, data: bytes) -> None: ...
+        alive: bool
 
-    def attach(self, channel: Channel) -> None: ...
+        def copy(self, data: bytes) -> None: ...
+
+        def attach(self, channel: Channel) -> None: ...
 
 
 class EntryWriter:

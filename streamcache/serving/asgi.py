@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from typing import IO, Any, TypeVar
 
 from ..base import CacheBase, check_resume
-from ..entry.creator import Create
+from ..entry.create_types import Create
 from ..entry.stream import AsyncStream
 from ..errors import CreateError
 from . import http

@@ -15,12 +15,15 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from ipc.tuples import NamedTuple
 
 from ..deadline import check_idle, check_timeout
 from ..errors import CreateError
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
 
 BLOCK = 1 << 18  # bytes per body chunk, and the block size handed to wsgi.file_wrapper
 

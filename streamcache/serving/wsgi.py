@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any
 
 from ..base import CacheBase, check_resume
-from ..entry.creator import Create
+from ..entry.create_types import Create
 from ..entry.stream import FinishedFile, Stream
 from ..errors import CreateError
 from . import http

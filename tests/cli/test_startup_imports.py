@@ -15,7 +15,9 @@ from pathlib import Path
 WAIT = 60.0
 
 # Imported only when used: metrics given a registry, a liveness check off Linux,
-# astream, a log line, a Config, ``--version``, ``demo``.
+# astream, a log line, a Config, ``--version``, ``demo``; and typing, which only type
+# checkers need (``streamcache.Writer`` and ``Create`` import it at their first use;
+# from Python 3.14 the named tuples are typing's, see ipc.tuples).
 LAZY = (
     "prometheus_client",
     "psutil",
@@ -25,6 +27,7 @@ LAZY = (
     "dataclasses",
     "importlib.metadata",
     "multiprocessing",
+    *(("typing",) if sys.version_info < (3, 14) else ()),
 )
 
 
@@ -209,3 +212,19 @@ import streamcache, streamcache.cli.dispatch, streamcache.cli.hook
 assert evals == [], evals
 """
     assert loaded_after(code) == []
+
+
+def test_writer_and_create_load_typing_at_their_first_use() -> None:
+    """``streamcache.Writer`` is typing's Protocol and ``Create`` the callable type of
+    create, as type checkers see them, once a program asks for them."""
+    code = """
+import sys
+import streamcache
+assert sys.version_info >= (3, 14) or "typing" not in sys.modules
+from streamcache import Create, Writer
+import typing
+assert typing.Protocol in Writer.__mro__ and Writer._is_protocol
+assert Create.__args__[0] is Writer, Create.__args__
+assert streamcache.Writer is Writer and streamcache.Create is Create
+"""
+    assert loaded_after(code, lazy=("typing",)) == ["typing"]
