@@ -5,7 +5,6 @@ reads too."""
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections.abc import Callable
 
@@ -94,6 +93,10 @@ class _QueueSource:
     """An in-process pipe: ``create`` runs in a thread and hands chunks over a bounded queue."""
 
     def __init__(self, start: int = 0) -> None:
+        # queue is imported where it is used: it loads heapq and two C modules, and only
+        # NullCache and a miss that bypasses the cache stream through this source.
+        import queue
+
         self._queue: queue.Queue[object] = queue.Queue(maxsize=4)
         self._closed = threading.Event()
         self._rest = b""
@@ -146,6 +149,8 @@ class _QueueSource:
         return len(chunk)
 
     def _put(self, item: object) -> None:
+        import queue
+
         while True:
             if self._closed.is_set():
                 raise BrokenPipeError("all readers closed")
@@ -219,6 +224,8 @@ class _QueueSource:
             self._rest = data[dropped:] + self._rest
 
     def _next(self, n: int, deadline: Deadline | None, block: bool) -> bytes | None:
+        import queue
+
         if not self._rest:
             if self._error is not None:  # again: every read after a failure raises it
                 raise self._error.with_traceback(None)
@@ -246,6 +253,8 @@ class _QueueSource:
 
     def _get(self, deadline: Deadline) -> object:
         """The next item create put, waiting until ``deadline`` (on its clock)."""
+        import queue
+
         while True:
             try:
                 return self._queue.get(timeout=deadline.limit())

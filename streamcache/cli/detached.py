@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import sys
 from collections.abc import Callable
@@ -64,7 +63,7 @@ EXIT_NOT_FOUND = 127
 STOP_GRACE = 5.0
 
 _MODULE = "streamcache.cli.detached"  # this module, also when run as __main__
-_STATUS = re.compile(r"\(exit status (\d+)\)\s*$")
+_STATUS = r"\(exit status (\d+)\)\s*$"  # compiled by re at its first use: on a failure
 _PR_SET_PDEATHSIG = 1
 _SPAWN_LOCK_FD = 3  # the detached producer's descriptor of its key's spawn lock
 
@@ -324,7 +323,9 @@ def failure(prog: str, exc: CreateError, runner: Runner) -> tuple[int, str | Non
     if runner.started and runner.status not in (None, 0):
         return runner.status, None if runner.message is None else f"{prog}: {runner.message}"
     text = str(exc)
-    match = _STATUS.search(text)
+    import re
+
+    match = re.search(_STATUS, text)
     if match is not None and not isinstance(exc, ProducerDied):
         return int(match.group(1)), f"{prog}: {text.removeprefix('CommandFailed: ')}"
     if isinstance(exc, ProducerDied):

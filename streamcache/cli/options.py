@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import signal
 import sys
 
@@ -28,13 +27,17 @@ def _invalid(message: str) -> Exception:
     return argparse.ArgumentTypeError(message)
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?")
+# Patterns compiled at their first use (re caches them): the git hook's command line
+# seldom has a duration or a size, and importing re and compiling cost its start-up.
+_DURATION = r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?"
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 def duration(text: str) -> float:
     """Seconds from ``90``, ``90s``, ``1.5m``, ``5m``, ``1h``, ``1d`` or ``250ms``."""
-    match = _DURATION.fullmatch(text.strip())
+    import re
+
+    match = re.fullmatch(_DURATION, text.strip())
     if match is None:
         raise _invalid(
             f"invalid duration {text!r}: use seconds (90), or a number with a unit: "
@@ -78,12 +81,14 @@ def preview_chars(text: str) -> int:
     return value
 
 
-_SIZE = re.compile(r"(\d+)\s*([kmgt]?)i?b?", re.IGNORECASE)
+_SIZE = r"(?i)(\d+)\s*([kmgt]?)i?b?"
 
 
 def size(text: str) -> int:
     """Bytes from ``1000``, ``500K``, ``500M``, ``2G``, ``1T`` (powers of 1024)."""
-    match = _SIZE.fullmatch(text.strip())
+    import re
+
+    match = re.fullmatch(_SIZE, text.strip())
     if match is None or int(match.group(1)) <= 0:
         raise _invalid(f"invalid size {text!r}: a number of bytes, or with a unit: 500K, 500M, 2G")
     unit: str = match.group(2).lower() or " "

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import io
 import math
-import select
 import sys
 import time
 
@@ -139,6 +138,8 @@ def wait_writable(dst: Any, deadline: Deadline | None) -> None:
     fd = usable_fd(dst)
     if fd is None:
         raise BlockingIOError(f"{type(dst).__name__} would block and has no descriptor to wait on")
+    import select  # here: a C module to load, and most writes never wait
+
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
     while True:

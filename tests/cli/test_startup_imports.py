@@ -15,7 +15,8 @@ from pathlib import Path
 WAIT = 60.0
 
 # Imported only when used: metrics given a registry, a liveness check off Linux,
-# astream, a log line, a Config, ``--version``, ``demo``; and typing, which only type
+# astream, a log line, a Config, ``--version``, ``demo``, a NullCache's stream or a
+# bypassed miss (queue), a write that must wait (select); and typing, which only type
 # checkers need (``streamcache.Writer`` and ``Create`` import it at their first use;
 # from Python 3.14 the named tuples are typing's, see ipc.tuples).
 LAZY = (
@@ -27,6 +28,8 @@ LAZY = (
     "dataclasses",
     "importlib.metadata",
     "multiprocessing",
+    "queue",
+    "select",
     *(("typing",) if sys.version_info < (3, 14) else ()),
 )
 
