@@ -510,7 +510,9 @@ class Filestore:
 
     def sweep(self, older_than: float, keep: set[str]) -> int:
         """Delete data files last modified before ``older_than`` (epoch seconds) unless in
-        ``keep``. Returns the number of files removed."""
+        ``keep`` or locked by their producer: a new entry's file exists, locked, before
+        its record does, and a producer descheduled in between for longer than max_age
+        would lose its file. Returns the number of files removed."""
         removed = 0
         for entry in shard_entries(self.data_dir):
             try:
@@ -519,6 +521,8 @@ class Filestore:
                 continue
             if entry.name in keep or st.st_mtime >= older_than or stat.S_ISDIR(st.st_mode):
                 continue  # directories are kept, as Gitaly's cleanWalk keeps them
+            if stat.S_ISREG(st.st_mode) and _being_written(entry.path):
+                continue
             try:
                 os.unlink(entry.path)
                 removed += 1
@@ -528,6 +532,24 @@ class Filestore:
             with contextlib.suppress(OSError):
                 removed += remove_path(path)
         return removed
+
+
+def _being_written(path: str) -> bool:
+    """Whether the data file at ``path`` is locked by its producer (an exclusive flock;
+    where flock cannot be probed: no)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # (releases the probe's shared lock)
+    return False
 
 
 def _tag(fd: int) -> bytes | None:
