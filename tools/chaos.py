@@ -5,7 +5,8 @@ cross-process protocol" and "Failure model").
     python tools/chaos.py --seconds 30 --workers 4 [--seed S] [--dir D] [--kill-interval 0.4]
                           [--signal-storm HZ] [--keys N --max-size BYTES --zipf S]
                           [--max-bytes BYTES] [--stop-interval SECONDS]
-                          [--astream-share FRACTION] [--hang SECONDS] [--startup SECONDS]
+                          [--astream-share FRACTION] [--resume-share FRACTION]
+                          [--hang SECONDS] [--startup SECONDS]
 
 The long stress run (32 workers, a Zipf-skewed key set of 0 to 64 MiB, a small budget):
 
@@ -38,6 +39,33 @@ The parent SIGKILLs random workers at random moments and restarts them; sometime
 waits until it catches a worker with a producer running and kills it then. Workers
 report their state through shared arrays (no locks: a killed process must not hold
 one): a heartbeat, the phase of the current operation, how many producers run in them.
+
+Resume (``--resume-share FRACTION``, off by default): every other key (ranks 0, 2, ...)
+is resumable, and that share of the calls on it pass ``resume=True``, the others not
+(so one entry has resumable and plain readers). Their creates write ``content(key)``
+(a pure function of the key, as resume requires) and never fail on purpose; every
+cache used on such a key has max_age RESUMABLE_MAX_AGE, so no record of one expires
+in flight (an evicted entry is not resumed), and an operation on it first retires
+(RETIRE) the key's finished entry, never one in flight, so it is made again. A
+create that runs as a dead producer's successor (its writer a ResumingWriter) counts
+as a takeover, not a create, and its call is a reader (``created`` False). Counted:
+takeovers (resumed entries), takeovers whose create gave every byte (completed), the
+resumable calls by outcome, and resumable readers cut off: a resumable call that got
+ProducerDied. That is a violation (quoting the key's lines of the workers' library
+logs, kept in the log dir) unless its cause is one the contract allows, and none of
+those ends in ProducerDied here:
+- the call's own timeout or idle_timeout (TimeoutError: its outcome, not a cut-off);
+- the entry's create failed (a plain call's injected failure) or the entry was
+  declared stalled (stall_timeout; a SIGSTOPped producer too): CreateError or
+  ProducerStalled, for every reader alike;
+- the reader's own process was killed (no outcome at all);
+- the successor killed too: a reader left elects itself again (so still no
+  cut-off); with no reader left, nobody is cut off;
+- the cache wiped on purpose, or the entry evicted or invalidated in flight: this
+  tool never does either to a resumable key (RESUMABLE_MAX_AGE, RETIRE).
+A plain (resume=False) reader of the same entry may get ProducerDied, as without
+resume. A create found not deterministic (CreateError "create is not deterministic")
+is a violation: the creates here are.
 
 Signal storm (``--signal-storm HZ``, off by default): servers install Python handlers
 for signals (gunicorn's SIGUSR1 reopens its logs), and a handled signal ends a blocking
@@ -138,6 +166,8 @@ from streamcache.cache import LAYOUT, key_hash
 from streamcache.disk.eviction import ORPHAN_GRACE
 from streamcache.disk.filestore import Filestore
 from streamcache.disk.index import Index
+from streamcache.disk.store import Store
+from streamcache.entry.resume import ResumingWriter
 from streamcache.entry.writer import EntryWriter
 
 MiB = 1 << 20
@@ -150,6 +180,10 @@ TIMEOUTS = (0.05, 0.3, 1.0, 3.0, 5.0, 5.0)
 LIVENESS = 0.2
 STALL_TIMEOUTS = (None, None, 0.5, 1.0)  # a worker cache's stall_timeout
 IDLE_TIMEOUTS = (None, None, None, 0.3, 1.0)  # a call's idle_timeout
+# The max_age of every cache used on a resumable key (see the docstring): no record of
+# one expires while its entry is in flight.
+RESUMABLE_MAX_AGE = 3600.0
+RETIRE = 0.3  # the share of operations on a resumable key that first retire its entry
 MAX_SHOWN = 20  # violations printed in the summary
 _MEMO_BYTES = 128 * MiB  # a worker keeps at most about this much expected content
 # Hang bounds. A hang never ends, so a generous bound still catches one and a busy
@@ -200,13 +234,19 @@ OTHER = (
     "misses",
     "bypassed",
     *(f"storm_{m}" for m in STORM_MODES),
+    "takeovers",
+    "takeovers_completed",
+    "resume_cut_off",
+    "retired",
 )
 # Operations whose miss bypassed the cache (create ran straight into the caller), by
 # outcome and by kind of read.
 BYPASSED = tuple(f"bypassed_{o}" for o in OUTCOMES) + tuple(f"bypassed_op_{o}" for o in OPS)
+# Operations that passed resume=True, by outcome.
+RESUMED = tuple(f"resume_{o}" for o in OUTCOMES)
 # Maxima, not sums: each slot keeps its largest value, the summary takes the largest.
 MAXIMA = ("timeout_late_us",)
-COUNTERS = OUTCOMES + tuple(f"op_{o}" for o in OPS) + OTHER + BYPASSED + MAXIMA
+COUNTERS = OUTCOMES + tuple(f"op_{o}" for o in OPS) + OTHER + BYPASSED + RESUMED + MAXIMA
 _CI = {name: i for i, name in enumerate(COUNTERS)}
 
 # State, one row per slot (doubles): written by the worker, read by the parent.
@@ -214,7 +254,8 @@ S_HEARTBEAT, S_PHASE, S_KEY, S_PRODUCERS, S_PPROGRESS, S_OPSEQ, S_PID, S_TIMEOUT
 S_OP, S_STORM = 8, 9  # S_PID is set once the worker handles the storm's signal
 S_UP = 10  # the worker's first heartbeat: its start-up is over
 S_PKEY, S_POP = 11, 12  # the key and op of the call whose create started last
-S_WORDS = 13
+S_RESUME = 13  # 1 while the current operation passes resume=True
+S_WORDS = 14
 PHASES = ("starting", "idle", "opening", "reading", "closing", "verifying", "exiting", "done")
 _PH = {name: i for i, name in enumerate(PHASES)}
 
@@ -277,6 +318,7 @@ class _Call:
 
     ran: bool = False
     cached: bool | None = None  # ran with an EntryWriter (else straight to the caller)
+    took_over: bool = False  # ran as the successor of a dead producer (resume=True)
 
 
 def op_weights(astream_share: float | None) -> list[float]:
@@ -319,6 +361,7 @@ class WorkerArgs:
     max_bytes: int | None = None  # every cache's budget
     astream_share: float | None = None  # the share of operations that are astream
     fault: str = ""  # one of FAULTS, for the driver's own tests
+    resume_share: float = 0.0  # on a resumable key, the share of calls with resume=True
 
 
 class Worker:
@@ -331,6 +374,11 @@ class Worker:
         self._contents: dict[str, bytes] = {}  # a bounded memo of content(key)
         self.registry = CollectorRegistry()  # every cache of this process counts here
         self.caches: dict[tuple[int, float, float | None], streamcache.StreamCache] = {}
+        # Every other key is resumable (see the docstring), when resume runs at all.
+        self.store: Store | None = None  # made by the first retire()
+        self.resumable = {
+            k for i, k in enumerate(self.keys) if args.resume_share > 0 and i % 2 == 0
+        }
         self.row = args.slot * len(COUNTERS)
         self.srow = args.slot * S_WORDS
         self._plock = threading.Lock()
@@ -394,11 +442,14 @@ class Worker:
                 )
         return total
 
-    def cache(self) -> streamcache.StreamCache:
+    def cache(self, resumable: bool = False) -> streamcache.StreamCache:
         window = self.rng.choice(WINDOWS)
         # Mostly long-lived entries; some expire within seconds, so cleanup passes run
-        # in the workers (every second) and evict entries in flight.
+        # in the workers (every second) and evict entries in flight. A resumable key's
+        # records never expire in flight: an evicted entry is not resumed.
         max_age = self.rng.choice((0.2, 0.5, 1.0, 2.0, 5.0))
+        if resumable:
+            max_age = RESUMABLE_MAX_AGE
         stall_timeout = self.rng.choice(STALL_TIMEOUTS)
         c = self.caches.get((window, max_age, stall_timeout))
         if c is None:
@@ -414,7 +465,24 @@ class Worker:
             self.caches[(window, max_age, stall_timeout)] = c
         return c
 
-    def make_create(self, ki: int, op: str, call: _Call) -> Callable[[Any], None]:
+    def retire(self, key: str) -> None:
+        """Remove the finished entry of resumable ``key``, never one in flight (under the
+        key's lock, only when it has no record), so that it is created again: its
+        records never expire (RESUMABLE_MAX_AGE)."""
+        if self.store is None:
+            self.store = Store(os.path.join(self.a.dir, LAYOUT), ipc.prefix_for(self.a.dir))
+        h = key_hash(key)
+        with self.store.index.locked(h, None):
+            if self.store.index.read_text(h) is None and self.store.expire_finished(h):
+                self.count("retired")
+
+    def make_create(
+        self, ki: int, op: str, call: _Call, resume: bool = False
+    ) -> Callable[[Any], None]:
+        """A create writing content(key) in random chunks; with ``resume`` one that never
+        fails on purpose, is slow more often, and whose chunks are at least 4 KiB (a
+        successor re-runs it over the dead producer's bytes: byte-sized slow chunks would
+        take minutes)."""
         rng = random.Random(self.rng.getrandbits(64))
         data = self.expected(self.keys[ki])
         size = len(data)
@@ -428,9 +496,13 @@ class Worker:
             mode = "slow"
         elif r < 0.34:
             mode = "stall"  # alive, writing nothing: long enough for STALL_TIMEOUTS
+        if resume:  # slow more often: entries in flight longer, more readers to resume them
+            mode = "slow" if r < 0.35 else "stall" if r < 0.45 else "normal"
         fail_at = rng.choice((0, size, rng.randint(0, size))) if mode in ("fail", "panic") else -1
         stall_at = rng.randint(0, size)
-        max_chunk = rng.choice((1, 4096, 65536, 300_000, 2 * MiB))
+        max_chunk = rng.choice(
+            (4096, 65536, 300_000, 2 * MiB) if resume else (1, 4096, 65536, 300_000, 2 * MiB)
+        )
 
         # Empty writes (b"", and empty bytearray/memoryview) mixed in: sometimes first,
         # sometimes last (also for an empty key), sometimes before a chunk.
@@ -442,9 +514,11 @@ class Worker:
             self.count("empty_writes")
 
         def create(w: Any) -> None:
+            took_over = isinstance(w, ResumingWriter)  # a dead producer's successor
+            call.took_over = call.took_over or took_over  # before ran: the op reads both
             call.ran = True
             call.cached = isinstance(w, EntryWriter)
-            self.count("creates_started")
+            self.count("takeovers" if took_over else "creates_started")
             if self.storm_mode == "producers" and (
                 threading.current_thread() is not threading.main_thread()
             ):
@@ -490,7 +564,7 @@ class Worker:
                     self.a.state[self.srow + S_PPROGRESS] = time.monotonic()
                 if empty_last:
                     write_empty(w)
-                self.count("creates_completed")
+                self.count("takeovers_completed" if took_over else "creates_completed")
             except BrokenPipeError:
                 self.count("creates_broken_pipe")
                 raise
@@ -573,24 +647,32 @@ class Worker:
         ki = rng.choices(range(len(self.keys)), weights=self.weights)[0]
         key = self.keys[ki]
         expected = self.expected(key)
-        cache = self.cache()
+        resumable = key in self.resumable
+        cache = self.cache(resumable)
         timeout = rng.choice(TIMEOUTS)
-        idle: dict[str, Any] = {}
+        kw: dict[str, Any] = {}  # idle_timeout, resume
         idle_timeout = rng.choice(IDLE_TIMEOUTS)
         if idle_timeout is not None:
-            idle["idle_timeout"] = idle_timeout
+            kw["idle_timeout"] = idle_timeout
+        if resumable and rng.random() < RETIRE:
+            self.retire(key)
+        resume = resumable and rng.random() < self.a.resume_share
+        self.set(S_RESUME, float(resume))
+        if resume:
+            kw["resume"] = True
         op = rng.choices(OPS, weights=self.op_weights)[0]
         self.set(S_KEY, ki)
         self.set(S_TIMEOUT, timeout)
         self.set(S_OP, OPS.index(op))
         self.count("op_" + op)
         call = _Call()
-        create = self.make_create(ki, op, call)
+        create = self.make_create(ki, op, call, resume)
         bypasses_before = self.bypasses_counted()
         got = bytearray()
         created: bool | None = None
         complete = False
         file_dst = None
+        error = ""
         self.phase("opening")
         started = time.monotonic()
         if self.a.fault == "hang":
@@ -603,7 +685,7 @@ class Worker:
             if op == "fetch_sink":
                 sink = _Sink(got, self.beat)
                 self.phase("reading")
-                res = cache.fetch(key, sink, create, timeout=timeout, **idle)
+                res = cache.fetch(key, sink, create, timeout=timeout, **kw)
                 created, complete = res.created, True
                 if res.written != len(got):
                     self.violation(
@@ -616,7 +698,7 @@ class Worker:
                 file_dst = tempfile.TemporaryFile(dir=self.scratch, buffering=0)  # noqa: SIM115
                 self.phase("reading")
                 try:
-                    res = cache.fetch(key, file_dst, create, timeout=timeout, **idle)
+                    res = cache.fetch(key, file_dst, create, timeout=timeout, **kw)
                     created, complete = res.created, True
                 finally:
                     got[:] = os.pread(file_dst.fileno(), 1 << 30, 0)
@@ -628,10 +710,10 @@ class Worker:
                         received=len(got),
                     )
             elif op == "astream":
-                created = asyncio.run(self._astream(cache, key, create, timeout, got, idle))
+                created = asyncio.run(self._astream(cache, key, create, timeout, got, kw))
                 complete = True
             else:
-                with cache.stream(key, create, timeout=timeout, **idle) as s:
+                with cache.stream(key, create, timeout=timeout, **kw) as s:
                     self.phase("reading")
                     created = s.created
                     if op == "stream_iter":
@@ -668,8 +750,9 @@ class Worker:
                     received=len(got),
                     tb=traceback.format_exc(),
                 )
-        except streamcache.ProducerDied:
+        except streamcache.ProducerDied as exc:
             outcome = "producer_died"
+            error = str(exc)
         except streamcache.ProducerStalled:
             outcome = "stalled"
         except streamcache.CreateError as exc:
@@ -701,6 +784,32 @@ class Worker:
                 file_dst.close()
         self.phase("verifying")
         self.count(outcome)
+        if outcome == "producer_died":  # beside the library's lines of the key
+            _chaos_log.info(
+                "chaos: entry %s: %s %s resume=%s got ProducerDied after %d bytes: %s",
+                key_hash(key)[:16],
+                op,
+                key,
+                resume,
+                len(got),
+                error,
+            )
+        if resume:
+            self.count("resume_" + outcome)
+            if outcome == "producer_died":
+                # No cause the contract allows (see the docstring): the entry was not
+                # carried on for this resumable reader.
+                self.count("resume_cut_off")
+                self.violation(
+                    "a resumable reader was cut off",
+                    key=key,
+                    op=op,
+                    error=error,
+                    received=len(got),
+                    expected=len(expected),
+                    seconds=round(time.monotonic() - started, 3),
+                    took_over=call.took_over,
+                )
         # Bytes: all of content(key) when complete, else a prefix of it.
         if complete and bytes(got) != expected:
             at = first_difference(got, expected)
@@ -727,7 +836,7 @@ class Worker:
         else:
             self.count("bytes_verified", len(got))
         # created is true exactly for the call whose create ran.
-        if created is False and call.ran:
+        if created is False and call.ran and not call.took_over:
             self.violation("create ran but created is False", key=key, op=op)
         if complete and created and not call.ran:
             self.violation("created is True but create never ran", key=key, op=op)
@@ -736,7 +845,7 @@ class Worker:
         # Bypassed: the cache counted a bypass (a stream when it opened, a fetch that
         # succeeded), or this op's create ran without an entry (a failed fetch's).
         bypassed = self.bypasses_counted() > bypasses_before or call.cached is False
-        if bypassed or call.ran or created:
+        if bypassed or (call.ran and not call.took_over) or created:
             self.count("misses")
         if bypassed:
             self.count("bypassed")
@@ -771,9 +880,9 @@ class Worker:
         create: Any,
         timeout: float,
         got: bytearray,
-        idle: dict[str, Any],
+        kw: dict[str, Any],
     ) -> bool:
-        async with cache.astream(key, create, timeout, **idle) as s:
+        async with cache.astream(key, create, timeout, **kw) as s:
             self.phase("reading")
             async for chunk in s:
                 got += chunk
@@ -806,8 +915,14 @@ def worker_main(args: WorkerArgs) -> None:
     os.dup2(err, 2)
     os.close(err)
     faulthandler.enable(all_threads=True)
-    # Every injected failure is a WARNING line of the library: thousands in a long run.
-    logging.getLogger("streamcache").setLevel(logging.ERROR)
+    # Every injected failure is a WARNING line of the library: thousands in a long run,
+    # kept in a file of the worker's own (a resumable reader cut off quotes its key's).
+    lib = logging.getLogger("streamcache")
+    handler = logging.FileHandler(os.path.join(args.logdir, f"w{args.slot}-{os.getpid()}.log"))
+    handler.setFormatter(logging.Formatter("%(created).3f pid %(process)d %(message)s"))
+    lib.addHandler(handler)
+    lib.setLevel(logging.INFO)
+    lib.propagate = False
     if args.fault == "slow-start":
         time.sleep(SLOW_START)
     worker = Worker(args)
@@ -834,6 +949,7 @@ def _hang_for_good() -> None:
     threading.Event().wait()
 
 
+_chaos_log = logging.getLogger("streamcache.chaos")  # into the worker's library log
 _dumps_end = threading.Event()
 
 
@@ -910,6 +1026,7 @@ class Summary:
             f"  completed: created={c.get('created', 0)} hits={c.get('hits', 0)}; "
             f"bytes verified={c.get('bytes_verified', 0)}",
             self._bypassed_line(),
+            self._resume_line(),
             f"  creates: started={c.get('creates_started', 0)} "
             f"completed={c.get('creates_completed', 0)} "
             f"injected failures={c.get('creates_injected_failure', 0)} "
@@ -951,6 +1068,20 @@ class Summary:
             f"by outcome: {outcomes}; by kind: {kinds}"
         )
 
+    def _resume_line(self) -> str:
+        c = self.counters
+        calls = sum(c.get("resume_" + o, 0) for o in OUTCOMES)
+        if not calls:
+            return "  resume: no call passed resume=True"
+        outcomes = ", ".join(f"{o}={c.get('resume_' + o, 0)}" for o in OUTCOMES)
+        return (
+            f"  resume: {calls} calls with resume=True ({outcomes}); "
+            f"resumed entries (takeovers)={c.get('takeovers', 0)}, "
+            f"completed={c.get('takeovers_completed', 0)}; "
+            f"finished entries retired={c.get('retired', 0)}; "
+            f"resumable readers cut off={c.get('resume_cut_off', 0)}"
+        )
+
     def _signals_line(self) -> str:
         if self.storm_hz <= 0:
             return "  signals: no storm"
@@ -987,6 +1118,10 @@ class Options:
     min_bypassed: int = 0
     max_seconds: float | None = None
     fault: str = ""  # one of FAULTS, for the driver's own tests
+    # On the resumable keys (every other key, when > 0), the share of calls that pass
+    # resume=True; and, like min_bypassed, go on until this many entries were resumed.
+    resume_share: float = 0.0
+    min_takeovers: int = 0
 
 
 class Driver:
@@ -994,6 +1129,8 @@ class Driver:
         if opts.signal_storm > 0 and not hasattr(os, "pidfd_open"):
             raise RuntimeError("the signal storm needs os.pidfd_open (Linux, Python 3.9+)")
         op_weights(opts.astream_share)  # checks it
+        if not 0 <= opts.resume_share <= 1:
+            raise ValueError(f"resume_share must be within [0, 1], not {opts.resume_share}")
         if opts.fault not in FAULTS:
             raise ValueError(f"fault must be one of {FAULTS}, not {opts.fault!r}")
         self.dir = dir
@@ -1060,6 +1197,7 @@ class Driver:
             self.max_bytes,
             self.opts.astream_share,
             self.opts.fault,
+            self.opts.resume_share,
         )
         self.stopped.pop(slot, None)
         p = self.ctx.Process(target=worker_main, args=(args,), name=f"chaos-w{slot}")
@@ -1233,14 +1371,22 @@ class Driver:
 
     def kill_one(self) -> None:
         rng = self.rng
-        if rng.random() < 0.4:
+        # Until the run has resumed min_takeovers entries, every kill waits for a
+        # producer whose entry a resumable call of another worker reads.
+        resuming = self.total("takeovers") < self.opts.min_takeovers
+        if resuming or rng.random() < 0.4:
             # Wait (bounded) to catch a worker inside a producer, then kill it after a
             # random short delay so the kill lands at varied instructions.
             until = time.monotonic() + 1.0
             while time.monotonic() < until:
                 busy = [s for s in range(self.n) if self.st(s, S_PRODUCERS) > 0]
+                # Preferably one whose entry a resumable call of another worker reads:
+                # that reader carries the entry on.
+                shared = [s for s in busy if self.read_elsewhere(s)]
+                if resuming:
+                    busy = shared
                 if busy:
-                    slot = rng.choice(busy)
+                    slot = rng.choice(shared if shared and rng.random() < 0.7 else busy)
                     time.sleep(rng.choice((0, 0, rng.uniform(0, 0.05))))
                     self.kill(slot)
                     self.summary.kills_in_producer += 1
@@ -1257,6 +1403,19 @@ class Driver:
         slot = rng.choice(up)
         self.kill(slot)
         self.restart(slot)
+
+    def read_elsewhere(self, slot: int) -> bool:
+        """Whether a resumable call of another worker reads the key of the create
+        ``slot`` started last."""
+        key = self.st(slot, S_PKEY)
+        reading = _PH["reading"]
+        return any(
+            s != slot
+            and self.st(s, S_KEY) == key
+            and int(self.st(s, S_PHASE)) == reading
+            and self.st(s, S_RESUME)
+            for s in range(self.n)
+        )
 
     def stop_one(self) -> None:
         """SIGSTOP a worker that runs a producer (waiting up to 0.5 s for one; none:
@@ -1315,7 +1474,11 @@ class Driver:
                 if end == math.inf and (len(been_up) == self.n or now - t0 > self.startup):
                     end = now + opts.seconds
                     last = now + max(opts.seconds, opts.max_seconds or 0.0)
-                if now >= end and (self.total("bypassed") >= opts.min_bypassed or now >= last):
+                enough = (
+                    self.total("bypassed") >= opts.min_bypassed
+                    and self.total("takeovers") >= opts.min_takeovers
+                )
+                if now >= end and (enough or now >= last):
                     break
                 time.sleep(0.02)
                 for slot in range(self.n):
@@ -1432,11 +1595,23 @@ class Driver:
                     except ValueError:
                         continue  # a line cut short by kill -9
                     tb = rec.pop("tb", "")
+                    if rec.get("what") == "a resumable reader was cut off":
+                        tb = self.log_lines(key_hash(rec["key"])[:16])
                     text = json.dumps(rec) + ("\n" + _indent(tb) if tb else "")
                     if "note" in rec:
                         self.summary.notes.append(text)
                     else:
                         self.summary.violations.append(text)
+
+    def log_lines(self, word: str) -> str:
+        """The workers' library log lines that hold ``word`` (a key hash's prefix), in
+        time order."""
+        lines = []
+        for name in os.listdir(self.logdir):
+            if name.endswith(".log"):
+                with open(os.path.join(self.logdir, name), errors="replace") as f:
+                    lines += [line.rstrip() for line in f if word in line]
+        return "\n".join(sorted(lines)[-MAX_SHOWN:]) or "(no log line of the key)"
 
     def final_checks(self) -> None:
         v = self.summary.violations
@@ -1600,6 +1775,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the share of operations that are astream (default: the mix, about 6%%)",
     )
     ap.add_argument(
+        "--resume-share",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="on every other key, the share of calls that pass resume=True (0: none)",
+    )
+    ap.add_argument(
         "--startup",
         type=float,
         default=STARTUP,
@@ -1633,6 +1815,7 @@ def main(argv: list[str] | None = None) -> int:
             max_bytes=opts.max_bytes,
             stop_interval=opts.stop_interval,
             astream_share=opts.astream_share,
+            resume_share=opts.resume_share,
         )
         summary = run(cache_dir, options, logdir)
     except BaseException:
