@@ -286,6 +286,7 @@ class Runner:
 
         assert proc.stdout is not None and proc.stderr is not None
         bands = {proc.stdout.fileno(): STDOUT, proc.stderr.fileno(): STDERR}
+        _grow_pipe(proc.stdout.fileno())
         poller = select.poll()
         for fd in bands:
             poller.register(fd, select.POLLIN)
@@ -299,6 +300,16 @@ class Runner:
                 data = frame(bands[fd], chunk)
                 w.write(data)
                 self.generated += len(data)
+
+
+def _grow_pipe(fd: int) -> None:
+    """Let the pipe ``fd`` hold up to MAX_PAYLOAD bytes where the system allows it (Linux:
+    F_SETPIPE_SZ, up to /proc/sys/fs/pipe-max-size; elsewhere it stays as it is), so one
+    read takes what a fast command wrote meanwhile, not 64 KiB at most."""
+    import fcntl
+
+    with contextlib.suppress(AttributeError, OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, MAX_PAYLOAD)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

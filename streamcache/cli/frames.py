@@ -18,7 +18,9 @@ STDERR = 2
 END = 3
 
 HEADER = struct.Struct(">BI")
-MAX_PAYLOAD = 64 * 1024
+# A reader's cost is per frame (parse, one write each): the command's stdout pipe is
+# grown to this (Linux), so a fast command's output comes in frames this large.
+MAX_PAYLOAD = 1 << 20
 
 
 def frame(band: int, payload: bytes) -> bytes:
