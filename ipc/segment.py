@@ -514,11 +514,13 @@ class Segment:
                     dead.add((i // _SLOT_WORDS, pid, start))
         return dead
 
-    def has_live_reader(self) -> bool:
-        """True if an active slot belongs to a live process."""
+    def has_live_reader(self, exclude: int | None = None) -> bool:
+        """True if an active slot (other than slot ``exclude``) belongs to a live process."""
         words = self._snapshot()
         return any(
-            words[i + _S_ACTIVE] and is_alive(words[i + _S_PID], _seconds(words[i + _S_START]))
+            words[i + _S_ACTIVE]
+            and i // _SLOT_WORDS != exclude
+            and is_alive(words[i + _S_PID], _seconds(words[i + _S_START]))
             for i in range(0, len(words), _SLOT_WORDS)
         )
 

@@ -154,15 +154,20 @@ class Store:
         finally:
             self.files.remove(rec.file)
 
-    def producer_died(self, rec: Record, fd: int) -> int | None:
-        """A reader (reading ``fd``) found the producer of ``rec`` dead: drop the entry,
-        unless it was published just before the producer died (its data file is the
-        finished entry, even if the record is still there). Returns its size, if so.
-        An entry resumed meanwhile (its record names the same random part under another
-        producer's name, see entry/resume.py) is left to its new producer."""
+    def producer_died(self, rec: Record, fd: int, slot: int | None = None) -> int | None:
+        """A reader (reading ``fd``, in slot ``slot``) found the producer of ``rec`` dead:
+        drop the entry, unless it was published just before the producer died (its data
+        file is the finished entry, even if the record is still there). Returns its
+        size, if so. An entry resumed meanwhile (its record names the same random part
+        under another producer's name, see entry/resume.py) is left to its new producer,
+        and one that other live readers may resume is left to them (they resume it, or
+        the last of them drops it): a reader without ``resume`` that noticed first used
+        to drop it under them."""
         with self.index.locked(rec.key, None):
             cur = self.index.read(rec.key)
             if cur is not None and cur.file != rec.file and _same_entry(cur.file, rec.file):
+                return None
+            if cur is not None and cur.file == rec.file and self.awaits_resume(rec, slot):
                 return None
             unlink_channel(self.channel_base(rec.file))
             is_current = cur is not None and cur.file == rec.file
@@ -186,10 +191,11 @@ class Store:
         self.files.remove(rec.file)
         return None
 
-    def awaits_resume(self, rec: Record) -> bool:
+    def awaits_resume(self, rec: Record, exclude: int | None = None) -> bool:
         """Whether the entry of ``rec``, its producer dead, is left to its readers: a
-        reader that may resume it attached (its segment says so) and one is alive
-        (they resume it, or drop it, within their liveness)."""
+        reader that may resume it attached (its segment says so) and one is alive, other
+        than the one in slot ``exclude`` (they resume it, or drop it, within their
+        liveness)."""
         try:
             seg = open_segment(self.channel_base(rec.file))
         except SegmentError:
@@ -199,7 +205,7 @@ class Store:
                 seg.resumable
                 and seg.state == ipc.STATE_WRITING
                 and not seg.stalled
-                and seg.has_live_reader()
+                and seg.has_live_reader(exclude)
             )
         finally:
             seg.close()

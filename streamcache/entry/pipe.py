@@ -496,7 +496,8 @@ class PipeReader(_Reader):
         if self._in_file > self.position:
             return
         if self._store is not None and self._rec is not None:
-            self._final = self._store.producer_died(self._rec, self._fd)
+            slot = None if self._slot is None else self._slot.index
+            self._final = self._store.producer_died(self._rec, self._fd, slot)
         if self._final is None:
             pid = self._seg.producer.pid
             if self._seg.producer_alive():  # a stale or forged record, or one it let go

@@ -42,12 +42,14 @@ def _kill_mid_entry(
     liveness: float = 0.2,
     after_kill: Callable[[streamcache.StreamCache], None] | None = None,
     held: int = 0,
+    plain_liveness: float | None = None,
 ) -> tuple[list[tuple[Any, ...]], float]:
     """Start a producer of ``key`` (``resume=True``), attach ``readers`` (mode, create,
     resume) in processes of their own (with ``liveness``), let the producer write
     ``kill_at`` bytes, wait until they are published, SIGKILL it, run ``after_kill``;
     the readers' reports and the kill's time. The last ``held`` readers stop after
-    their first bytes (the producer's first chunk) until the others have reported."""
+    their first bytes (the producer's first chunk) until the others have reported.
+    ``plain_liveness``: the liveness of the readers without resume, if not ``liveness``."""
     started, go, reached, release = spawn.Event(), spawn.Event(), spawn.Event(), spawn.Event()
     create = Payload(SEED, TOTAL, CHUNK, gate=(started, go), stop=(kill_at, reached))
     pout = spawn.Queue()
@@ -64,7 +66,15 @@ def _kill_mid_entry(
         hold = release if i >= len(readers) - held else None
         p = spawn.Process(
             target=procs_resume.reader,
-            args=(str(cache_dir), key, mode, reader_create, kill_at, resume, liveness),
+            args=(
+                str(cache_dir),
+                key,
+                mode,
+                reader_create,
+                kill_at,
+                resume,
+                liveness if resume or plain_liveness is None else plain_liveness,
+            ),
             kwargs={"out": out, "hold": hold},
         )
         p.start()
@@ -187,6 +197,26 @@ def test_without_resume_readers_get_producer_died(cache_dir: Path, spawn: SpawnC
     for (mode, _, _), report in zip(readers, reports, strict=True):
         assert report[:2] == ("raised", "ProducerDied"), (mode, report)
         assert report[3] <= kill_at
+
+
+def test_a_reader_without_resume_that_notices_first_leaves_the_entry_to_the_others(
+    cache_dir: Path, spawn: SpawnContext
+) -> None:
+    """Readers without resume check every 0.2 s, those with it every 2 s: the plain
+    ones notice the death first and get ProducerDied, but leave the entry (record,
+    channel, data file) to the resumable ones, which carry it on and get every byte."""
+    kill_at = TOTAL // 2
+    deterministic = Payload(SEED, TOTAL, CHUNK)
+    readers = [("fetch", deterministic, False), ("stream", deterministic, False)]
+    readers += [(mode, deterministic, True) for mode in MODES]
+    reports, _ = _kill_mid_entry(
+        cache_dir, spawn, "mixed-key", "thread", kill_at, readers, 2.0, plain_liveness=0.2
+    )
+    for (mode, _, _), report in zip(readers[:2], reports[:2], strict=True):
+        assert report[:2] == ("raised", "ProducerDied"), (mode, report)
+    want = payload_sha(SEED, TOTAL, CHUNK)
+    for (mode, _, _), report in zip(readers[2:], reports[2:], strict=True):
+        assert report[:3] == ("ok", TOTAL, want), (mode, report)
 
 
 def test_a_resumable_call_that_finds_the_producer_dead_takes_the_entry_over(
