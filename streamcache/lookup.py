@@ -77,7 +77,10 @@ class Lookup:
         try:
             try:
                 with self.index.locked(h, remaining(deadline)):
-                    reader = self._locked(h, start, takeover)
+                    try:
+                        reader = self._locked(h, start, takeover)
+                    except _LeftToResume:
+                        return _bypass("its entry's producer died; readers that may resume it wait")
                     if reader is not None:
                         return Found(reader, False)
                     bypass = self.store.usage.admit()
@@ -193,13 +196,17 @@ class Lookup:
     def _dead(self, rec: Record, start: int, takeover: Takeover | None) -> PipeReader | None:
         """The entry of ``rec``, whose producer is dead (lock held): resumed by this
         call, which reads it from byte ``start``, if it passed ``resume`` and the entry
-        has readers waiting (see :mod:`.entry.resume`); else discarded."""
+        has readers waiting (see :mod:`.entry.resume`); left to live readers that may
+        resume it if this call did not pass ``resume`` (:class:`_LeftToResume`: this
+        call bypasses the cache); else discarded."""
         if takeover is not None:
             reader = takeover.in_lookup(
                 rec, lambda fd, ch, slot, new: self._reader(fd, ch, slot, new, start, takeover)
             )
             if reader is not None:
                 return reader
+        elif self.store.awaits_resume(rec):
+            raise _LeftToResume
         self.store.discard(rec)
         return None
 
@@ -268,9 +275,16 @@ class Lookup:
         self.index.write(rec)
 
 
+class _LeftToResume(Exception):
+    """A call without ``resume`` found the key's entry dead while live readers that may
+    resume it wait: discarding it would cut them off, and its record is theirs, so this
+    call runs create straight into its caller (a bypass)."""
+
+
 def _bypass(reason: str) -> Found:
     """A miss that runs create straight into its caller, with no cache entry: the budget
-    is all taken by entries in flight, or the disk is full (outcome "bypass")."""
+    is all taken by entries in flight, the disk is full, or the key's entry awaits
+    resume (outcome "bypass")."""
     log.debug("streamcache: a miss bypasses the cache (%s)", reason)
     return Found(None, False, bypass=reason)
 

@@ -219,6 +219,31 @@ def test_a_reader_without_resume_that_notices_first_leaves_the_entry_to_the_othe
         assert report[:3] == ("ok", TOTAL, want), (mode, report)
 
 
+def test_a_call_without_resume_that_finds_the_producer_dead_leaves_the_entry_to_its_readers(
+    cache_dir: Path, spawn: SpawnContext
+) -> None:
+    """A fetch without resume arrives after the kill, before the resumable readers
+    (liveness 3 s) notice: it runs create itself, uncached (a bypass), and leaves the
+    entry alone; the readers then carry it on and get every byte."""
+    kill_at = TOTAL // 2
+    deterministic = Payload(SEED, TOTAL, CHUNK)
+    got: list[tuple[Any, ...]] = []
+
+    def plain_fetch_after_kill(cache: streamcache.StreamCache) -> None:
+        sink = xproc.HashSink()
+        got.append((cache.fetch("bypass-key", sink, deterministic, timeout=WAIT), sink))
+
+    readers = [(mode, deterministic, True) for mode in MODES]
+    reports, _ = _kill_mid_entry(
+        cache_dir, spawn, "bypass-key", "thread", kill_at, readers, 3.0, plain_fetch_after_kill
+    )
+    want = payload_sha(SEED, TOTAL, CHUNK)
+    ((result, sink),) = got
+    assert result == (TOTAL, True) and sink.hexdigest() == want
+    for (mode, _, _), report in zip(readers, reports, strict=True):
+        assert report[:3] == ("ok", TOTAL, want), (mode, report)
+
+
 def test_a_resumable_call_that_finds_the_producer_dead_takes_the_entry_over(
     cache_dir: Path, spawn: SpawnContext
 ) -> None:
