@@ -359,38 +359,57 @@ class Filestore:
     def remove(self, name: str) -> bool:
         return remove_path(self.path(name))
 
-    def take_over(self, name: str, same_as: int, tries: int) -> tuple[str, int] | None:
+    def take_over(self, name: str, same_as: int, tries: int) -> tuple[str, int, int] | None:
         """Become the producer of the data file ``name`` (an entry being resumed; the
         key's lock held): a write descriptor on it, positioned at its end and holding
         its flock, the file renamed to a name of this process with the same random
-        part. None if the file is not the one open as ``same_as`` any more, or is no
-        longer being written (sealing: its trailer may be in it). BlockingIOError if its
-        lock stays taken for ``tries`` attempts: readers' probes (``ipc.lock_held``)
-        hold a shared lock for two syscalls, which a loaded machine may stretch; or a
-        descriptor of the dead producer survives elsewhere (a child it forked)."""
+        part, and how many bytes were cut from its end. None if the file is not the one
+        open as ``same_as`` any more. BlockingIOError if its lock stays taken for
+        ``tries`` attempts: readers' probes (``ipc.lock_held``) hold a shared lock for
+        two syscalls, which a loaded machine may stretch; or a descriptor of the dead
+        producer survives elsewhere (a child it forked).
+
+        A file its producer was sealing (killed after the entry's last byte, before it
+        was published: :data:`SEALING_MODE`, perhaps with the trailer) is taken over
+        too: its mode is set back to writing, then its trailer cut off (the mode must
+        allow the write descriptor first). Between the two a reader may take trailer
+        bytes for data (see :func:`written_so_far`), so the bytes cut are returned: the
+        caller rewinds the entry to the new end, and such a reader fails instead of
+        delivering them."""
         path = self.path(name)
+        flags = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | flags)
         except OSError:
             return None
+        wfd = -1
         try:
-            st, mine = os.fstat(fd), os.fstat(same_as)
-            if (
-                not stat.S_ISREG(st.st_mode)
-                or (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino)
-                or not st.st_mode & stat.S_IWUSR
-            ):
-                os.close(fd)
+            if not _same_file(fd, same_as):
                 return None
             if not _take_lock(fd, tries):
                 raise BlockingIOError(errno.EAGAIN, "the data file's lock is taken", path)
+            size = end = os.fstat(fd).st_size
+            if not os.fstat(fd).st_mode & stat.S_IWUSR:  # SEALING_MODE: it died sealing
+                sealed = _sealed_size(fd, size)  # None: no trailer yet (16 bytes, one write)
+                end = size if sealed is None else sealed
+                os.fchmod(fd, WRITING_MODE)
+            wfd = os.open(path, os.O_RDWR | flags)
+            os.ftruncate(wfd, end)  # under fd's lock: nobody else takes over meanwhile
+            os.close(fd)  # lets go of its lock, for wfd to take
+            fd = -1
+            if not _take_lock(wfd, tries):
+                raise BlockingIOError(errno.EAGAIN, "the data file's lock is taken", path)
             new = f"{name.split('-')[0]}-{os.getpid():x}-{next(_counter):x}"
             os.rename(path, self.path(new))  # same shard: the same first two digits
-            os.lseek(fd, 0, os.SEEK_END)
+            os.lseek(wfd, 0, os.SEEK_END)
         except BaseException:
-            os.close(fd)
+            if wfd >= 0:
+                os.close(wfd)
             raise
-        return new, fd
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        return new, wfd, size - end
 
     # -- finished entries --------------------------------------------------------------
 
@@ -576,10 +595,22 @@ def written_so_far(fd: int) -> int:
     st = os.fstat(fd)
     if st.st_mode & stat.S_IWUSR:  # WRITING_MODE (a umask may have taken the bit: safe)
         return st.st_size
-    at = st.st_size - TRAILER.size
+    return _sealed_size(fd, st.st_size) or 0
+
+
+def _sealed_size(fd: int, file_size: int) -> int | None:
+    """The entry's size, if the data file ``fd`` (``file_size`` bytes) ends with its
+    intact trailer."""
+    at = file_size - TRAILER.size
     if at >= 0 and _intact(os.pread(fd, TRAILER.size, at), 0, at):
         return at
-    return 0
+    return None
+
+
+def _same_file(fd: int, other: int) -> bool:
+    """Whether descriptor ``fd`` is of a regular file, the one open as ``other``."""
+    st, mine = os.fstat(fd), os.fstat(other)
+    return stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def trailer_size(tail: bytes) -> int | None:

@@ -28,6 +28,10 @@ Invariants (cross-process):
   part, so the same channel), names itself producer in the segment
   (:meth:`ipc.segment.Segment.take_over`), publishes the file's length as the offset,
   and rewrites the record (this boot, its pid and start time, the old expiry). A
+  producer killed while sealing (after the entry's last byte, before it was
+  published) left a file that is taken over the same way, its trailer cut off first
+  (the entry is rewound to its end, for readers that took trailer bytes for data in
+  between: see :meth:`Filestore.take_over`); the re-run then checks every byte. A
   reader's liveness check that sees the new pid therefore also finds the lock held;
   one that sees the old pid finds it dead, comes here, and waits for the lock.
 - **Never spliced.** The successor appends nothing until create has given every byte
@@ -201,13 +205,15 @@ class Takeover:
         if taken is None:
             channel.close()
             return None
-        name, wfd = taken
+        name, wfd, cut = taken
         me = ipc.current_process()
         new = Record(cur.key, name, me.pid, me.start, cur.expires)
         try:
             prefix = os.fstat(wfd).st_size
             channel.seg.take_over(me)
-            if prefix > channel.seg.offset:
+            if cut:
+                channel.seg.rewind(prefix)  # its dead producer's trailer: never data
+            elif prefix > channel.seg.offset:
                 channel.seg.publish_offset(prefix)  # all of it is the entry's
             store.index.write(new)
             return ResumedProducer(store, new, channel, wfd, prefix, **self._options)

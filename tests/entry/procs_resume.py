@@ -72,6 +72,34 @@ def producer(dir: str, key: str, mode: str, create: Payload, *, out: Any) -> Non
     out.put(("finished",))
 
 
+@reporting
+def producer_killed_sealing(
+    dir: str, key: str, stage: str, create: Payload, reached: Any, *, out: Any
+) -> None:
+    """Create ``key`` with ``resume=True`` in a producer thread, stopping inside the
+    data file's sealing, after its last byte: once its mode says "sealing" (``stage``
+    "mode") or once the trailer is written too ("trailer"). There it sets ``reached``
+    and waits to be killed. The stop is put into Filestore.seal, in this process only:
+    two syscalls apart, no kill from outside can land there on purpose."""
+    import os
+
+    from streamcache.disk import filestore
+
+    seal = filestore.Filestore.seal
+
+    def seal_then_stop(self: filestore.Filestore, fd: int, size: int, expires: float) -> None:
+        if stage == "trailer":
+            seal(self, fd, size, expires)
+        else:
+            os.fchmod(fd, filestore.SEALING_MODE)
+        reached.set()
+        time.sleep(GATE_WAIT)  # killed here
+        raise TimeoutError("never killed")
+
+    filestore.Filestore.seal = seal_then_stop  # type: ignore[method-assign]
+    producer(dir, key, "thread", create, out=out)
+
+
 class _Sink:
     """A dst keeping the sha256 and length of what it got; says "attached" on the
     first bytes (then, given ``hold``, waits for it to be set: its reader stays where it

@@ -43,21 +43,28 @@ def _kill_mid_entry(
     after_kill: Callable[[streamcache.StreamCache], None] | None = None,
     held: int = 0,
     plain_liveness: float | None = None,
+    sealing: str | None = None,
 ) -> tuple[list[tuple[Any, ...]], float]:
     """Start a producer of ``key`` (``resume=True``), attach ``readers`` (mode, create,
     resume) in processes of their own (with ``liveness``), let the producer write
     ``kill_at`` bytes, wait until they are published, SIGKILL it, run ``after_kill``;
     the readers' reports and the kill's time. The last ``held`` readers stop after
     their first bytes (the producer's first chunk) until the others have reported.
-    ``plain_liveness``: the liveness of the readers without resume, if not ``liveness``."""
+    ``plain_liveness``: the liveness of the readers without resume, if not ``liveness``.
+    ``sealing``: the producer writes every byte and is killed while it seals the data
+    file, at that stage (see procs_resume.producer_killed_sealing); ``kill_at`` is then
+    the entry's size."""
     started, go, reached, release = spawn.Event(), spawn.Event(), spawn.Event(), spawn.Event()
-    create = Payload(SEED, TOTAL, CHUNK, gate=(started, go), stop=(kill_at, reached))
     pout = spawn.Queue()
-    producer = spawn.Process(
-        target=procs_resume.producer,
-        args=(str(cache_dir), key, producer_mode, create),
-        kwargs={"out": pout},
-    )
+    if sealing is None:
+        create = Payload(SEED, TOTAL, CHUNK, gate=(started, go), stop=(kill_at, reached))
+        target: Callable[..., None] = procs_resume.producer
+        args: tuple[Any, ...] = (str(cache_dir), key, producer_mode, create)
+    else:
+        create = Payload(SEED, TOTAL, CHUNK, gate=(started, go))
+        target = procs_resume.producer_killed_sealing
+        args = (str(cache_dir), key, sealing, create, reached)
+    producer = spawn.Process(target=target, args=args, kwargs={"out": pout})
     producer.start()
     assert started.wait(WAIT), "the producer never wrote its first chunk"
     procs = []
@@ -130,6 +137,27 @@ def test_every_reader_gets_every_byte_after_the_producer_is_killed(
     cache = streamcache.StreamCache(cache_dir, liveness=0.2, cleanup_interval=0)
     hit = xproc.HashSink()
     assert cache.fetch("resume-key", hit, xproc.forbidden_create, timeout=WAIT) == (TOTAL, False)
+    assert hit.hexdigest() == want
+
+
+@pytest.mark.parametrize("stage", ["mode", "trailer"])
+def test_a_producer_killed_while_sealing_is_resumed(
+    cache_dir: Path, spawn: SpawnContext, stage: str
+) -> None:
+    """Killed after the entry's last byte, before it was published (the data file's
+    mode already "sealing", with or without its trailer): the re-run checks every byte
+    and publishes the entry; no reader takes a trailer byte for data."""
+    deterministic = Payload(SEED, TOTAL, CHUNK)
+    readers = [(mode, deterministic, True) for mode in MODES]
+    reports, _ = _kill_mid_entry(
+        cache_dir, spawn, "sealing-key", "thread", TOTAL, readers, sealing=stage
+    )
+    want = payload_sha(SEED, TOTAL, CHUNK)
+    for (mode, _, _), report in zip(readers, reports, strict=True):
+        assert report[:3] == ("ok", TOTAL, want), (mode, report)
+    cache = streamcache.StreamCache(cache_dir, liveness=0.2, cleanup_interval=0)
+    hit = xproc.HashSink()
+    assert cache.fetch("sealing-key", hit, xproc.forbidden_create, timeout=WAIT) == (TOTAL, False)
     assert hit.hexdigest() == want
 
 
