@@ -598,6 +598,15 @@ def written_so_far(fd: int) -> int:
     return _sealed_size(fd, st.st_size) or 0
 
 
+def sealed_size(fd: int) -> int | None:
+    """The entry's size if the data file ``fd`` was sealed whole (its mode "sealing",
+    its trailer intact): every byte of a create that returned is in it."""
+    st = os.fstat(fd)
+    if st.st_mode & stat.S_IWUSR:
+        return None
+    return _sealed_size(fd, st.st_size)
+
+
 def _sealed_size(fd: int, file_size: int) -> int | None:
     """The entry's size, if the data file ``fd`` (``file_size`` bytes) ends with its
     intact trailer."""

@@ -44,7 +44,7 @@ from ipc.segment import SegmentError
 
 from ..log import log
 from ..metrics import DEAD_PRODUCER, EXPIRED, INVALIDATED, NULL, Metrics
-from .filestore import Filestore, written_so_far
+from .filestore import Filestore, sealed_size, written_so_far
 from .index import Index, Record
 from .usage import MAX_BACKOFF, Usage
 
@@ -154,19 +154,26 @@ class Store:
         finally:
             self.files.remove(rec.file)
 
-    def producer_died(self, rec: Record, fd: int, slot: int | None = None) -> int | None:
+    def producer_died(self, rec: Record, fd: int, slot: int | None = None) -> int | Record | None:
         """A reader (reading ``fd``, in slot ``slot``) found the producer of ``rec`` dead:
         drop the entry, unless it was published just before the producer died (its data
-        file is the finished entry, even if the record is still there). Returns its
-        size, if so. An entry resumed meanwhile (its record names the same random part
-        under another producer's name, see entry/resume.py) is left to its new producer,
-        and one that other live readers may resume is left to them (they resume it, or
-        the last of them drops it): a reader without ``resume`` that noticed first used
-        to drop it under them."""
+        file is the finished entry, even if the record is still there): returns its
+        size, if so. Returns a record instead when the entry is carried on: resumed
+        meanwhile (its record names the same random part under another producer's
+        name, see entry/resume.py: that record), or written by a live producer that
+        holds its data file's lock (``rec``, if its record is gone: the producer ends
+        the channel itself; unlinking it under them made its readers fail with
+        SharedMemoryRemoved). The reader then waits again. One that other live
+        readers may resume is left to them (they resume it, or the last of them drops
+        it): a reader without ``resume`` that noticed first used to drop it under
+        them."""
         with self.index.locked(rec.key, None):
             cur = self.index.read(rec.key)
             if cur is not None and cur.file != rec.file and _same_entry(cur.file, rec.file):
-                return None
+                return cur
+            writing, stalled = self._segment_state(rec, fd)
+            if writing:
+                return cur if cur is not None and cur.file == rec.file else rec
             if cur is not None and cur.file == rec.file and self.awaits_resume(rec, slot):
                 return None
             unlink_channel(self.channel_base(rec.file))
@@ -179,6 +186,13 @@ class Store:
                 if fin is not None:
                     os.close(fin.fd)
                     return fin.size
+            elif (size := sealed_size(fd)) is not None and not stalled:
+                # Killed after its seal: whole, though unpublished, or published and
+                # then removed (invalidated, evicted). Its readers read it to the end.
+                if is_current:
+                    self.index.remove(rec.key)
+                self.files.remove(rec.file)
+                return size
             elif is_current:
                 self.index.remove(rec.key)
                 self.metrics.count_eviction(DEAD_PRODUCER)
@@ -190,6 +204,21 @@ class Store:
                 )
         self.files.remove(rec.file)
         return None
+
+    def _segment_state(self, rec: Record, fd: int) -> tuple[bool, bool]:
+        """Whether the entry of ``rec`` (data file open as ``fd``) is still being
+        written (its segment says so and names a live process, which holds the data
+        file's lock: a successor elected after the reader looked, say), and whether a
+        reader declared it stalled."""
+        try:
+            seg = open_segment(self.channel_base(rec.file))
+        except SegmentError:
+            return False, False
+        try:
+            writing = seg.state == ipc.STATE_WRITING and seg.producer_alive()
+            return writing and ipc.lock_held(fd), seg.stalled
+        finally:
+            seg.close()
 
     def awaits_resume(self, rec: Record, exclude: int | None = None) -> bool:
         """Whether the entry of ``rec``, its producer dead, is left to its readers: a

@@ -481,6 +481,8 @@ class PipeReader(_Reader):
                 self._check_stall()
                 return  # (the producer says how it ended before it unlinks the names)
             self._report_check(began, alive=False)
+            if self._seg.stalled:
+                raise self._stalled()  # (its names may go before its producer ends it)
             self._removed()
         if not self._producer_gone and self._takeover is not None and self._rec is not None:
             rec = self._takeover(self._rec, self._fd, self._seg)
@@ -497,7 +499,12 @@ class PipeReader(_Reader):
             return
         if self._store is not None and self._rec is not None:
             slot = None if self._slot is None else self._slot.index
-            self._final = self._store.producer_died(self._rec, self._fd, slot)
+            found = self._store.producer_died(self._rec, self._fd, slot)
+            if isinstance(found, Record):  # carried on (resumed): wait for its producer
+                self._rec = found
+                self._producer_gone = False
+                return
+            self._final = found
         if self._final is None:
             pid = self._seg.producer.pid
             if self._seg.producer_alive():  # a stale or forged record, or one it let go

@@ -22,6 +22,8 @@ from procs_resume import Payload
 from xproc import payload_sha
 
 import streamcache
+from streamcache.disk.index import Record
+from streamcache.disk.store import key_hash
 
 WAIT = 60.0
 # Spawning and attaching six readers, each bounded by WAIT, may take minutes at load 40.
@@ -44,6 +46,7 @@ def _kill_mid_entry(
     held: int = 0,
     plain_liveness: float | None = None,
     sealing: str | None = None,
+    before_kill: Callable[[streamcache.StreamCache], None] | None = None,
 ) -> tuple[list[tuple[Any, ...]], float]:
     """Start a producer of ``key`` (``resume=True``), attach ``readers`` (mode, create,
     resume) in processes of their own (with ``liveness``), let the producer write
@@ -51,6 +54,7 @@ def _kill_mid_entry(
     the readers' reports and the kill's time. The last ``held`` readers stop after
     their first bytes (the producer's first chunk) until the others have reported.
     ``plain_liveness``: the liveness of the readers without resume, if not ``liveness``.
+    ``before_kill``: run just before the kill, with the kill point published.
     ``sealing``: the producer writes every byte and is killed while it seals the data
     file, at that stage (see procs_resume.producer_killed_sealing); ``kill_at`` is then
     the entry's size."""
@@ -96,6 +100,8 @@ def _kill_mid_entry(
         WAIT,
         "the kill point published",
     )
+    if before_kill is not None:
+        before_kill(cache)
     killed = time.monotonic()
     assert producer.pid is not None
     os.kill(producer.pid, signal.SIGKILL)
@@ -159,6 +165,22 @@ def test_a_producer_killed_while_sealing_is_resumed(
     hit = xproc.HashSink()
     assert cache.fetch("sealing-key", hit, xproc.forbidden_create, timeout=WAIT) == (TOTAL, False)
     assert hit.hexdigest() == want
+
+
+def test_readers_without_resume_read_a_producer_killed_after_its_seal_to_the_end(
+    cache_dir: Path, spawn: SpawnContext
+) -> None:
+    """Its trailer written, the data file holds every byte of a create that returned:
+    readers without resume read it to the end instead of getting ProducerDied (nothing
+    to re-run; the entry itself is not kept, and the next call creates it afresh)."""
+    deterministic = Payload(SEED, TOTAL, CHUNK)
+    readers = [(mode, deterministic, False) for mode in MODES]
+    reports, _ = _kill_mid_entry(
+        cache_dir, spawn, "sealed-key", "thread", TOTAL, readers, sealing="trailer"
+    )
+    want = payload_sha(SEED, TOTAL, CHUNK)
+    for (mode, _, _), report in zip(readers, reports, strict=True):
+        assert report[:3] == ("ok", TOTAL, want), (mode, report)
 
 
 @pytest.mark.parametrize("differs_at", ["first byte", "last byte before the kill"])
@@ -270,6 +292,52 @@ def test_a_call_without_resume_that_finds_the_producer_dead_leaves_the_entry_to_
     assert result == (TOTAL, True) and sink.hexdigest() == want
     for (mode, _, _), report in zip(readers, reports, strict=True):
         assert report[:3] == ("ok", TOTAL, want), (mode, report)
+
+
+def test_a_reader_that_noticed_the_death_before_the_resume_leaves_the_channel(
+    cache_dir: Path, spawn: SpawnContext
+) -> None:
+    """A reader that found the dead producer and acts on it only after a successor
+    took over, and after the entry's record went (invalidated here; declared stalled
+    in the chaos run that found it), must not unlink the channel under the live
+    successor: its readers would fail with SharedMemoryRemoved. It is told the entry
+    is carried on, and waits again."""
+    kill_at = TOTAL // 2
+    deterministic = Payload(SEED, TOTAL, CHUNK)
+    key = "noticed-key"
+    h = key_hash(key)
+    old: list[Record] = []
+    carried: list[object] = []
+
+    def remember(cache: streamcache.StreamCache) -> None:
+        rec = cache._store.index.read(h)
+        assert rec is not None
+        old.append(rec)
+
+    def act_late(cache: streamcache.StreamCache) -> None:
+        store = cache._store
+        xproc.wait_until(
+            lambda: (r := store.index.read(h)) is not None and r.file != old[0].file,
+            WAIT,
+            "a successor's record",
+        )
+        cur = store.index.read(h)
+        assert cur is not None
+        fd = os.open(store.files.path(cur.file), os.O_RDONLY)
+        try:
+            assert cache.invalidate(key)
+            carried.append(store.producer_died(old[0], fd))
+        finally:
+            os.close(fd)
+
+    readers = [(mode, deterministic, True) for mode in MODES]
+    reports, _ = _kill_mid_entry(
+        cache_dir, spawn, key, "thread", kill_at, readers, before_kill=remember, after_kill=act_late
+    )
+    want = payload_sha(SEED, TOTAL, CHUNK)
+    for (mode, _, _), report in zip(readers, reports, strict=True):
+        assert report[:3] == ("ok", TOTAL, want), (mode, report)
+    assert isinstance(carried[0], Record), carried
 
 
 def test_a_resumable_call_that_finds_the_producer_dead_takes_the_entry_over(
