@@ -263,7 +263,11 @@ class _QueueSource:
                     raise TimeoutError("streamcache: timed out waiting for create") from None
 
     def sendfile(
-        self, out_fd: int, deadline: Deadline | None, wait_writable: Callable[[], None]
+        self,
+        out_fd: int,
+        deadline: Deadline | None,
+        wait_writable: Callable[[], None],
+        limit: int | None = None,
     ) -> int:
         raise OSError(22, "no descriptor to send from")  # EINVAL: Stream falls back to copying
 

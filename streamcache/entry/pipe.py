@@ -224,29 +224,38 @@ class _Reader:
             raise TimeoutError("timed out waiting for the producer")
 
     def sendfile(
-        self, out_fd: int, deadline: Deadline | None, wait_writable: Callable[[], None]
+        self,
+        out_fd: int,
+        deadline: Deadline | None,
+        wait_writable: Callable[[], None],
+        limit: int | None = None,
     ) -> int:
-        """Move every byte available now to ``out_fd`` with os.sendfile, none through
-        this process; how many (0 at the end). The kernel moves at most what ``out_fd``
-        takes without blocking plus what it waits for (a pipe: its capacity, 64 KiB by
-        default), so this loops without returning, and the reader's place advances
-        after each call (the producer's back pressure counts it)."""
+        """Move every byte available now (at most ``limit``) to ``out_fd`` with
+        os.sendfile, none through this process; how many (0 at the end). The kernel
+        moves at most what ``out_fd`` takes without blocking plus what it waits for (a
+        pipe: its capacity, 64 KiB by default), so this loops without returning, and
+        the reader's place advances after each call (the producer's back pressure
+        counts it)."""
         self._enter()
         try:
-            while (sent := self._send(out_fd, deadline, wait_writable)) is None:
+            while (sent := self._send(out_fd, deadline, wait_writable, limit)) is None:
                 pass  # rewound to this reader's position: wait for the new bytes
             return sent
         finally:
             self._exit()
 
     def _send(
-        self, out_fd: int, deadline: Deadline | None, wait_writable: Callable[[], None]
+        self,
+        out_fd: int,
+        deadline: Deadline | None,
+        wait_writable: Callable[[], None],
+        limit: int | None,
     ) -> int | None:
         avail = self._available(deadline)
         if not avail:
             return 0
         fd, begin = self._fd, self.position
-        end = begin + avail
+        end = begin + (avail if limit is None else min(avail, limit))
         while self.position < end:
             try:
                 n = os.sendfile(out_fd, fd, self.position, end - self.position)

@@ -138,6 +138,11 @@ def wait_writable(dst: Any, deadline: Deadline | None) -> None:
     fd = usable_fd(dst)
     if fd is None:
         raise BlockingIOError(f"{type(dst).__name__} would block and has no descriptor to wait on")
+    wait_fd_writable(fd, deadline)
+
+
+def wait_fd_writable(fd: int, deadline: Deadline | None) -> None:
+    """Block until the descriptor ``fd`` accepts bytes (TimeoutError past ``deadline``)."""
     import select  # here: a C module to load, and most writes never wait
 
     poller = select.poll()

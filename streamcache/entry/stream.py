@@ -13,7 +13,7 @@ from ..deadline import Deadline, Idle
 from ..errors import AllReadersLeft, CreateError
 from ..metrics import ERROR, HIT, MISS, NULL, Metrics
 from .pipe import CHUNK
-from .sink import NO_SENDFILE, usable_fd, wait_writable, write_all
+from .sink import NO_SENDFILE, usable_fd, wait_fd_writable, wait_writable, write_all
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
 if TYPE_CHECKING:
@@ -57,7 +57,11 @@ if TYPE_CHECKING:  # a Protocol, for type checkers only
         def after_wake(self, wake: Wake) -> None: ...
 
         def sendfile(
-            self, out_fd: int, deadline: Deadline | None, wait_writable: Callable[[], None]
+            self,
+            out_fd: int,
+            deadline: Deadline | None,
+            wait_writable: Callable[[], None],
+            limit: int | None = None,
         ) -> int: ...
 
         def close(self) -> None: ...
@@ -342,11 +346,28 @@ class Stream:
             raise StopIteration
         return chunk
 
-    def _send(self, out_fd: int, dst: Any) -> int:
+    def sendfile(self, out_fd: int, n: int) -> int:
+        """Move up to ``n`` bytes of the stream to the descriptor ``out_fd`` with
+        os.sendfile, none of them through this process, waiting for them as
+        :meth:`read` does (the entry's liveness checks, the call's timeouts, a resumed
+        entry's rewind); how many moved, at least one unless ``n`` is 0 or the stream
+        is at its end (0). A non-blocking ``out_fd`` is waited on.
+
+        A descriptor sendfile cannot write to (a file opened with O_APPEND, a terminal,
+        a system without sendfile, an entry that has no data file) raises OSError with
+        ``errno`` in ``streamcache.entry.sink.NO_SENDFILE`` before any byte moved: the
+        caller then reads the bytes instead. For a reader of frames or records that
+        passes payloads on without touching them (``streamcache run``'s frames)."""
+        self._check_open()
+        if n <= 0:
+            return 0
+        return self._send(out_fd, lambda: wait_fd_writable(out_fd, self._deadline), n)
+
+    def _send(self, out_fd: int, wait: Callable[[], None], limit: int | None = None) -> int:
         while True:
             until = self.wait_deadline()  # the wait for dst counts on the call's deadline
             try:
-                n = self._source.sendfile(out_fd, until, lambda: wait_writable(dst, self._deadline))
+                n = self._source.sendfile(out_fd, until, wait, limit)
             except Exception as exc:
                 if isinstance(exc, CreateError) and self._retry(exc):
                     continue
@@ -370,8 +391,12 @@ class Stream:
             flush = getattr(dst, "flush", None)
             if flush is not None:
                 flush()
+
+            def wait() -> None:
+                wait_writable(dst, self._deadline)
+
             try:
-                while n := self._send(out_fd, dst):
+                while n := self._send(out_fd, wait):
                     written += n
                 return written
             except OSError as exc:
