@@ -46,7 +46,7 @@ from ..cache import StreamCache
 from ..errors import CreateError, ProducerDied
 from ..log import when_used
 from . import counters
-from .frames import HANDOFF, MAX_PAYLOAD, STDERR, STDOUT, Demux, end_frame, frame
+from .frames import HANDOFF, MAX_PAYLOAD, STDERR, STDOUT, Demux, Replay, end_frame, frame
 from .options import EXIT_BROKEN_PIPE, os_error_text, quiet_stdout
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
@@ -370,7 +370,9 @@ def deliver(opts: Options, key: str, argv: list[str], stdin_fd: int | None) -> i
     sys.stdout.flush()
     # Relayed, stderr comes only as the detached producer passes it on (--stderr=first:
     # if it ran the command); read here, it is dropped with --stderr=first.
-    out = Demux(sys.stdout.fileno(), sys.stderr.fileno())
+    out_fd, err_fd = sys.stdout.fileno(), sys.stderr.fileno()
+    relayed_out = Demux(out_fd, err_fd)
+    out = Replay(out_fd, err_fd if opts.stderr_all else None)
     counts: dict[str, int] = {}
     try:
         try:
@@ -390,10 +392,8 @@ def deliver(opts: Options, key: str, argv: list[str], stdin_fd: int | None) -> i
             cache.stop()
             counters.add(cache.dir, **{counters.UNCACHED: 1})
             return run_uncached(argv, stdin_fd)
-        status = None if relayed is None else _relay(relayed, out, opts.prog)
+        status = None if relayed is None else _relay(relayed, relayed_out, opts.prog)
         if status is None:  # found, or handed back by the detached producer
-            if not opts.stderr_all:
-                out.err_fd = None
             status = _read(opts.prog, target, key, out, Runner(argv, stdin_fd), counts)
     except Interrupted as exc:
         with contextlib.suppress(OSError):
@@ -407,7 +407,7 @@ def deliver(opts: Options, key: str, argv: list[str], stdin_fd: int | None) -> i
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(signum, signal.SIG_IGN)
         cache.stop()
-    counts[counters.SERVED] = out.delivered
+    counts[counters.SERVED] = relayed_out.delivered + out.delivered
     if status != 0:
         counts[counters.FAILED] = 1
     counters.add(cache.dir, **counts)
@@ -415,12 +415,14 @@ def deliver(opts: Options, key: str, argv: list[str], stdin_fd: int | None) -> i
 
 
 def _read(
-    prog: str, target: CacheBase, key: str, out: Demux, runner: Runner, counts: dict[str, int]
+    prog: str, target: CacheBase, key: str, out: Replay, runner: Runner, counts: dict[str, int]
 ) -> int:
-    """Read an entry that was there at the lookup; if it is gone by the fetch (failed
-    or evicted in between), this invocation runs the command itself."""
+    """Read an entry that was there at the lookup, its payloads sent from its data file
+    (:class:`~.frames.Replay`); if it is gone by then (failed or evicted in between),
+    this invocation runs the command itself (in a producer thread of the cache)."""
     try:
-        target.fetch(key, out, runner)
+        with target.stream(key, runner) as s:
+            out.replay(s)
     except CreateError as exc:
         status, text = failure(prog, exc, runner)
         if text is not None:

@@ -13,6 +13,12 @@ from __future__ import annotations
 import os
 import struct
 
+from ..entry.sink import NO_SENDFILE
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from ..entry.stream import Stream
+
 STDOUT = 1
 STDERR = 2
 END = 3
@@ -117,3 +123,74 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while len(view):
         view = view[os.write(fd, view) :]
+
+
+class Replay:
+    """Replays the frames of a cache ``Stream`` (an entry, finished or in flight) to
+    ``out_fd`` (band 1) and ``err_fd`` (band 2; dropped when None), as :class:`Demux`
+    does for bytes given to it, without taking the payloads through this process: it
+    reads each frame's header (a few bytes) and moves the payload from the entry's data
+    file to the descriptor with ``Stream.sendfile``. Where a descriptor refuses
+    sendfile (a file opened with O_APPEND, a terminal, an entry with no data file),
+    its payloads are read and written instead. ``status`` is the end frame's, None
+    until one came."""
+
+    def __init__(self, out_fd: int, err_fd: int | None) -> None:
+        self.out_fd = out_fd
+        self.err_fd = err_fd
+        self.status: int | None = None
+        self.delivered = 0  # payload bytes written out
+        self._copied: set[int] = set()  # descriptors that refused sendfile
+
+    def replay(self, stream: Stream) -> None:
+        """Every frame of ``stream`` to its descriptor, up to the stream's end (or a
+        frame cut short: then ``status`` may stay None)."""
+        while (header := _read_exactly(stream, HEADER.size)) is not None:
+            band, length = HEADER.unpack(header)
+            if not STDOUT <= band <= END:
+                raise FrameError(f"not a frame: band {band}")
+            if band == END:
+                payload = _read_exactly(stream, length)
+                if payload is None:
+                    return
+                self.status = payload[0] if payload else 0
+                continue
+            fd = self.out_fd if band == STDOUT else self.err_fd
+            if not self._move(stream, fd, length):
+                return
+
+    def _move(self, stream: Stream, fd: int | None, length: int) -> bool:
+        """``length`` bytes of ``stream`` to ``fd`` (read and dropped when None);
+        False if the stream ended first."""
+        left = length
+        while left:
+            if fd is None or fd in self._copied:
+                data = stream.read(min(left, MAX_PAYLOAD))
+                if fd is not None:
+                    _write_all(fd, data)
+                moved = len(data)
+            else:
+                try:
+                    moved = stream.sendfile(fd, left)
+                except OSError as exc:
+                    if exc.errno not in NO_SENDFILE:
+                        raise
+                    self._copied.add(fd)  # (nothing moved) read and write from now on
+                    continue
+            if not moved:
+                return False
+            left -= moved
+            if fd is not None:
+                self.delivered += moved
+        return True
+
+
+def _read_exactly(stream: Stream, n: int) -> bytes | None:
+    """``n`` bytes of ``stream``, or None if it ends first."""
+    data = stream.read(n)
+    while len(data) < n:
+        more = stream.read(n - len(data))
+        if not more:
+            return None
+        data += more
+    return data
