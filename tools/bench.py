@@ -40,6 +40,9 @@ bytes, written repeatedly):
                  F`` (64 KiB); both as the difference of medians and as a ratio
     git-hook     wall time of ``git clone --no-local`` of a one-commit repository whose
                  upload-pack has ``streamcache git-pack-objects-hook`` (a hit) vs no hook
+    git-hook-cpu user+sys of one ``streamcache git-pack-objects-hook`` hit on a 128 MiB
+                 entry (a stand-in ``git`` made it), its stdout a pipe drained by cat, vs
+                 ``cat F`` of the same bytes into such a pipe (reference figures)
     memory       peak RSS growth of a reader process streaming an entry, two sizes
                  (VmHWM reset through /proc/self/clear_refs: a spawned child's ru_maxrss
                  starts at its parent's peak; ru_maxrss growth is kept in --json)
@@ -2070,6 +2073,96 @@ def bench_git_hook(cfg: Config, data: bytes) -> list[Row]:
     ]
 
 
+HOOK_CPU_BYTES = 128 * MiB
+
+# A stand-in for ``git`` in the hook's PATH: reads its stdin, writes argv[1] to stdout.
+_FAKE_GIT = """\
+import shutil, sys
+sys.stdin.buffer.read()
+with open({path!r}, "rb") as f:
+    shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
+"""
+
+
+def cpu_into_pipe(argv: list[str], env: dict[str, str], cwd: str, stdin: str) -> float:
+    """User+sys seconds of ``argv`` alone (not of cat) run to its end with ``stdin``
+    (a file) and its stdout a pipe that cat drains to /dev/null."""
+    cat = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    assert cat.stdin is not None
+    try:
+        with open(stdin, "rb") as f:
+            p = subprocess.Popen(argv, stdin=f, stdout=cat.stdin, env=env, cwd=cwd)
+    finally:
+        cat.stdin.close()
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    cat.wait(WAIT)
+    expect(p.returncode == 0, f"{argv[:3]} exited 0")
+    return usage.ru_utime + usage.ru_stime
+
+
+def bench_git_hook_cpu(cfg: Config, data: bytes) -> list[Row]:
+    """What one client costs the server on a hit of a large pack: the hook's own CPU,
+    the entry's bytes moved to its stdout (a pipe, as upload-pack gives it), vs what
+    ``cat`` pays to copy the same bytes into such a pipe. The hook runs with a stand-in
+    ``git`` first in its PATH (the pack's bytes from a file), stored by the second call
+    (min-occurrences 1, as configured by default)."""
+    py = sys.executable
+    rounds = cfg.startup_rounds
+    with scratch("git-hook-cpu") as d:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env["PYTHONPATH"] = os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
+        env["PYTHONPYCACHEPREFIX"] = os.path.join(d, "pycache")
+        pack = os.path.join(d, "pack")
+        write_file(pack, data, HOOK_CPU_BYTES // len(data))
+        bindir = os.path.join(d, "bin")
+        os.mkdir(bindir)
+        with open(os.path.join(bindir, "git"), "w") as f:
+            f.write(f"#!{py}\n" + _FAKE_GIT.format(path=pack))
+        os.chmod(os.path.join(bindir, "git"), 0o755)
+        env["PATH"] = os.pathsep.join([bindir, env.get("PATH", "")])
+        repo = os.path.join(d, "repo")
+        os.mkdir(repo)
+        env["GIT_DIR"] = repo
+        request = os.path.join(d, "request")
+        with open(request, "wb") as f:
+            f.write(b"0032want " + b"1" * 40 + b"\n00000009done\n")
+        hook = [py, "-m", "streamcache", "git-pack-objects-hook", "--dir", os.path.join(d, "c")]
+        hook += ["git", "pack-objects", "--revs", "--thin", "--stdout", "--delta-base-offset"]
+        cat = ["cat", pack]
+        for _ in range(2 + STARTUP_WARMUP):  # uncached, stored, then hits
+            cpu_into_pipe(hook, env, repo, request)
+        samples: dict[str, list[float]] = {"hook": [], "cat": []}
+        log(f"git-hook-cpu: {rounds} rounds of a hook hit on {fmt_size(HOOK_CPU_BYTES)} and cat")
+        loads = [os.getloadavg()[0]]
+        for i in range(rounds):
+            order = [("hook", hook), ("cat", cat)]
+            for k, argv in order if i % 2 == 0 else order[::-1]:
+                samples[k].append(cpu_into_pipe(argv, env, repo, request))
+        loads.append(os.getloadavg()[0])
+        leak_check_dir(os.path.join(d, "c"))
+    mo, mb = statistics.median(samples["hook"]), statistics.median(samples["cat"])
+    return [
+        Row(
+            f"git hook hit {fmt_size(HOOK_CPU_BYTES)} (cpu)",
+            fmt_time(mo),
+            fmt_time(mb),
+            None,
+            "reference",
+            None,
+            "absolute",
+            "s",
+            mo,
+            mb,
+            samples["hook"],
+            samples["cat"],
+            f"user+sys of the hook alone on a hit, stdout a pipe drained by cat, vs cat F "
+            f"into such a pipe; medians of {rounds} interleaved rounds, load "
+            f"{loads[0]:.1f} -> {loads[1]:.1f}",
+        )
+    ]
+
+
 # -- main ----------------------------------------------------------------------------------
 
 BENCHES: dict[str, Callable[[Config, bytes], list[Row]]] = {
@@ -2089,6 +2182,7 @@ BENCHES: dict[str, Callable[[Config, bytes], list[Row]]] = {
     "memory": bench_memory,
     "startup": bench_startup,
     "git-hook": bench_git_hook,
+    "git-hook-cpu": bench_git_hook_cpu,
 }
 
 
