@@ -106,7 +106,7 @@ from ipc.liveness import ProcessId, is_alive
 from ipc.tuples import NamedTuple
 
 MAGIC = int.from_bytes(b"SCSEG\x00\x00\x01", "little")
-VERSION = 3
+VERSION = 4
 
 STATE_WRITING = 0
 STATE_DONE = 1
@@ -123,7 +123,7 @@ SLOT_BYTES = _SLOT_WORDS * 8  # one slot: a cache line, so readers never share o
 # Readers beyond them still work, unslotted.
 DEFAULT_SLOTS = 16384
 MAX_SLOTS = 1 << 20
-ERROR_OFFSET = 128
+ERROR_OFFSET = 136
 ERROR_MAX = HEADER_BYTES - ERROR_OFFSET
 
 _W_MAGIC, _W_VERSION, _W_SLOTS, _W_PROGRESS, _W_CODE = 0, 1, 2, 3, 4
@@ -137,6 +137,9 @@ _W_SIZE = 11  # the size create announced, plus one (0: none announced)
 _W_STALLED = 12  # 1 once a reader declared the producer stalled
 _W_RESUMABLE = 13  # 1 once a reader that may resume the entry attached
 _W_REWINDS, _W_REWOUND_AT = 14, 15  # see Segment.rewind
+# Bytes of the dead producer's output a resumed entry's producer has re-created and
+# found equal so far (see Segment.set_checked): progress for readers' stall clocks.
+_W_CHECKED = 16
 _SEQ_BYTE = _W_SEQ * 8 + (4 if sys.byteorder == "big" else 0)
 _HEADER_WORDS = HEADER_BYTES // 8
 # Words of a slot (private to this module).
@@ -406,6 +409,18 @@ class Segment:
         w[_W_REWINDS] += 1
         w[_W_PROGRESS] = offset  # state "writing" is 0
         self.bump()
+
+    def set_checked(self, n: int) -> None:
+        """A resumed entry's producer has re-created its first ``n`` bytes and found
+        them equal to those on disk. Nothing new for readers to read, but progress:
+        a reader's stall clock counts silence from the last change of offset or of
+        this word, so re-checking a long prefix is never taken for a stall (its
+        producer's writes are the only stores to it, as for the offset)."""
+        self._words[_W_CHECKED] = n
+
+    @property
+    def checked(self) -> int:
+        return self._words[_W_CHECKED]
 
     @property
     def rewinds(self) -> int:

@@ -18,7 +18,10 @@ Invariants kept here:
   processes). It marks the segment under the key's lock (:meth:`Store.stalled`, whose
   docstring gives the order against the producer's publish); every reader that sees
   the mark raises :class:`ProducerStalled` at its next read, and the producer's next
-  write does. A finished ("done") entry is never marked.
+  write does. A finished ("done") entry is never marked. A resumed entry's producer
+  re-creating the bytes already on disk publishes how far it checked them
+  (:meth:`ipc.segment.Segment.set_checked`): that is progress too, so a long prefix
+  to re-check is never taken for a stall.
 - A reader that keeps up with a fast producer takes several writes per wake-up: it
   sleeps until about the bytes the producer is expected to write in ``LINGER`` are
   published (its rate measured over at least :data:`_RATE_SPAN`; at most ``COALESCE``
@@ -342,7 +345,8 @@ class PipeReader(_Reader):
         self._stall_timeout = stall_timeout
         self._takeover = takeover
         # (offset, when on the waiter's clock): where this reader first waited, silently
-        self._quiet: tuple[int, float] | None = None
+        # (offset, bytes a successor re-checked), and when this reader first waited at it
+        self._quiet: tuple[tuple[int, int], float] | None = None
         if slot is not None and start:
             slot.set_position(start)  # back pressure counts it from there
         self._channel = channel
@@ -450,8 +454,10 @@ class PipeReader(_Reader):
             # Caught up with what a dead producer wrote: settle now, not a period later.
             self._check_producer()
             return self._ready()
-        if self._stall_timeout is not None and (self._quiet is None or self._quiet[0] != offset):
-            self._quiet = (offset, self._waiter.clock.monotonic())  # silence starts here
+        if self._stall_timeout is not None:
+            mark = (offset, self._seg.checked)
+            if self._quiet is None or self._quiet[0] != mark:
+                self._quiet = (mark, self._waiter.clock.monotonic())  # silence starts here
         return None
 
     def watch(self, deadline: Deadline | None) -> concurrent.futures.Future[Wake]:
@@ -558,7 +564,10 @@ class PipeReader(_Reader):
         if self._stall_timeout is None or quiet is None:
             return
         offset, state = self._seg.progress()
-        if state != ipc.STATE_WRITING or max(offset, self._in_file) != quiet[0]:
+        if (
+            state != ipc.STATE_WRITING
+            or (max(offset, self._in_file), self._seg.checked) != quiet[0]
+        ):
             return  # (progress: the next wait starts a new silence)
         if self._waiter.clock.monotonic() - quiet[1] < self._stall_timeout:
             return

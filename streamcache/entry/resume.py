@@ -309,6 +309,8 @@ class ResumingWriter(EntryWriter):
                 break
             done += len(old)
         self._checked += done
+        if self.channel is not None:
+            self.channel.seg.set_checked(self._checked)  # readers' stall clocks: progress
         return done
 
     def _rewind(self) -> None:

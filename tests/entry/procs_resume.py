@@ -23,7 +23,8 @@ class Payload:
     writes (picklable, so a spawned child can take one). ``flip_at``: that byte is
     changed (a create that is not deterministic). ``gate`` (started, go): after the
     first write, say so and wait for go. ``stop`` (at, reached): once ``at`` bytes are
-    written, say so and write nothing more (the test kills the process then)."""
+    written, say so and write nothing more (the test kills the process then). ``pace``:
+    seconds between writes (a slow create)."""
 
     def __init__(
         self,
@@ -34,9 +35,11 @@ class Payload:
         flip_at: int | None = None,
         gate: tuple[Any, Any] | None = None,
         stop: tuple[int, Any] | None = None,
+        pace: float = 0.0,
     ) -> None:
         self.seed, self.total, self.chunk = seed, total, chunk
         self.flip_at, self.gate, self.stop = flip_at, gate, stop
+        self.pace = pace
 
     def __call__(self, w: Any) -> None:
         done = 0
@@ -47,6 +50,8 @@ class Payload:
                 c = bytes(b)
             w.write(c)
             done += len(c)
+            if self.pace:
+                time.sleep(self.pace)  # a slow create: one chunk per pace seconds
             if i == 0 and self.gate is not None:
                 started, go = self.gate
                 started.set()

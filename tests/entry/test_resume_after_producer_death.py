@@ -365,6 +365,34 @@ def test_a_resumable_call_that_finds_the_producer_dead_takes_the_entry_over(
         assert report[:3] == ("ok", TOTAL, want), (mode, report)
 
 
+def test_re_checking_a_long_prefix_is_not_a_stall(cache_dir: Path, spawn: SpawnContext) -> None:
+    """A call with resume and a cache with stall_timeout resumes the entry at its
+    lookup; its create is slow (a chunk every 20 ms), so re-creating the 1 MiB already
+    on disk takes about 1.3 s, with no new byte for the readers, against a 0.5 s
+    stall_timeout: the re-check counts as progress, and nobody declares a stall."""
+    kill_at = TOTAL // 2
+    deterministic = Payload(SEED, TOTAL, CHUNK)
+    slow = Payload(SEED, TOTAL, CHUNK, pace=0.02)
+    got: list[tuple[Any, ...]] = []
+
+    def fetch_after_kill(_: streamcache.StreamCache) -> None:
+        cache = streamcache.StreamCache(
+            cache_dir, liveness=0.2, stall_timeout=0.5, cleanup_interval=0
+        )
+        sink = xproc.HashSink()
+        got.append((cache.fetch("slow-key", sink, slow, timeout=WAIT, resume=True), sink))
+
+    readers = [(mode, deterministic, True) for mode in MODES]
+    reports, _ = _kill_mid_entry(
+        cache_dir, spawn, "slow-key", "thread", kill_at, readers, 30.0, fetch_after_kill
+    )
+    want = payload_sha(SEED, TOTAL, CHUNK)
+    ((result, sink),) = got
+    assert result == (TOTAL, False) and sink.hexdigest() == want
+    for (mode, _, _), report in zip(readers, reports, strict=True):
+        assert report[:3] == ("ok", TOTAL, want), (mode, report)
+
+
 def test_a_cleanup_pass_leaves_a_dead_producers_entry_to_its_resumable_readers(
     cache_dir: Path, spawn: SpawnContext
 ) -> None:
