@@ -18,6 +18,7 @@ from .disk.filestore import Finished, set_entry_info
 from .disk.index import Record
 from .disk.store import Store
 from .disk.usage import is_disk_full
+from .entry.feed import FedReader
 from .entry.pipe import CREATOR_SLOT, FileReader, PipeReader
 from .entry.producer import Producer, Producers
 from .entry.resume import Takeover
@@ -259,7 +260,8 @@ class Lookup:
         slot = mine.seg.claim_slot(me)
         assert slot is not None and slot.index == CREATOR_SLOT
         producer = Producer(self.store, rec, channel, wfd, **options)
-        reader = PipeReader(
+        # Fed by the producer's writes in this process (see .entry.feed).
+        reader = producer.feed = FedReader(
             rfd,
             mine,
             slot,

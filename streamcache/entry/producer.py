@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .create_types import Create
+    from .feed import FedReader
 
 # Once others read too, an inline creator whose client took longer than this for one
 # write hands its copy to a thread, so that client paces nobody else.
@@ -142,6 +143,8 @@ class Producer:
         self.outcome = Outcome()
         self._account = Account(store.usage, rec.file)
         self.thread: threading.Thread | None = None
+        # The creator's reader fed by this producer's writes (feed.py), if it has one.
+        self.feed: FedReader | None = None
         # Whoever claims the producer (run, run_inline or abort) finalizes it: exactly once.
         self._claim_lock = threading.Lock()
         self._claimed = False
@@ -164,6 +167,7 @@ class Producer:
             self._clock,
             self._store.metrics,
             self._account,
+            self.feed,
         )
 
     def start(self, create: Create) -> None:
@@ -284,6 +288,8 @@ class Producer:
                 self._end_channel(channel, writer.offset, error, abandoned)
             if not channels:  # none, or a partial set left by an attaching reader that died
                 unlink_channel(store.channel_base(self.rec.file))
+            if self.feed is not None:
+                self.feed.ended()  # after the segment says how: its reader reads that
             self._running.discard(self)
             # Last: the outcome is published by now. A create that closed the data
             # file's descriptors under the producer (EBADF) has released the lock already.

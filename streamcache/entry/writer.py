@@ -51,6 +51,11 @@ if TYPE_CHECKING:  # a Protocol, for type checkers only
 
         def attach(self, channel: Channel) -> None: ...
 
+    class CreatorFeed(Protocol):
+        """The creator's reader fed in process (see feed.FedReader)."""
+
+        def put(self, data: bytes, end: int) -> None: ...
+
 
 class EntryWriter:
     """The binary writer handed to ``create``: appends to the data file.
@@ -76,8 +81,10 @@ class EntryWriter:
         clock: Clock = SYSTEM,
         metrics: Metrics = NULL,
         account: Account | None = None,
+        feed: CreatorFeed | None = None,
     ) -> None:
         self._fd = fd
+        self._feed = feed
         self._metrics = metrics
         self._counted = 0  # bytes of offset counted as generated
         self._held = 0.0  # seconds of the channel's back pressure counted
@@ -226,6 +233,8 @@ class EntryWriter:
             self._account.reserve(total)  # before the bytes land (see usage.py)
         self._append(view)
         self.offset += total
+        if self._feed is not None:  # before the publish: see feed.py
+            self._feed.put(_as_bytes(data, view), self.offset)
         if self.offset - self._counted >= _COUNT_EVERY:
             self._count()
         channel = self.channel
