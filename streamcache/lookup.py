@@ -10,7 +10,7 @@ import os
 import ipc
 from ipc.channel import Channel, unlink_channel
 from ipc.clock import Clock
-from ipc.segment import ReaderSlot
+from ipc.segment import ReaderSlot, mapping_prepared, prepare_mapping
 from ipc.tuples import NamedTuple
 
 from .deadline import Deadline, remaining
@@ -75,6 +75,14 @@ class Lookup:
         # fails it instead of leaving a record that nobody will ever finish.
         pending: list[tuple[Producer, PipeReader | None]] = []
         self.store.usage.make_room()
+        if not mapping_prepared() and (dst is None or self.index.read_text(h) is not None):
+            # This call will likely map a segment under the key's lock: attach to the
+            # entry in flight, or create one with a channel. A process's first mapping
+            # imports ctypes (5-8 ms of CPU), and every other process looking the key up
+            # meanwhile would wait for it: 16 processes attaching at once waited about
+            # 15 such imports for the last one's first byte. (A hint read without the
+            # lock: a wrong guess costs the import or leaves it to the lookup.)
+            prepare_mapping()
         try:
             try:
                 with self.index.locked(h, remaining(deadline)):

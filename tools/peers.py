@@ -153,6 +153,7 @@ class CheckingSink:
         self.n = 0
         self.first: float | None = None
         self.last: float | None = None
+        self.attached: float | None = None  # stream(): its lookup returned (a reader)
 
     def write(self, b: bytes | bytearray | memoryview) -> int:
         k = len(b)
@@ -228,6 +229,7 @@ def _stream(cache: StreamCache, gen: Generator, sink: CheckingSink) -> None:
         gen.run(w.write)
 
     with cache.stream(KEY, create) as s:
+        sink.attached = now()
         for chunk in s:
             sink.write(chunk)
 
@@ -331,6 +333,7 @@ def _worker(
             "released": released,
             "first": sink.first,
             "last": sink.last,
+            "attached": sink.attached,
             "done": done,
             "cpu": self_cpu_seconds() - cpu0,
             "write_bytes": proc_io_write_bytes() - wb0,
@@ -484,6 +487,7 @@ class Run:
     last: float  # release -> the last process has every byte
     ttfb: list[float]  # per process, release -> first byte
     follower_lag: list[float]  # per process, the generator's first chunk -> first byte
+    attach_lag: list[float]  # stream(): per process, that chunk -> its lookup returned
     runs: int
     write_bytes: int
     cpu: float
@@ -561,6 +565,7 @@ def run_once(kind: str, procs: int, size: int, rate: float, data: bytes) -> Run:
             last=max(d["last"] for d in done) - released,
             ttfb=[d["first"] - released for d in done],
             follower_lag=[d["first"] - gen_first for d in done],
+            attach_lag=[d["attached"] - gen_first for d in done if d["attached"] is not None],
             runs=len(first_chunks),
             write_bytes=wb,
             cpu=cpu,
@@ -699,6 +704,15 @@ def table(results: list[Result], floors: dict[float, list[float]], size: int, pr
                 f"[{secs(min(lag))}..{secs(max(lag))}] (target <= 50ms)",
                 f"generator runs {'/'.join(str(x.runs) for x in r.runs)} (target 1)",
             ]
+            attach = [max(x.attach_lag) for x in r.runs if x.attach_lag]
+            if attach:
+                # The first byte follows the lookup (under the key's lock, one process
+                # at a time) by a wake-up: this says which of the two the wait was.
+                verdict.insert(
+                    2,
+                    f"slowest lookup returned {secs(med(attach))} after that chunk "
+                    f"[{secs(min(attach))}..{secs(max(attach))}]",
+                )
             if not rate and filelock_last is not None:
                 verdict.append(
                     f"vs filelock {filelock_last / med(lasts):.2f}x (target >= 1: never slower)"
