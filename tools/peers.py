@@ -52,6 +52,7 @@ from typing import Any
 import harness
 from harness import BenchError, Children, MiB, Msg, log, scratch
 
+from ipc import futex
 from streamcache import StreamCache
 
 KEY = "peers-blob"
@@ -302,6 +303,7 @@ def _worker(
         try:
             reset_peak_rss(os.getpid())
             cpu0, wb0 = self_cpu_seconds(), proc_io_write_bytes()
+            sleeps0, rings0 = futex.counts.waits, futex.counts.wakes
             out.put(("ready", role, {}))
             barrier.wait(harness.READY_WAIT)
             released = now()
@@ -336,6 +338,8 @@ def _worker(
             "attached": sink.attached,
             "done": done,
             "cpu": self_cpu_seconds() - cpu0,
+            "sleeps": futex.counts.waits - sleeps0,
+            "rings": futex.counts.wakes - rings0,
             "write_bytes": proc_io_write_bytes() - wb0,
             "peak_rss": proc_peak_rss(os.getpid()),
             "write_s": gen.write_s if gen.writes else None,
@@ -496,6 +500,8 @@ class Run:
     write_s: float | None  # the (first) generator's time inside its consumer's write calls
     write_max: float | None  # its longest single write call
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at the start and end
+    sleeps: int = 0  # futex waits begun, every process (streamcache's readers sleeping)
+    rings: int = 0  # futex wake calls made, every process (its producer ringing them)
 
 
 def dir_bytes(path: str) -> int:
@@ -574,6 +580,8 @@ def run_once(kind: str, procs: int, size: int, rate: float, data: bytes) -> Run:
             write_s=writers[0]["write_s"] if writers else None,
             write_max=writers[0]["write_max"] if writers else None,
             load=(load0, load_average()),
+            sleeps=sum(d["sleeps"] for d in done),
+            rings=sum(d["rings"] for d in done),
         )
 
 
@@ -713,6 +721,13 @@ def table(results: list[Result], floors: dict[float, list[float]], size: int, pr
                     f"slowest lookup returned {secs(med(attach))} after that chunk "
                     f"[{secs(min(attach))}..{secs(max(attach))}]",
                 )
+            # Each sleep is a wake-up to pay for (Python, futex, a context switch): the
+            # filelock pattern's readers sleep once, on the lock.
+            per_gib = harness.GiB / size
+            verdict.append(
+                f"{med([x.sleeps * per_gib / procs for x in r.runs]):.0f} sleeps per GiB "
+                f"per process, {med([x.rings * per_gib for x in r.runs]):.0f} rings per GiB"
+            )
             if not rate and filelock_last is not None:
                 verdict.append(
                     f"vs filelock {filelock_last / med(lasts):.2f}x (target >= 1: never slower)"
