@@ -206,15 +206,17 @@ class Lookup:
         """The entry of ``rec``, whose producer is dead (lock held): resumed by this
         call, which reads it from byte ``start``, if it passed ``resume`` and the entry
         has readers waiting (see :mod:`.entry.resume`); left to live readers that may
-        resume it if this call did not pass ``resume`` (:class:`_LeftToResume`: this
-        call bypasses the cache); else discarded."""
+        resume it if this call did not pass ``resume`` or could not take it over
+        (:class:`_LeftToResume`: this call bypasses the cache); else discarded."""
         if takeover is not None:
             reader = takeover.in_lookup(
                 rec, lambda fd, ch, slot, new: self._reader(fd, ch, slot, new, start, takeover)
             )
             if reader is not None:
                 return reader
-        elif self.store.awaits_resume(rec):
+        # A call with resume that could not take it over (its lock held a moment by a
+        # reader's probe, say) leaves it to its readers too.
+        if self.store.awaits_resume(rec):
             raise _LeftToResume
         self.store.discard(rec)
         return None

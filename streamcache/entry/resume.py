@@ -208,6 +208,7 @@ class Takeover:
         name, wfd, cut = taken
         me = ipc.current_process()
         new = Record(cur.key, name, me.pid, me.start, cur.expires)
+        dead = channel.seg.producer
         try:
             prefix = os.fstat(wfd).st_size
             channel.seg.take_over(me)
@@ -218,21 +219,37 @@ class Takeover:
             store.index.write(new)
             return ResumedProducer(store, new, channel, wfd, prefix, **self._options)
         except BaseException:
+            # (A signal handler's exception, say.) Undone, so the entry is still its
+            # dead producer's, under its record's name, for the next reader to take
+            # over; else it named a live process that holds no lock, and a data file
+            # nobody could find.
+            with contextlib.suppress(OSError):
+                if store.index.read(cur.key) != new:
+                    channel.seg.take_over(dead)
+                    os.rename(store.files.path(name), store.files.path(cur.file))
             channel.close()
             os.close(wfd)
             raise
 
     def _start(self, producer: ResumedProducer, dead: Record) -> None:
-        log.info(
-            "streamcache: entry %s resumed by pid %d after %d bytes (its producer, pid %d, died)",
-            dead.key[:16],
-            producer.rec.pid,
-            producer.prefix,
-            dead.pid,
-        )
-        assert producer.channel is not None
-        producer.channel.ring_all()  # readers waiting on the old offset: there is more
-        producer.start(self._create)
+        """Run the elected producer in its thread. Anything raised before it runs (a
+        signal handler's exception, say) fails the entry, which would otherwise name
+        a live producer, holding its lock, that never writes."""
+        try:
+            log.info(
+                "streamcache: entry %s resumed by pid %d after %d bytes (its producer, pid "
+                "%d, died)",
+                producer.rec.key[:16],
+                producer.rec.pid,
+                producer.prefix,
+                dead.pid,
+            )
+            assert producer.channel is not None
+            producer.channel.ring_all()  # readers waiting on the old offset: there is more
+            producer.start(self._create)
+        except BaseException as exc:
+            producer.abort(CreateError(f"the entry could not be resumed: {exc!r}"))
+            raise
 
 
 class ResumedProducer(Producer):

@@ -7,6 +7,7 @@ spliced; without resume, ProducerDied as before. Children live in procs_resume.p
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import time
@@ -389,6 +390,76 @@ def test_re_checking_a_long_prefix_is_not_a_stall(cache_dir: Path, spawn: SpawnC
     want = payload_sha(SEED, TOTAL, CHUNK)
     ((result, sink),) = got
     assert result == (TOTAL, False) and sink.hexdigest() == want
+    for (mode, _, _), report in zip(readers, reports, strict=True):
+        assert report[:3] == ("ok", TOTAL, want), (mode, report)
+
+
+def test_a_resumable_call_that_cannot_take_the_entry_over_leaves_it_to_its_readers(
+    cache_dir: Path, spawn: SpawnContext
+) -> None:
+    """A call with resume arrives after the kill, before the readers' 3 s liveness
+    check, while the data file's lock is held (here by this test, shared, as a
+    reader's liveness probe holds it for a moment): it cannot take the entry over, and
+    must not discard it under the readers either. It runs its create uncached (a
+    bypass); once the lock is free the readers resume the entry themselves."""
+    kill_at = TOTAL // 2
+    deterministic = Payload(SEED, TOTAL, CHUNK)
+    key = "held-key"
+    got: list[tuple[Any, ...]] = []
+
+    def fetch_while_held(cache: streamcache.StreamCache) -> None:
+        rec = cache._store.index.read(key_hash(key))
+        assert rec is not None
+        fd = os.open(cache._store.files.path(rec.file), os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            sink = xproc.HashSink()
+            got.append((cache.fetch(key, sink, deterministic, timeout=WAIT, resume=True), sink))
+        finally:
+            os.close(fd)
+
+    readers = [(mode, deterministic, True) for mode in MODES]
+    reports, _ = _kill_mid_entry(
+        cache_dir, spawn, key, "thread", kill_at, readers, 3.0, fetch_while_held
+    )
+    want = payload_sha(SEED, TOTAL, CHUNK)
+    for (mode, _, _), report in zip(readers, reports, strict=True):
+        assert report[:3] == ("ok", TOTAL, want), (mode, report)
+    ((result, sink),) = got
+    assert sink.hexdigest() == want and result == (TOTAL, True), result
+
+
+def test_a_takeover_interrupted_before_its_record_is_written_is_undone(
+    cache_dir: Path, spawn: SpawnContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call with resume takes the entry over at its lookup and is interrupted (an
+    exception out of a signal handler, put here at the record's write) after it named
+    itself producer and renamed the data file: both are undone, so the readers find
+    the dead producer's entry as it was at their next check and resume it themselves,
+    instead of waiting on a live process that holds no lock."""
+    kill_at = TOTAL // 2
+    deterministic = Payload(SEED, TOTAL, CHUNK)
+    key = "interrupted-key"
+    raised: list[BaseException] = []
+
+    def interrupted_fetch(cache: streamcache.StreamCache) -> None:
+        def interrupted(rec: Record) -> None:
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(cache._store.index, "write", interrupted)
+        try:
+            cache.fetch(key, xproc.HashSink(), deterministic, timeout=WAIT, resume=True)
+        except KeyboardInterrupt as exc:
+            raised.append(exc)
+        finally:
+            monkeypatch.undo()
+
+    readers = [(mode, deterministic, True) for mode in MODES]
+    reports, _ = _kill_mid_entry(
+        cache_dir, spawn, key, "thread", kill_at, readers, 3.0, interrupted_fetch
+    )
+    assert raised, "the takeover was not interrupted"
+    want = payload_sha(SEED, TOTAL, CHUNK)
     for (mode, _, _), report in zip(readers, reports, strict=True):
         assert report[:3] == ("ok", TOTAL, want), (mode, report)
 
