@@ -141,8 +141,12 @@ def sweep_channels(prefix: str, live: set[str], now: float) -> int:
                     continue  # possibly being created right now
             else:
                 state, alive = seg.state, seg.producer_alive()
+                # Its producer dead, left to live readers that may resume it (see
+                # Store.awaits_resume): an entry made after this pass listed the keys
+                # is not in ``live``, and its readers' takeover needs these names.
+                left = seg.resumable and not seg.stalled and seg.has_live_reader()
                 seg.close()
-                if state == ipc.STATE_WRITING and alive:
+                if state == ipc.STATE_WRITING and (alive or left):
                     continue  # in flight (perhaps expired): its producer unlinks it
         removed += unlink_channel(base)
     return removed

@@ -23,6 +23,7 @@ from procs_resume import Payload
 from xproc import payload_sha
 
 import streamcache
+from streamcache.disk.eviction import sweep_channels
 from streamcache.disk.index import Record
 from streamcache.disk.store import key_hash
 
@@ -459,6 +460,28 @@ def test_a_takeover_interrupted_before_its_record_is_written_is_undone(
         cache_dir, spawn, key, "thread", kill_at, readers, 3.0, interrupted_fetch
     )
     assert raised, "the takeover was not interrupted"
+    want = payload_sha(SEED, TOTAL, CHUNK)
+    for (mode, _, _), report in zip(readers, reports, strict=True):
+        assert report[:3] == ("ok", TOTAL, want), (mode, report)
+
+
+def test_the_channel_sweep_leaves_a_dead_producers_channel_to_its_resumable_readers(
+    cache_dir: Path, spawn: SpawnContext
+) -> None:
+    """The sweep of /dev/shm at the end of a cleanup pass spares the channels of the
+    entries it found in the index; an entry made after the pass listed the keys is
+    not among them. Its producer dead, its channel is left to its live resumable
+    readers all the same (they take it over by those names)."""
+    kill_at = TOTAL // 2
+    deterministic = Payload(SEED, TOTAL, CHUNK)
+
+    def sweep(cache: streamcache.StreamCache) -> None:
+        sweep_channels(cache._store.prefix, set(), time.time())
+
+    readers = [(mode, deterministic, True) for mode in MODES]
+    reports, _ = _kill_mid_entry(
+        cache_dir, spawn, "swept-key", "thread", kill_at, readers, 3.0, sweep
+    )
     want = payload_sha(SEED, TOTAL, CHUNK)
     for (mode, _, _), report in zip(readers, reports, strict=True):
         assert report[:3] == ("ok", TOTAL, want), (mode, report)
