@@ -109,10 +109,18 @@ class Launcher:
         return g
 
     def start(
-        self, *args: str, cwd: Path | None = None, own_group: bool = False
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        own_group: bool = False,
+        interruptible: bool = False,
     ) -> subprocess.Popen[bytes]:
         """``python -m streamcache ARGS`` started (stdout and stderr piped); with
-        ``own_group`` in a process group of its own, as a shell's job is."""
+        ``own_group`` in a process group of its own, as a shell's job is. With
+        ``interruptible``, SIGINT is at its default in it, as in a command started
+        from a terminal: a test run started in the background by a shell without job
+        control inherits SIGINT ignored, and Python then installs no KeyboardInterrupt
+        handler (the command ignores SIGINT, as it should there)."""
         proc = subprocess.Popen(
             cli_cmd(*args),
             stdout=subprocess.PIPE,
@@ -120,6 +128,7 @@ class Launcher:
             env=env(),
             cwd=cwd,
             start_new_session=own_group,
+            preexec_fn=_default_sigint if interruptible else None,
         )
         self.procs.append(proc)
         return proc
@@ -205,3 +214,7 @@ def is_running(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

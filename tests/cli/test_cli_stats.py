@@ -211,7 +211,9 @@ def test_gc_counts_the_ipc_objects_of_a_dead_producer(
 
 def test_watch_refreshes_until_interrupted(launch: Launcher, cache_dir: Path) -> None:
     assert cli("run", "--dir", str(cache_dir), "--", "echo", "x").returncode == 0
-    watch = launch.start("stats", "--dir", str(cache_dir), "--json", "--watch", "0.05")
+    watch = launch.start(
+        "stats", "--dir", str(cache_dir), "--json", "--watch", "0.05", interruptible=True
+    )
     assert watch.stdout is not None
     docs = [json.loads(watch.stdout.readline()) for _ in range(3)]
     assert [len(d["entries"]) for d in docs] == [1, 1, 1]

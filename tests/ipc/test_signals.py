@@ -15,6 +15,7 @@ to a worker whose reader was waiting.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import signal
 import threading
@@ -59,8 +60,10 @@ def _signal_while(cond: Callable[[], bool], thread_id: int, deadline: float) -> 
 
 
 def reader_interrupted(cache_dir: str, out: Any) -> None:
-    """Child: the main thread waits for the producer's next write while SIGUSR1 (with a
-    handler) arrives; it must still get every byte."""
+    """Child: the main thread, a reader of an entry a thread of this process creates,
+    waits on the channel for the producer's next write while SIGUSR1 (with a handler)
+    arrives; it must still get every byte. (The creator's own stream() would take its
+    bytes from the producer in process, never waiting on the channel.)"""
     signal.signal(signal.SIGUSR1, lambda signum, frame: None)
     cache = streamcache.StreamCache(cache_dir, liveness=5.0, cleanup_interval=0)
     wrote_first, release = threading.Event(), threading.Event()
@@ -72,10 +75,13 @@ def reader_interrupted(cache_dir: str, out: Any) -> None:
         release.wait(20)
         w.write(b"b")
 
+    def creator() -> None:
+        with contextlib.suppress(Exception), cache.stream(KEY, create, timeout=20) as s:
+            s.read()
+
     def poke() -> None:
         deadline = time.monotonic() + 20
         try:
-            wrote_first.wait(20)
             seg = _segment_of(cache_dir, deadline)
             try:
                 sent = _signal_while(
@@ -89,14 +95,22 @@ def reader_interrupted(cache_dir: str, out: Any) -> None:
         finally:
             release.set()
 
-    threading.Thread(target=poke, daemon=True).start()
+    threading.Thread(target=creator, daemon=True).start()
     try:
-        with cache.stream(KEY, create, timeout=20) as s:
+        if not wrote_first.wait(20):
+            raise TimeoutError("the creator never wrote")
+        threading.Thread(target=poke, daemon=True).start()
+        with cache.stream(KEY, forbidden, timeout=20) as s:
             data = s.read()
         out.put(("ok", data))
     except BaseException as exc:
         out.put(("error", f"{type(exc).__module__}.{type(exc).__name__}: {exc}"))
+        release.set()
     cache.wait_producers(20)
+
+
+def forbidden(w: Any) -> None:
+    raise AssertionError("the reader created instead of attaching")
 
 
 def producer_interrupted(cache_dir: str, out: Any) -> None:
